@@ -1,0 +1,13 @@
+//! flashsale-operator: drives Kubernetes clusters through a flash sale window and restores them.
+//!
+//! Time is handled with `jiff` throughout (the same library k8s-openapi uses for Kubernetes
+//! times); durations in the spec are Kubernetes' Go-style durations.
+
+pub mod admin;
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod metrics;
+pub mod plan;
+pub mod status;
+pub mod timeline;
