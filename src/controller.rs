@@ -81,9 +81,18 @@ pub async fn run(
         .graceful_shutdown_on(shutdown);
     let store = controller.store();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            let _ = ready.send(true);
-            info!("caches synced; ready");
+        // The store's readiness future wakes only one waiter (the controller's own), so poll it
+        // again periodically rather than waiting on it once.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    let _ = ready.send(true);
+                    info!("caches synced; ready");
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
         }
     });
     controller
@@ -141,35 +150,31 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     let previous = sale.status.clone().unwrap_or_default();
     let schedule = Schedule::from_spec(&sale.spec);
     let decided = status::decide(sale, &schedule, now);
-    if decided.phase != previous.phase {
-        if let Some(phase) = decided.phase {
-            publish(
-                ctx,
-                sale,
-                EventType::Normal,
-                "PhaseChanged",
-                format!("Phase is now {phase}"),
-                "Transition",
-            )
-            .await;
-        }
+    if let Some(phase) = decided.phase.filter(|p| Some(*p) != previous.phase) {
+        publish(
+            ctx,
+            sale,
+            EventType::Normal,
+            "PhaseChanged",
+            format!("Phase is now {phase}"),
+            "Transition",
+        )
+        .await;
     }
-    if let Err(err) = &schedule {
-        if !previous
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Stalled" && c.status == "True")
-        {
-            publish(
-                ctx,
-                sale,
-                EventType::Warning,
-                "InvalidSpec",
-                err.to_string(),
-                "Validate",
-            )
-            .await;
-        }
+    let was_stalled = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Stalled" && c.status == "True");
+    if let (Err(err), false) = (&schedule, was_stalled) {
+        publish(
+            ctx,
+            sale,
+            EventType::Warning,
+            "InvalidSpec",
+            err.to_string(),
+            "Validate",
+        )
+        .await;
     }
     record_phase_metrics(ctx, sale, &decided, now);
     write_status(api, sale, &previous, decided.clone(), now).await?;

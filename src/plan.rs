@@ -45,11 +45,10 @@ pub fn render(sale: &FlashSale, now: Timestamp) -> anyhow::Result<String> {
     writeln!(out)?;
     writeln!(
         out,
-        "{:<12} {:<26} {:<34} {}",
+        "{:<12} {:<26} {:<34} ACTIONS",
         "PHASE",
         "FROM (UTC)",
         format!("FROM ({zone_name})"),
-        "ACTIONS"
     )?;
     let rows = [
         (Phase::Scheduled, None),

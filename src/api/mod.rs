@@ -82,3 +82,82 @@ fn strip_descriptions(schema: &mut JSONSchemaProps) {
         list.iter_mut().flatten().for_each(strip_descriptions);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale(yaml: &str) -> FlashSale {
+        serde_yaml::from_str(yaml).expect("test YAML parses")
+    }
+
+    const BASE: &str = r#"
+apiVersion: flashsale.dev/v1alpha1
+kind: FlashSale
+metadata: {name: t, namespace: shop}
+spec:
+  window: {start: "2026-11-11T00:00:00+08:00", end: "2026-11-11T02:00:00+08:00"}
+  workloads:
+  - ref: {kind: Deployment, name: web}
+    scale: {peak: 10}
+"#;
+
+    #[test]
+    fn defaults_are_filled_and_visible_in_the_schema() {
+        let s = sale(BASE);
+        assert_eq!(s.spec.cron_hpa_time_zone, "Asia/Shanghai");
+        assert_eq!(
+            std::time::Duration::from(s.spec.prepare_before).as_secs(),
+            1800
+        );
+        assert_eq!(
+            std::time::Duration::from(s.spec.cooldown_after).as_secs(),
+            900
+        );
+        assert_eq!(s.spec.workloads[0].scale.mode, ScaleMode::Auto);
+        assert_eq!(s.spec.workloads[0].target.api_version, "apps/v1");
+        // The schema's human-readable defaults are the same durations serde fills in.
+        let warm: CacheWarm =
+            serde_json::from_value(serde_json::json!({"name": "w", "template": {}})).unwrap();
+        let d = |s: &str| s.parse::<kube::core::Duration>().unwrap();
+        assert_eq!(warm.start_before, d("20m"));
+        let degrade: AutoDegrade =
+            serde_json::from_value(serde_json::json!({"query": "up", "above": 1.0})).unwrap();
+        assert_eq!((degrade.for_, degrade.recover_after), (d("30s"), d("2m")));
+        let yaml = crd_yaml().unwrap();
+        for default in [
+            "default: Asia/Shanghai",
+            "default: 30m",
+            "default: 15m",
+            "default: 20m",
+            "default: Auto",
+            "default: 2s",
+        ] {
+            assert!(yaml.contains(default), "the CRD does not show `{default}`");
+        }
+    }
+
+    #[test]
+    fn the_crd_carries_the_cel_rules_client_side_validation_uses() {
+        assert!(kube::core::cel::validate_cel(&sale(BASE)).is_ok());
+        let bad = BASE.replace(
+            "peak: 10",
+            "peak: 10}\n  - ref: {kind: Deployment, name: web}\n    scale: {peak: 3",
+        );
+        let errors = kube::core::cel::validate_cel(&sale(&bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("workloads[].ref must be unique"),
+            "{errors}"
+        );
+        let backwards = BASE.replace("02:00:00+08:00", "00:00:00+08:00");
+        let errors = kube::core::cel::validate_cel(&sale(&backwards))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("window.end must be after window.start"),
+            "{errors}"
+        );
+    }
+}

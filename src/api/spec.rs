@@ -27,10 +27,10 @@ use super::status::FlashSaleStatus;
     printcolumn(name = "Start", type_ = "string", json_path = ".spec.window.start", description = "Window start"),
     printcolumn(name = "End", type_ = "string", json_path = ".spec.window.end", description = "Window end"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the platform is ready for the sale right now"),
-    printcolumn(name = "Next", type_ = "date", json_path = ".status.nextTransitionTime", description = "When the phase changes next"),
+    printcolumn(name = "Next", type_ = "string", json_path = ".status.nextTransitionTime", description = "When the phase changes next"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1, description = "Why the sale is or is not ready"),
-    validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters (it is used in the names of the objects the sale creates)").field_path(".metadata.name"),
+    validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters (it is used in the names of the objects the sale creates)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FlashSaleSpec {
@@ -47,6 +47,7 @@ pub struct FlashSaleSpec {
 
     /// How long before the window start preparation begins (Go duration, at most 24h).
     #[serde(default = "default_prepare_before")]
+    #[schemars(extend("default" = "30m"))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) <= duration('24h')").message("prepareBefore must be a non-negative duration such as 30m or 1h30m, at most 24h"))]
     #[schemars(length(max = 32))]
     pub prepare_before: Duration,
@@ -54,6 +55,7 @@ pub struct FlashSaleSpec {
     /// How long after the window end peak capacity is held before restoring (Go duration, at
     /// most 24h).
     #[serde(default = "default_cooldown_after")]
+    #[schemars(extend("default" = "15m"))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) <= duration('24h')").message("cooldownAfter must be a non-negative duration such as 15m, at most 24h"))]
     #[schemars(length(max = 32))]
     pub cooldown_after: Duration,
@@ -377,12 +379,14 @@ pub struct AutoDegrade {
     pub above: f64,
     /// How long the value must stay above the threshold (at least 1s, at most 1h).
     #[serde(rename = "for", default = "default_degrade_for")]
+    #[schemars(extend("default" = "30s"))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("autoDegrade.for must be a duration between 1s and 1h, such as 30s"))]
     #[schemars(length(max = 32))]
     pub for_: Duration,
     /// How long the value must stay below the threshold before the flag turns back on (at
     /// least 1s, at most 1h).
     #[serde(default = "default_recover_after")]
+    #[schemars(extend("default" = "2m"))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("autoDegrade.recoverAfter must be a duration between 1s and 1h, such as 2m"))]
     #[schemars(length(max = 32))]
     pub recover_after: Duration,
@@ -400,6 +404,7 @@ pub struct CacheWarm {
     pub name: String,
     /// How long before the window start the Job is created (at most 24h).
     #[serde(default = "default_warm_start_before")]
+    #[schemars(extend("default" = "20m"))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) <= duration('24h')").message("cacheWarm[].startBefore must be a non-negative duration such as 20m, at most 24h"))]
     #[schemars(length(max = 32))]
     pub start_before: Duration,

@@ -175,8 +175,8 @@ pub struct WarmupStatus {
 pub struct FlagStatus {
     /// The flag key.
     pub name: String,
-    /// Whether the feature is on.
-    pub on: bool,
+    /// Whether the feature is enabled (true) or degraded (false).
+    pub enabled: bool,
     /// Why it has this value (phase, breaker open, breaker closed, query failing).
     pub reason: String,
     /// The signal value behind the last flip, for auto-degrade flags.

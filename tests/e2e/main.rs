@@ -1,1 +1,36 @@
+//! End-to-end tests against a real control plane (see `harness`).
+//!
+//! One primary cluster is shared by every test of this binary (each test in its own
+//! namespace); a second cluster starts on demand for tests that need two. Both are torn down
+//! when the run ends, whether tests pass or fail.
 
+mod foundation;
+mod harness;
+mod support;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::sync::Arc;
+use support::Env;
+
+/// A test body: gets the shared environment, returns an error to fail.
+type TestFn = fn(&Env) -> anyhow::Result<()>;
+
+fn trial(env: &Arc<Env>, name: &'static str, f: TestFn) -> Trial {
+    let env = env.clone();
+    Trial::test(name, move || {
+        f(&env).map_err(|e| Failed::from(format!("{e:#}")))
+    })
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let env = Arc::new(Env::new());
+    let tests: Vec<Trial> = foundation::TESTS
+        .iter()
+        .map(|(name, f)| trial(&env, name, *f))
+        .collect();
+    let conclusion = libtest_mimic::run(&args, tests);
+    // Every test closure has finished and dropped its handle: this tears the clusters down.
+    drop(env);
+    conclusion.exit();
+}

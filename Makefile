@@ -1,0 +1,43 @@
+# The two commands: `make demo` (a sale on a local cluster) and `make test` (every test).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+E2E_DIR := .e2e
+KUBECONFIG_LOCAL := $(E2E_DIR)/kubeconfig
+
+.PHONY: help
+help:
+	@echo "make demo          run a flash sale end to end on a local cluster"
+	@echo "make test          fmt, clippy, unit and end-to-end tests (builds the control plane once)"
+	@echo "make toolchain     build and cache the control plane, kwok, helm, CronHPA controller"
+	@echo "make cluster-up    start a local cluster in the background ($(KUBECONFIG_LOCAL))"
+	@echo "make cluster-down  stop it"
+	@echo "make crds          regenerate crds/ and the chart's copy from the Rust types"
+
+.PHONY: toolchain
+toolchain:
+	@bash tests/e2e/toolchain/build.sh >/dev/null
+	@bash tests/e2e/toolchain/cronhpa/build.sh >/dev/null
+
+.PHONY: test
+test: toolchain
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo test --all-targets
+
+.PHONY: crds
+crds:
+	cargo run --quiet -- crd > crds/flashsale.dev_flashsales.yaml
+	cp crds/flashsale.dev_flashsales.yaml charts/flashsale-operator/crds/
+
+.PHONY: cluster-up
+cluster-up: toolchain
+	@bash scripts/cluster.sh up $(E2E_DIR)
+
+.PHONY: cluster-down
+cluster-down:
+	@bash scripts/cluster.sh down $(E2E_DIR)
+
+.PHONY: demo
+demo: toolchain
+	@bash scripts/demo.sh $(E2E_DIR)

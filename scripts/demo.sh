@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make demo`: a local cluster, the operator running against it, and a FlashSale whose window
+# opens a minute from now; prints the sale's status every time it changes, until it completes.
+set -euo pipefail
+dir=${1:-.e2e}
+bash scripts/cluster.sh up "$dir"
+export KUBECONFIG=$PWD/$dir/kubeconfig
+kubectl=$dir/kubectl
+
+cargo build --quiet --bin flashsale-operator
+operator_log=$dir/operator.log
+target/debug/flashsale-operator run --metrics-addr 127.0.0.1:0 >"$operator_log" 2>&1 &
+operator=$!
+trap 'kill $operator 2>/dev/null || true' EXIT
+
+start=$(date -u -d '+60 seconds' +%Y-%m-%dT%H:%M:%SZ)
+end=$(date -u -d '+120 seconds' +%Y-%m-%dT%H:%M:%SZ)
+$kubectl create namespace shop --dry-run=client -o yaml | $kubectl apply --server-side -f - >/dev/null
+$kubectl -n shop create deployment storefront --image=registry.example.com/shop/storefront:1 --replicas=2 \
+  --dry-run=client -o yaml | $kubectl apply --server-side -f - >/dev/null
+sed -e "s/start: .*/start: \"$start\"/" -e "s/end: .*/end: \"$end\"/" \
+    -e "s/prepareBefore: .*/prepareBefore: 30s/" -e "s/cooldownAfter: .*/cooldownAfter: 20s/" \
+    examples/product-drop.yaml | $kubectl apply --server-side -f - >/dev/null
+
+echo "FlashSale shop/sneaker-drop: window $start .. $end (operator log: $operator_log)"
+echo
+target/debug/flashsale-operator plan -f <(sed -e "s/start: .*/start: \"$start\"/" -e "s/end: .*/end: \"$end\"/" \
+    -e "s/prepareBefore: .*/prepareBefore: 30s/" -e "s/cooldownAfter: .*/cooldownAfter: 20s/" examples/product-drop.yaml)
+echo
+last=""
+deadline=$((SECONDS + 300))
+while ((SECONDS < deadline)); do
+  table=$($kubectl -n shop get flashsale sneaker-drop -o wide 2>/dev/null || true)
+  row=$($kubectl -n shop get flashsale sneaker-drop 2>/dev/null \
+    -o jsonpath='{.status.phase} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason} {.status.nextTransitionTime}' || true)
+  if [[ -n $table && $row != "$last" ]]; then
+    [[ -z $last ]] && head -1 <<<"$table"
+    tail -n +2 <<<"$table"
+    last=$row
+  fi
+  phase=$($kubectl -n shop get flashsale sneaker-drop -o jsonpath='{.status.phase}' 2>/dev/null || true)
+  [[ $phase == Completed ]] && break
+  sleep 1
+done
+echo
+$kubectl -n shop get events --field-selector involvedObject.name=sneaker-drop --sort-by=.metadata.creationTimestamp
+echo
+echo "The cluster is still up: export KUBECONFIG=$KUBECONFIG; stop it with make cluster-down."

@@ -1,0 +1,377 @@
+//! The ground everything stands on: the control plane itself, the CRD and its admission rules,
+//! the operator binary, and the Helm chart.
+
+use anyhow::{Context as _, bail, ensure};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use std::time::Duration;
+
+use crate::{
+    TestFn,
+    harness::KUBERNETES_VERSION,
+    support::{
+        self, Env, Operator, block_on, client, eventually, flashsale_resource, namespace, repo,
+    },
+};
+
+pub const TESTS: &[(&str, TestFn)] = &[
+    (
+        "foundation::control_plane_serves_the_pinned_version",
+        control_plane_serves_the_pinned_version,
+    ),
+    (
+        "foundation::deployment_becomes_ready_on_kwok_nodes",
+        deployment_becomes_ready_on_kwok_nodes,
+    ),
+    (
+        "foundation::every_example_is_accepted",
+        every_example_is_accepted,
+    ),
+    (
+        "foundation::invalid_flashsales_are_rejected_naming_the_field",
+        invalid_flashsales_are_rejected_naming_the_field,
+    ),
+    (
+        "foundation::kubectl_get_shows_the_printer_columns",
+        kubectl_get_shows_the_printer_columns,
+    ),
+    (
+        "foundation::operator_becomes_ready_and_stops_on_sigterm",
+        operator_becomes_ready_and_stops_on_sigterm,
+    ),
+    (
+        "foundation::operator_refuses_a_cluster_without_the_crd",
+        operator_refuses_a_cluster_without_the_crd,
+    ),
+    (
+        "foundation::chart_lints_renders_and_is_accepted",
+        chart_lints_renders_and_is_accepted,
+    ),
+];
+
+fn control_plane_serves_the_pinned_version(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on(async {
+        let version = client(cluster).await?.apiserver_version().await?;
+        ensure!(
+            version.git_version == KUBERNETES_VERSION,
+            "server reports {}, want {KUBERNETES_VERSION}",
+            version.git_version
+        );
+        Ok(())
+    })
+}
+
+fn deployment_becomes_ready_on_kwok_nodes(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "deploy").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let deployment: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "app", "image": "registry.example/web:1"}]}
+                }
+            }
+        }))?;
+        deployments
+            .create(&PostParams::default(), &deployment)
+            .await?;
+        eventually(Duration::from_secs(90), || async {
+            let d = deployments.get("web").await?;
+            Ok(d.status.and_then(|s| s.ready_replicas) == Some(3))
+        })
+        .await
+        .context("web never reached 3/3 ready replicas")?;
+        let pods: Api<Pod> = Api::namespaced(client, &ns);
+        let nodes: Vec<String> = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await?
+            .into_iter()
+            .filter_map(|p| p.spec.and_then(|s| s.node_name))
+            .collect();
+        ensure!(
+            nodes.len() == 3,
+            "expected 3 scheduled pods, found {nodes:?}"
+        );
+        ensure!(
+            nodes
+                .iter()
+                .all(|n| n.starts_with("node-") || n.starts_with("spot-")),
+            "pods landed on unexpected nodes: {nodes:?}"
+        );
+        Ok(())
+    })
+}
+
+fn every_example_is_accepted(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "examples").await?;
+        let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &flashsale_resource());
+        let mut checked = 0;
+        for entry in std::fs::read_dir(repo().join("examples"))? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let mut obj = support::read_object(&path)?;
+            obj.metadata.namespace = Some(ns.clone());
+            support::apply(&api, &obj, true)
+                .await
+                .with_context(|| format!("{} was rejected", path.display()))?;
+            checked += 1;
+        }
+        ensure!(
+            checked >= 3,
+            "expected at least 3 examples, found {checked}"
+        );
+        Ok(())
+    })
+}
+
+/// Each file under `tests/e2e/invalid/` starts with one or more `# expect: TEXT` lines; the API
+/// server must reject the object with a message containing every TEXT.
+fn invalid_flashsales_are_rejected_naming_the_field(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "invalid").await?;
+        let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &flashsale_resource());
+        let mut files: Vec<_> = std::fs::read_dir(repo().join("tests/e2e/invalid"))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+        ensure!(
+            files.len() >= 25,
+            "the invalid corpus has only {} files",
+            files.len()
+        );
+        let mut failures = vec![];
+        for path in &files {
+            let text = std::fs::read_to_string(path)?;
+            let expects: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("# expect: "))
+                .collect();
+            ensure!(
+                !expects.is_empty(),
+                "{} has no `# expect:` line",
+                path.display()
+            );
+            let mut obj = support::read_object(path)?;
+            obj.metadata.namespace = Some(ns.clone());
+            match support::apply(&api, &obj, true).await {
+                Ok(_) => failures.push(format!("{}: accepted", path.display())),
+                Err(kube::Error::Api(status)) => {
+                    let missing: Vec<_> = expects
+                        .iter()
+                        .filter(|e| !status.message.contains(**e))
+                        .collect();
+                    if status.code != 422 || !missing.is_empty() {
+                        failures.push(format!(
+                            "{}: HTTP {} without {missing:?} in: {}",
+                            path.display(),
+                            status.code,
+                            status.message
+                        ));
+                    }
+                }
+                Err(other) => failures.push(format!("{}: {other}", path.display())),
+            }
+        }
+        if !failures.is_empty() {
+            bail!(
+                "{} of {} invalid FlashSales were not rejected as expected:\n{}",
+                failures.len(),
+                files.len(),
+                failures.join("\n")
+            );
+        }
+        Ok(())
+    })
+}
+
+fn kubectl_get_shows_the_printer_columns(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    let ns = block_on_value(async {
+        let client = client(cluster).await?;
+        namespace(&client, "columns").await
+    })?;
+    let sale = std::fs::read_to_string(repo().join("examples/product-drop.yaml"))?
+        .replace("namespace: shop", "");
+    cluster.kubectl_stdin(
+        &["apply", "--server-side", "-n", &ns, "-f", "-"],
+        Some(&sale),
+    )?;
+    let table = cluster.kubectl(&["get", "fs", "-n", &ns])?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header == ["NAME", "PHASE", "START", "END", "READY", "NEXT", "AGE"],
+        "kubectl get fs header is {header:?}"
+    );
+    let wide = cluster.kubectl(&["get", "flashsale", "-n", &ns, "-o", "wide"])?;
+    let wide_header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        wide_header.last() == Some(&"REASON"),
+        "-o wide header is {wide_header:?}"
+    );
+    let row = table.lines().nth(1).unwrap_or_default();
+    ensure!(
+        row.contains("sneaker-drop") && row.contains("2026-12-05T10:00:00Z"),
+        "row: {row}"
+    );
+    Ok(())
+}
+
+fn operator_becomes_ready_and_stops_on_sigterm(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    let mut operator = Operator::start(cluster, &[])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200, body)) = operator.get("/readyz") {
+            ensure!(body == "ok", "/readyz body {body:?}");
+            break;
+        }
+        if let Some(status) = operator.child.try_wait()? {
+            bail!(
+                "operator exited early with {status}:\n{}",
+                operator.log_text()
+            );
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "operator not ready after 60s:\n{}",
+            operator.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = operator.get("/healthz")?;
+    ensure!(code == 200, "/healthz answered {code}");
+    let (code, metrics) = operator.get("/metrics")?;
+    ensure!(
+        code == 200 && metrics.contains("flashsale_reconcile_duration_seconds"),
+        "/metrics answered {code}: {metrics}"
+    );
+    drop(body);
+    operator.terminate()?;
+    let status = operator.wait_exit(Duration::from_secs(20))?;
+    ensure!(
+        status.success(),
+        "operator exited with {status} on SIGTERM:\n{}",
+        operator.log_text()
+    );
+    ensure!(
+        operator.log_text().contains("stopped"),
+        "no clean-stop log line:\n{}",
+        operator.log_text()
+    );
+    Ok(())
+}
+
+fn operator_refuses_a_cluster_without_the_crd(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.secondary()?;
+    let mut operator = Operator::start(cluster, &[])?;
+    let status = operator.wait_exit(Duration::from_secs(30))?;
+    ensure!(
+        !status.success(),
+        "operator started on a cluster without the CRD"
+    );
+    let log = operator.log_text();
+    ensure!(
+        log.contains("FlashSale CRD (flashsales.flashsale.dev) is not installed")
+            && log.contains("flashsale-operator crd"),
+        "the refusal does not say how to install the CRD:\n{log}"
+    );
+    Ok(())
+}
+
+fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    let chart = repo().join("charts/flashsale-operator");
+    let helm = cluster.tool("helm");
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new(&helm)
+            .args(args)
+            .env("HELM_CACHE_HOME", cluster.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", cluster.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", cluster.dir.join("helm/data"))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "helm {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let chart_path = chart.display().to_string();
+    run(&["lint", "--strict", &chart_path])?;
+    let rendered = run(&[
+        "template",
+        "flashsale",
+        &chart_path,
+        "--namespace",
+        "flashsale-system",
+        "--include-crds",
+    ])?;
+    for kind in [
+        "CustomResourceDefinition",
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+    ] {
+        ensure!(
+            rendered.contains(&format!("kind: {kind}")),
+            "the chart renders no {kind}"
+        );
+    }
+    cluster.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        Some("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flashsale-system\n"),
+    )?;
+    // Server-side dry run: every rendered object passes the real API server's validation.
+    cluster
+        .kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "-n",
+                "flashsale-system",
+                "-f",
+                "-",
+            ],
+            Some(&rendered),
+        )
+        .context("the API server rejected the rendered chart")?;
+    Ok(())
+}
+
+fn block_on_value<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    f: F,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}

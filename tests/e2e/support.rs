@@ -1,0 +1,290 @@
+//! Shared state and helpers of the end-to-end tests.
+
+use anyhow::{Context as _, bail};
+use kube::{
+    Client, Config,
+    api::{Api, DynamicObject, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    discovery::ApiResource,
+};
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use crate::harness::{Cluster, ClusterOptions};
+
+/// The clusters of this run, started on first use.
+pub struct Env {
+    primary: OnceLock<Result<Cluster, String>>,
+    secondary: OnceLock<Result<Cluster, String>>,
+    crd: Mutex<bool>,
+    root: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let root = std::env::temp_dir().join(format!("flashsale-e2e-{}", std::process::id()));
+        Env {
+            primary: OnceLock::new(),
+            secondary: OnceLock::new(),
+            crd: Mutex::new(false),
+            root,
+        }
+    }
+
+    fn start<'a>(
+        &'a self,
+        cell: &'a OnceLock<Result<Cluster, String>>,
+        opts: ClusterOptions,
+    ) -> anyhow::Result<&'a Cluster> {
+        let dir = self.root.join(&opts.name);
+        cell.get_or_init(|| Cluster::start(&opts, &dir, false).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("cluster {} failed to start: {e}", opts.name))
+    }
+
+    /// The shared cluster, with the FlashSale CRD installed.
+    pub fn primary(&self) -> anyhow::Result<&Cluster> {
+        let cluster = self.start(
+            &self.primary,
+            ClusterOptions {
+                name: "primary".into(),
+                ..Default::default()
+            },
+        )?;
+        let mut installed = self
+            .crd
+            .lock()
+            .map_err(|_| anyhow::anyhow!("CRD lock poisoned"))?;
+        if !*installed {
+            install_crd(cluster)?;
+            *installed = true;
+        }
+        Ok(cluster)
+    }
+
+    /// A second, independent cluster, without the FlashSale CRD.
+    pub fn secondary(&self) -> anyhow::Result<&Cluster> {
+        self.start(
+            &self.secondary,
+            ClusterOptions {
+                name: "secondary".into(),
+                nodes: 2,
+                spot_nodes: 1,
+            },
+        )
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Dropping the clusters kills their processes; then the scratch root goes.
+        drop(self.primary.take());
+        drop(self.secondary.take());
+        if std::env::var_os("FLASHSALE_E2E_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn install_crd(cluster: &Cluster) -> anyhow::Result<()> {
+    cluster.install_crd(&repo().join("crds/flashsale.dev_flashsales.yaml"))
+}
+
+/// Runs an async test body on its own runtime (kube clients are bound to the runtime that
+/// made them).
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// A client for `cluster`.
+pub async fn client(cluster: &Cluster) -> anyhow::Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(&cluster.kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Creates a fresh namespace named after the test and waits for its default ServiceAccount.
+pub async fn namespace(client: &Client, name: &str) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    let ns_name = format!("{name}-{}", std::process::id() % 100_000);
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns_name}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns_name);
+    eventually(Duration::from_secs(30), || async {
+        Ok(sas.get_opt("default").await?.is_some())
+    })
+    .await
+    .context("default ServiceAccount never appeared")?;
+    Ok(ns_name)
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            return match last_err {
+                Some(e) => Err(e.context(format!("condition not met within {timeout:?}"))),
+                None => bail!("condition not met within {timeout:?}"),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads a YAML file with one document into a dynamic object.
+pub fn read_object(path: &Path) -> anyhow::Result<DynamicObject> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(serde_json::from_value(value)?)
+}
+
+/// The FlashSale API resource, for dynamic requests that should not go through our own types.
+pub fn flashsale_resource() -> ApiResource {
+    ApiResource {
+        group: "flashsale.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "flashsale.dev/v1alpha1".into(),
+        kind: "FlashSale".into(),
+        plural: "flashsales".into(),
+    }
+}
+
+/// Applies `obj` with server-side apply (optionally as a dry run) as the test's field manager.
+pub async fn apply(
+    api: &Api<DynamicObject>,
+    obj: &DynamicObject,
+    dry_run: bool,
+) -> Result<DynamicObject, kube::Error> {
+    let mut params = PatchParams::apply("e2e").force();
+    params.dry_run = dry_run;
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    api.patch(&name, &params, &Patch::Apply(obj)).await
+}
+
+/// A running `flashsale-operator` process, killed on drop.
+pub struct Operator {
+    pub child: Child,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `flashsale-operator run` against `cluster`.
+    pub fn start(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Operator> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = cluster.dir.join(format!("operator-{port}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+            .arg("run")
+            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+            .args(extra)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info,flashsale_operator=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()?;
+        Ok(Operator {
+            child,
+            metrics_port: port,
+            log,
+        })
+    }
+
+    /// GET `path` on the metrics address: status code and body.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(self.metrics_port, path)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "operator still running after {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback.
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("malformed HTTP response")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
