@@ -23,7 +23,7 @@ toolchain:
 test: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
-	cargo test --all-targets
+	cargo test --lib --bins --tests
 
 .PHONY: crds
 crds:
