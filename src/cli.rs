@@ -51,6 +51,15 @@ struct RunArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, default_value = "0.0.0.0:8080", env = "FLASHSALE_METRICS_ADDR")]
     metrics_addr: SocketAddr,
+    /// Elect a leader through a coordination.k8s.io Lease; only the leader acts.
+    #[arg(long, env = "FLASHSALE_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Lease duration in seconds: a crashed leader is replaced within this time.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    lease_duration_seconds: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -109,15 +118,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
+    let metrics = Arc::new(Metrics::default());
+    let config = kube::Config::infer()
         .await
-        .context("cannot build a Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster service account)")?;
+        .context("cannot find Kubernetes credentials (KUBECONFIG, ~/.kube/config or in-cluster service account)")?;
+    let client = crate::client::counted(config, metrics.clone())
+        .context("cannot build a Kubernetes client")?;
     ensure_crd_installed(&client).await?;
 
-    let metrics = Arc::new(Metrics::default());
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let admin_state = admin::Admin {
@@ -129,15 +140,99 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin_state,
         stopped(stop_rx.clone()),
     ));
-    let controller = tokio::spawn(controller::run(client, metrics, ready_tx, stopped(stop_rx)));
+    let stop_tx = Arc::new(stop_tx);
+    let signal = {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        })
+    };
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let outcome = if args.leader_elect {
+        run_as_elected(client, metrics, ready_tx, stop_rx.clone(), &args).await
+    } else {
+        controller::run(client, metrics, ready_tx, stopped(stop_rx.clone())).await;
+        Ok(())
+    };
+    signal.abort();
+    // Stops the metrics server too when the controller ended for another reason.
     let _ = stop_tx.send(true);
-    controller.await.context("controller task")?;
-    server.await.context("metrics server task")??;
+    server
+        .await
+        .context("metrics server task")?
+        .context("metrics server")?;
+    outcome?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits for leadership, runs the controller while leading, and exits when leadership is lost
+/// (the process manager restarts it as a standby), so two leaders never act at once.
+async fn run_as_elected(
+    client: Client,
+    metrics: Arc<Metrics>,
+    ready: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+    args: &RunArgs,
+) -> anyhow::Result<()> {
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let manager =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "flashsale-operator")
+            .with_namespace(&args.leader_election_namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_duration_seconds)
+            .with_grace((args.lease_duration_seconds / 3).max(1))
+            .with_field_manager(controller::FIELD_MANAGER)
+            .build()
+            .await
+            .context("cannot set up leader election")?;
+    let (mut leader, lease) = manager.watch().await;
+    tracing::info!(%identity, namespace = %args.leader_election_namespace, "waiting to become the leader");
+    // A standby is healthy and ready; it just does not act.
+    let _ = ready.send(true);
+    let became_leader = tokio::select! {
+        became = leader.wait_for(|is| *is) => { became.is_ok() }
+        _ = stop.wait_for(|s| *s) => false,
+    };
+    if !became_leader {
+        drop(leader);
+        let _ = lease.await;
+        return if *stop.borrow() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("leader election stopped"))
+        };
+    }
+    tracing::info!(%identity, "became the leader");
+    let _ = ready.send(false);
+    let mut lost = leader.clone();
+    let mut stop_for_controller = stop.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = lost.wait_for(|is| !*is) => {}
+            _ = stop_for_controller.wait_for(|s| *s) => {}
+        }
+    };
+    controller::run(client, metrics, ready, shutdown).await;
+    let still_leader = *leader.borrow();
+    let stopping = *stop.borrow();
+    // Closing the channel releases the Lease, so a standby takes over at once.
+    drop(leader);
+    let _ = lease.await;
+    if still_leader || stopping {
+        Ok(())
+    } else {
+        anyhow::bail!("lost the leader Lease; exiting so that only one replica acts")
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "flashsale-operator".to_owned())
 }
 
 /// Refuses to start where the CRD is missing, saying how to install it.

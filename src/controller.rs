@@ -11,19 +11,26 @@ use kube::{
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
         watcher,
     },
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use thiserror::Error;
 use tokio::sync::watch;
 use tracing::{info, instrument, warn};
 
 use crate::{
     api::{FlashSale, FlashSaleStatus, Phase},
+    clusters::Clusters,
+    levers::{self, Intent, prescale},
     metrics::{ErrorLabels, Metrics, PhaseLabels, SaleLabels},
-    status::{self, ConditionSet},
-    timeline::Schedule,
+    status::{self, ClusterObservation, ConditionSet},
+    timeline::{self, Schedule},
 };
 
 /// The field manager of every write the operator makes.
@@ -34,8 +41,11 @@ pub const FINALIZER: &str = "flashsale.dev/restore";
 /// Everything a reconcile needs besides the object.
 pub struct Context {
     pub client: Client,
+    pub clusters: Clusters,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Consecutive failures per sale, for exponential backoff (kube-runtime has none built in).
+    failures: Mutex<HashMap<ObjectRef<DeserializeGuard<FlashSale>>, u32>>,
 }
 
 /// Why a reconcile failed. Each variant maps to a bounded metrics category.
@@ -47,6 +57,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("the object has no namespace")]
     NoNamespace,
+    #[error("{0}")]
+    RestorePending(String),
 }
 
 impl Error {
@@ -54,8 +66,13 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "transport",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                _ => "finalizer",
+            },
             Error::NoNamespace => "spec",
+            Error::RestorePending(_) => "restore_pending",
         }
     }
 }
@@ -74,8 +91,10 @@ pub async fn run(
     };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
+        clusters: Clusters::new(client.clone(), metrics.clone()),
         client,
         metrics,
+        failures: Mutex::new(HashMap::new()),
     });
     let controller = Controller::new(sales, watcher::Config::default().any_semantic())
         .graceful_shutdown_on(shutdown);
@@ -109,17 +128,25 @@ async fn reconcile_guarded(
     obj: Arc<DeserializeGuard<FlashSale>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    match &obj.0 {
-        Ok(sale) => reconcile(Arc::new(sale.clone()), ctx).await,
+    let key = ObjectRef::from_obj(obj.as_ref());
+    let result = match &obj.0 {
+        Ok(sale) => reconcile(Arc::new(sale.clone()), ctx.clone()).await,
         Err(invalid) => {
             // The API server's schema normally prevents this; report it instead of wedging.
             warn!(name = %invalid.metadata.name.as_deref().unwrap_or(""), error = %invalid.error, "cannot read FlashSale");
             Ok(Action::await_change())
         }
+    };
+    if result.is_ok() {
+        if let Ok(mut failures) = ctx.failures.lock() {
+            failures.remove(&key);
+        }
     }
+    result
 }
 
-fn error_policy(_obj: Arc<DeserializeGuard<FlashSale>>, err: &Error, ctx: Arc<Context>) -> Action {
+/// Exponential backoff per sale: 1s, 2s, 4s ... capped at 60s; reset by a successful reconcile.
+fn error_policy(obj: Arc<DeserializeGuard<FlashSale>>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
         .get_or_create(&ErrorLabels {
@@ -127,7 +154,22 @@ fn error_policy(_obj: Arc<DeserializeGuard<FlashSale>>, err: &Error, ctx: Arc<Co
             category: err.category(),
         })
         .inc();
-    Action::requeue(Duration::from_secs(5))
+    let attempt = match ctx.failures.lock() {
+        Ok(mut failures) => {
+            let n = failures
+                .entry(ObjectRef::from_obj(obj.as_ref()))
+                .or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    Action::requeue(backoff(attempt))
+}
+
+/// The delay before retry number `attempt` (1-based).
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
 #[instrument(skip(sale, ctx), fields(namespace = %sale.namespace().unwrap_or_default(), name = %sale.name_any()))]
@@ -138,7 +180,7 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
     finalizer(&api, FINALIZER, sale, |event| async {
         match event {
             Finalizer::Apply(sale) => apply(&sale, &ctx, &api).await,
-            Finalizer::Cleanup(sale) => cleanup(&sale, &ctx).await,
+            Finalizer::Cleanup(sale) => cleanup(&sale, &ctx, &api).await,
         }
     })
     .await
@@ -148,8 +190,196 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
 async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<Action, Error> {
     let now = Timestamp::now();
     let previous = sale.status.clone().unwrap_or_default();
-    let schedule = Schedule::from_spec(&sale.spec);
-    let decided = status::decide(sale, &schedule, now);
+    let schedule = match Schedule::from_spec(&sale.spec) {
+        Ok(schedule) => schedule,
+        Err(err) => {
+            let was_stalled = previous
+                .conditions
+                .iter()
+                .any(|c| c.type_ == status::STALLED && c.status == "True");
+            if !was_stalled {
+                publish(
+                    ctx,
+                    sale,
+                    EventType::Warning,
+                    "InvalidSpec",
+                    err.to_string(),
+                    "Validate",
+                )
+                .await;
+            }
+            write_status(api, sale, &previous, status::stalled(sale, &err), now).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    // Levers act on the phase the clock gives; whether Restoring has become Completed depends on
+    // what they report.
+    let clock = timeline::position(&schedule, sale.spec.suspend, false, now);
+    let observations = observe(sale, ctx, Intent::for_phase(clock.phase)).await;
+    let restored = observations
+        .iter()
+        .all(|o| o.report.as_ref().is_ok_and(|r| r.restored));
+    let position = timeline::position(&schedule, sale.spec.suspend, restored, now);
+    let decided = status::decide(sale, &schedule, position, &observations, now);
+
+    report_events(ctx, sale, &previous, &decided, &observations).await;
+    record_phase_metrics(ctx, sale, &decided, now);
+    let settled = !decided
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::RECONCILING && c.status == "True");
+    write_status(api, sale, &previous, decided.clone(), now).await?;
+    let next = decided
+        .next_transition_time
+        .as_ref()
+        .map(|t| until(now, t.0));
+    Ok(match (next, settled) {
+        // Something is still converging: look again soon, but never past the next boundary.
+        (Some(next), false) => Action::requeue(next.min(PENDING_RECHECK)),
+        (None, false) => Action::requeue(PENDING_RECHECK),
+        (Some(next), true) => Action::requeue(next),
+        (None, true) => Action::await_change(),
+    })
+}
+
+/// How often a sale whose levers are still converging is looked at again.
+const PENDING_RECHECK: Duration = Duration::from_secs(2);
+
+/// Runs the levers in every cluster of the sale, concurrently; one slow or unreachable cluster
+/// delays none of the others beyond its client timeouts.
+async fn observe(sale: &FlashSale, ctx: &Context, intent: Intent) -> Vec<ClusterObservation> {
+    let ns = sale.namespace().unwrap_or_default();
+    let holder = levers::holder(&ns, &sale.name_any());
+    let targets = ctx.clusters.targets(sale, &ns).await;
+    let passes = targets.into_iter().map(|target| {
+        let (ns, holder) = (ns.clone(), holder.clone());
+        async move {
+            let report = match target.client {
+                Ok(client) => {
+                    let _timer = ctx.metrics.time("prescale");
+                    prescale::run(&client, &ns, &holder, &sale.spec.workloads, intent)
+                        .await
+                        .map_err(|err| {
+                            ctx.metrics
+                                .reconcile_errors
+                                .get_or_create(&ErrorLabels {
+                                    lever: "prescale",
+                                    category: kube_category(&err),
+                                })
+                                .inc();
+                            describe(&err)
+                        })
+                }
+                Err(message) => Err(message),
+            };
+            ClusterObservation {
+                name: target.name,
+                report,
+            }
+        }
+    });
+    futures::future::join_all(passes).await
+}
+
+/// Annotation listing clusters whose restore a deletion may skip.
+pub const ABANDON_ANNOTATION: &str = "flashsale.dev/abandon-clusters";
+
+/// Restores every cluster before the finalizer is released. Clusters named in the
+/// `flashsale.dev/abandon-clusters` annotation (comma-separated) are skipped: the escape hatch
+/// for a cluster that is gone for good.
+async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let previous = sale.status.clone().unwrap_or_default();
+    let abandoned: Vec<String> = sale
+        .annotations()
+        .get(ABANDON_ANNOTATION)
+        .map(|v| {
+            v.split(',')
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let observations: Vec<ClusterObservation> = observe(sale, ctx, Intent::Restore)
+        .await
+        .into_iter()
+        .filter(|o| !abandoned.contains(&o.name))
+        .collect();
+    for obs in &observations {
+        for action in obs.report.iter().flat_map(|r| r.actions.iter()) {
+            publish(
+                ctx,
+                sale,
+                EventType::Normal,
+                "Restored",
+                format!("cluster {}: {action}", obs.name),
+                "Restore",
+            )
+            .await;
+        }
+    }
+    let pending: Vec<String> = observations
+        .iter()
+        .filter_map(|o| match &o.report {
+            Ok(r) if r.restored => None,
+            Ok(r) => Some(format!("{}: {}", o.name, r.problems.join("; "))),
+            Err(message) => Some(format!("{}: {message}", o.name)),
+        })
+        .collect();
+    if pending.is_empty() {
+        publish(
+            ctx,
+            sale,
+            EventType::Normal,
+            "Deleted",
+            "Everything is restored; releasing the finalizer".into(),
+            "Restore",
+        )
+        .await;
+        forget_metrics(ctx, sale);
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "Deletion waits for the restore of cluster {}. If a cluster is gone for good, annotate the FlashSale with {ABANDON_ANNOTATION}=<names> to release it",
+        pending.join("; ")
+    );
+    let mut blocked = previous.clone();
+    blocked.conditions = vec![
+        status::condition(status::READY, false, "Deleting", &message),
+        status::condition(status::RECONCILING, true, "Deleting", &message),
+        status::condition(
+            status::STALLED,
+            false,
+            "AsExpected",
+            "The spec can be acted on",
+        ),
+    ];
+    if !previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::READY && c.reason == "Deleting" && c.message == message)
+    {
+        publish(
+            ctx,
+            sale,
+            EventType::Warning,
+            "RestorePending",
+            message.clone(),
+            "Restore",
+        )
+        .await;
+    }
+    write_status(api, sale, &previous, blocked, now).await?;
+    Err(Error::RestorePending(message))
+}
+
+async fn report_events(
+    ctx: &Context,
+    sale: &FlashSale,
+    previous: &FlashSaleStatus,
+    decided: &FlashSaleStatus,
+    observations: &[ClusterObservation],
+) {
     if let Some(phase) = decided.phase.filter(|p| Some(*p) != previous.phase) {
         publish(
             ctx,
@@ -161,47 +391,106 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
         )
         .await;
     }
-    let was_stalled = previous
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Stalled" && c.status == "True");
-    if let (Err(err), false) = (&schedule, was_stalled) {
-        publish(
-            ctx,
-            sale,
-            EventType::Warning,
-            "InvalidSpec",
-            err.to_string(),
-            "Validate",
-        )
-        .await;
+    for obs in observations {
+        let was_reachable = previous
+            .clusters
+            .iter()
+            .find(|c| c.name == obs.name)
+            .map(|c| c.reachable);
+        match &obs.report {
+            Ok(report) => {
+                for action in &report.actions {
+                    publish(
+                        ctx,
+                        sale,
+                        EventType::Normal,
+                        "Scaled",
+                        format!("cluster {}: {action}", obs.name),
+                        "Scale",
+                    )
+                    .await;
+                }
+                if was_reachable == Some(false) {
+                    let note = format!("cluster {} is reachable again", obs.name);
+                    publish(
+                        ctx,
+                        sale,
+                        EventType::Normal,
+                        "ClusterReachable",
+                        note,
+                        "Connect",
+                    )
+                    .await;
+                }
+            }
+            Err(message) if was_reachable != Some(false) => {
+                let note = format!("cluster {}: {message}", obs.name);
+                publish(
+                    ctx,
+                    sale,
+                    EventType::Warning,
+                    "ClusterUnreachable",
+                    note,
+                    "Connect",
+                )
+                .await;
+            }
+            Err(_) => {}
+        }
     }
-    record_phase_metrics(ctx, sale, &decided, now);
-    write_status(api, sale, &previous, decided.clone(), now).await?;
-    Ok(match decided.next_transition_time.as_ref() {
-        Some(next) => Action::requeue(until(now, next.0)),
-        None => Action::await_change(),
-    })
+    let ready = |s: &FlashSaleStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::READY)
+            .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    if let Some((state, message)) = ready(decided).filter(|r| Some(r) != ready(previous).as_ref()) {
+        if state == "False" && matches!(decided.phase, Some(Phase::Active | Phase::CoolingDown)) {
+            publish(ctx, sale, EventType::Warning, "NotReady", message, "Check").await;
+        } else if state == "False" && decided.phase == Some(Phase::Scheduled) {
+            publish(
+                ctx,
+                sale,
+                EventType::Warning,
+                "PreflightFailed",
+                message,
+                "Check",
+            )
+            .await;
+        }
+    }
 }
 
-async fn cleanup(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
-    publish(
-        ctx,
-        sale,
-        EventType::Normal,
-        "Deleted",
-        "Restored; releasing the finalizer".into(),
-        "Restore",
-    )
-    .await;
+fn kube_category(err: &kube::Error) -> &'static str {
+    match err {
+        kube::Error::Api(status) if status.code == 404 => "not_found",
+        kube::Error::Api(status) if status.code == 403 => "forbidden",
+        kube::Error::Api(status) if status.code == 409 => "conflict",
+        kube::Error::Api(_) => "api",
+        _ => "unreachable",
+    }
+}
+
+/// A message for a person: what failed, without repeating kube's source chain.
+fn describe(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => format!("the API server refused: {}", status.message),
+        other => format!("cannot reach the API server: {other}"),
+    }
+}
+
+fn forget_metrics(ctx: &Context, sale: &FlashSale) {
+    let (namespace, name) = (sale.namespace().unwrap_or_default(), sale.name_any());
     for phase in Phase::ALL {
         ctx.metrics.phase.remove(&PhaseLabels {
-            namespace: sale.namespace().unwrap_or_default(),
-            name: sale.name_any(),
+            namespace: namespace.clone(),
+            name: name.clone(),
             phase: phase.as_str(),
         });
     }
-    Ok(Action::await_change())
+    ctx.metrics
+        .seconds_to_next_transition
+        .remove(&SaleLabels { namespace, name });
 }
 
 /// Writes the status with server-side apply, unless it already says the same thing.

@@ -6,7 +6,10 @@
 pub mod admin;
 pub mod api;
 pub mod cli;
+pub mod client;
+pub mod clusters;
 pub mod controller;
+pub mod levers;
 pub mod metrics;
 pub mod plan;
 pub mod status;

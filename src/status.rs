@@ -6,8 +6,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 
 use crate::{
-    api::{FlashSale, FlashSaleStatus, Phase},
-    timeline::{self, Schedule, ScheduleError},
+    api::{ClusterStatus, FlashSale, FlashSaleStatus, Phase},
+    levers::Report,
+    timeline::{Position, Schedule, ScheduleError},
 };
 
 /// Condition types.
@@ -15,80 +16,261 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
-/// The status a sale should show at `now`, before lever detail is added.
+/// Lever condition types.
+pub const PRESCALED: &str = "Prescaled";
+
+/// What the controller observed of one cluster in this pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterObservation {
+    pub name: String,
+    /// `Err` with a message when the cluster could not be reached or its client not built.
+    pub report: Result<Report, String>,
+}
+
+/// The status for an invalid spec: Stalled with the reason, everything else untouched.
+pub fn stalled(sale: &FlashSale, error: &ScheduleError) -> FlashSaleStatus {
+    let message = error.to_string();
+    let previous = sale.status.clone().unwrap_or_default();
+    FlashSaleStatus {
+        phase: previous.phase,
+        next_transition_time: None,
+        observed_generation: sale.meta().generation,
+        conditions: vec![
+            condition(READY, false, "InvalidSpec", &message),
+            condition(STALLED, true, "InvalidSpec", &message),
+            condition(
+                RECONCILING,
+                false,
+                "InvalidSpec",
+                "waiting for the spec to be fixed",
+            ),
+        ],
+        clusters: previous.clusters,
+    }
+}
+
+/// The status a sale shows given where the clock puts it and what each cluster reported.
 pub fn decide(
     sale: &FlashSale,
-    schedule: &Result<Schedule, ScheduleError>,
+    schedule: &Schedule,
+    position: Position,
+    observations: &[ClusterObservation],
     now: Timestamp,
 ) -> FlashSaleStatus {
-    let generation = sale.meta().generation;
-    let schedule = match schedule {
-        Ok(s) => s,
-        Err(err) => {
-            let message = err.to_string();
-            return FlashSaleStatus {
-                phase: sale.status.as_ref().and_then(|s| s.phase),
-                next_transition_time: None,
-                observed_generation: generation,
-                conditions: vec![
-                    condition(READY, false, "InvalidSpec", &message),
-                    condition(STALLED, true, "InvalidSpec", &message),
-                    condition(
-                        RECONCILING,
-                        false,
-                        "InvalidSpec",
-                        "waiting for the spec to be fixed",
-                    ),
-                ],
-                clusters: vec![],
-            };
+    let previous = sale.status.clone().unwrap_or_default();
+    let mut problems: Vec<String> = vec![];
+    let mut clusters = vec![];
+    let (mut all_ready, mut all_restored) = (true, true);
+    for obs in observations {
+        let prev = previous.clusters.iter().find(|c| c.name == obs.name);
+        match &obs.report {
+            Ok(report) => {
+                all_ready &= report.ready;
+                all_restored &= report.restored;
+                problems.extend(
+                    report
+                        .problems
+                        .iter()
+                        .map(|p| qualify(observations, &obs.name, p)),
+                );
+                let message = if report.problems.is_empty() {
+                    None
+                } else {
+                    Some(report.problems.join("; "))
+                };
+                let unchanged = prev.is_some_and(|p| {
+                    p.reachable && p.message == message && p.workloads == report.workloads
+                });
+                clusters.push(ClusterStatus {
+                    name: obs.name.clone(),
+                    reachable: true,
+                    message,
+                    last_sync_time: if unchanged {
+                        prev.and_then(|p| p.last_sync_time.clone())
+                    } else {
+                        Some(Time(now))
+                    },
+                    workloads: report.workloads.clone(),
+                    ..ClusterStatus::default()
+                });
+            }
+            Err(message) => {
+                all_ready = false;
+                all_restored = false;
+                problems.push(format!("cluster {}: {message}", obs.name));
+                clusters.push(ClusterStatus {
+                    name: obs.name.clone(),
+                    reachable: false,
+                    message: Some(message.clone()),
+                    last_sync_time: prev.and_then(|p| p.last_sync_time.clone()),
+                    // Keep the last known workload detail: on-call still wants to see it.
+                    workloads: prev.map(|p| p.workloads.clone()).unwrap_or_default(),
+                    ..ClusterStatus::default()
+                });
+            }
         }
-    };
-    let position = timeline::position(schedule, sale.spec.suspend, true, now);
-    let (ready, reason, message) = match position.phase {
-        Phase::Scheduled => (
+    }
+    let problem_text = problems.join("; ");
+    let phase = position.phase;
+    let (ready, reason, message) = match phase {
+        Phase::Scheduled if problems.is_empty() => (
             true,
-            "Scheduled",
+            "PreflightPassed",
             format!("Preparation starts at {}", schedule.prepare_at),
         ),
-        Phase::Preparing => (
+        Phase::Scheduled => (false, "PreflightFailed", problem_text.clone()),
+        Phase::Preparing | Phase::Active | Phase::CoolingDown if all_ready => (
             true,
             "Prepared",
-            format!("Sale starts at {}", schedule.start),
+            format!("Everything is in place; {}", next_step(phase, schedule)),
         ),
-        Phase::Active => (true, "Active", format!("Sale ends at {}", schedule.end)),
-        Phase::CoolingDown => (
-            true,
-            "CoolingDown",
-            format!("Restore starts at {}", schedule.restore_at),
-        ),
-        Phase::Restoring => (
+        Phase::Preparing => (
             false,
-            "Restoring",
-            "Restoring the original state".to_owned(),
+            "Preparing",
+            not_ready_message(&problem_text, observations),
         ),
+        Phase::Active | Phase::CoolingDown => (
+            false,
+            "NotReady",
+            not_ready_message(&problem_text, observations),
+        ),
+        Phase::Restoring => (false, "Restoring", restoring_message(&problem_text)),
         Phase::Completed => (
             true,
             "Completed",
             "The sale is over and everything is restored".to_owned(),
         ),
-        Phase::Suspended => (
+        Phase::Suspended if all_restored => (
             true,
             "Suspended",
             "spec.suspend is set; everything is restored".to_owned(),
         ),
+        Phase::Suspended => (false, "Suspending", restoring_message(&problem_text)),
     };
-    let reconciling = position.phase == Phase::Restoring;
+    let reconciling = match phase {
+        Phase::Scheduled | Phase::Completed => false,
+        Phase::Preparing | Phase::Active | Phase::CoolingDown => !all_ready,
+        Phase::Restoring => true,
+        Phase::Suspended => !all_restored,
+    };
+    let prescaled = prescaled_condition(phase, all_ready, all_restored, &problem_text);
     FlashSaleStatus {
-        phase: Some(position.phase),
+        phase: Some(phase),
         next_transition_time: position.next.map(Time),
-        observed_generation: generation,
+        observed_generation: sale.meta().generation,
         conditions: vec![
             condition(READY, ready, reason, &message),
-            condition(STALLED, false, "AsExpected", "The spec can be acted on"),
             condition(RECONCILING, reconciling, reason, &message),
+            condition(STALLED, false, "AsExpected", "The spec can be acted on"),
+            prescaled,
         ],
-        clusters: vec![],
+        clusters,
+    }
+}
+
+fn prescaled_condition(
+    phase: Phase,
+    all_ready: bool,
+    all_restored: bool,
+    problems: &str,
+) -> Condition {
+    match phase {
+        Phase::Scheduled => condition(
+            PRESCALED,
+            false,
+            "NotYet",
+            "Scale-up starts when the sale prepares",
+        ),
+        Phase::Preparing | Phase::Active | Phase::CoolingDown if all_ready => condition(
+            PRESCALED,
+            true,
+            "PeakReached",
+            "Every workload has its peak replicas ready",
+        ),
+        Phase::Preparing | Phase::Active | Phase::CoolingDown => condition(
+            PRESCALED,
+            false,
+            "PeakNotReached",
+            problems_or(problems, "Waiting for replicas"),
+        ),
+        _ if all_restored => condition(
+            PRESCALED,
+            false,
+            "Restored",
+            "Every workload is back at its baseline",
+        ),
+        _ => condition(
+            PRESCALED,
+            false,
+            "Restoring",
+            problems_or(problems, "Restoring baselines"),
+        ),
+    }
+}
+
+fn problems_or<'a>(problems: &'a str, fallback: &'a str) -> &'a str {
+    if problems.is_empty() {
+        fallback
+    } else {
+        problems
+    }
+}
+
+fn next_step(phase: Phase, schedule: &Schedule) -> String {
+    match phase {
+        Phase::Preparing => format!("the sale starts at {}", schedule.start),
+        Phase::Active => format!("the sale ends at {}", schedule.end),
+        _ => format!("restore starts at {}", schedule.restore_at),
+    }
+}
+
+fn not_ready_message(problems: &str, observations: &[ClusterObservation]) -> String {
+    let mut waiting: Vec<String> = vec![];
+    for obs in observations {
+        if let Ok(report) = &obs.report {
+            for w in &report.workloads {
+                if let (Some(ready), Some(target)) = (w.ready_replicas, w.target_replicas) {
+                    if ready < target {
+                        let prefix = if observations.len() > 1 {
+                            format!("{}: ", obs.name)
+                        } else {
+                            String::new()
+                        };
+                        waiting.push(format!(
+                            "{prefix}{} has {ready}/{target} replicas ready ({} short)",
+                            w.name,
+                            target - ready
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut parts = waiting;
+    if !problems.is_empty() {
+        parts.push(problems.to_owned());
+    }
+    if parts.is_empty() {
+        "Waiting for the levers to report".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn restoring_message(problems: &str) -> String {
+    if problems.is_empty() {
+        "Putting every recorded original back".to_owned()
+    } else {
+        format!("Putting every recorded original back; blocked: {problems}")
+    }
+}
+
+/// Prefixes a problem with its cluster's name when the sale spans several.
+fn qualify(observations: &[ClusterObservation], cluster: &str, problem: &str) -> String {
+    if observations.len() > 1 {
+        format!("cluster {cluster}: {problem}")
+    } else {
+        problem.to_owned()
     }
 }
 
