@@ -137,10 +137,8 @@ async fn reconcile_guarded(
             Ok(Action::await_change())
         }
     };
-    if result.is_ok() {
-        if let Ok(mut failures) = ctx.failures.lock() {
-            failures.remove(&key);
-        }
+    if let (true, Ok(mut failures)) = (result.is_ok(), ctx.failures.lock()) {
+        failures.remove(&key);
     }
     result
 }

@@ -229,19 +229,19 @@ fn not_ready_message(problems: &str, observations: &[ClusterObservation]) -> Str
     for obs in observations {
         if let Ok(report) = &obs.report {
             for w in &report.workloads {
-                if let (Some(ready), Some(target)) = (w.ready_replicas, w.target_replicas) {
-                    if ready < target {
-                        let prefix = if observations.len() > 1 {
-                            format!("{}: ", obs.name)
-                        } else {
-                            String::new()
-                        };
-                        waiting.push(format!(
-                            "{prefix}{} has {ready}/{target} replicas ready ({} short)",
-                            w.name,
-                            target - ready
-                        ));
-                    }
+                if let (Some(ready), Some(target)) = (w.ready_replicas, w.target_replicas)
+                    && ready < target
+                {
+                    let prefix = if observations.len() > 1 {
+                        format!("{}: ", obs.name)
+                    } else {
+                        String::new()
+                    };
+                    waiting.push(format!(
+                        "{prefix}{} has {ready}/{target} replicas ready ({} short)",
+                        w.name,
+                        target - ready
+                    ));
                 }
             }
         }

@@ -163,17 +163,20 @@ async fn workload_pass(
     };
     status.baseline_replicas = Some(baseline);
 
-    if intent != Intent::Restore && !ours {
-        if let Some(problem) = unsupported_mode(client, target, &resource).await? {
-            status.message = Some(problem.clone());
-            return Ok(outcome(
-                intent == Intent::Preflight,
-                true,
-                Some(problem),
-                None,
-                status,
-            ));
-        }
+    let unsupported = if intent != Intent::Restore && !ours {
+        unsupported_mode(client, target, &resource).await?
+    } else {
+        None
+    };
+    if let Some(problem) = unsupported {
+        status.message = Some(problem.clone());
+        return Ok(outcome(
+            intent == Intent::Preflight,
+            true,
+            Some(problem),
+            None,
+            status,
+        ));
     }
     status.mode = Some("Replicas".into());
 
