@@ -27,19 +27,11 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(admin);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
-    (
-        [(
-            "content-type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        admin.metrics.render(),
-    )
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], admin.metrics.render())
 }
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {

@@ -14,13 +14,7 @@ use crate::{admin, api::FlashSale, controller, metrics::Metrics, plan};
 #[command(name = "flashsale-operator", version, about)]
 pub struct Cli {
     /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "FLASHSALE_LOG_FORMAT"
-    )]
+    #[arg(long, global = true, value_enum, default_value = "text", env = "FLASHSALE_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -51,6 +45,9 @@ struct RunArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, default_value = "0.0.0.0:8080", env = "FLASHSALE_METRICS_ADDR")]
     metrics_addr: SocketAddr,
+    /// Act only on FlashSales in this namespace (default: all namespaces).
+    #[arg(long, env = "FLASHSALE_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// Elect a leader through a coordination.k8s.io Lease; only the leader acts.
     #[arg(long, env = "FLASHSALE_LEADER_ELECT")]
     leader_elect: bool,
@@ -101,9 +98,7 @@ impl Cli {
 
     fn init_logging(&self) {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
         match self.log_format {
             LogFormat::Text => builder.init(),
             LogFormat::Json => builder.json().init(),
@@ -112,9 +107,7 @@ impl Cli {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -122,24 +115,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
         .context("cannot find Kubernetes credentials (KUBECONFIG, ~/.kube/config or in-cluster service account)")?;
-    let client = crate::client::counted(config, metrics.clone())
-        .context("cannot build a Kubernetes client")?;
-    ensure_crd_installed(&client).await?;
+    let client = crate::client::counted(config, metrics.clone()).context("cannot build a Kubernetes client")?;
+    ensure_crd_installed(&client, args.watch_namespace.as_deref()).await?;
 
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let admin_state = admin::Admin {
-        metrics: metrics.clone(),
-        ready: ready_rx,
-    };
-    let server = tokio::spawn(admin::serve(
-        args.metrics_addr,
-        admin_state,
-        stopped(stop_rx.clone()),
-    ));
+    let admin_state = admin::Admin { metrics: metrics.clone(), ready: ready_rx };
+    let server = tokio::spawn(admin::serve(args.metrics_addr, admin_state, stopped(stop_rx.clone())));
     let stop_tx = Arc::new(stop_tx);
     let signal = {
         let stop_tx = stop_tx.clone();
@@ -153,16 +138,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let outcome = if args.leader_elect {
         run_as_elected(client, metrics, ready_tx, stop_rx.clone(), &args).await
     } else {
-        controller::run(client, metrics, ready_tx, stopped(stop_rx.clone())).await;
+        controller::run(client, args.watch_namespace.clone(), metrics, ready_tx, stopped(stop_rx.clone())).await;
         Ok(())
     };
     signal.abort();
     // Stops the metrics server too when the controller ended for another reason.
     let _ = stop_tx.send(true);
-    server
-        .await
-        .context("metrics server task")?
-        .context("metrics server")?;
+    server.await.context("metrics server task")?.context("metrics server")?;
     outcome?;
     tracing::info!("stopped");
     Ok(())
@@ -177,18 +159,16 @@ async fn run_as_elected(
     mut stop: watch::Receiver<bool>,
     args: &RunArgs,
 ) -> anyhow::Result<()> {
-    let identity = std::env::var("POD_NAME")
-        .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
-    let manager =
-        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "flashsale-operator")
-            .with_namespace(&args.leader_election_namespace)
-            .with_identity(&identity)
-            .with_duration(args.lease_duration_seconds)
-            .with_grace((args.lease_duration_seconds / 3).max(1))
-            .with_field_manager(controller::FIELD_MANAGER)
-            .build()
-            .await
-            .context("cannot set up leader election")?;
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "flashsale-operator")
+        .with_namespace(&args.leader_election_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration_seconds)
+        .with_grace((args.lease_duration_seconds / 3).max(1))
+        .with_field_manager(controller::FIELD_MANAGER)
+        .build()
+        .await
+        .context("cannot set up leader election")?;
     let (mut leader, lease) = manager.watch().await;
     tracing::info!(%identity, namespace = %args.leader_election_namespace, "waiting to become the leader");
     // A standby is healthy and ready; it just does not act.
@@ -200,11 +180,7 @@ async fn run_as_elected(
     if !became_leader {
         drop(leader);
         let _ = lease.await;
-        return if *stop.borrow() {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!("leader election stopped"))
-        };
+        return if *stop.borrow() { Ok(()) } else { Err(anyhow::anyhow!("leader election stopped")) };
     }
     tracing::info!(%identity, "became the leader");
     let _ = ready.send(false);
@@ -216,7 +192,7 @@ async fn run_as_elected(
             _ = stop_for_controller.wait_for(|s| *s) => {}
         }
     };
-    controller::run(client, metrics, ready, shutdown).await;
+    controller::run(client, args.watch_namespace.clone(), metrics, ready, shutdown).await;
     let still_leader = *leader.borrow();
     let stopping = *stop.borrow();
     // Closing the channel releases the Lease, so a standby takes over at once.
@@ -236,8 +212,11 @@ fn hostname() -> String {
 }
 
 /// Refuses to start where the CRD is missing, saying how to install it.
-async fn ensure_crd_installed(client: &Client) -> anyhow::Result<()> {
-    let sales: Api<FlashSale> = Api::all(client.clone());
+async fn ensure_crd_installed(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
+    let sales: Api<FlashSale> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     match sales.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => bail!(

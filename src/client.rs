@@ -11,12 +11,7 @@ use crate::metrics::{Metrics, RequestLabels};
 pub fn counted(config: Config, metrics: Arc<Metrics>) -> Result<Client, kube::Error> {
     let builder = ClientBuilder::try_from(config)?;
     let layer = MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
-        metrics
-            .api_requests
-            .get_or_create(&RequestLabels {
-                verb: verb(&request),
-            })
-            .inc();
+        metrics.api_requests.get_or_create(&RequestLabels { verb: verb(&request) }).inc();
         request
     });
     Ok(builder.with_layer(&layer).build())
@@ -24,10 +19,7 @@ pub fn counted(config: Config, metrics: Arc<Metrics>) -> Result<Client, kube::Er
 
 /// The Kubernetes verb of a request, as far as the method and query tell it.
 fn verb<B>(request: &http::Request<B>) -> &'static str {
-    let watch = request
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true"));
+    let watch = request.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true"));
     match *request.method() {
         http::Method::GET if watch => "watch",
         http::Method::GET => "get",
@@ -50,31 +42,10 @@ mod tests {
 
     #[test]
     fn verbs_from_method_and_query() {
-        let req = |m: http::Method, uri: &str| {
-            http::Request::builder()
-                .method(m)
-                .uri(uri)
-                .body(())
-                .unwrap()
-        };
-        assert_eq!(
-            verb(&req(
-                http::Method::GET,
-                "/apis/x/v1/things?watch=true&resourceVersion=1"
-            )),
-            "watch"
-        );
-        assert_eq!(
-            verb(&req(http::Method::GET, "/apis/x/v1/things?limit=500")),
-            "get"
-        );
-        assert_eq!(
-            verb(&req(
-                http::Method::PATCH,
-                "/apis/x/v1/things/a/status?fieldManager=f"
-            )),
-            "patch"
-        );
+        let req = |m: http::Method, uri: &str| http::Request::builder().method(m).uri(uri).body(()).unwrap();
+        assert_eq!(verb(&req(http::Method::GET, "/apis/x/v1/things?watch=true&resourceVersion=1")), "watch");
+        assert_eq!(verb(&req(http::Method::GET, "/apis/x/v1/things?limit=500")), "get");
+        assert_eq!(verb(&req(http::Method::PATCH, "/apis/x/v1/things/a/status?fieldManager=f")), "patch");
         assert!(is_write("patch") && !is_write("watch"));
     }
 }

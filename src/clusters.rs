@@ -45,11 +45,7 @@ pub struct Clusters {
 
 impl Clusters {
     pub fn new(local: Client, metrics: std::sync::Arc<Metrics>) -> Self {
-        Clusters {
-            local,
-            cache: Mutex::new(HashMap::new()),
-            metrics,
-        }
+        Clusters { local, cache: Mutex::new(HashMap::new()), metrics }
     }
 
     /// The operator's own cluster's client.
@@ -87,9 +83,7 @@ impl Clusters {
             Ok(Some(secret)) => secret,
             Ok(None) => return Err(format!("kubeconfig Secret {namespace}/{name} not found")),
             Err(err) => {
-                return Err(format!(
-                    "cannot read kubeconfig Secret {namespace}/{name}: {err}"
-                ));
+                return Err(format!("cannot read kubeconfig Secret {namespace}/{name}: {err}"));
             }
         };
         let resource_version = secret.metadata.resource_version.clone().unwrap_or_default();
@@ -99,27 +93,14 @@ impl Clusters {
         }
         let client = build_client(&secret, namespace, name, key, &self.metrics).await;
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(
-                cache_key,
-                Cached {
-                    resource_version,
-                    client: client.clone(),
-                },
-            );
+            cache.insert(cache_key, Cached { resource_version, client: client.clone() });
         }
         client
     }
 
-    fn cached(
-        &self,
-        key: &(String, String, String),
-        resource_version: &str,
-    ) -> Option<Result<Client, String>> {
+    fn cached(&self, key: &(String, String, String), resource_version: &str) -> Option<Result<Client, String>> {
         let cache = self.cache.lock().ok()?;
-        cache
-            .get(key)
-            .filter(|c| c.resource_version == resource_version)
-            .map(|c| c.client.clone())
+        cache.get(key).filter(|c| c.resource_version == resource_version).map(|c| c.client.clone())
     }
 }
 
@@ -132,29 +113,20 @@ async fn build_client(
 ) -> Result<Client, String> {
     let data = secret.data.as_ref();
     let Some(bytes) = data.and_then(|d| d.get(key)) else {
-        let keys: Vec<&str> = data
-            .map(|d| d.keys().map(String::as_str).collect())
-            .unwrap_or_default();
+        let keys: Vec<&str> = data.map(|d| d.keys().map(String::as_str).collect()).unwrap_or_default();
         return Err(format!(
             "kubeconfig Secret {namespace}/{name} has no key {key:?} (it has: {})",
-            if keys.is_empty() {
-                "no keys".to_owned()
-            } else {
-                keys.join(", ")
-            }
+            if keys.is_empty() { "no keys".to_owned() } else { keys.join(", ") }
         ));
     };
-    let text = std::str::from_utf8(&bytes.0)
-        .map_err(|_| format!("key {key:?} of Secret {namespace}/{name} is not text"))?;
+    let text =
+        std::str::from_utf8(&bytes.0).map_err(|_| format!("key {key:?} of Secret {namespace}/{name} is not text"))?;
     // Parse errors can quote the input; only the error's kind is reported, never the contents.
-    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|_| {
-        format!("key {key:?} of Secret {namespace}/{name} is not a valid kubeconfig")
-    })?;
+    let kubeconfig = Kubeconfig::from_yaml(text)
+        .map_err(|_| format!("key {key:?} of Secret {namespace}/{name} is not a valid kubeconfig"))?;
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .map_err(|err| {
-            format!("the kubeconfig in Secret {namespace}/{name} cannot be used: {err}")
-        })?;
+        .map_err(|err| format!("the kubeconfig in Secret {namespace}/{name} cannot be used: {err}"))?;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(READ_TIMEOUT);
     crate::client::counted(config, metrics.clone())

@@ -67,8 +67,9 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "transport",
             Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.category()
+                }
                 _ => "finalizer",
             },
             Error::NoNamespace => "spec",
@@ -77,18 +78,20 @@ impl Error {
     }
 }
 
-/// Runs the controller until `shutdown` resolves. `ready` turns true once caches are synced.
+/// Runs the controller (over one namespace, or all) until `shutdown` resolves. `ready` turns
+/// true once caches are synced.
 pub async fn run(
     client: Client,
+    namespace: Option<String>,
     metrics: Arc<Metrics>,
     ready: watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let sales = Api::<DeserializeGuard<FlashSale>>::all(client.clone());
-    let reporter = Reporter {
-        controller: FIELD_MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok(),
+    let sales = match &namespace {
+        Some(ns) => Api::<DeserializeGuard<FlashSale>>::namespaced(client.clone(), ns),
+        None => Api::<DeserializeGuard<FlashSale>>::all(client.clone()),
     };
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         clusters: Clusters::new(client.clone(), metrics.clone()),
@@ -96,8 +99,7 @@ pub async fn run(
         metrics,
         failures: Mutex::new(HashMap::new()),
     });
-    let controller = Controller::new(sales, watcher::Config::default().any_semantic())
-        .graceful_shutdown_on(shutdown);
+    let controller = Controller::new(sales, watcher::Config::default().any_semantic()).graceful_shutdown_on(shutdown);
     let store = controller.store();
     tokio::spawn(async move {
         // The store's readiness future wakes only one waiter (the controller's own), so poll it
@@ -124,10 +126,7 @@ pub async fn run(
         .await;
 }
 
-async fn reconcile_guarded(
-    obj: Arc<DeserializeGuard<FlashSale>>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
+async fn reconcile_guarded(obj: Arc<DeserializeGuard<FlashSale>>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = ObjectRef::from_obj(obj.as_ref());
     let result = match &obj.0 {
         Ok(sale) => reconcile(Arc::new(sale.clone()), ctx.clone()).await,
@@ -145,18 +144,10 @@ async fn reconcile_guarded(
 
 /// Exponential backoff per sale: 1s, 2s, 4s ... capped at 60s; reset by a successful reconcile.
 fn error_policy(obj: Arc<DeserializeGuard<FlashSale>>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            lever: "timeline",
-            category: err.category(),
-        })
-        .inc();
+    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { lever: "timeline", category: err.category() }).inc();
     let attempt = match ctx.failures.lock() {
         Ok(mut failures) => {
-            let n = failures
-                .entry(ObjectRef::from_obj(obj.as_ref()))
-                .or_insert(0);
+            let n = failures.entry(ObjectRef::from_obj(obj.as_ref())).or_insert(0);
             *n = n.saturating_add(1);
             *n
         }
@@ -191,20 +182,9 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     let schedule = match Schedule::from_spec(&sale.spec) {
         Ok(schedule) => schedule,
         Err(err) => {
-            let was_stalled = previous
-                .conditions
-                .iter()
-                .any(|c| c.type_ == status::STALLED && c.status == "True");
+            let was_stalled = previous.conditions.iter().any(|c| c.type_ == status::STALLED && c.status == "True");
             if !was_stalled {
-                publish(
-                    ctx,
-                    sale,
-                    EventType::Warning,
-                    "InvalidSpec",
-                    err.to_string(),
-                    "Validate",
-                )
-                .await;
+                publish(ctx, sale, EventType::Warning, "InvalidSpec", err.to_string(), "Validate").await;
             }
             write_status(api, sale, &previous, status::stalled(sale, &err), now).await?;
             return Ok(Action::await_change());
@@ -214,23 +194,19 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     // what they report.
     let clock = timeline::position(&schedule, sale.spec.suspend, false, now);
     let observations = observe(sale, ctx, Intent::for_phase(clock.phase)).await;
-    let restored = observations
-        .iter()
-        .all(|o| o.report.as_ref().is_ok_and(|r| r.restored));
+    let restored = observations.iter().all(|o| o.report.as_ref().is_ok_and(|r| r.restored));
     let position = timeline::position(&schedule, sale.spec.suspend, restored, now);
     let decided = status::decide(sale, &schedule, position, &observations, now);
 
     report_events(ctx, sale, &previous, &decided, &observations).await;
     record_phase_metrics(ctx, sale, &decided, now);
-    let settled = !decided
-        .conditions
-        .iter()
-        .any(|c| c.type_ == status::RECONCILING && c.status == "True");
+    // Remote clusters have no watch here: while a sale holds its changes, look at them again
+    // periodically so a lost cluster (or drift) shows within seconds.
+    let remote_hold = !sale.spec.clusters.is_empty() && Intent::for_phase(position.phase) == Intent::Hold;
+    let settled =
+        !remote_hold && !decided.conditions.iter().any(|c| c.type_ == status::RECONCILING && c.status == "True");
     write_status(api, sale, &previous, decided.clone(), now).await?;
-    let next = decided
-        .next_transition_time
-        .as_ref()
-        .map(|t| until(now, t.0));
+    let next = decided.next_transition_time.as_ref().map(|t| until(now, t.0));
     Ok(match (next, settled) {
         // Something is still converging: look again soon, but never past the next boundary.
         (Some(next), false) => Action::requeue(next.min(PENDING_RECHECK)),
@@ -240,8 +216,9 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     })
 }
 
-/// How often a sale whose levers are still converging is looked at again.
-const PENDING_RECHECK: Duration = Duration::from_secs(2);
+/// How often a sale whose levers are still converging (or that holds changes in remote
+/// clusters) is looked at again.
+const PENDING_RECHECK: Duration = Duration::from_secs(3);
 
 /// Runs the levers in every cluster of the sale, concurrently; one slow or unreachable cluster
 /// delays none of the others beyond its client timeouts.
@@ -255,25 +232,17 @@ async fn observe(sale: &FlashSale, ctx: &Context, intent: Intent) -> Vec<Cluster
             let report = match target.client {
                 Ok(client) => {
                     let _timer = ctx.metrics.time("prescale");
-                    prescale::run(&client, &ns, &holder, &sale.spec.workloads, intent)
-                        .await
-                        .map_err(|err| {
-                            ctx.metrics
-                                .reconcile_errors
-                                .get_or_create(&ErrorLabels {
-                                    lever: "prescale",
-                                    category: kube_category(&err),
-                                })
-                                .inc();
-                            describe(&err)
-                        })
+                    prescale::run(&client, &ns, &holder, &sale.spec.workloads, intent).await.map_err(|err| {
+                        ctx.metrics
+                            .reconcile_errors
+                            .get_or_create(&ErrorLabels { lever: "prescale", category: kube_category(&err) })
+                            .inc();
+                        describe(&err)
+                    })
                 }
                 Err(message) => Err(message),
             };
-            ClusterObservation {
-                name: target.name,
-                report,
-            }
+            ClusterObservation { name: target.name, report }
         }
     });
     futures::future::join_all(passes).await
@@ -291,29 +260,13 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
     let abandoned: Vec<String> = sale
         .annotations()
         .get(ABANDON_ANNOTATION)
-        .map(|v| {
-            v.split(',')
-                .map(|c| c.trim().to_owned())
-                .filter(|c| !c.is_empty())
-                .collect()
-        })
+        .map(|v| v.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
         .unwrap_or_default();
-    let observations: Vec<ClusterObservation> = observe(sale, ctx, Intent::Restore)
-        .await
-        .into_iter()
-        .filter(|o| !abandoned.contains(&o.name))
-        .collect();
+    let observations: Vec<ClusterObservation> =
+        observe(sale, ctx, Intent::Restore).await.into_iter().filter(|o| !abandoned.contains(&o.name)).collect();
     for obs in &observations {
         for action in obs.report.iter().flat_map(|r| r.actions.iter()) {
-            publish(
-                ctx,
-                sale,
-                EventType::Normal,
-                "Restored",
-                format!("cluster {}: {action}", obs.name),
-                "Restore",
-            )
-            .await;
+            publish_action(ctx, sale, &obs.name, action).await;
         }
     }
     let pending: Vec<String> = observations
@@ -345,27 +298,10 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
     blocked.conditions = vec![
         status::condition(status::READY, false, "Deleting", &message),
         status::condition(status::RECONCILING, true, "Deleting", &message),
-        status::condition(
-            status::STALLED,
-            false,
-            "AsExpected",
-            "The spec can be acted on",
-        ),
+        status::condition(status::STALLED, false, "AsExpected", "The spec can be acted on"),
     ];
-    if !previous
-        .conditions
-        .iter()
-        .any(|c| c.type_ == status::READY && c.reason == "Deleting" && c.message == message)
-    {
-        publish(
-            ctx,
-            sale,
-            EventType::Warning,
-            "RestorePending",
-            message.clone(),
-            "Restore",
-        )
-        .await;
+    if !previous.conditions.iter().any(|c| c.type_ == status::READY && c.reason == "Deleting" && c.message == message) {
+        publish(ctx, sale, EventType::Warning, "RestorePending", message.clone(), "Restore").await;
     }
     write_status(api, sale, &previous, blocked, now).await?;
     Err(Error::RestorePending(message))
@@ -379,82 +315,37 @@ async fn report_events(
     observations: &[ClusterObservation],
 ) {
     if let Some(phase) = decided.phase.filter(|p| Some(*p) != previous.phase) {
-        publish(
-            ctx,
-            sale,
-            EventType::Normal,
-            "PhaseChanged",
-            format!("Phase is now {phase}"),
-            "Transition",
-        )
-        .await;
+        // The action names the phase: events with the same reason and action fold into one series.
+        let note = format!("Phase is now {phase}");
+        publish_with(ctx, sale, EventType::Normal, "PhaseChanged", note, phase.as_str(), None).await;
     }
     for obs in observations {
-        let was_reachable = previous
-            .clusters
-            .iter()
-            .find(|c| c.name == obs.name)
-            .map(|c| c.reachable);
+        let was_reachable = previous.clusters.iter().find(|c| c.name == obs.name).map(|c| c.reachable);
         match &obs.report {
             Ok(report) => {
                 for action in &report.actions {
-                    publish(
-                        ctx,
-                        sale,
-                        EventType::Normal,
-                        "Scaled",
-                        format!("cluster {}: {action}", obs.name),
-                        "Scale",
-                    )
-                    .await;
+                    publish_action(ctx, sale, &obs.name, action).await;
                 }
                 if was_reachable == Some(false) {
                     let note = format!("cluster {} is reachable again", obs.name);
-                    publish(
-                        ctx,
-                        sale,
-                        EventType::Normal,
-                        "ClusterReachable",
-                        note,
-                        "Connect",
-                    )
-                    .await;
+                    publish(ctx, sale, EventType::Normal, "ClusterReachable", note, "Connect").await;
                 }
             }
             Err(message) if was_reachable != Some(false) => {
                 let note = format!("cluster {}: {message}", obs.name);
-                publish(
-                    ctx,
-                    sale,
-                    EventType::Warning,
-                    "ClusterUnreachable",
-                    note,
-                    "Connect",
-                )
-                .await;
+                publish(ctx, sale, EventType::Warning, "ClusterUnreachable", note, "Connect").await;
             }
             Err(_) => {}
         }
     }
     let ready = |s: &FlashSaleStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == status::READY)
-            .map(|c| (c.status.clone(), c.message.clone()))
+        s.conditions.iter().find(|c| c.type_ == status::READY).map(|c| (c.status.clone(), c.message.clone()))
     };
     if let Some((state, message)) = ready(decided).filter(|r| Some(r) != ready(previous).as_ref()) {
         if state == "False" && matches!(decided.phase, Some(Phase::Active | Phase::CoolingDown)) {
             publish(ctx, sale, EventType::Warning, "NotReady", message, "Check").await;
         } else if state == "False" && decided.phase == Some(Phase::Scheduled) {
-            publish(
-                ctx,
-                sale,
-                EventType::Warning,
-                "PreflightFailed",
-                message,
-                "Check",
-            )
-            .await;
+            publish(ctx, sale, EventType::Warning, "PreflightFailed", message, "Check").await;
         }
     }
 }
@@ -486,9 +377,7 @@ fn forget_metrics(ctx: &Context, sale: &FlashSale) {
             phase: phase.as_str(),
         });
     }
-    ctx.metrics
-        .seconds_to_next_transition
-        .remove(&SaleLabels { namespace, name });
+    ctx.metrics.seconds_to_next_transition.remove(&SaleLabels { namespace, name });
 }
 
 /// Writes the status with server-side apply, unless it already says the same thing.
@@ -499,11 +388,8 @@ async fn write_status(
     mut next: FlashSaleStatus,
     now: Timestamp,
 ) -> Result<(), Error> {
-    next.conditions = ConditionSet::from(previous.conditions.clone()).merge(
-        next.conditions,
-        sale.meta().generation,
-        now,
-    );
+    next.conditions =
+        ConditionSet::from(previous.conditions.clone()).merge(next.conditions, sale.meta().generation, now);
     if &next == previous {
         return Ok(());
     }
@@ -512,30 +398,30 @@ async fn write_status(
         "kind": "FlashSale",
         "status": next,
     });
-    api.patch_status(
-        &sale.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
+    api.patch_status(&sale.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
     Ok(())
 }
 
-async fn publish(
+async fn publish(ctx: &Context, sale: &FlashSale, type_: EventType, reason: &str, note: String, action: &str) {
+    publish_with(ctx, sale, type_, reason, note, action, None).await;
+}
+
+/// A lever's write as an Event, related to the object it changed.
+async fn publish_action(ctx: &Context, sale: &FlashSale, cluster: &str, action: &levers::Action) {
+    let note = format!("cluster {cluster}: {}", action.note);
+    publish_with(ctx, sale, EventType::Normal, "Scaled", note, action.verb, Some(action.object.clone())).await;
+}
+
+async fn publish_with(
     ctx: &Context,
     sale: &FlashSale,
     type_: EventType,
     reason: &str,
     note: String,
     action: &str,
+    related: Option<k8s_openapi::api::core::v1::ObjectReference>,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
     if let Err(err) = ctx.recorder.publish(&event, &sale.object_ref(&())).await {
         warn!(error = %err, reason, "could not publish event");
     }
@@ -547,19 +433,12 @@ fn record_phase_metrics(ctx: &Context, sale: &FlashSale, status: &FlashSaleStatu
         let on = status.phase == Some(phase);
         ctx.metrics
             .phase
-            .get_or_create(&PhaseLabels {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                phase: phase.as_str(),
-            })
+            .get_or_create(&PhaseLabels { namespace: namespace.clone(), name: name.clone(), phase: phase.as_str() })
             .set(i64::from(on));
     }
     if let Some(next) = &status.next_transition_time {
         let secs = next.0.duration_since(now).as_secs_f64();
-        ctx.metrics
-            .seconds_to_next_transition
-            .get_or_create(&SaleLabels { namespace, name })
-            .set(secs);
+        ctx.metrics.seconds_to_next_transition.get_or_create(&SaleLabels { namespace, name }).set(secs);
     }
 }
 

@@ -55,9 +55,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("flashsale");
         let reconcile_duration = Family::<LeverLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ])
+            Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
         registry.register(
             "reconcile_duration_seconds",
@@ -71,11 +69,7 @@ impl Default for Metrics {
             reconcile_errors.clone(),
         );
         let phase = Family::<PhaseLabels, Gauge>::default();
-        registry.register(
-            "sale_phase",
-            "1 for the phase each sale is in, 0 for the others",
-            phase.clone(),
-        );
+        registry.register("sale_phase", "1 for the phase each sale is in, 0 for the others", phase.clone());
         let seconds_to_next_transition = Family::default();
         registry.register(
             "sale_seconds_to_next_transition",
@@ -88,14 +82,7 @@ impl Default for Metrics {
             "Kubernetes API requests sent by the controller, by verb",
             api_requests.clone(),
         );
-        Metrics {
-            registry,
-            reconcile_duration,
-            reconcile_errors,
-            phase,
-            seconds_to_next_transition,
-            api_requests,
-        }
+        Metrics { registry, reconcile_duration, reconcile_errors, phase, seconds_to_next_transition, api_requests }
     }
 }
 
@@ -110,11 +97,7 @@ impl Metrics {
 
     /// Records the time until the returned guard is dropped, whichever way the reconcile ends.
     pub fn time(&self, lever: &'static str) -> DurationGuard<'_> {
-        DurationGuard {
-            metrics: self,
-            lever,
-            start: Instant::now(),
-        }
+        DurationGuard { metrics: self, lever, start: Instant::now() }
     }
 }
 

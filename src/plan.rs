@@ -21,13 +21,10 @@ pub fn read(path: &Path) -> anyhow::Result<FlashSale> {
     };
     let value: serde_json::Value =
         serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
-    let sale: FlashSale = serde_json::from_value(value)
-        .with_context(|| format!("{} is not a valid FlashSale", path.display()))?;
+    let sale: FlashSale =
+        serde_json::from_value(value).with_context(|| format!("{} is not a valid FlashSale", path.display()))?;
     if let Err(errors) = kube::core::cel::validate_cel(&sale) {
-        anyhow::bail!(
-            "{} would be rejected by the API server: {errors}",
-            path.display()
-        );
+        anyhow::bail!("{} would be rejected by the API server: {errors}", path.display());
     }
     Ok(sale)
 }
@@ -36,20 +33,13 @@ pub fn read(path: &Path) -> anyhow::Result<FlashSale> {
 pub fn render(sale: &FlashSale, now: Timestamp) -> anyhow::Result<String> {
     let schedule = Schedule::from_spec(&sale.spec)?;
     let zone_name = &sale.spec.cron_hpa_time_zone;
-    let zone =
-        TimeZone::get(zone_name).with_context(|| format!("unknown time zone {zone_name:?}"))?;
+    let zone = TimeZone::get(zone_name).with_context(|| format!("unknown time zone {zone_name:?}"))?;
     let position = timeline::position(&schedule, sale.spec.suspend, false, now);
     let mut out = String::new();
     let name = sale.metadata.name.as_deref().unwrap_or("<unnamed>");
     writeln!(out, "FlashSale {name}: now {} ({})", now, position.phase)?;
     writeln!(out)?;
-    writeln!(
-        out,
-        "{:<12} {:<26} {:<34} ACTIONS",
-        "PHASE",
-        "FROM (UTC)",
-        format!("FROM ({zone_name})"),
-    )?;
+    writeln!(out, "{:<12} {:<26} {:<34} ACTIONS", "PHASE", "FROM (UTC)", format!("FROM ({zone_name})"),)?;
     let rows = [
         (Phase::Scheduled, None),
         (Phase::Preparing, Some(schedule.prepare_at)),
@@ -59,23 +49,11 @@ pub fn render(sale: &FlashSale, now: Timestamp) -> anyhow::Result<String> {
     ];
     for (phase, from) in rows {
         let (utc, local) = match from {
-            Some(t) => (
-                t.to_string(),
-                t.to_zoned(zone.clone())
-                    .strftime("%Y-%m-%d %H:%M:%S %Z")
-                    .to_string(),
-            ),
+            Some(t) => (t.to_string(), t.to_zoned(zone.clone()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string()),
             None => ("-".into(), "-".into()),
         };
         let marker = if phase == position.phase { "*" } else { " " };
-        writeln!(
-            out,
-            "{marker}{:<11} {:<26} {:<34} {}",
-            phase,
-            utc,
-            local,
-            actions(sale, phase)
-        )?;
+        writeln!(out, "{marker}{:<11} {:<26} {:<34} {}", phase, utc, local, actions(sale, phase))?;
     }
     Ok(out)
 }

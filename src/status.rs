@@ -38,12 +38,7 @@ pub fn stalled(sale: &FlashSale, error: &ScheduleError) -> FlashSaleStatus {
         conditions: vec![
             condition(READY, false, "InvalidSpec", &message),
             condition(STALLED, true, "InvalidSpec", &message),
-            condition(
-                RECONCILING,
-                false,
-                "InvalidSpec",
-                "waiting for the spec to be fixed",
-            ),
+            condition(RECONCILING, false, "InvalidSpec", "waiting for the spec to be fixed"),
         ],
         clusters: previous.clusters,
     }
@@ -67,20 +62,10 @@ pub fn decide(
             Ok(report) => {
                 all_ready &= report.ready;
                 all_restored &= report.restored;
-                problems.extend(
-                    report
-                        .problems
-                        .iter()
-                        .map(|p| qualify(observations, &obs.name, p)),
-                );
-                let message = if report.problems.is_empty() {
-                    None
-                } else {
-                    Some(report.problems.join("; "))
-                };
-                let unchanged = prev.is_some_and(|p| {
-                    p.reachable && p.message == message && p.workloads == report.workloads
-                });
+                problems.extend(report.problems.iter().map(|p| qualify(observations, &obs.name, p)));
+                let message = if report.problems.is_empty() { None } else { Some(report.problems.join("; ")) };
+                let unchanged =
+                    prev.is_some_and(|p| p.reachable && p.message == message && p.workloads == report.workloads);
                 clusters.push(ClusterStatus {
                     name: obs.name.clone(),
                     reachable: true,
@@ -113,38 +98,20 @@ pub fn decide(
     let problem_text = problems.join("; ");
     let phase = position.phase;
     let (ready, reason, message) = match phase {
-        Phase::Scheduled if problems.is_empty() => (
-            true,
-            "PreflightPassed",
-            format!("Preparation starts at {}", schedule.prepare_at),
-        ),
+        Phase::Scheduled if problems.is_empty() => {
+            (true, "PreflightPassed", format!("Preparation starts at {}", schedule.prepare_at))
+        }
         Phase::Scheduled => (false, "PreflightFailed", problem_text.clone()),
-        Phase::Preparing | Phase::Active | Phase::CoolingDown if all_ready => (
-            true,
-            "Prepared",
-            format!("Everything is in place; {}", next_step(phase, schedule)),
-        ),
-        Phase::Preparing => (
-            false,
-            "Preparing",
-            not_ready_message(&problem_text, observations),
-        ),
-        Phase::Active | Phase::CoolingDown => (
-            false,
-            "NotReady",
-            not_ready_message(&problem_text, observations),
-        ),
+        Phase::Preparing | Phase::Active | Phase::CoolingDown if all_ready => {
+            (true, "Prepared", format!("Everything is in place; {}", next_step(phase, schedule)))
+        }
+        Phase::Preparing => (false, "Preparing", not_ready_message(&problem_text, observations)),
+        Phase::Active | Phase::CoolingDown => (false, "NotReady", not_ready_message(&problem_text, observations)),
         Phase::Restoring => (false, "Restoring", restoring_message(&problem_text)),
-        Phase::Completed => (
-            true,
-            "Completed",
-            "The sale is over and everything is restored".to_owned(),
-        ),
-        Phase::Suspended if all_restored => (
-            true,
-            "Suspended",
-            "spec.suspend is set; everything is restored".to_owned(),
-        ),
+        Phase::Completed => (true, "Completed", "The sale is over and everything is restored".to_owned()),
+        Phase::Suspended if all_restored => {
+            (true, "Suspended", "spec.suspend is set; everything is restored".to_owned())
+        }
         Phase::Suspended => (false, "Suspending", restoring_message(&problem_text)),
     };
     let reconciling = match phase {
@@ -168,52 +135,22 @@ pub fn decide(
     }
 }
 
-fn prescaled_condition(
-    phase: Phase,
-    all_ready: bool,
-    all_restored: bool,
-    problems: &str,
-) -> Condition {
+fn prescaled_condition(phase: Phase, all_ready: bool, all_restored: bool, problems: &str) -> Condition {
     match phase {
-        Phase::Scheduled => condition(
-            PRESCALED,
-            false,
-            "NotYet",
-            "Scale-up starts when the sale prepares",
-        ),
-        Phase::Preparing | Phase::Active | Phase::CoolingDown if all_ready => condition(
-            PRESCALED,
-            true,
-            "PeakReached",
-            "Every workload has its peak replicas ready",
-        ),
-        Phase::Preparing | Phase::Active | Phase::CoolingDown => condition(
-            PRESCALED,
-            false,
-            "PeakNotReached",
-            problems_or(problems, "Waiting for replicas"),
-        ),
-        _ if all_restored => condition(
-            PRESCALED,
-            false,
-            "Restored",
-            "Every workload is back at its baseline",
-        ),
-        _ => condition(
-            PRESCALED,
-            false,
-            "Restoring",
-            problems_or(problems, "Restoring baselines"),
-        ),
+        Phase::Scheduled => condition(PRESCALED, false, "NotYet", "Scale-up starts when the sale prepares"),
+        Phase::Preparing | Phase::Active | Phase::CoolingDown if all_ready => {
+            condition(PRESCALED, true, "PeakReached", "Every workload has its peak replicas ready")
+        }
+        Phase::Preparing | Phase::Active | Phase::CoolingDown => {
+            condition(PRESCALED, false, "PeakNotReached", problems_or(problems, "Waiting for replicas"))
+        }
+        _ if all_restored => condition(PRESCALED, false, "Restored", "Every workload is back at its baseline"),
+        _ => condition(PRESCALED, false, "Restoring", problems_or(problems, "Restoring baselines")),
     }
 }
 
 fn problems_or<'a>(problems: &'a str, fallback: &'a str) -> &'a str {
-    if problems.is_empty() {
-        fallback
-    } else {
-        problems
-    }
+    if problems.is_empty() { fallback } else { problems }
 }
 
 fn next_step(phase: Phase, schedule: &Schedule) -> String {
@@ -232,11 +169,7 @@ fn not_ready_message(problems: &str, observations: &[ClusterObservation]) -> Str
                 if let (Some(ready), Some(target)) = (w.ready_replicas, w.target_replicas)
                     && ready < target
                 {
-                    let prefix = if observations.len() > 1 {
-                        format!("{}: ", obs.name)
-                    } else {
-                        String::new()
-                    };
+                    let prefix = if observations.len() > 1 { format!("{}: ", obs.name) } else { String::new() };
                     waiting.push(format!(
                         "{prefix}{} has {ready}/{target} replicas ready ({} short)",
                         w.name,
@@ -250,11 +183,7 @@ fn not_ready_message(problems: &str, observations: &[ClusterObservation]) -> Str
     if !problems.is_empty() {
         parts.push(problems.to_owned());
     }
-    if parts.is_empty() {
-        "Waiting for the levers to report".to_owned()
-    } else {
-        parts.join("; ")
-    }
+    if parts.is_empty() { "Waiting for the levers to report".to_owned() } else { parts.join("; ") }
 }
 
 fn restoring_message(problems: &str) -> String {
@@ -267,11 +196,7 @@ fn restoring_message(problems: &str) -> String {
 
 /// Prefixes a problem with its cluster's name when the sale spans several.
 fn qualify(observations: &[ClusterObservation], cluster: &str, problem: &str) -> String {
-    if observations.len() > 1 {
-        format!("cluster {cluster}: {problem}")
-    } else {
-        problem.to_owned()
-    }
+    if observations.len() > 1 { format!("cluster {cluster}: {problem}") } else { problem.to_owned() }
 }
 
 /// A condition with no timestamps or generation yet; [`ConditionSet::merge`] fills them in.
@@ -299,12 +224,7 @@ impl ConditionSet {
     /// The wanted conditions, keeping each existing condition's transition time when its status
     /// did not change, so that a status that says the same thing compares equal. Conditions
     /// not wanted any more are dropped; the result is sorted by type for stable comparison.
-    pub fn merge(
-        self,
-        wanted: Vec<Condition>,
-        generation: Option<i64>,
-        now: Timestamp,
-    ) -> Vec<Condition> {
+    pub fn merge(self, wanted: Vec<Condition>, generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
         let mut merged: Vec<Condition> = wanted
             .into_iter()
             .map(|mut c| {
@@ -332,42 +252,23 @@ mod tests {
     #[test]
     fn merge_keeps_transition_time_when_status_is_unchanged() {
         let t0 = ts("2026-11-10T00:00:00Z");
-        let first =
-            ConditionSet::from(vec![]).merge(vec![condition(READY, true, "A", "a")], Some(1), t0);
+        let first = ConditionSet::from(vec![]).merge(vec![condition(READY, true, "A", "a")], Some(1), t0);
         assert_eq!(first[0].last_transition_time, Time(t0));
         let t1 = ts("2026-11-10T01:00:00Z");
-        let same = ConditionSet::from(first.clone()).merge(
-            vec![condition(READY, true, "B", "b")],
-            Some(2),
-            t1,
-        );
-        assert_eq!(
-            same[0].last_transition_time,
-            Time(t0),
-            "status unchanged: time kept"
-        );
+        let same = ConditionSet::from(first.clone()).merge(vec![condition(READY, true, "B", "b")], Some(2), t1);
+        assert_eq!(same[0].last_transition_time, Time(t0), "status unchanged: time kept");
         assert_eq!(same[0].reason, "B");
-        let flipped =
-            ConditionSet::from(same).merge(vec![condition(READY, false, "C", "c")], Some(2), t1);
+        let flipped = ConditionSet::from(same).merge(vec![condition(READY, false, "C", "c")], Some(2), t1);
         assert_eq!(flipped[0].last_transition_time, Time(t1));
     }
 
     #[test]
     fn merging_the_same_conditions_is_a_fixed_point() {
         let t0 = ts("2026-11-10T00:00:00Z");
-        let wanted = || {
-            vec![
-                condition(STALLED, false, "X", "x"),
-                condition(READY, true, "Y", "y"),
-            ]
-        };
+        let wanted = || vec![condition(STALLED, false, "X", "x"), condition(READY, true, "Y", "y")];
         let once = ConditionSet::from(vec![]).merge(wanted(), Some(3), t0);
-        let twice =
-            ConditionSet::from(once.clone()).merge(wanted(), Some(3), ts("2026-11-10T05:00:00Z"));
+        let twice = ConditionSet::from(once.clone()).merge(wanted(), Some(3), ts("2026-11-10T05:00:00Z"));
         assert_eq!(once, twice);
-        assert_eq!(
-            once.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
-            ["Ready", "Stalled"]
-        );
+        assert_eq!(once.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), ["Ready", "Stalled"]);
     }
 }

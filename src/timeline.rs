@@ -50,53 +50,29 @@ impl Schedule {
         }
         let prepare = signed("prepareBefore", &spec.prepare_before)?;
         let cooldown = signed("cooldownAfter", &spec.cooldown_after)?;
-        let prepare_at = start
-            .checked_sub(prepare)
-            .map_err(|_| ScheduleError::OutOfRange {
-                field: "prepareBefore",
-            })?;
-        let restore_at = end
-            .checked_add(cooldown)
-            .map_err(|_| ScheduleError::OutOfRange {
-                field: "cooldownAfter",
-            })?;
-        Ok(Schedule {
-            prepare_at,
-            start,
-            end,
-            restore_at,
-        })
+        let prepare_at =
+            start.checked_sub(prepare).map_err(|_| ScheduleError::OutOfRange { field: "prepareBefore" })?;
+        let restore_at = end.checked_add(cooldown).map_err(|_| ScheduleError::OutOfRange { field: "cooldownAfter" })?;
+        Ok(Schedule { prepare_at, start, end, restore_at })
     }
 
     /// The instant `lead` before the window start (for levers with their own lead time, such as
     /// cache warm-up), never later than the start itself.
     pub fn before_start(&self, lead: SignedDuration) -> Timestamp {
-        self.start
-            .checked_sub(lead)
-            .unwrap_or(Timestamp::MIN)
-            .min(self.start)
+        self.start.checked_sub(lead).unwrap_or(Timestamp::MIN).min(self.start)
     }
 }
 
 /// Converts a spec duration, refusing negative ones.
-pub fn signed(
-    field: &'static str,
-    d: &kube::core::Duration,
-) -> Result<SignedDuration, ScheduleError> {
+pub fn signed(field: &'static str, d: &kube::core::Duration) -> Result<SignedDuration, ScheduleError> {
     if d.is_negative() {
         return Err(ScheduleError::NegativeDuration { field });
     }
-    SignedDuration::try_from(std::time::Duration::from(*d))
-        .map_err(|_| ScheduleError::OutOfRange { field })
+    SignedDuration::try_from(std::time::Duration::from(*d)).map_err(|_| ScheduleError::OutOfRange { field })
 }
 
 fn parse_instant(field: &'static str, value: &str) -> Result<Timestamp, ScheduleError> {
-    value
-        .parse::<Timestamp>()
-        .map_err(|_| ScheduleError::BadTimestamp {
-            field,
-            value: value.to_owned(),
-        })
+    value.parse::<Timestamp>().map_err(|_| ScheduleError::BadTimestamp { field, value: value.to_owned() })
 }
 
 /// Where a sale is at `now`, and when that changes next.
@@ -115,10 +91,7 @@ pub struct Position {
 /// suspended, where it is reported separately by the levers' conditions).
 pub fn position(schedule: &Schedule, suspend: bool, restored: bool, now: Timestamp) -> Position {
     if suspend {
-        return Position {
-            phase: Phase::Suspended,
-            next: None,
-        };
+        return Position { phase: Phase::Suspended, next: None };
     }
     let (phase, next) = if now < schedule.prepare_at {
         (Phase::Scheduled, Some(schedule.prepare_at))
@@ -144,10 +117,7 @@ pub fn holds_changes(phase: Phase) -> bool {
 
 /// Whether levers should be putting things back in `phase`.
 pub fn restores(phase: Phase) -> bool {
-    matches!(
-        phase,
-        Phase::Restoring | Phase::Completed | Phase::Suspended
-    )
+    matches!(phase, Phase::Restoring | Phase::Completed | Phase::Suspended)
 }
 
 #[cfg(test)]
@@ -171,13 +141,7 @@ mod tests {
     }
 
     fn double_eleven() -> Schedule {
-        Schedule::from_spec(&spec(
-            "2026-11-11T00:00:00+08:00",
-            "2026-11-11T02:00:00+08:00",
-            "30m",
-            "15m",
-        ))
-        .unwrap()
+        Schedule::from_spec(&spec("2026-11-11T00:00:00+08:00", "2026-11-11T02:00:00+08:00", "30m", "15m")).unwrap()
     }
 
     #[test]
@@ -214,21 +178,9 @@ mod tests {
         for (boundary, before, at) in table {
             let p = position(&s, false, false, boundary - ms);
             assert_eq!(p.phase, before, "1ms before {boundary}");
-            assert_eq!(
-                p.next,
-                Some(boundary),
-                "1ms before {boundary} the next boundary is {boundary}"
-            );
-            assert_eq!(
-                position(&s, false, false, boundary).phase,
-                at,
-                "exactly at {boundary}"
-            );
-            assert_eq!(
-                position(&s, false, false, boundary + ms).phase,
-                at,
-                "1ms after {boundary}"
-            );
+            assert_eq!(p.next, Some(boundary), "1ms before {boundary} the next boundary is {boundary}");
+            assert_eq!(position(&s, false, false, boundary).phase, at, "exactly at {boundary}");
+            assert_eq!(position(&s, false, false, boundary + ms).phase, at, "1ms after {boundary}");
         }
     }
 
@@ -236,20 +188,8 @@ mod tests {
     fn restoring_becomes_completed_once_restored() {
         let s = double_eleven();
         let after = s.restore_at + SignedDuration::from_hours(1);
-        assert_eq!(
-            position(&s, false, false, after),
-            Position {
-                phase: Phase::Restoring,
-                next: None
-            }
-        );
-        assert_eq!(
-            position(&s, false, true, after),
-            Position {
-                phase: Phase::Completed,
-                next: None
-            }
-        );
+        assert_eq!(position(&s, false, false, after), Position { phase: Phase::Restoring, next: None });
+        assert_eq!(position(&s, false, true, after), Position { phase: Phase::Completed, next: None });
         // `restored` means nothing before the restore boundary.
         assert_eq!(position(&s, false, true, s.start).phase, Phase::Active);
     }
@@ -257,46 +197,18 @@ mod tests {
     #[test]
     fn suspend_wins_in_every_phase() {
         let s = double_eleven();
-        for now in [
-            s.prepare_at - SignedDuration::from_hours(1),
-            s.prepare_at,
-            s.start,
-            s.end,
-            s.restore_at,
-        ] {
-            assert_eq!(
-                position(&s, true, false, now),
-                Position {
-                    phase: Phase::Suspended,
-                    next: None
-                }
-            );
+        for now in [s.prepare_at - SignedDuration::from_hours(1), s.prepare_at, s.start, s.end, s.restore_at] {
+            assert_eq!(position(&s, true, false, now), Position { phase: Phase::Suspended, next: None });
         }
     }
 
     #[test]
     fn windows_in_any_offset_are_the_same_instants() {
-        let a = Schedule::from_spec(&spec(
-            "2026-11-11T00:00:00+08:00",
-            "2026-11-11T02:00:00+08:00",
-            "30m",
-            "15m",
-        ))
-        .unwrap();
-        let b = Schedule::from_spec(&spec(
-            "2026-11-10T16:00:00Z",
-            "2026-11-10T18:00:00Z",
-            "30m",
-            "15m",
-        ))
-        .unwrap();
-        let c = Schedule::from_spec(&spec(
-            "2026-11-10T11:00:00-05:00",
-            "2026-11-10T13:00:00-05:00",
-            "30m",
-            "15m",
-        ))
-        .unwrap();
+        let a =
+            Schedule::from_spec(&spec("2026-11-11T00:00:00+08:00", "2026-11-11T02:00:00+08:00", "30m", "15m")).unwrap();
+        let b = Schedule::from_spec(&spec("2026-11-10T16:00:00Z", "2026-11-10T18:00:00Z", "30m", "15m")).unwrap();
+        let c =
+            Schedule::from_spec(&spec("2026-11-10T11:00:00-05:00", "2026-11-10T13:00:00-05:00", "30m", "15m")).unwrap();
         assert_eq!(a, b);
         assert_eq!(b, c);
     }
@@ -305,37 +217,17 @@ mod tests {
     fn dst_crossing_window_counts_real_elapsed_time() {
         // Europe/Berlin falls back at 2026-10-25 03:00 CEST -> 02:00 CET: the wall clock shows a
         // 2h window, but 3h pass.
-        let s = Schedule::from_spec(&spec(
-            "2026-10-25T01:00:00+02:00",
-            "2026-10-25T03:00:00+01:00",
-            "1h",
-            "0s",
-        ))
-        .unwrap();
+        let s =
+            Schedule::from_spec(&spec("2026-10-25T01:00:00+02:00", "2026-10-25T03:00:00+01:00", "1h", "0s")).unwrap();
         assert_eq!(s.end.duration_since(s.start), SignedDuration::from_hours(3));
-        assert_eq!(
-            position(&s, false, false, ts("2026-10-25T00:30:00Z")).phase,
-            Phase::Active
-        );
-        assert_eq!(
-            position(&s, false, false, ts("2026-10-25T02:00:00Z")).phase,
-            Phase::Restoring
-        );
+        assert_eq!(position(&s, false, false, ts("2026-10-25T00:30:00Z")).phase, Phase::Active);
+        assert_eq!(position(&s, false, false, ts("2026-10-25T02:00:00Z")).phase, Phase::Restoring);
     }
 
     #[test]
     fn zero_lead_times_skip_empty_phases() {
-        let s = Schedule::from_spec(&spec(
-            "2026-11-11T00:00:00Z",
-            "2026-11-11T01:00:00Z",
-            "0s",
-            "0s",
-        ))
-        .unwrap();
-        assert_eq!(
-            position(&s, false, false, ts("2026-11-10T23:59:59.999Z")).next,
-            Some(s.start)
-        );
+        let s = Schedule::from_spec(&spec("2026-11-11T00:00:00Z", "2026-11-11T01:00:00Z", "0s", "0s")).unwrap();
+        assert_eq!(position(&s, false, false, ts("2026-11-10T23:59:59.999Z")).next, Some(s.start));
         assert_eq!(position(&s, false, false, s.start).phase, Phase::Active);
         assert_eq!(position(&s, false, false, s.end).phase, Phase::Restoring);
     }
@@ -343,27 +235,13 @@ mod tests {
     #[test]
     fn rejects_what_admission_should_have() {
         let bad = spec("2026-11-11T01:00:00Z", "2026-11-11T00:00:00Z", "30m", "15m");
-        assert!(matches!(
-            Schedule::from_spec(&bad),
-            Err(ScheduleError::EndNotAfterStart { .. })
-        ));
+        assert!(matches!(Schedule::from_spec(&bad), Err(ScheduleError::EndNotAfterStart { .. })));
         let mut garbage = spec("2026-11-11T00:00:00Z", "2026-11-11T01:00:00Z", "30m", "15m");
-        garbage.window = Window {
-            start: "tomorrow".into(),
-            end: "2026-11-11T01:00:00Z".into(),
-        };
+        garbage.window = Window { start: "tomorrow".into(), end: "2026-11-11T01:00:00Z".into() };
         let err = Schedule::from_spec(&garbage).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "spec.window.start is not an RFC 3339 timestamp with an offset: \"tomorrow\""
-        );
+        assert_eq!(err.to_string(), "spec.window.start is not an RFC 3339 timestamp with an offset: \"tomorrow\"");
         let negative = spec("2026-11-11T00:00:00Z", "2026-11-11T01:00:00Z", "-5m", "15m");
-        assert_eq!(
-            Schedule::from_spec(&negative),
-            Err(ScheduleError::NegativeDuration {
-                field: "prepareBefore"
-            })
-        );
+        assert_eq!(Schedule::from_spec(&negative), Err(ScheduleError::NegativeDuration { field: "prepareBefore" }));
     }
 
     fn order(p: Phase) -> u8 {

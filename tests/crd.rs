@@ -6,10 +6,7 @@ fn check(relative: &str) -> Result<(), Box<dyn std::error::Error>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     let on_disk = std::fs::read_to_string(&path)?;
     let generated = flashsale_operator::api::crd_yaml()?;
-    assert!(
-        on_disk == generated,
-        "{relative} is out of date with the Rust types; regenerate it with `make crds`"
-    );
+    assert!(on_disk == generated, "{relative} is out of date with the Rust types; regenerate it with `make crds`");
     Ok(())
 }
 

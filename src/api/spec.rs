@@ -108,19 +108,12 @@ pub struct Window {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterTarget {
     /// A short name for the cluster, shown in status (a DNS label).
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
     /// The Secret (in the FlashSale's namespace) holding the kubeconfig.
     pub kubeconfig_secret_ref: SecretKeyRef,
     /// Overrides `spec.cronHPATimeZone` for this cluster.
-    #[serde(
-        default,
-        rename = "cronHPATimeZone",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "cronHPATimeZone", skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 'UTC' || self.matches('^[A-Za-z]+(/[A-Za-z0-9_+-]+){1,2}$')").message("clusters[].cronHPATimeZone must be an IANA time zone name such as Asia/Shanghai or UTC"))]
     #[schemars(length(min = 1, max = 64))]
     pub cron_hpa_time_zone: Option<String>,
@@ -163,17 +156,11 @@ pub struct WorkloadRef {
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Z][A-Za-z0-9]*$"))]
     pub kind: String,
     /// Name of the workload.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
     /// Namespace of the workload; defaults to the FlashSale's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub namespace: Option<String>,
 }
 
@@ -211,10 +198,7 @@ pub enum ScaleMode {
 pub struct Probes {
     /// The container whose probes change; default the first container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub container: Option<String>,
     /// Conservative liveness timings, so busy pods are not killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,10 +252,7 @@ pub struct SpotDrain {
     pub poll_interval: Duration,
     /// Base URL of the instance metadata service.
     #[serde(default = "default_metadata_endpoint")]
-    #[schemars(
-        length(min = 1, max = 256),
-        regex(pattern = r"^https?://[^\s/]+(/.*)?$")
-    )]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
     pub metadata_endpoint: String,
     /// Whether the agent asks the metadata service for a session token (ECS hardened mode).
     #[serde(default)]
@@ -302,10 +283,7 @@ pub enum MetadataTokenMode {
 pub struct Degradation {
     /// The ConfigMap (in the FlashSale's namespace) holding `flags.flagd.json`.
     #[serde(default = "default_flags_config_map")]
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub config_map_name: String,
     /// Where flags are published.
     #[serde(default)]
@@ -333,10 +311,7 @@ pub enum FlagTarget {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 pub struct Prometheus {
     /// Base URL, e.g. http://prometheus.monitoring:9090.
-    #[schemars(
-        length(min = 1, max = 256),
-        regex(pattern = r"^https?://[^\s/]+(/.*)?$")
-    )]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
     pub url: String,
 }
 
@@ -346,10 +321,7 @@ pub struct Prometheus {
 #[x_kube(validation = Rule::new("has(self.offDuring) != has(self.autoDegrade)").message("each flag sets exactly one of offDuring or autoDegrade"))]
 pub struct Flag {
     /// The flag key apps evaluate.
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"))]
     pub name: String,
     /// Off in these phases, on otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -397,10 +369,7 @@ pub struct AutoDegrade {
 #[serde(rename_all = "camelCase")]
 pub struct CacheWarm {
     /// Name of the warm-up (a DNS label, used in the Job's name).
-    #[schemars(
-        length(min = 1, max = 20),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
     /// How long before the window start the Job is created (at most 24h).
     #[serde(default = "default_warm_start_before")]
@@ -434,10 +403,7 @@ fn default_true() -> bool {
     true
 }
 fn default_spot_node_selector() -> BTreeMap<String, String> {
-    BTreeMap::from([(
-        "node.kubernetes.io/instance-lifecycle".to_owned(),
-        "spot".to_owned(),
-    )])
+    BTreeMap::from([("node.kubernetes.io/instance-lifecycle".to_owned(), "spot".to_owned())])
 }
 fn minutes(m: u64) -> Duration {
     std::time::Duration::from_secs(m * 60).into()

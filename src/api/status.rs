@@ -28,9 +28,7 @@ pub struct FlashSaleStatus {
 }
 
 /// The phases of a sale's timeline.
-#[derive(
-    JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
-)]
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Phase {
     /// Before `start - prepareBefore`: preflight checks only.
     Scheduled,

@@ -7,6 +7,8 @@
 
 pub mod prescale;
 
+use k8s_openapi::api::core::v1::ObjectReference;
+
 use crate::api::{Phase, WorkloadStatus};
 
 /// Annotation naming the sale (`namespace/name`) that holds an object changed by a lever.
@@ -43,10 +45,22 @@ pub struct Report {
     pub restored: bool,
     /// Problems a person should read, each naming the object.
     pub problems: Vec<String>,
-    /// Writes sent in this pass, as human-readable actions (for events).
-    pub actions: Vec<String>,
+    /// Writes sent in this pass (for events).
+    pub actions: Vec<Action>,
     /// Per-workload detail for status.
     pub workloads: Vec<WorkloadStatus>,
+}
+
+/// One write a lever made, reported as an Event on the sale with the changed object as the
+/// related object (so two workloads changed at once make two events, not one series).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Action {
+    /// A short CamelCase verb, e.g. `ScaleUp` or `Restore`.
+    pub verb: &'static str,
+    /// The object changed.
+    pub object: ObjectReference,
+    /// What was done, for a person.
+    pub note: String,
 }
 
 /// The identity of a sale as recorded on the objects it changes.

@@ -13,7 +13,9 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Intent, Report, SALE_ANNOTATION};
+use k8s_openapi::api::core::v1::ObjectReference;
+
+use super::{Action, Intent, Report, SALE_ANNOTATION};
 use crate::{
     api::{ScaleMode, Workload, WorkloadStatus},
     controller::FIELD_MANAGER,
@@ -30,10 +32,18 @@ pub struct Target<'a> {
 
 impl Target<'_> {
     fn display(&self) -> String {
-        format!(
-            "{} {}/{}",
-            self.workload.target.kind, self.namespace, self.workload.target.name
-        )
+        format!("{} {}/{}", self.workload.target.kind, self.namespace, self.workload.target.name)
+    }
+
+    fn action(&self, verb: &'static str, note: String) -> Action {
+        let object = ObjectReference {
+            api_version: Some(self.workload.target.api_version.clone()),
+            kind: Some(self.workload.target.kind.clone()),
+            name: Some(self.workload.target.name.clone()),
+            namespace: Some(self.namespace.clone()),
+            ..ObjectReference::default()
+        };
+        Action { verb, object, note }
     }
 }
 
@@ -45,20 +55,10 @@ pub async fn run(
     workloads: &[Workload],
     intent: Intent,
 ) -> Result<Report, kube::Error> {
-    let mut report = Report {
-        ready: true,
-        restored: true,
-        ..Report::default()
-    };
+    let mut report = Report { ready: true, restored: true, ..Report::default() };
     for workload in workloads {
-        let target = Target {
-            workload,
-            namespace: workload
-                .target
-                .namespace
-                .clone()
-                .unwrap_or_else(|| sale_ns.to_owned()),
-        };
+        let target =
+            Target { workload, namespace: workload.target.namespace.clone().unwrap_or_else(|| sale_ns.to_owned()) };
         let one = workload_pass(client, &target, holder, intent).await?;
         report.ready &= one.ready;
         report.restored &= one.restored;
@@ -73,7 +73,7 @@ struct WorkloadOutcome {
     ready: bool,
     restored: bool,
     problem: Option<String>,
-    action: Option<String>,
+    action: Option<Action>,
     status: WorkloadStatus,
 }
 
@@ -84,10 +84,7 @@ fn api_resource(workload: &Workload) -> ApiResource {
     };
     let gvk = GroupVersionKind::gvk(&group, &version, &workload.target.kind);
     // Kubernetes' plural for every scalable kind in practice: lower-case kind plus "s".
-    ApiResource::from_gvk_with_plural(
-        &gvk,
-        &format!("{}s", workload.target.kind.to_ascii_lowercase()),
-    )
+    ApiResource::from_gvk_with_plural(&gvk, &format!("{}s", workload.target.kind.to_ascii_lowercase()))
 }
 
 async fn workload_pass(
@@ -99,22 +96,10 @@ async fn workload_pass(
     let workload = target.workload;
     let peak = workload.scale.peak;
     let resource = api_resource(workload);
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &target.namespace, &resource);
-    let mut status = WorkloadStatus {
-        name: target.display(),
-        ..WorkloadStatus::default()
-    };
-    let outcome = |ready,
-                   restored,
-                   problem: Option<String>,
-                   action: Option<String>,
-                   status: WorkloadStatus| WorkloadOutcome {
-        ready,
-        restored,
-        problem,
-        action,
-        status,
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &target.namespace, &resource);
+    let mut status = WorkloadStatus { name: target.display(), ..WorkloadStatus::default() };
+    let outcome = |ready, restored, problem: Option<String>, action: Option<Action>, status: WorkloadStatus| {
+        WorkloadOutcome { ready, restored, problem, action, status }
     };
 
     let Some(live) = api.get_opt(&workload.target.name).await? else {
@@ -126,57 +111,27 @@ async fn workload_pass(
     let annotations = live.metadata.annotations.clone().unwrap_or_default();
     let held_by = annotations.get(SALE_ANNOTATION).cloned();
     let ours = held_by.as_deref() == Some(holder);
-    let replicas = live
-        .data
-        .pointer("/spec/replicas")
-        .and_then(|r| r.as_i64())
-        .unwrap_or(1) as i32;
-    let ready_replicas = live
-        .data
-        .pointer("/status/readyReplicas")
-        .and_then(|r| r.as_i64())
-        .unwrap_or(0) as i32;
+    let replicas = live.data.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(1) as i32;
+    let ready_replicas = live.data.pointer("/status/readyReplicas").and_then(|r| r.as_i64()).unwrap_or(0) as i32;
     status.ready_replicas = Some(ready_replicas);
 
     if let Some(other) = held_by.as_deref().filter(|h| *h != holder) {
-        let problem = format!(
-            "{} is held by sale {other}; it is left unchanged",
-            target.display()
-        );
+        let problem = format!("{} is held by sale {other}; it is left unchanged", target.display());
         status.message = Some(problem.clone());
         return Ok(outcome(false, true, Some(problem), None, status));
     }
 
     // A sale moved back to Scheduled after preparing puts the workload back until it prepares again.
-    let intent = if intent == Intent::Preflight && ours {
-        Intent::Restore
-    } else {
-        intent
-    };
-    let recorded: Option<i32> = annotations
-        .get(ORIGINAL_REPLICAS)
-        .and_then(|v| v.parse().ok());
-    let baseline = if ours {
-        recorded.unwrap_or(replicas)
-    } else {
-        replicas
-    };
+    let intent = if intent == Intent::Preflight && ours { Intent::Restore } else { intent };
+    let recorded: Option<i32> = annotations.get(ORIGINAL_REPLICAS).and_then(|v| v.parse().ok());
+    let baseline = if ours { recorded.unwrap_or(replicas) } else { replicas };
     status.baseline_replicas = Some(baseline);
 
-    let unsupported = if intent != Intent::Restore && !ours {
-        unsupported_mode(client, target, &resource).await?
-    } else {
-        None
-    };
+    let unsupported =
+        if intent != Intent::Restore && !ours { unsupported_mode(client, target, &resource).await? } else { None };
     if let Some(problem) = unsupported {
         status.message = Some(problem.clone());
-        return Ok(outcome(
-            intent == Intent::Preflight,
-            true,
-            Some(problem),
-            None,
-            status,
-        ));
+        return Ok(outcome(intent == Intent::Preflight, true, Some(problem), None, status));
     }
     status.mode = Some("Replicas".into());
 
@@ -199,16 +154,11 @@ async fn workload_pass(
                     },
                     "spec": {"replicas": peak},
                 });
-                api.patch(
-                    &workload.target.name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await?;
-                action = Some(format!(
-                    "scaled {} from {baseline} to {peak} replicas",
-                    target.display()
-                ));
+                api.patch(&workload.target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+                    .await?;
+                action = Some(
+                    target.action("ScaleUp", format!("scaled {} from {baseline} to {peak} replicas", target.display())),
+                );
             }
             let ready = ready_replicas >= peak;
             if !ready {
@@ -228,16 +178,9 @@ async fn workload_pass(
                 "metadata": {"name": workload.target.name, "namespace": target.namespace},
                 "spec": {"replicas": baseline},
             });
-            api.patch(
-                &workload.target.name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
-            let action = Some(format!(
-                "restored {} to {baseline} replicas",
-                target.display()
-            ));
+            api.patch(&workload.target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+            let action =
+                Some(target.action("Restore", format!("restored {} to {baseline} replicas", target.display())));
             Ok(outcome(true, true, None, action, status))
         }
     }
@@ -258,15 +201,10 @@ async fn unsupported_mode(
     }
     if mode == ScaleMode::Auto {
         let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &target.namespace);
-        let governed = hpas
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .any(|hpa| {
-                hpa.spec.scale_target_ref.kind == resource.kind
-                    && hpa.spec.scale_target_ref.name == target.workload.target.name
-            });
+        let governed = hpas.list(&Default::default()).await?.items.into_iter().any(|hpa| {
+            hpa.spec.scale_target_ref.kind == resource.kind
+                && hpa.spec.scale_target_ref.name == target.workload.target.name
+        });
         if governed {
             return Ok(Some(format!(
                 "{} is governed by a HorizontalPodAutoscaler; HPA mode is not supported by this version, so it is left unchanged",

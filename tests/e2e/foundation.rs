@@ -9,44 +9,18 @@ use std::time::Duration;
 use crate::{
     TestFn,
     harness::KUBERNETES_VERSION,
-    support::{
-        self, Env, Operator, block_on, client, eventually, flashsale_resource, namespace, repo,
-    },
+    support::{self, Env, Operator, block_on, block_on_value, client, eventually, flashsale_resource, namespace, repo},
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[
-    (
-        "foundation::control_plane_serves_the_pinned_version",
-        control_plane_serves_the_pinned_version,
-    ),
-    (
-        "foundation::deployment_becomes_ready_on_kwok_nodes",
-        deployment_becomes_ready_on_kwok_nodes,
-    ),
-    (
-        "foundation::every_example_is_accepted",
-        every_example_is_accepted,
-    ),
-    (
-        "foundation::invalid_flashsales_are_rejected_naming_the_field",
-        invalid_flashsales_are_rejected_naming_the_field,
-    ),
-    (
-        "foundation::kubectl_get_shows_the_printer_columns",
-        kubectl_get_shows_the_printer_columns,
-    ),
-    (
-        "foundation::operator_becomes_ready_and_stops_on_sigterm",
-        operator_becomes_ready_and_stops_on_sigterm,
-    ),
-    (
-        "foundation::operator_refuses_a_cluster_without_the_crd",
-        operator_refuses_a_cluster_without_the_crd,
-    ),
-    (
-        "foundation::chart_lints_renders_and_is_accepted",
-        chart_lints_renders_and_is_accepted,
-    ),
+    ("foundation::control_plane_serves_the_pinned_version", control_plane_serves_the_pinned_version),
+    ("foundation::deployment_becomes_ready_on_kwok_nodes", deployment_becomes_ready_on_kwok_nodes),
+    ("foundation::every_example_is_accepted", every_example_is_accepted),
+    ("foundation::invalid_flashsales_are_rejected_naming_the_field", invalid_flashsales_are_rejected_naming_the_field),
+    ("foundation::kubectl_get_shows_the_printer_columns", kubectl_get_shows_the_printer_columns),
+    ("foundation::operator_becomes_ready_and_stops_on_sigterm", operator_becomes_ready_and_stops_on_sigterm),
+    ("foundation::operator_refuses_a_cluster_without_the_crd", operator_refuses_a_cluster_without_the_crd),
+    ("foundation::chart_lints_renders_and_is_accepted", chart_lints_renders_and_is_accepted),
 ];
 
 fn control_plane_serves_the_pinned_version(env: &Env) -> anyhow::Result<()> {
@@ -79,9 +53,7 @@ fn deployment_becomes_ready_on_kwok_nodes(env: &Env) -> anyhow::Result<()> {
                 }
             }
         }))?;
-        deployments
-            .create(&PostParams::default(), &deployment)
-            .await?;
+        deployments.create(&PostParams::default(), &deployment).await?;
         eventually(Duration::from_secs(90), || async {
             let d = deployments.get("web").await?;
             Ok(d.status.and_then(|s| s.ready_replicas) == Some(3))
@@ -95,14 +67,9 @@ fn deployment_becomes_ready_on_kwok_nodes(env: &Env) -> anyhow::Result<()> {
             .into_iter()
             .filter_map(|p| p.spec.and_then(|s| s.node_name))
             .collect();
+        ensure!(nodes.len() == 3, "expected 3 scheduled pods, found {nodes:?}");
         ensure!(
-            nodes.len() == 3,
-            "expected 3 scheduled pods, found {nodes:?}"
-        );
-        ensure!(
-            nodes
-                .iter()
-                .all(|n| n.starts_with("node-") || n.starts_with("spot-")),
+            nodes.iter().all(|n| n.starts_with("node-") || n.starts_with("spot-")),
             "pods landed on unexpected nodes: {nodes:?}"
         );
         Ok(())
@@ -123,15 +90,10 @@ fn every_example_is_accepted(env: &Env) -> anyhow::Result<()> {
             }
             let mut obj = support::read_object(&path)?;
             obj.metadata.namespace = Some(ns.clone());
-            support::apply(&api, &obj, true)
-                .await
-                .with_context(|| format!("{} was rejected", path.display()))?;
+            support::apply(&api, &obj, true).await.with_context(|| format!("{} was rejected", path.display()))?;
             checked += 1;
         }
-        ensure!(
-            checked >= 3,
-            "expected at least 3 examples, found {checked}"
-        );
+        ensure!(checked >= 3, "expected at least 3 examples, found {checked}");
         Ok(())
     })
 }
@@ -148,32 +110,18 @@ fn invalid_flashsales_are_rejected_naming_the_field(env: &Env) -> anyhow::Result
             .map(|e| e.map(|e| e.path()))
             .collect::<Result<_, _>>()?;
         files.sort();
-        ensure!(
-            files.len() >= 25,
-            "the invalid corpus has only {} files",
-            files.len()
-        );
+        ensure!(files.len() >= 25, "the invalid corpus has only {} files", files.len());
         let mut failures = vec![];
         for path in &files {
             let text = std::fs::read_to_string(path)?;
-            let expects: Vec<&str> = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("# expect: "))
-                .collect();
-            ensure!(
-                !expects.is_empty(),
-                "{} has no `# expect:` line",
-                path.display()
-            );
+            let expects: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
+            ensure!(!expects.is_empty(), "{} has no `# expect:` line", path.display());
             let mut obj = support::read_object(path)?;
             obj.metadata.namespace = Some(ns.clone());
             match support::apply(&api, &obj, true).await {
                 Ok(_) => failures.push(format!("{}: accepted", path.display())),
                 Err(kube::Error::Api(status)) => {
-                    let missing: Vec<_> = expects
-                        .iter()
-                        .filter(|e| !status.message.contains(**e))
-                        .collect();
+                    let missing: Vec<_> = expects.iter().filter(|e| !status.message.contains(**e)).collect();
                     if status.code != 422 || !missing.is_empty() {
                         failures.push(format!(
                             "{}: HTTP {} without {missing:?} in: {}",
@@ -204,45 +152,23 @@ fn kubectl_get_shows_the_printer_columns(env: &Env) -> anyhow::Result<()> {
         let client = client(cluster).await?;
         namespace(&client, "columns").await
     })?;
-    let sale = std::fs::read_to_string(repo().join("examples/product-drop.yaml"))?
-        .replace("namespace: shop", "");
-    cluster.kubectl_stdin(
-        &["apply", "--server-side", "-n", &ns, "-f", "-"],
-        Some(&sale),
-    )?;
+    let sale = std::fs::read_to_string(repo().join("examples/product-drop.yaml"))?.replace("namespace: shop", "");
+    cluster.kubectl_stdin(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(&sale))?;
     let table = cluster.kubectl(&["get", "fs", "-n", &ns])?;
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    ensure!(
-        header == ["NAME", "PHASE", "START", "END", "READY", "NEXT", "AGE"],
-        "kubectl get fs header is {header:?}"
-    );
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    ensure!(header == ["NAME", "PHASE", "START", "END", "READY", "NEXT", "AGE"], "kubectl get fs header is {header:?}");
     let wide = cluster.kubectl(&["get", "flashsale", "-n", &ns, "-o", "wide"])?;
-    let wide_header: Vec<&str> = wide
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    ensure!(
-        wide_header.last() == Some(&"REASON"),
-        "-o wide header is {wide_header:?}"
-    );
+    let wide_header: Vec<&str> = wide.lines().next().unwrap_or_default().split_whitespace().collect();
+    ensure!(wide_header.last() == Some(&"REASON"), "-o wide header is {wide_header:?}");
     let row = table.lines().nth(1).unwrap_or_default();
-    ensure!(
-        row.contains("sneaker-drop") && row.contains("2026-12-05T10:00:00Z"),
-        "row: {row}"
-    );
+    ensure!(row.contains("sneaker-drop") && row.contains("2026-12-05T10:00:00Z"), "row: {row}");
     Ok(())
 }
 
 fn operator_becomes_ready_and_stops_on_sigterm(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
-    let mut operator = Operator::start(cluster, &[])?;
+    let ns = block_on_value(async { namespace(&client(cluster).await?, "lifecycle").await })?;
+    let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok((200, body)) = operator.get("/readyz") {
@@ -250,38 +176,23 @@ fn operator_becomes_ready_and_stops_on_sigterm(env: &Env) -> anyhow::Result<()> 
             break;
         }
         if let Some(status) = operator.child.try_wait()? {
-            bail!(
-                "operator exited early with {status}:\n{}",
-                operator.log_text()
-            );
+            bail!("operator exited early with {status}:\n{}", operator.log_text());
         }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "operator not ready after 60s:\n{}",
-            operator.log_text()
-        );
+        ensure!(std::time::Instant::now() < deadline, "operator not ready after 60s:\n{}", operator.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
     let (code, body) = operator.get("/healthz")?;
     ensure!(code == 200, "/healthz answered {code}");
     let (code, metrics) = operator.get("/metrics")?;
     ensure!(
-        code == 200 && metrics.contains("flashsale_reconcile_duration_seconds"),
+        code == 200 && metrics.contains("flashsale_api_requests_total{verb=\"watch\"}"),
         "/metrics answered {code}: {metrics}"
     );
     drop(body);
     operator.terminate()?;
     let status = operator.wait_exit(Duration::from_secs(20))?;
-    ensure!(
-        status.success(),
-        "operator exited with {status} on SIGTERM:\n{}",
-        operator.log_text()
-    );
-    ensure!(
-        operator.log_text().contains("stopped"),
-        "no clean-stop log line:\n{}",
-        operator.log_text()
-    );
+    ensure!(status.success(), "operator exited with {status} on SIGTERM:\n{}", operator.log_text());
+    ensure!(operator.log_text().contains("stopped"), "no clean-stop log line:\n{}", operator.log_text());
     Ok(())
 }
 
@@ -289,10 +200,7 @@ fn operator_refuses_a_cluster_without_the_crd(env: &Env) -> anyhow::Result<()> {
     let cluster = env.secondary()?;
     let mut operator = Operator::start(cluster, &[])?;
     let status = operator.wait_exit(Duration::from_secs(30))?;
-    ensure!(
-        !status.success(),
-        "operator started on a cluster without the CRD"
-    );
+    ensure!(!status.success(), "operator started on a cluster without the CRD");
     let log = operator.log_text();
     ensure!(
         log.contains("FlashSale CRD (flashsales.flashsale.dev) is not installed")
@@ -324,26 +232,11 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
     };
     let chart_path = chart.display().to_string();
     run(&["lint", "--strict", &chart_path])?;
-    let rendered = run(&[
-        "template",
-        "flashsale",
-        &chart_path,
-        "--namespace",
-        "flashsale-system",
-        "--include-crds",
-    ])?;
-    for kind in [
-        "CustomResourceDefinition",
-        "Deployment",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Service",
-    ] {
-        ensure!(
-            rendered.contains(&format!("kind: {kind}")),
-            "the chart renders no {kind}"
-        );
+    let rendered = run(&["template", "flashsale", &chart_path, "--namespace", "flashsale-system", "--include-crds"])?;
+    for kind in
+        ["CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"]
+    {
+        ensure!(rendered.contains(&format!("kind: {kind}")), "the chart renders no {kind}");
     }
     cluster.kubectl_stdin(
         &["apply", "--server-side", "-f", "-"],
@@ -352,26 +245,9 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
     // Server-side dry run: every rendered object passes the real API server's validation.
     cluster
         .kubectl_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "--dry-run=server",
-                "-n",
-                "flashsale-system",
-                "-f",
-                "-",
-            ],
+            &["apply", "--server-side", "--dry-run=server", "-n", "flashsale-system", "-f", "-"],
             Some(&rendered),
         )
         .context("the API server rejected the rendered chart")?;
     Ok(())
-}
-
-fn block_on_value<T, F: std::future::Future<Output = anyhow::Result<T>>>(
-    f: F,
-) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f)
 }

@@ -13,10 +13,7 @@ fn main() -> anyhow::Result<()> {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| ".e2e".into()));
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
-    let opts = harness::ClusterOptions {
-        name: "flashsale-local".into(),
-        ..Default::default()
-    };
+    let opts = harness::ClusterOptions { name: "flashsale-local".into(), ..Default::default() };
     let cluster = harness::Cluster::start(&opts, &dir.join("cluster"), true)?;
     if !std::env::args().any(|a| a == "--no-crd") {
         cluster.install_crd(std::path::Path::new(concat!(
@@ -29,23 +26,16 @@ fn main() -> anyhow::Result<()> {
     let kubectl = dir.join("kubectl");
     let _ = std::fs::remove_file(&kubectl);
     std::os::unix::fs::symlink(cluster.tool("kubectl"), &kubectl)?;
-    println!(
-        "cluster up: {} (kubeconfig {})",
-        cluster.server,
-        kubeconfig.display()
-    );
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate())?;
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            anyhow::Ok(())
-        })?;
+    println!("cluster up: {} (kubeconfig {})", cluster.server, kubeconfig.display());
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        anyhow::Ok(())
+    })?;
     drop(cluster);
     let _ = std::fs::remove_file(kubeconfig);
     println!("cluster down");

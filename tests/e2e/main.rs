@@ -7,6 +7,7 @@
 mod foundation;
 mod harness;
 mod support;
+mod timeline;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
@@ -17,18 +18,14 @@ type TestFn = fn(&Env) -> anyhow::Result<()>;
 
 fn trial(env: &Arc<Env>, name: &'static str, f: TestFn) -> Trial {
     let env = env.clone();
-    Trial::test(name, move || {
-        f(&env).map_err(|e| Failed::from(format!("{e:#}")))
-    })
+    Trial::test(name, move || f(&env).map_err(|e| Failed::from(format!("{e:#}"))))
 }
 
 fn main() {
     let args = Arguments::from_args();
     let env = Arc::new(Env::new());
-    let tests: Vec<Trial> = foundation::TESTS
-        .iter()
-        .map(|(name, f)| trial(&env, name, *f))
-        .collect();
+    let tests: Vec<Trial> =
+        foundation::TESTS.iter().chain(timeline::TESTS).map(|(name, f)| trial(&env, name, *f)).collect();
     let conclusion = libtest_mimic::run(&args, tests);
     // Every test closure has finished and dropped its handle: this tears the clusters down.
     drop(env);

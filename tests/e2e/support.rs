@@ -27,12 +27,7 @@ pub struct Env {
 impl Env {
     pub fn new() -> Env {
         let root = std::env::temp_dir().join(format!("flashsale-e2e-{}", std::process::id()));
-        Env {
-            primary: OnceLock::new(),
-            secondary: OnceLock::new(),
-            crd: Mutex::new(false),
-            root,
-        }
+        Env { primary: OnceLock::new(), secondary: OnceLock::new(), crd: Mutex::new(false), root }
     }
 
     fn start<'a>(
@@ -48,17 +43,8 @@ impl Env {
 
     /// The shared cluster, with the FlashSale CRD installed.
     pub fn primary(&self) -> anyhow::Result<&Cluster> {
-        let cluster = self.start(
-            &self.primary,
-            ClusterOptions {
-                name: "primary".into(),
-                ..Default::default()
-            },
-        )?;
-        let mut installed = self
-            .crd
-            .lock()
-            .map_err(|_| anyhow::anyhow!("CRD lock poisoned"))?;
+        let cluster = self.start(&self.primary, ClusterOptions { name: "primary".into(), ..Default::default() })?;
+        let mut installed = self.crd.lock().map_err(|_| anyhow::anyhow!("CRD lock poisoned"))?;
         if !*installed {
             install_crd(cluster)?;
             *installed = true;
@@ -68,14 +54,7 @@ impl Env {
 
     /// A second, independent cluster, without the FlashSale CRD.
     pub fn secondary(&self) -> anyhow::Result<&Cluster> {
-        self.start(
-            &self.secondary,
-            ClusterOptions {
-                name: "secondary".into(),
-                nodes: 2,
-                spot_nodes: 1,
-            },
-        )
+        self.start(&self.secondary, ClusterOptions { name: "secondary".into(), nodes: 2, spot_nodes: 1 })
     }
 }
 
@@ -102,10 +81,12 @@ fn install_crd(cluster: &Cluster) -> anyhow::Result<()> {
 /// Runs an async test body on its own runtime (kube clients are bound to the runtime that
 /// made them).
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f)
+    block_on_value(f)
+}
+
+/// [`block_on`] for bodies that return a value.
+pub fn block_on_value<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(f)
 }
 
 /// A client for `cluster`.
@@ -117,18 +98,19 @@ pub async fn client(cluster: &Cluster) -> anyhow::Result<Client> {
 
 /// Creates a fresh namespace named after the test and waits for its default ServiceAccount.
 pub async fn namespace(client: &Client, name: &str) -> anyhow::Result<String> {
+    namespace_named(client, &format!("{name}-{}", std::process::id() % 100_000)).await
+}
+
+/// Creates the namespace `ns_name` and waits for its default ServiceAccount.
+pub async fn namespace_named(client: &Client, ns_name: &str) -> anyhow::Result<String> {
     use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-    let ns_name = format!("{name}-{}", std::process::id() % 100_000);
+    let ns_name = ns_name.to_owned();
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns_name}}))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns_name);
-    eventually(Duration::from_secs(30), || async {
-        Ok(sas.get_opt("default").await?.is_some())
-    })
-    .await
-    .context("default ServiceAccount never appeared")?;
+    eventually(Duration::from_secs(30), || async { Ok(sas.get_opt("default").await?.is_some()) })
+        .await
+        .context("default ServiceAccount never appeared")?;
     Ok(ns_name)
 }
 
@@ -158,8 +140,7 @@ where
 
 /// Reads a YAML file with one document into a dynamic object.
 pub fn read_object(path: &Path) -> anyhow::Result<DynamicObject> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let value: serde_json::Value =
         serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     Ok(serde_json::from_value(value)?)
@@ -177,11 +158,7 @@ pub fn flashsale_resource() -> ApiResource {
 }
 
 /// Applies `obj` with server-side apply (optionally as a dry run) as the test's field manager.
-pub async fn apply(
-    api: &Api<DynamicObject>,
-    obj: &DynamicObject,
-    dry_run: bool,
-) -> Result<DynamicObject, kube::Error> {
+pub async fn apply(api: &Api<DynamicObject>, obj: &DynamicObject, dry_run: bool) -> Result<DynamicObject, kube::Error> {
     let mut params = PatchParams::apply("e2e").force();
     params.dry_run = dry_run;
     let name = obj.metadata.name.clone().unwrap_or_default();
@@ -198,9 +175,7 @@ pub struct Operator {
 impl Operator {
     /// Starts `flashsale-operator run` against `cluster`.
     pub fn start(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Operator> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = cluster.dir.join(format!("operator-{port}.log"));
         let file = std::fs::File::create(&log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
@@ -213,11 +188,7 @@ impl Operator {
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()?;
-        Ok(Operator {
-            child,
-            metrics_port: port,
-            log,
-        })
+        Ok(Operator { child, metrics_port: port, log })
     }
 
     /// GET `path` on the metrics address: status code and body.
@@ -225,12 +196,16 @@ impl Operator {
         http_get(self.metrics_port, path)
     }
 
+    /// Kills the process outright (SIGKILL), as a crash would.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()?;
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
         if !status.success() {
             bail!("kill -TERM {} failed", self.child.id());
         }
@@ -245,10 +220,7 @@ impl Operator {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                bail!(
-                    "operator still running after {timeout:?}; log:\n{}",
-                    self.log_text()
-                );
+                bail!("operator still running after {timeout:?}; log:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -271,20 +243,10 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("malformed HTTP response")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("malformed HTTP response")?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((code, body))
 }

@@ -3,8 +3,7 @@
 
 use anyhow::Context as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use std::{
     fs,
@@ -28,15 +27,10 @@ impl Pki {
         fs::create_dir_all(dir)?;
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "flashsale-e2e-ca");
+        ca_params.distinguished_name.push(DnType::CommonName, "flashsale-e2e-ca");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let ca_pem = ca_cert.pem();
         let issuer = Issuer::new(ca_params, ca_key);
@@ -50,27 +44,19 @@ impl Pki {
             "kubernetes.default.svc".to_owned(),
             "10.96.0.1".to_owned(),
         ])?;
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
+        server.distinguished_name.push(DnType::CommonName, "kube-apiserver");
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = server.signed_by(&server_key, &issuer)?;
 
         let admin_key = KeyPair::generate()?;
         let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin
-            .distinguished_name
-            .push(DnType::CommonName, "e2e-admin");
-        admin
-            .distinguished_name
-            .push(DnType::OrganizationName, "system:masters");
+        admin.distinguished_name.push(DnType::CommonName, "e2e-admin");
+        admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
         admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let admin_cert = admin.signed_by(&admin_key, &issuer)?;
 
         let sa_key = KeyPair::generate()?;
-        let write = |name: &str, body: &str| {
-            fs::write(dir.join(name), body).with_context(|| format!("writing {name}"))
-        };
+        let write = |name: &str, body: &str| fs::write(dir.join(name), body).with_context(|| format!("writing {name}"));
         write("ca.crt", &ca_pem)?;
         write("apiserver.crt", &server_cert.pem())?;
         write("apiserver.key", &server_key.serialize_pem())?;

@@ -35,12 +35,7 @@ pub fn toolchain_bin() -> anyhow::Result<PathBuf> {
         bail!("{} failed", script.display());
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let dir = stdout
-        .lines()
-        .last()
-        .context("build.sh printed nothing")?
-        .trim()
-        .to_owned();
+    let dir = stdout.lines().last().context("build.sh printed nothing")?.trim().to_owned();
     Ok(PathBuf::from(dir))
 }
 
@@ -56,11 +51,7 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions {
-            name: "e2e".into(),
-            nodes: 3,
-            spot_nodes: 2,
-        }
+        ClusterOptions { name: "e2e".into(), nodes: 3, spot_nodes: 2 }
     }
 }
 
@@ -72,6 +63,8 @@ pub struct Cluster {
     pub server: String,
     bin: PathBuf,
     processes: Vec<(String, Child)>,
+    /// Arguments each component was started with, to restart it the same way.
+    args: Vec<(String, Vec<String>)>,
     etcd_data: PathBuf,
     keep_dir: bool,
 }
@@ -102,6 +95,7 @@ impl Cluster {
             server: server.clone(),
             bin,
             processes: vec![],
+            args: vec![],
             etcd_data: etcd_data.clone(),
             keep_dir,
         };
@@ -165,10 +159,7 @@ impl Cluster {
                 "--v=0",
             ],
         )?;
-        cluster.spawn(
-            "kube-scheduler",
-            &[&kc, "--leader-elect=false", "--secure-port=0", "--v=0"],
-        )?;
+        cluster.spawn("kube-scheduler", &[&kc, "--leader-elect=false", "--secure-port=0", "--v=0"])?;
         let kwok_port = free_port()?;
         let stages = kwok_stages(&dir)?;
         cluster.spawn(
@@ -188,7 +179,9 @@ impl Cluster {
     }
 
     fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
-        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
+        self.args.retain(|(n, _)| n != name);
+        self.args.push((name.to_owned(), args.iter().map(|a| (*a).to_owned()).collect()));
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log")))?;
         let child = Command::new(self.bin.join(name))
             .args(args)
             .stdout(log.try_clone()?)
@@ -211,28 +204,16 @@ impl Cluster {
         let mut child = Command::new(self.bin.join("kubectl"))
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
         if let Some(input) = input {
-            child
-                .stdin
-                .take()
-                .context("stdin")?
-                .write_all(input.as_bytes())?;
+            child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
         }
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -271,24 +252,17 @@ impl Cluster {
         loop {
             for (name, child) in &mut self.processes {
                 if let Some(status) = child.try_wait()? {
-                    let log = fs::read_to_string(self.dir.join(format!("{name}.log")))
-                        .unwrap_or_default();
+                    let log = fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
                     let tail: Vec<_> = log.lines().rev().take(20).collect();
-                    bail!(
-                        "{name} exited with {status}:\n{}",
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                    );
+                    bail!("{name} exited with {status}:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
                 }
             }
             match self.kubectl(&["get", "--raw", "/readyz"]) {
                 Ok(out) if out.trim() == "ok" => return Ok(()),
-                Ok(_) | Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(250))
-                }
+                Ok(_) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
                 Ok(out) => bail!("kube-apiserver not ready after {timeout:?}: {out}"),
                 Err(err) => {
-                    let log =
-                        fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default();
+                    let log = fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default();
                     let tail: Vec<_> = log.lines().rev().take(30).collect();
                     bail!(
                         "kube-apiserver not ready after {timeout:?}: {err}\n{}",
@@ -339,12 +313,30 @@ impl Cluster {
         self.processes.clear();
     }
 
+    /// Kills one component (e.g. `kube-apiserver`, to make the cluster unreachable).
+    pub fn stop_component(&mut self, name: &str) {
+        if let Some(pos) = self.processes.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.processes.remove(pos);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped component again with its original arguments, waiting for the API
+    /// server to be ready when it is the API server.
+    pub fn restart_component(&mut self, name: &str) -> anyhow::Result<()> {
+        let args = self.args.iter().find(|(n, _)| n == name).map(|(_, a)| a.clone()).context("never started")?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn(name, &args)?;
+        if name == "kube-apiserver" {
+            self.wait_ready(Duration::from_secs(90))?;
+        }
+        Ok(())
+    }
+
     /// The process id of a component, for tests that kill one.
     pub fn pid_of(&self, name: &str) -> Option<u32> {
-        self.processes
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c.id())
+        self.processes.iter().find(|(n, _)| n == name).map(|(_, c)| c.id())
     }
 }
 
@@ -381,8 +373,7 @@ fn kwok_stages(dir: &Path) -> anyhow::Result<PathBuf> {
     }
     let mut config = String::new();
     for file in files {
-        let text = fs::read_to_string(&file)
-            .with_context(|| format!("reading kwok stage {}", file.display()))?;
+        let text = fs::read_to_string(&file).with_context(|| format!("reading kwok stage {}", file.display()))?;
         config.push_str("---\n");
         config.push_str(&text);
         config.push('\n');
@@ -400,12 +391,8 @@ fn go_module_dir(module: &str, version: &str) -> anyhow::Result<PathBuf> {
         .current_dir(std::env::temp_dir())
         .output()
         .context("running `go mod download` (is Go installed?)")?;
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "go mod download {module}@{version}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("go mod download {module}@{version}: {}", String::from_utf8_lossy(&out.stderr)))?;
     match info.get("Dir").and_then(|d| d.as_str()) {
         Some(dir) => Ok(PathBuf::from(dir)),
         None => bail!("go mod download {module}@{version} failed: {info}"),

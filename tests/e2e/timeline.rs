@@ -1,0 +1,594 @@
+//! The sale timeline end to end: phases on time, status and events a person reads, restarts,
+//! suspend, edits, deletion, two clusters with one lost, and two replicas.
+
+use anyhow::{Context as _, ensure};
+use flashsale_operator::api::{FlashSale, Phase};
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp, Unit};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use kube::{
+    Client,
+    api::{Api, DeleteParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use crate::{
+    TestFn,
+    harness::{Cluster, ClusterOptions},
+    support::{Env, Operator, block_on_value, client, eventually, namespace},
+};
+
+pub const TESTS: &[(&str, TestFn)] = &[
+    ("timeline::sale_runs_every_phase_on_time_and_restores", sale_runs_every_phase_on_time_and_restores),
+    (
+        "timeline::operator_killed_while_preparing_and_active_still_restores",
+        operator_killed_while_preparing_and_active_still_restores,
+    ),
+    ("timeline::suspend_edit_and_delete", suspend_edit_and_delete),
+    ("timeline::invalid_kubeconfigs_are_explained", invalid_kubeconfigs_are_explained),
+    ("timeline::lost_cluster_never_delays_the_other", lost_cluster_never_delays_the_other),
+    ("timeline::leader_failover_hands_over_without_acting_twice", leader_failover_hands_over_without_acting_twice),
+];
+
+/// How late a phase change may be observed in these tests. The target (p99 250 ms) is measured
+/// by the benchmark; here the machine is shared and only behaviour is checked.
+const LATE: SignedDuration = SignedDuration::from_secs(3);
+
+fn at(offset_secs: i64) -> String {
+    (Timestamp::now() + SignedDuration::from_secs(offset_secs))
+        .round(Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// A sale on the operator's own cluster scaling `web` to `peak`.
+fn sale(name: &str, ns: &str, start: &str, end: &str, peak: i32) -> anyhow::Result<FlashSale> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "flashsale.dev/v1alpha1",
+        "kind": "FlashSale",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "window": {"start": start, "end": end},
+            "prepareBefore": "5s",
+            "cooldownAfter": "4s",
+            "workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": peak, "mode": "Replicas"}}],
+        }
+    }))?)
+}
+
+async fn deployment(client: &Client, ns: &str, replicas: i32) -> anyhow::Result<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "registry.example/web:1"}]}}
+        }
+    }))?;
+    api.create(&PostParams::default(), &d).await?;
+    eventually(Duration::from_secs(60), || async {
+        Ok(api.get("web").await?.status.and_then(|s| s.ready_replicas) == Some(replicas))
+    })
+    .await
+    .context("web never became ready")?;
+    Ok(api.get("web").await?)
+}
+
+/// The parts of a Deployment a sale may touch, for before/after comparison.
+fn touched(d: &Deployment) -> (Option<i32>, BTreeMap<String, String>) {
+    let annotations = d
+        .metadata
+        .annotations
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("flashsale.dev/"))
+        .collect();
+    (d.spec.as_ref().and_then(|s| s.replicas), annotations)
+}
+
+/// Records every phase the sale shows, with the instant it was first seen.
+fn record_phases(client: Client, ns: &str, name: &str) -> Arc<Mutex<Vec<(Phase, Timestamp)>>> {
+    let seen = Arc::new(Mutex::new(vec![]));
+    let api: Api<FlashSale> = Api::namespaced(client, ns);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let mut stream = watcher(api, config).applied_objects().boxed();
+        while let Some(Ok(sale)) = stream.next().await {
+            if let Some(phase) = sale.status.and_then(|s| s.phase) {
+                let mut seen = sink.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.last().map(|(p, _)| *p) != Some(phase) {
+                    seen.push((phase, Timestamp::now()));
+                }
+            }
+        }
+    });
+    seen
+}
+
+async fn phase_of(api: &Api<FlashSale>, name: &str) -> anyhow::Result<Option<Phase>> {
+    Ok(api.get(name).await?.status.and_then(|s| s.phase))
+}
+
+async fn wait_phase(api: &Api<FlashSale>, name: &str, phase: Phase, timeout: Duration) -> anyhow::Result<()> {
+    eventually(timeout, || async { Ok(phase_of(api, name).await? == Some(phase)) })
+        .await
+        .with_context(|| format!("{name} never reached {phase}"))
+}
+
+fn condition(sale: &FlashSale, type_: &str) -> Option<(String, String, String)> {
+    sale.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn event_reasons(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use k8s_openapi::api::events::v1::Event;
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let mut list: Vec<Event> = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect();
+    list.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+    Ok(list.into_iter().map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default())).collect())
+}
+
+fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on_value(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "timeline").await?;
+        let before = deployment(&client, &ns, 2).await?;
+        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let (start, end) = (at(10), at(30));
+        let phases = record_phases(client.clone(), &ns, "flash");
+        sales.create(&PostParams::default(), &sale("flash", &ns, &start, &end, 4)?).await?;
+
+        // Preparing: scaled to peak and Ready once the replicas are.
+        wait_phase(&sales, "flash", Phase::Preparing, Duration::from_secs(15)).await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        eventually(Duration::from_secs(20), || async {
+            let s = sales.get("flash").await?;
+            Ok(condition(&s, "Ready").is_some_and(|(st, _, _)| st == "True")
+                && phase_of(&sales, "flash").await? != Some(Phase::Scheduled))
+        })
+        .await
+        .context("never Ready while preparing")?;
+        let during = deployments.get("web").await?;
+        ensure!(touched(&during).0 == Some(4), "web not at peak while preparing: {:?}", touched(&during));
+        ensure!(during.status.and_then(|s| s.ready_replicas) >= Some(4), "web's peak replicas are not ready");
+        let live = sales.get("flash").await?;
+        ensure!(
+            condition(&live, "Prescaled").is_some_and(|(s, r, _)| s == "True" && r == "PeakReached"),
+            "Prescaled: {:?}",
+            condition(&live, "Prescaled")
+        );
+        let table = cluster.kubectl(&["get", "fs", "-n", &ns])?;
+        ensure!(
+            table.lines().nth(1).is_some_and(|row| row.contains("True")),
+            "kubectl get fs does not show Ready: {table}"
+        );
+
+        wait_phase(&sales, "flash", Phase::Completed, Duration::from_secs(60)).await?;
+        let after = deployments.get("web").await?;
+        ensure!(
+            touched(&after) == touched(&before),
+            "web not restored: before {:?}, after {:?}",
+            touched(&before),
+            touched(&after)
+        );
+        let done = sales.get("flash").await?;
+        ensure!(
+            condition(&done, "Ready").is_some_and(|(s, r, _)| s == "True" && r == "Completed"),
+            "Ready after the sale: {:?}",
+            condition(&done, "Ready")
+        );
+        ensure!(
+            done.status.as_ref().is_some_and(|s| s.next_transition_time.is_none()),
+            "a completed sale has no next transition"
+        );
+
+        // Every phase, in order, each seen within LATE of its boundary.
+        let seen = phases.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let start_ts: Timestamp = start.parse()?;
+        let end_ts: Timestamp = end.parse()?;
+        let boundaries = [
+            (Phase::Preparing, start_ts - SignedDuration::from_secs(5)),
+            (Phase::Active, start_ts),
+            (Phase::CoolingDown, end_ts),
+            (Phase::Restoring, end_ts + SignedDuration::from_secs(4)),
+        ];
+        let order: Vec<Phase> = seen.iter().map(|(p, _)| *p).collect();
+        let expected_prefix = [Phase::Scheduled, Phase::Preparing, Phase::Active, Phase::CoolingDown];
+        ensure!(
+            order.starts_with(&expected_prefix) && order.last() == Some(&Phase::Completed),
+            "phases seen: {order:?}"
+        );
+        for (phase, boundary) in boundaries {
+            // Restoring may be too brief to be seen; Completed then marks the boundary.
+            let seen_at = seen
+                .iter()
+                .find(|(p, _)| *p == phase || (phase == Phase::Restoring && *p == Phase::Completed))
+                .map(|(_, t)| *t)
+                .with_context(|| format!("{phase} never seen: {order:?}"))?;
+            let lag = seen_at.duration_since(boundary);
+            ensure!(
+                lag >= SignedDuration::ZERO - SignedDuration::from_millis(50),
+                "{phase} seen {lag} before its boundary"
+            );
+            ensure!(lag <= LATE, "{phase} seen {lag} after its boundary");
+        }
+        let reasons = event_reasons(&client, &ns, "flash").await?;
+        for phase in ["Preparing", "Active", "CoolingDown", "Completed"] {
+            ensure!(
+                reasons.iter().any(|(r, n)| r == "PhaseChanged" && n.ends_with(phase)),
+                "no PhaseChanged event for {phase}: {reasons:?}"
+            );
+        }
+        ensure!(
+            reasons.iter().any(|(r, n)| r == "Scaled" && n.contains("from 2 to 4")),
+            "no scale-up event: {reasons:?}"
+        );
+        ensure!(
+            reasons.iter().any(|(r, n)| r == "Scaled" && n.contains("restored") && n.contains("to 2")),
+            "no restore event: {reasons:?}"
+        );
+        Ok(())
+    })
+}
+
+fn operator_killed_while_preparing_and_active_still_restores(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on_value(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "restart").await?;
+        let before = deployment(&client, &ns, 1).await?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let (start, end) = (at(10), at(22));
+        sales.create(&PostParams::default(), &sale("flash", &ns, &start, &end, 3)?).await?;
+        let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        wait_phase(&sales, "flash", Phase::Preparing, Duration::from_secs(15)).await?;
+        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(3)) })
+            .await?;
+        operator.kill()?;
+
+        // Down across the Active boundary; the restarted operator picks up where the cluster says.
+        let start_ts: Timestamp = start.parse()?;
+        tokio::time::sleep(
+            Duration::try_from(start_ts.duration_since(Timestamp::now())).unwrap_or_default() + Duration::from_secs(1),
+        )
+        .await;
+        ensure!(phase_of(&sales, "flash").await? == Some(Phase::Preparing), "status moved on without an operator");
+        let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(10)).await?;
+        ensure!(touched(&deployments.get("web").await?).0 == Some(3), "peak lost across the restart");
+        operator.kill()?;
+        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        wait_phase(&sales, "flash", Phase::Completed, Duration::from_secs(60)).await?;
+        let after = deployments.get("web").await?;
+        ensure!(
+            touched(&after) == touched(&before),
+            "not restored: before {:?}, after {:?}",
+            touched(&before),
+            touched(&after)
+        );
+        let scale_ups = event_reasons(&client, &ns, "flash")
+            .await?
+            .into_iter()
+            .filter(|(r, n)| r == "Scaled" && n.contains("from 1 to 3"))
+            .count();
+        ensure!(scale_ups == 1, "scaled up {scale_ups} times across restarts");
+        Ok(())
+    })
+}
+
+fn suspend_edit_and_delete(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on_value(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "edits").await?;
+        let before = deployment(&client, &ns, 2).await?;
+        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let patch = |value: serde_json::Value| Patch::Merge(value);
+        sales.create(&PostParams::default(), &sale("flash", &ns, &at(2), &at(600), 5)?).await?;
+        wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(15)).await?;
+        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(5)) })
+            .await?;
+
+        // Suspend: everything restored now, and held there.
+        sales.patch("flash", &PatchParams::default(), &patch(serde_json::json!({"spec": {"suspend": true}}))).await?;
+        wait_phase(&sales, "flash", Phase::Suspended, Duration::from_secs(10)).await?;
+        eventually(Duration::from_secs(10), || async {
+            Ok(touched(&deployments.get("web").await?) == touched(&before))
+        })
+        .await
+        .context("suspend did not restore web")?;
+        let s = sales.get("flash").await?;
+        ensure!(
+            condition(&s, "Ready").is_some_and(|(st, r, _)| st == "True" && r == "Suspended"),
+            "Ready while suspended: {:?}",
+            condition(&s, "Ready")
+        );
+
+        // Resume, then move the start later: back to Scheduled, and restored until it prepares again.
+        sales.patch("flash", &PatchParams::default(), &patch(serde_json::json!({"spec": {"suspend": false}}))).await?;
+        wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(10)).await?;
+        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(5)) })
+            .await?;
+        sales
+            .patch(
+                "flash",
+                &PatchParams::default(),
+                &patch(serde_json::json!({"spec": {"window": {"start": at(300), "end": at(600)}}})),
+            )
+            .await?;
+        wait_phase(&sales, "flash", Phase::Scheduled, Duration::from_secs(10)).await?;
+        eventually(Duration::from_secs(10), || async {
+            Ok(touched(&deployments.get("web").await?) == touched(&before))
+        })
+        .await
+        .context("moving the window later did not restore web")?;
+
+        // Move it back to now: prepares again; then end it early.
+        sales
+            .patch(
+                "flash",
+                &PatchParams::default(),
+                &patch(serde_json::json!({"spec": {"window": {"start": at(1), "end": at(600)}}})),
+            )
+            .await?;
+        wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(10)).await?;
+        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(5)) })
+            .await?;
+        sales
+            .patch(
+                "flash",
+                &PatchParams::default(),
+                &patch(serde_json::json!({"spec": {"window": {"end": at(1)}, "cooldownAfter": "0s"}})),
+            )
+            .await?;
+        wait_phase(&sales, "flash", Phase::Completed, Duration::from_secs(15)).await?;
+        ensure!(touched(&deployments.get("web").await?) == touched(&before), "ending early did not restore web");
+
+        // Delete mid-sale: restored before the object goes.
+        sales
+            .patch(
+                "flash",
+                &PatchParams::default(),
+                &patch(serde_json::json!({"spec": {"window": {"start": at(1), "end": at(600)}}})),
+            )
+            .await?;
+        wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(10)).await?;
+        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(5)) })
+            .await?;
+        sales.delete("flash", &DeleteParams::default()).await?;
+        eventually(Duration::from_secs(20), || async { Ok(sales.get_opt("flash").await?.is_none()) })
+            .await
+            .context("the deleted sale was never released")?;
+        ensure!(touched(&deployments.get("web").await?) == touched(&before), "deletion did not restore web");
+        Ok(())
+    })
+}
+
+async fn kubeconfig_secret(client: &Client, ns: &str, name: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "stringData": {key: value},
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    Ok(())
+}
+
+fn multi_cluster_sale(
+    name: &str,
+    ns: &str,
+    start: &str,
+    end: &str,
+    clusters: &[(&str, &str)],
+    peak: i32,
+) -> anyhow::Result<FlashSale> {
+    let mut s = sale(name, ns, start, end, peak)?;
+    s.spec.clusters = serde_json::from_value(serde_json::Value::Array(
+        clusters
+            .iter()
+            .map(|(c, secret)| serde_json::json!({"name": c, "kubeconfigSecretRef": {"name": secret}}))
+            .collect(),
+    ))?;
+    Ok(s)
+}
+
+fn invalid_kubeconfigs_are_explained(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on_value(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "kubeconfigs").await?;
+        kubeconfig_secret(&client, &ns, "garbage", "kubeconfig", "this is: [not a kubeconfig").await?;
+        kubeconfig_secret(&client, &ns, "wrong-key", "config", "apiVersion: v1").await?;
+        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let clusters = [("garbage", "garbage"), ("wrong-key", "wrong-key"), ("missing", "no-such-secret")];
+        sales
+            .create(&PostParams::default(), &multi_cluster_sale("flash", &ns, &at(3600), &at(7200), &clusters, 2)?)
+            .await?;
+        let expected = [
+            ("garbage", "is not a valid kubeconfig"),
+            ("wrong-key", "has no key \"kubeconfig\" (it has: config)"),
+            ("missing", "kubeconfig Secret"),
+        ];
+        eventually(Duration::from_secs(10), || async {
+            let s = sales.get("flash").await?;
+            let clusters = s.status.map(|s| s.clusters).unwrap_or_default();
+            Ok(expected.iter().all(|(name, text)| {
+                clusters
+                    .iter()
+                    .any(|c| c.name == *name && !c.reachable && c.message.as_deref().is_some_and(|m| m.contains(text)))
+            }))
+        })
+        .await
+        .context("per-cluster messages do not explain the bad kubeconfigs")?;
+        let s = sales.get("flash").await?;
+        let (status, reason, message) = condition(&s, "Ready").context("no Ready condition")?;
+        ensure!(
+            status == "False" && reason == "PreflightFailed" && message.contains("cluster missing"),
+            "Ready: {status} {reason} {message}"
+        );
+        ensure!(!message.contains("this is: [not"), "the kubeconfig's contents leaked into status: {message}");
+        Ok(())
+    })
+}
+
+fn lost_cluster_never_delays_the_other(env: &Env) -> anyhow::Result<()> {
+    let primary = env.primary()?;
+    let dir = std::env::temp_dir().join(format!("flashsale-e2e-{}-lost", std::process::id()));
+    let mut remote = Cluster::start(&ClusterOptions { name: "lost".into(), nodes: 1, spot_nodes: 0 }, &dir, false)?;
+    block_on_value(async {
+        let client = client(primary).await?;
+        let remote_client = crate::support::client(&remote).await?;
+        let ns = namespace(&client, "lost").await?;
+        crate::support::namespace_named(&remote_client, &ns).await?;
+        let here_before = deployment(&client, &ns, 1).await?;
+        let there_before = deployment(&remote_client, &ns, 1).await?;
+        kubeconfig_secret(&client, &ns, "here", "kubeconfig", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
+        kubeconfig_secret(&client, &ns, "there", "kubeconfig", &std::fs::read_to_string(&remote.kubeconfig)?).await?;
+        let _operator = Operator::start(primary, &["--watch-namespace", &ns])?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let (start, end) = (at(8), at(20));
+        let phases = record_phases(client.clone(), &ns, "flash");
+        let clusters = [("here", "here"), ("there", "there")];
+        sales.create(&PostParams::default(), &multi_cluster_sale("flash", &ns, &start, &end, &clusters, 2)?).await?;
+        wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(20)).await?;
+        let remote_deployments: Api<Deployment> = Api::namespaced(remote_client.clone(), &ns);
+        eventually(Duration::from_secs(10), || async {
+            Ok(touched(&remote_deployments.get("web").await?).0 == Some(2))
+        })
+        .await?;
+
+        // The remote cluster disappears mid-sale.
+        remote.stop_component("kube-apiserver");
+        let lost_at = Timestamp::now();
+        eventually(Duration::from_secs(10), || async {
+            let s = sales.get("flash").await?;
+            Ok(s.status.is_some_and(|st| st.clusters.iter().any(|c| c.name == "there" && !c.reachable)))
+        })
+        .await
+        .context("the lost cluster is not named in status within 10s")?;
+        let noticed = Timestamp::now().duration_since(lost_at);
+        wait_phase(&sales, "flash", Phase::CoolingDown, Duration::from_secs(20)).await?;
+        let seen = phases.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let end_ts: Timestamp = end.parse()?;
+        let cooling =
+            seen.iter().find(|(p, _)| *p == Phase::CoolingDown).map(|(_, t)| *t).context("CoolingDown not seen")?;
+        ensure!(
+            cooling.duration_since(end_ts) <= LATE,
+            "CoolingDown came {} late with a cluster lost",
+            cooling.duration_since(end_ts)
+        );
+        let s = sales.get("flash").await?;
+        let (_, _, message) = condition(&s, "Ready").context("no Ready")?;
+        ensure!(
+            message.contains("cluster there"),
+            "Ready does not name the lost cluster: {message} (noticed after {noticed})"
+        );
+
+        // Deleting while it is lost: the sale waits for it, saying why and how to let go.
+        sales.delete("flash", &DeleteParams::default()).await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        eventually(Duration::from_secs(15), || async {
+            let s = sales.get("flash").await?;
+            Ok(condition(&s, "Ready").is_some_and(|(_, r, m)| {
+                r == "Deleting" && m.contains("there") && m.contains("flashsale.dev/abandon-clusters")
+            }))
+        })
+        .await
+        .context("deletion does not explain that it waits for the lost cluster")?;
+        ensure!(
+            touched(&deployments.get("web").await?) == touched(&here_before),
+            "the reachable cluster was not restored"
+        );
+        remote.restart_component("kube-apiserver")?;
+        eventually(Duration::from_secs(60), || async { Ok(sales.get_opt("flash").await?.is_none()) })
+            .await
+            .context("deletion did not finish once the cluster came back")?;
+        let remote_client = crate::support::client(&remote).await?;
+        let remote_deployments: Api<Deployment> = Api::namespaced(remote_client, &ns);
+        ensure!(
+            touched(&remote_deployments.get("web").await?) == touched(&there_before),
+            "the returning cluster was not restored"
+        );
+        Ok(())
+    })?;
+    remote.stop();
+    Ok(())
+}
+
+fn leader_failover_hands_over_without_acting_twice(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on_value(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "leader").await?;
+        let before = deployment(&client, &ns, 1).await?;
+        let args = [
+            "--watch-namespace",
+            &ns,
+            "--leader-elect",
+            "--leader-election-namespace",
+            &ns,
+            "--lease-duration-seconds",
+            "4",
+        ];
+        let mut first = Operator::start(cluster, &args)?;
+        eventually(Duration::from_secs(15), || async { Ok(first.log_text().contains("became the leader")) }).await?;
+        let mut second = Operator::start(cluster, &args)?;
+        eventually(Duration::from_secs(15), || async {
+            Ok(second.log_text().contains("waiting to become the leader"))
+        })
+        .await?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let (start, end) = (at(6), at(16));
+        sales.create(&PostParams::default(), &sale("flash", &ns, &start, &end, 3)?).await?;
+        wait_phase(&sales, "flash", Phase::Preparing, Duration::from_secs(10)).await?;
+        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(3)) })
+            .await?;
+        ensure!(!second.log_text().contains("became the leader"), "two leaders at once");
+
+        first.kill()?;
+        let killed = std::time::Instant::now();
+        eventually(Duration::from_secs(12), || async { Ok(second.log_text().contains("became the leader")) })
+            .await
+            .context("the standby never took over")?;
+        let handover = killed.elapsed();
+        ensure!(handover <= Duration::from_secs(4 + 2 + 2), "handover took {handover:?}, lease is 4s");
+        wait_phase(&sales, "flash", Phase::Completed, Duration::from_secs(40)).await?;
+        ensure!(touched(&deployments.get("web").await?) == touched(&before), "not restored after failover");
+        let reasons = event_reasons(&client, &ns, "flash").await?;
+        let scale_ups = reasons.iter().filter(|(r, n)| r == "Scaled" && n.contains("from 1 to 3")).count();
+        let restores = reasons.iter().filter(|(r, n)| r == "Scaled" && n.contains("restored")).count();
+        ensure!(
+            scale_ups == 1 && restores == 1,
+            "acted twice: {scale_ups} scale-ups, {restores} restores: {reasons:?}"
+        );
+        second.terminate()?;
+        let status = second.wait_exit(Duration::from_secs(20))?;
+        ensure!(status.success(), "the leader did not stop cleanly: {status}");
+        Ok(())
+    })
+}
