@@ -18,6 +18,7 @@ help:
 toolchain:
 	@bash tests/e2e/toolchain/build.sh >/dev/null
 	@bash tests/e2e/toolchain/cronhpa/build.sh >/dev/null
+	@bash tests/e2e/toolchain/statuscheck/build.sh >/dev/null
 
 .PHONY: test
 test: toolchain

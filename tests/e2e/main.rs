@@ -5,6 +5,7 @@
 //! when the run ends, whether tests pass or fail.
 
 mod foundation;
+mod gitops;
 mod harness;
 mod support;
 mod timeline;
@@ -24,8 +25,12 @@ fn trial(env: &Arc<Env>, name: &'static str, f: TestFn) -> Trial {
 fn main() {
     let args = Arguments::from_args();
     let env = Arc::new(Env::new());
-    let tests: Vec<Trial> =
-        foundation::TESTS.iter().chain(timeline::TESTS).map(|(name, f)| trial(&env, name, *f)).collect();
+    let tests: Vec<Trial> = foundation::TESTS
+        .iter()
+        .chain(timeline::TESTS)
+        .chain(gitops::TESTS)
+        .map(|(name, f)| trial(&env, name, *f))
+        .collect();
     let conclusion = libtest_mimic::run(&args, tests);
     // Every test closure has finished and dropped its handle: this tears the clusters down.
     drop(env);
