@@ -1,1 +1,640 @@
-fn main() {}
+//! Benchmark of the timeline controller against a real control plane (the e2e harness): how late
+//! each phase change shows in a FlashSale's status with 100 sales live, and how many writes a
+//! reconcile that has nothing to do sends. It prints numbers and asserts nothing about timing.
+//!
+//! `cargo bench --bench timeline` (about 3-5 minutes on two cores once the toolchain is built).
+//! `FLASHSALE_BENCH_SALES` changes the number of sales per batch (default 100);
+//! `FLASHSALE_E2E_KEEP=1` keeps the cluster's directory (with the operator's log) afterwards.
+
+use anyhow::{Context as _, bail};
+use flashsale_operator::api::{FlashSale, Phase};
+use futures::{StreamExt, TryStreamExt, stream};
+use jiff::{SignedDuration, Timestamp, Unit};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, ServiceAccount},
+};
+use kube::{
+    Client, Config,
+    api::{Api, ListParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt, watcher},
+};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+#[path = "../tests/e2e/harness/mod.rs"]
+mod harness;
+
+use harness::{Cluster, ClusterOptions};
+
+/// The first sale's window opens this long after the sales are created.
+const LEAD: SignedDuration = SignedDuration::from_secs(15);
+/// Sale `i` starts `i` times this much after the first.
+const STAGGER_MS: i64 = 37;
+const WINDOW: SignedDuration = SignedDuration::from_secs(8);
+const PREPARE_BEFORE: &str = "4s";
+const PREPARE: SignedDuration = SignedDuration::from_secs(4);
+const COOLDOWN_AFTER: &str = "3s";
+const COOLDOWN: SignedDuration = SignedDuration::from_secs(3);
+/// How many API requests run at once while the benchmark sets things up.
+const SETUP_CONCURRENCY: usize = 8;
+const NUDGE_ANNOTATION: &str = "bench.flashsale.dev/nudge";
+
+fn main() {
+    // `cargo test --all-targets` runs bench binaries without `--bench`: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("timeline benchmark: run it with `cargo bench --bench timeline`");
+        return;
+    }
+    let started = Instant::now();
+    match run() {
+        Ok(()) => println!("\ntotal run time: {:.0} s", started.elapsed().as_secs_f64()),
+        Err(err) => {
+            eprintln!("benchmark failed after {:.0} s: {err:#}", started.elapsed().as_secs_f64());
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let sales: usize = match std::env::var("FLASHSALE_BENCH_SALES") {
+        Ok(v) => v.parse().context("FLASHSALE_BENCH_SALES must be a number")?,
+        Err(_) => 100,
+    };
+    println!("machine: {} CPUs, load average {}", cpus(), loadavg());
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("flashsale-bench-{}", std::process::id()));
+    let cluster = Cluster::start(&ClusterOptions { name: "bench".into(), ..ClusterOptions::default() }, &dir, false)?;
+    cluster.install_crd(&repo().join("crds/flashsale.dev_flashsales.yaml"))?;
+    println!("control plane up with the CRD in {:.1} s", started.elapsed().as_secs_f64());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let result = runtime.block_on(bench(&cluster, sales));
+    if std::env::var_os("FLASHSALE_E2E_KEEP").is_some() {
+        println!("cluster directory kept: {}", cluster.dir.display());
+    }
+    result
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn bench(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
+    let client = client(cluster).await?;
+    let ns = namespace(&client, "bench").await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+
+    let t = Instant::now();
+    stream::iter(0..n)
+        .map(|i| {
+            let api = deployments.clone();
+            async move { api.create(&PostParams::default(), &deployment(i)?).await.context("creating a Deployment") }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    eventually(Duration::from_secs(300), || async {
+        let list = deployments.list(&ListParams::default()).await?;
+        Ok(list.items.iter().filter(|d| d.status.as_ref().and_then(|s| s.ready_replicas) == Some(1)).count() == n)
+    })
+    .await
+    .context("the Deployments never became ready")?;
+    println!("{n} Deployments at 1/1 ready in {:.1} s", t.elapsed().as_secs_f64());
+
+    let operator = Operator::start(cluster, &ns)?;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+    let recorder = Recorder::start(client.clone(), &ns);
+
+    // Part 1: 100 sales through every phase.
+    let before_run = operator.scrape()?;
+    let t0 = Timestamp::now();
+    let schedules: Vec<(String, Schedule)> = (0..n).map(|i| (format!("sale-{i:03}"), Schedule::new(t0, i))).collect();
+    let t = Instant::now();
+    stream::iter(schedules.iter().enumerate())
+        .map(|(i, (name, s))| {
+            let api = sales.clone();
+            let sale = sale(name, &ns, i, &s.start, &s.end, PREPARE_BEFORE, COOLDOWN_AFTER);
+            async move { api.create(&PostParams::default(), &sale?).await.context("creating a FlashSale") }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    println!(
+        "{n} FlashSales created in {:.1} s; windows open from T0+{}s, staggered by {STAGGER_MS} ms",
+        t.elapsed().as_secs_f64(),
+        LEAD.as_secs()
+    );
+    let last_restore = schedules.iter().map(|(_, s)| s.restore_at).max().unwrap_or(t0);
+    let timeout = Duration::try_from(last_restore.duration_since(Timestamp::now())).unwrap_or_default()
+        + Duration::from_secs(120);
+    let names: Vec<String> = schedules.iter().map(|(name, _)| name.clone()).collect();
+    let completed = eventually(timeout, || async { Ok(recorder.all_in(&names, Phase::Completed)) }).await;
+    let done_at = Timestamp::now();
+    let after_run = operator.scrape()?;
+    if let Err(err) = completed {
+        println!("WARNING: not every sale reached Completed: {err:#}");
+    }
+    println!(
+        "all sales Completed {:.1} s after the last restore boundary",
+        done_at.duration_since(last_restore).as_secs_f64()
+    );
+    let lags = phase_lags(&recorder, &schedules);
+    print_lags(&lags, n);
+    let run_delta = delta(&before_run, &after_run);
+    println!(
+        "\nduring the sale run: {:.0} reconciles; requests by verb: {}",
+        reconciles(&after_run) - reconciles(&before_run),
+        verbs(&run_delta)
+    );
+
+    // Part 2: writes per reconcile that has nothing to do.
+    let later: Vec<String> = (0..n).map(|i| format!("later-{i:03}")).collect();
+    let start = (Timestamp::now() + SignedDuration::from_hours(24)).round(Unit::Second)?;
+    let end = start + SignedDuration::from_hours(2);
+    stream::iter(later.iter().enumerate())
+        .map(|(i, name)| {
+            let api = sales.clone();
+            let sale = sale(name, &ns, i, &start, &end, "30m", "15m");
+            async move { api.create(&PostParams::default(), &sale?).await.context("creating a FlashSale") }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    eventually(Duration::from_secs(120), || async { Ok(recorder.all_ready_in(&later, Phase::Scheduled)) })
+        .await
+        .context("the second batch never became Scheduled and Ready")?;
+    println!("\n{n} more FlashSales (window in 24h) Scheduled and Ready; {} sales live", 2 * n);
+
+    let mut rounds = vec![];
+    for (label, names) in [("Scheduled (window in 24h)", &later), ("Completed", &names)] {
+        rounds.push(nudge_round(&sales, &operator, label, names).await?);
+    }
+    print_rounds(&rounds);
+
+    let (rss, hwm) = operator.memory()?;
+    println!("\noperator memory with {} sales live: VmRSS {rss} kB, VmHWM {hwm} kB", 2 * n);
+    let log = operator.log_text();
+    let failed = log.lines().filter(|l| l.contains("reconcile failed")).count();
+    let events = log.lines().filter(|l| l.contains("could not publish event")).count();
+    println!("operator log: {failed} 'reconcile failed' lines, {events} 'could not publish event' lines");
+    println!("load average at the end: {}", loadavg());
+    Ok(())
+}
+
+/// The scheduled instants of one sale.
+struct Schedule {
+    prepare_at: Timestamp,
+    start: Timestamp,
+    end: Timestamp,
+    restore_at: Timestamp,
+}
+
+impl Schedule {
+    fn new(t0: Timestamp, i: usize) -> Schedule {
+        let offset = SignedDuration::from_millis(STAGGER_MS * i as i64);
+        let start = (t0 + LEAD + offset).round(Unit::Millisecond).unwrap_or(t0 + LEAD + offset);
+        let end = start + WINDOW;
+        Schedule { prepare_at: start - PREPARE, start, end, restore_at: end + COOLDOWN }
+    }
+
+    /// Each boundary with the phases that show it has been crossed.
+    fn boundaries(&self) -> [(&'static str, Timestamp, &'static [Phase]); 4] {
+        [
+            ("Preparing", self.prepare_at, &[Phase::Preparing]),
+            ("Active", self.start, &[Phase::Active]),
+            ("CoolingDown", self.end, &[Phase::CoolingDown]),
+            ("Restoring/Completed", self.restore_at, &[Phase::Restoring, Phase::Completed]),
+        ]
+    }
+}
+
+fn deployment(i: usize) -> anyhow::Result<Deployment> {
+    let name = format!("web-{i:03}");
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/web:1"}]}
+            }
+        }
+    }))?)
+}
+
+/// Sale `name` scaling Deployment `web-<i>` from 1 to 2 replicas.
+fn sale(
+    name: &str,
+    ns: &str,
+    i: usize,
+    start: &Timestamp,
+    end: &Timestamp,
+    prepare: &str,
+    cooldown: &str,
+) -> anyhow::Result<FlashSale> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "flashsale.dev/v1alpha1",
+        "kind": "FlashSale",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "window": {"start": start.to_string(), "end": end.to_string()},
+            "prepareBefore": prepare,
+            "cooldownAfter": cooldown,
+            "workloads": [{"ref": {"kind": "Deployment", "name": format!("web-{i:03}")}, "scale": {"peak": 2, "mode": "Replicas"}}],
+        }
+    }))?)
+}
+
+/// What the benchmark's own watch on FlashSales has seen.
+#[derive(Default)]
+struct Seen {
+    /// When each (sale, phase) was first seen.
+    first: HashMap<(String, Phase), Timestamp>,
+    /// The latest phase and whether Ready is True, per sale.
+    latest: HashMap<String, (Option<Phase>, bool)>,
+}
+
+#[derive(Clone)]
+struct Recorder(Arc<Mutex<Seen>>);
+
+impl Recorder {
+    fn start(client: Client, ns: &str) -> Recorder {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let sink = seen.clone();
+        let api: Api<FlashSale> = Api::namespaced(client, ns);
+        tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
+            while let Some(item) = stream.next().await {
+                let now = Timestamp::now();
+                let Ok(sale) = item else { continue };
+                let name = sale.metadata.name.clone().unwrap_or_default();
+                let status = sale.status.unwrap_or_default();
+                let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                let mut seen = sink.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(phase) = status.phase {
+                    seen.first.entry((name.clone(), phase)).or_insert(now);
+                }
+                seen.latest.insert(name, (status.phase, ready));
+            }
+        });
+        Recorder(seen)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        f(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn all_in(&self, names: &[String], phase: Phase) -> bool {
+        self.with(|s| names.iter().all(|n| s.latest.get(n).is_some_and(|(p, _)| *p == Some(phase))))
+    }
+
+    fn all_ready_in(&self, names: &[String], phase: Phase) -> bool {
+        self.with(|s| names.iter().all(|n| s.latest.get(n).is_some_and(|(p, r)| *p == Some(phase) && *r)))
+    }
+}
+
+struct Lags {
+    /// Per boundary kind: lag in ms of every sale whose new phase was seen.
+    by_boundary: BTreeMap<&'static str, Vec<f64>>,
+    /// Boundaries whose phase was never seen (skipped or never reached).
+    missed: Vec<(String, &'static str)>,
+    /// Sales not seen in Scheduled before their first boundary.
+    late_start: usize,
+    worst: Vec<(f64, String, &'static str)>,
+}
+
+fn phase_lags(recorder: &Recorder, schedules: &[(String, Schedule)]) -> Lags {
+    recorder.with(|seen| {
+        let mut lags = Lags { by_boundary: BTreeMap::new(), missed: vec![], late_start: 0, worst: vec![] };
+        for (name, schedule) in schedules {
+            let scheduled = seen.first.get(&(name.clone(), Phase::Scheduled));
+            if scheduled.is_none_or(|t| *t >= schedule.prepare_at) {
+                lags.late_start += 1;
+            }
+            for (label, at, phases) in schedule.boundaries() {
+                let observed = phases.iter().filter_map(|p| seen.first.get(&(name.clone(), *p))).min();
+                match observed {
+                    Some(t) => {
+                        let ms = t.duration_since(at).as_secs_f64() * 1000.0;
+                        lags.by_boundary.entry(label).or_default().push(ms);
+                        lags.worst.push((ms, name.clone(), label));
+                    }
+                    None => lags.missed.push((name.clone(), label)),
+                }
+            }
+        }
+        lags.worst.sort_by(|a, b| b.0.total_cmp(&a.0));
+        lags.worst.truncate(5);
+        lags
+    })
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn stats_row(label: &str, values: &[f64]) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    format!(
+        "| {label:<21} | {:>5} | {:>8.0} | {:>8.0} | {:>8.0} | {:>8.0} |",
+        v.len(),
+        percentile(&v, 50.0),
+        percentile(&v, 90.0),
+        percentile(&v, 99.0),
+        v.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
+fn print_lags(lags: &Lags, n: usize) {
+    println!("\nphase transition lag with {n} sales live (boundary instant -> phase seen through a watch), ms:");
+    println!("| boundary              | count | p50      | p90      | p99      | max      |");
+    println!("|-----------------------|-------|----------|----------|----------|----------|");
+    let mut all = vec![];
+    for (label, values) in &lags.by_boundary {
+        println!("{}", stats_row(label, values));
+        all.extend_from_slice(values);
+    }
+    println!("{}", stats_row("all", &all));
+    println!("missed boundaries (new phase never seen): {}", lags.missed.len());
+    for (name, label) in lags.missed.iter().take(10) {
+        println!("  {name}: {label}");
+    }
+    println!("sales not seen Scheduled before their Preparing boundary: {}", lags.late_start);
+    println!("worst:");
+    for (ms, name, label) in &lags.worst {
+        println!("  {ms:>8.0} ms  {name} {label}");
+    }
+}
+
+struct Round {
+    label: &'static str,
+    sales: usize,
+    reconciles: f64,
+    writes: f64,
+    reads: f64,
+    by_verb: BTreeMap<String, f64>,
+    seconds: f64,
+}
+
+/// Changes an annotation on every sale in `names` (a watch event, no new generation) and counts
+/// what the operator does about it.
+async fn nudge_round(
+    sales: &Api<FlashSale>,
+    operator: &Operator,
+    label: &'static str,
+    names: &[String],
+) -> anyhow::Result<Round> {
+    operator.quiesce(Duration::from_secs(5), Duration::from_secs(120)).await?;
+    let before = operator.scrape()?;
+    let t = Instant::now();
+    let stamp = Timestamp::now().as_nanosecond().to_string();
+    let stamp = &stamp;
+    stream::iter(names)
+        .map(|name| async move {
+            let patch = serde_json::json!({"metadata": {"annotations": {NUDGE_ANNOTATION: stamp}}});
+            sales.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.context("annotating a FlashSale")
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let want = reconciles(&before) + names.len() as f64;
+    eventually(Duration::from_secs(120), || async { Ok(reconciles(&operator.scrape()?) >= want) })
+        .await
+        .with_context(|| format!("{label}: fewer than {} reconciles after the annotation", names.len()))?;
+    // Count whatever the reconciles set off (a status write would trigger one more) too.
+    operator.quiesce(Duration::from_secs(3), Duration::from_secs(60)).await?;
+    let after = operator.scrape()?;
+    let by_verb = delta(&before, &after);
+    let writes = by_verb.iter().filter(|(v, _)| flashsale_operator::client::is_write(v)).map(|(_, n)| n).sum();
+    let reads = by_verb.get("get").copied().unwrap_or(0.0);
+    Ok(Round {
+        label,
+        sales: names.len(),
+        reconciles: reconciles(&after) - reconciles(&before),
+        writes,
+        reads,
+        by_verb,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+fn print_rounds(rounds: &[Round]) {
+    println!("\nno-op reconciles (annotation changed on every sale, spec unchanged):");
+    println!("| sales in phase            | annotated | reconciles | writes | writes/reconcile | reads/reconcile |");
+    println!("|---------------------------|-----------|------------|--------|------------------|-----------------|");
+    for r in rounds {
+        println!(
+            "| {:<25} | {:>9} | {:>10.0} | {:>6.0} | {:>16.2} | {:>15.2} |",
+            r.label,
+            r.sales,
+            r.reconciles,
+            r.writes,
+            r.writes / r.reconciles.max(1.0),
+            r.reads / r.reconciles.max(1.0)
+        );
+    }
+    for r in rounds {
+        println!("{}: requests by verb {} (round took {:.1} s)", r.label, verbs(&r.by_verb), r.seconds);
+    }
+}
+
+fn verbs(by_verb: &BTreeMap<String, f64>) -> String {
+    let parts: Vec<String> = by_verb.iter().filter(|(_, n)| **n != 0.0).map(|(v, n)| format!("{v}={n:.0}")).collect();
+    if parts.is_empty() { "none".into() } else { parts.join(", ") }
+}
+
+/// The operator's metrics: series (name with labels) to value.
+type Scrape = HashMap<String, f64>;
+
+fn parse_metrics(text: &str) -> Scrape {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn reconciles(scrape: &Scrape) -> f64 {
+    scrape.get("flashsale_reconcile_duration_seconds_count{lever=\"timeline\"}").copied().unwrap_or(0.0)
+}
+
+fn requests(scrape: &Scrape) -> BTreeMap<String, f64> {
+    scrape
+        .iter()
+        .filter_map(|(series, n)| {
+            let verb = series.strip_prefix("flashsale_api_requests_total{verb=\"")?.strip_suffix("\"}")?;
+            Some((verb.to_owned(), *n))
+        })
+        .collect()
+}
+
+fn delta(before: &Scrape, after: &Scrape) -> BTreeMap<String, f64> {
+    let before = requests(before);
+    requests(after).into_iter().map(|(verb, n)| (verb.clone(), n - before.get(&verb).copied().unwrap_or(0.0))).collect()
+}
+
+/// `flashsale-operator run` (the bench-profile build) against the cluster, killed on drop.
+struct Operator {
+    child: Child,
+    metrics_port: u16,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(cluster: &Cluster, ns: &str) -> anyhow::Result<Operator> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = cluster.dir.join("operator.log");
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+            .arg("run")
+            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+            .args(["--watch-namespace", ns])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()?;
+        Ok(Operator { child, metrics_port: port, log })
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !matches!(http_get(self.metrics_port, "/readyz"), Ok((200, _))) {
+            if Instant::now() > deadline {
+                bail!("operator not ready after {timeout:?}; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    fn scrape(&self) -> anyhow::Result<Scrape> {
+        match http_get(self.metrics_port, "/metrics")? {
+            (200, body) => Ok(parse_metrics(&body)),
+            (code, body) => bail!("/metrics answered {code}: {body}"),
+        }
+    }
+
+    /// Waits until the reconcile count has not moved for `quiet`.
+    async fn quiesce(&self, quiet: Duration, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = reconciles(&self.scrape()?);
+        let mut since = Instant::now();
+        while since.elapsed() < quiet {
+            if Instant::now() > deadline {
+                bail!("the operator kept reconciling for {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = reconciles(&self.scrape()?);
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// VmRSS and VmHWM in kB.
+    fn memory(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no {name} in /proc/<pid>/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback.
+fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("malformed HTTP response")?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((code, body))
+}
+
+async fn client(cluster: &Cluster) -> anyhow::Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(&cluster.kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Creates namespace `name` and waits for its default ServiceAccount (pods need it).
+async fn namespace(client: &Client, name: &str) -> anyhow::Result<String> {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    eventually(Duration::from_secs(30), || async { Ok(sas.get_opt("default").await?.is_some()) })
+        .await
+        .context("default ServiceAccount never appeared")?;
+    Ok(name.to_owned())
+}
+
+/// Polls `check` every 200 ms until it returns true or `timeout` passes.
+async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            return match last_err {
+                Some(e) => Err(e.context(format!("condition not met within {timeout:?}"))),
+                None => bail!("condition not met within {timeout:?}"),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}

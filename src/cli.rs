@@ -67,6 +67,10 @@ struct PlanArgs {
     /// The instant to plan from (RFC 3339); default now.
     #[arg(long)]
     now: Option<jiff::Timestamp>,
+    /// Read live workloads (and the sale's kubeconfig Secrets) through this kubeconfig to show
+    /// baselines. Nothing is written.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 impl Cli {
@@ -82,7 +86,16 @@ impl Cli {
             Command::Plan(args) => {
                 let sale = plan::read(&args.file)?;
                 let now = args.now.unwrap_or_else(jiff::Timestamp::now);
-                print!("{}", plan::render(&sale, now)?);
+                let live = match &args.kubeconfig {
+                    Some(path) => runtime()?.block_on(async {
+                        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                            .with_context(|| format!("cannot read {}", path.display()))?;
+                        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+                        anyhow::Ok(plan::read_live(&sale, Client::try_from(config)?).await)
+                    })?,
+                    None => vec![],
+                };
+                print!("{}", plan::render(&sale, now, &live)?);
                 Ok(())
             }
             Command::Crd => {

@@ -1,11 +1,15 @@
-//! `flashsale-operator plan`: the timeline and what each phase does, for change review.
+//! `flashsale-operator plan`: the timeline and what each phase does, per cluster and lever, for
+//! change review. Writes nothing; with a kubeconfig it reads live workloads to show baselines.
 
 use anyhow::Context as _;
 use jiff::{Timestamp, tz::TimeZone};
+use kube::Client;
 use std::{fmt::Write as _, io::Read, path::Path};
 
 use crate::{
-    api::{FlashSale, Phase},
+    api::{FlashSale, Phase, ScaleMode},
+    clusters::{self, Clusters},
+    levers::prescale,
     timeline::{self, Schedule},
 };
 
@@ -29,17 +33,61 @@ pub fn read(path: &Path) -> anyhow::Result<FlashSale> {
     Ok(sale)
 }
 
-/// The timeline table for `sale` as seen from `now`.
-pub fn render(sale: &FlashSale, now: Timestamp) -> anyhow::Result<String> {
+/// What is known of one workload in one cluster: its replicas now, if a cluster was read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Baseline {
+    /// No cluster was read.
+    Unknown,
+    /// The replicas the sale will record (the recorded original if the sale already holds it).
+    Replicas(i32),
+    /// The workload or its cluster could not be read.
+    Unavailable(String),
+}
+
+/// Live facts for the plan: per cluster name, the baseline of each workload (in spec order).
+pub type Live = Vec<(String, Vec<Baseline>)>;
+
+/// Reads baselines from every cluster of the sale through `client` (the cluster holding the
+/// sale and its kubeconfig Secrets). Read-only.
+pub async fn read_live(sale: &FlashSale, client: Client) -> Live {
+    let ns = sale.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let clusters = Clusters::new(client, std::sync::Arc::new(crate::metrics::Metrics::default()));
+    let mut live = vec![];
+    for target in clusters.targets(sale, &ns).await {
+        let baselines = match &target.client {
+            Ok(client) => {
+                let mut out = vec![];
+                for w in &sale.spec.workloads {
+                    let wns = w.target.namespace.clone().unwrap_or_else(|| ns.clone());
+                    out.push(match prescale::baseline(client, &wns, w).await {
+                        Ok(Some(replicas)) => Baseline::Replicas(replicas),
+                        Ok(None) => {
+                            Baseline::Unavailable(format!("{} {wns}/{} not found", w.target.kind, w.target.name))
+                        }
+                        Err(err) => Baseline::Unavailable(err.to_string()),
+                    });
+                }
+                out
+            }
+            Err(message) => vec![Baseline::Unavailable(message.clone()); sale.spec.workloads.len()],
+        };
+        live.push((target.name, baselines));
+    }
+    live
+}
+
+/// The plan for `sale` as seen from `now`: the timeline, then every phase's actions.
+pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<String> {
     let schedule = Schedule::from_spec(&sale.spec)?;
     let zone_name = &sale.spec.cron_hpa_time_zone;
     let zone = TimeZone::get(zone_name).with_context(|| format!("unknown time zone {zone_name:?}"))?;
     let position = timeline::position(&schedule, sale.spec.suspend, false, now);
     let mut out = String::new();
+    let ns = sale.metadata.namespace.as_deref().unwrap_or("default");
     let name = sale.metadata.name.as_deref().unwrap_or("<unnamed>");
-    writeln!(out, "FlashSale {name}: now {} ({})", now, position.phase)?;
+    writeln!(out, "FlashSale {ns}/{name}: now {now} ({})", position.phase)?;
     writeln!(out)?;
-    writeln!(out, "{:<12} {:<26} {:<34} ACTIONS", "PHASE", "FROM (UTC)", format!("FROM ({zone_name})"),)?;
+    writeln!(out, "{:<12} {:<22} {}", "PHASE", "FROM (UTC)", format!("FROM ({zone_name})"))?;
     let rows = [
         (Phase::Scheduled, None),
         (Phase::Preparing, Some(schedule.prepare_at)),
@@ -49,22 +97,97 @@ pub fn render(sale: &FlashSale, now: Timestamp) -> anyhow::Result<String> {
     ];
     for (phase, from) in rows {
         let (utc, local) = match from {
-            Some(t) => (t.to_string(), t.to_zoned(zone.clone()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string()),
+            Some(t) => (
+                t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                t.to_zoned(zone.clone()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string(),
+            ),
             None => ("-".into(), "-".into()),
         };
         let marker = if phase == position.phase { "*" } else { " " };
-        writeln!(out, "{marker}{:<11} {:<26} {:<34} {}", phase, utc, local, actions(sale, phase))?;
+        writeln!(out, "{marker}{:<11} {:<22} {}", phase, utc, local)?;
+    }
+    writeln!(out)?;
+    let cluster_names: Vec<String> = if sale.spec.clusters.is_empty() {
+        vec![clusters::LOCAL.to_owned()]
+    } else {
+        sale.spec.clusters.iter().map(|c| c.name.clone()).collect()
+    };
+    for cluster in &cluster_names {
+        let baselines = live.iter().find(|(n, _)| n == cluster).map(|(_, b)| b.as_slice());
+        let note = if baselines.is_none() { " (baselines not read; pass --kubeconfig to read them)" } else { "" };
+        writeln!(out, "cluster {cluster}:{note}")?;
+        for (wi, w) in sale.spec.workloads.iter().enumerate() {
+            let wns = w.target.namespace.as_deref().unwrap_or(ns);
+            let what = format!("{} {wns}/{}", w.target.kind, w.target.name);
+            let baseline = baselines.and_then(|b| b.get(wi)).cloned().unwrap_or(Baseline::Unknown);
+            let from = match &baseline {
+                Baseline::Replicas(r) => r.to_string(),
+                Baseline::Unknown => "current".to_owned(),
+                Baseline::Unavailable(_) => "?".to_owned(),
+            };
+            let mode = match w.scale.mode {
+                ScaleMode::Replicas | ScaleMode::Auto => "Replicas",
+                ScaleMode::Hpa | ScaleMode::CronHpa => "unsupported by this version: left unchanged",
+            };
+            writeln!(out, "  {what}")?;
+            if let Baseline::Unavailable(why) = &baseline {
+                writeln!(out, "    preflight:  {why}")?;
+            }
+            writeln!(out, "    Preparing:  replicas {from} -> {} ({mode})", w.scale.peak)?;
+            writeln!(out, "    Active:     hold {} replicas", w.scale.peak)?;
+            writeln!(out, "    Restoring:  replicas back to {from}, bookkeeping annotations removed")?;
+        }
+    }
+    let unsupported: Vec<&str> = [
+        ("probes", sale.spec.workloads.iter().any(|w| w.probes.is_some())),
+        ("spotDrain", sale.spec.spot_drain.as_ref().is_some_and(|d| d.enabled)),
+        ("degradation", sale.spec.degradation.is_some()),
+        ("cacheWarm", !sale.spec.cache_warm.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(lever, set)| set.then_some(lever))
+    .collect();
+    if !unsupported.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "not acted on by this version: {}", unsupported.join(", "))?;
     }
     Ok(out)
 }
 
-fn actions(sale: &FlashSale, phase: Phase) -> String {
-    let n = sale.spec.workloads.len();
-    match phase {
-        Phase::Scheduled => format!("preflight checks for {n} workload(s)"),
-        Phase::Preparing => format!("probe timings, then scale {n} workload(s) to peak"),
-        Phase::Active | Phase::CoolingDown => "hold peak and every change in place".into(),
-        Phase::Restoring => "restore every recorded original".into(),
-        Phase::Completed | Phase::Suspended => String::new(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_shows_both_clocks_every_cluster_and_live_baselines() {
+        let sale: FlashSale = serde_yaml::from_str(
+            r#"
+apiVersion: flashsale.dev/v1alpha1
+kind: FlashSale
+metadata: {name: double-11, namespace: shop}
+spec:
+  window: {start: "2026-11-11T00:00:00+08:00", end: "2026-11-11T02:00:00+08:00"}
+  clusters:
+  - {name: hangzhou, kubeconfigSecretRef: {name: a}}
+  - {name: beijing, kubeconfigSecretRef: {name: b}}
+  workloads:
+  - ref: {kind: Deployment, name: web}
+    scale: {peak: 100}
+"#,
+        )
+        .unwrap();
+        let live = vec![
+            ("hangzhou".to_owned(), vec![Baseline::Replicas(3)]),
+            ("beijing".to_owned(), vec![Baseline::Unavailable("cluster unreachable".into())]),
+        ];
+        let text = render(&sale, "2026-11-10T15:45:00Z".parse().unwrap(), &live).unwrap();
+        assert!(text.contains("now 2026-11-10T15:45:00Z (Preparing)"), "{text}");
+        assert!(text.contains("*Preparing   2026-11-10T15:30:00Z   2026-11-10 23:30:00 CST"), "{text}");
+        assert!(
+            text.contains("cluster hangzhou:\n  Deployment shop/web\n    Preparing:  replicas 3 -> 100 (Replicas)"),
+            "{text}"
+        );
+        assert!(text.contains("cluster beijing:") && text.contains("preflight:  cluster unreachable"), "{text}");
+        assert!(!text.contains("not acted on"), "{text}");
     }
 }

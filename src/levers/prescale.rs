@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{DynamicObject, Patch, PatchParams},
     core::GroupVersionKind,
     discovery::ApiResource,
@@ -184,6 +184,18 @@ async fn workload_pass(
             Ok(outcome(true, true, None, action, status))
         }
     }
+}
+
+/// The replicas a sale would record for `workload` now: the recorded original where a sale
+/// already holds it, else its current replicas; `None` when it does not exist. Read-only.
+pub async fn baseline(client: &Client, namespace: &str, workload: &Workload) -> Result<Option<i32>, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &api_resource(workload));
+    let Some(live) = api.get_opt(&workload.target.name).await? else {
+        return Ok(None);
+    };
+    let recorded = live.annotations().get(ORIGINAL_REPLICAS).and_then(|v| v.parse().ok());
+    let current = live.data.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(1) as i32;
+    Ok(Some(recorded.unwrap_or(current)))
 }
 
 /// Modes this version cannot drive yet, said plainly instead of half-done.

@@ -21,6 +21,7 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ("foundation::operator_becomes_ready_and_stops_on_sigterm", operator_becomes_ready_and_stops_on_sigterm),
     ("foundation::operator_refuses_a_cluster_without_the_crd", operator_refuses_a_cluster_without_the_crd),
     ("foundation::chart_lints_renders_and_is_accepted", chart_lints_renders_and_is_accepted),
+    ("foundation::plan_reads_live_baselines_and_writes_nothing", plan_reads_live_baselines_and_writes_nothing),
 ];
 
 fn control_plane_serves_the_pinned_version(env: &Env) -> anyhow::Result<()> {
@@ -249,5 +250,43 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
             Some(&rendered),
         )
         .context("the API server rejected the rendered chart")?;
+    Ok(())
+}
+
+fn plan_reads_live_baselines_and_writes_nothing(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    let ns = block_on_value(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "plan").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client, &ns);
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "storefront"},
+            "spec": {
+                "replicas": 7,
+                "selector": {"matchLabels": {"app": "storefront"}},
+                "template": {"metadata": {"labels": {"app": "storefront"}}, "spec": {"containers": [{"name": "app", "image": "registry.example/web:1"}]}}
+            }
+        }))?;
+        deployments.create(&PostParams::default(), &d).await?;
+        Ok(ns)
+    })?;
+    // The deployment controller keeps updating status; what plan must not touch is spec and metadata.
+    let state = "jsonpath={.metadata.generation} {.metadata.annotations} {.metadata.managedFields[*].manager}";
+    let before = cluster.kubectl(&["get", "deployment", "storefront", "-n", &ns, "-o", state])?;
+    let sale = std::fs::read_to_string(repo().join("examples/product-drop.yaml"))?
+        .replace("namespace: shop", &format!("namespace: {ns}"));
+    let file = cluster.dir.join(format!("plan-{ns}.yaml"));
+    std::fs::write(&file, sale)?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+        .args(["plan", "-f", &file.display().to_string(), "--now", "2026-12-05T09:50:00Z", "--kubeconfig"])
+        .arg(&cluster.kubeconfig)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "plan failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(text.contains("(Preparing)") && text.contains("replicas 7 -> 30 (Replicas)"), "plan output:\n{text}");
+    ensure!(text.contains("replicas back to 7"), "plan output:\n{text}");
+    let after = cluster.kubectl(&["get", "deployment", "storefront", "-n", &ns, "-o", state])?;
+    ensure!(before == after, "plan changed the Deployment ({before} -> {after})");
+    ensure!(cluster.kubectl(&["get", "fs", "-n", &ns, "-o", "name"])?.trim().is_empty(), "plan created the FlashSale");
     Ok(())
 }
