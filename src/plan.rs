@@ -87,7 +87,7 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
     let name = sale.metadata.name.as_deref().unwrap_or("<unnamed>");
     writeln!(out, "FlashSale {ns}/{name}: now {now} ({})", position.phase)?;
     writeln!(out)?;
-    writeln!(out, "{:<12} {:<22} {}", "PHASE", "FROM (UTC)", format!("FROM ({zone_name})"))?;
+    writeln!(out, "{:<12} {:<22} FROM ({zone_name})", "PHASE", "FROM (UTC)")?;
     let rows = [
         (Phase::Scheduled, None),
         (Phase::Preparing, Some(schedule.prepare_at)),
