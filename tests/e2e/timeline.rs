@@ -33,6 +33,7 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ("timeline::invalid_kubeconfigs_are_explained", invalid_kubeconfigs_are_explained),
     ("timeline::lost_cluster_never_delays_the_other", lost_cluster_never_delays_the_other),
     ("timeline::leader_failover_hands_over_without_acting_twice", leader_failover_hands_over_without_acting_twice),
+    ("timeline::a_no_op_reconcile_writes_nothing", a_no_op_reconcile_writes_nothing),
 ];
 
 /// How late a phase change may be observed in these tests. The target (p99 250 ms) is measured
@@ -589,6 +590,68 @@ fn leader_failover_hands_over_without_acting_twice(env: &Env) -> anyhow::Result<
         second.terminate()?;
         let status = second.wait_exit(Duration::from_secs(20))?;
         ensure!(status.success(), "the leader did not stop cleanly: {status}");
+        Ok(())
+    })
+}
+
+/// Sums the operator's request counters for the given verbs.
+fn requests(metrics: &str, verbs: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("flashsale_api_requests_total{"))
+        .filter(|l| verbs.iter().any(|v| l.contains(&format!("verb=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn reconciles(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("flashsale_reconcile_duration_seconds_count{lever=\"timeline\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn a_no_op_reconcile_writes_nothing(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on_value(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "noop").await?;
+        deployment(&client, &ns, 1).await?;
+        let operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        // Active for ten minutes: scaled, Ready, nothing left to do until the end.
+        sales.create(&PostParams::default(), &sale("steady", &ns, &at(1), &at(600), 2)?).await?;
+        eventually(Duration::from_secs(20), || async {
+            let s = sales.get("steady").await?;
+            Ok(s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Active)
+                && condition(&s, "Ready").is_some_and(|(st, _, _)| st == "True"))
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let writes = ["create", "update", "patch", "delete"];
+        let (_, before) = operator.get("/metrics")?;
+        // A metadata-only change triggers a reconcile without changing what the sale wants.
+        for i in 0..5 {
+            let patch = serde_json::json!({"metadata": {"annotations": {"e2e/poke": i.to_string()}}});
+            sales.patch("steady", &PatchParams::default(), &Patch::Merge(patch)).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let after = loop {
+            let (_, now) = operator.get("/metrics")?;
+            if reconciles(&now) >= reconciles(&before) + 5 {
+                break now;
+            }
+            ensure!(std::time::Instant::now() < deadline, "the pokes did not trigger reconciles");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let sent = requests(&after, &writes) - requests(&before, &writes);
+        ensure!(
+            sent == 0,
+            "{sent} write requests during {} no-op reconciles",
+            reconciles(&after) - reconciles(&before)
+        );
         Ok(())
     })
 }
