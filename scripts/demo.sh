@@ -8,6 +8,8 @@ export KUBECONFIG=$PWD/$dir/kubeconfig
 kubectl=$dir/kubectl
 
 cargo build --quiet --bin flashsale-operator
+# The CRD may be newer than the one a running local cluster was started with.
+target/debug/flashsale-operator crd | $kubectl apply --server-side --force-conflicts -f - >/dev/null
 operator_log=$dir/operator.log
 target/debug/flashsale-operator run --metrics-addr 127.0.0.1:0 >"$operator_log" 2>&1 &
 operator=$!
@@ -24,7 +26,7 @@ sed -e "s/start: .*/start: \"$start\"/" -e "s/end: .*/end: \"$end\"/" \
 
 echo "FlashSale shop/sneaker-drop: window $start .. $end (operator log: $operator_log)"
 echo
-target/debug/flashsale-operator plan -f <(sed -e "s/start: .*/start: \"$start\"/" -e "s/end: .*/end: \"$end\"/" \
+target/debug/flashsale-operator plan --kubeconfig "$KUBECONFIG" -f <(sed -e "s/start: .*/start: \"$start\"/" -e "s/end: .*/end: \"$end\"/" \
     -e "s/prepareBefore: .*/prepareBefore: 30s/" -e "s/cooldownAfter: .*/cooldownAfter: 20s/" examples/product-drop.yaml)
 echo
 last=""

@@ -81,6 +81,38 @@ async fn deployment(client: &Client, ns: &str, replicas: i32) -> anyhow::Result<
     Ok(api.get("web").await?)
 }
 
+/// One test's namespace on the operator's cluster, with a ready `web` Deployment.
+struct Scene {
+    client: Client,
+    ns: String,
+    sales: Api<FlashSale>,
+    deployments: Api<Deployment>,
+    /// `web` as it was before any sale touched it.
+    before: Deployment,
+}
+
+impl Scene {
+    async fn new(cluster: &Cluster, name: &str, replicas: i32) -> anyhow::Result<Scene> {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, name).await?;
+        let before = deployment(&client, &ns, replicas).await?;
+        Ok(Scene {
+            sales: Api::namespaced(client.clone(), &ns),
+            deployments: Api::namespaced(client.clone(), &ns),
+            client,
+            ns,
+            before,
+        })
+    }
+}
+
+/// Waits until `web` has `replicas` in its spec.
+async fn wait_web(deployments: &Api<Deployment>, replicas: Option<i32>) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == replicas) })
+        .await
+        .with_context(|| format!("web never had {replicas:?} replicas"))
+}
+
 /// The parts of a Deployment a sale may touch, for before/after comparison.
 fn touched(d: &Deployment) -> (Option<i32>, BTreeMap<String, String>) {
     let annotations = d
@@ -150,18 +182,14 @@ async fn event_reasons(client: &Client, ns: &str, name: &str) -> anyhow::Result<
 fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     block_on_value(async {
-        let client = client(cluster).await?;
-        let ns = namespace(&client, "timeline").await?;
-        let before = deployment(&client, &ns, 2).await?;
+        let Scene { client, ns, sales, deployments, before } = Scene::new(cluster, "timeline", 2).await?;
         let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
-        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let (start, end) = (at(10), at(30));
         let phases = record_phases(client.clone(), &ns, "flash");
         sales.create(&PostParams::default(), &sale("flash", &ns, &start, &end, 4)?).await?;
 
         // Preparing: scaled to peak and Ready once the replicas are.
         wait_phase(&sales, "flash", Phase::Preparing, Duration::from_secs(15)).await?;
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         eventually(Duration::from_secs(20), || async {
             let s = sales.get("flash").await?;
             Ok(condition(&s, "Ready").is_some_and(|(st, _, _)| st == "True")
@@ -255,17 +283,12 @@ fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
 fn operator_killed_while_preparing_and_active_still_restores(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     block_on_value(async {
-        let client = client(cluster).await?;
-        let ns = namespace(&client, "restart").await?;
-        let before = deployment(&client, &ns, 1).await?;
-        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let Scene { client, ns, sales, deployments, before } = Scene::new(cluster, "restart", 1).await?;
         let (start, end) = (at(10), at(22));
         sales.create(&PostParams::default(), &sale("flash", &ns, &start, &end, 3)?).await?;
         let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
         wait_phase(&sales, "flash", Phase::Preparing, Duration::from_secs(15)).await?;
-        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(3)) })
-            .await?;
+        wait_web(&deployments, Some(3)).await?;
         operator.kill()?;
 
         // Down across the Active boundary; the restarted operator picks up where the cluster says.
@@ -301,17 +324,12 @@ fn operator_killed_while_preparing_and_active_still_restores(env: &Env) -> anyho
 fn suspend_edit_and_delete(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     block_on_value(async {
-        let client = client(cluster).await?;
-        let ns = namespace(&client, "edits").await?;
-        let before = deployment(&client, &ns, 2).await?;
+        let Scene { ns, sales, deployments, before, .. } = Scene::new(cluster, "edits", 2).await?;
         let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
-        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let patch = |value: serde_json::Value| Patch::Merge(value);
         sales.create(&PostParams::default(), &sale("flash", &ns, &at(2), &at(600), 5)?).await?;
         wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(15)).await?;
-        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(5)) })
-            .await?;
+        wait_web(&deployments, Some(5)).await?;
 
         // Suspend: everything restored now, and held there.
         sales.patch("flash", &PatchParams::default(), &patch(serde_json::json!({"spec": {"suspend": true}}))).await?;
@@ -331,8 +349,7 @@ fn suspend_edit_and_delete(env: &Env) -> anyhow::Result<()> {
         // Resume, then move the start later: back to Scheduled, and restored until it prepares again.
         sales.patch("flash", &PatchParams::default(), &patch(serde_json::json!({"spec": {"suspend": false}}))).await?;
         wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(10)).await?;
-        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(5)) })
-            .await?;
+        wait_web(&deployments, Some(5)).await?;
         sales
             .patch(
                 "flash",
@@ -356,8 +373,7 @@ fn suspend_edit_and_delete(env: &Env) -> anyhow::Result<()> {
             )
             .await?;
         wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(10)).await?;
-        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(5)) })
-            .await?;
+        wait_web(&deployments, Some(5)).await?;
         sales
             .patch(
                 "flash",
@@ -377,8 +393,7 @@ fn suspend_edit_and_delete(env: &Env) -> anyhow::Result<()> {
             )
             .await?;
         wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(10)).await?;
-        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(5)) })
-            .await?;
+        wait_web(&deployments, Some(5)).await?;
         sales.delete("flash", &DeleteParams::default()).await?;
         eventually(Duration::from_secs(20), || async { Ok(sales.get_opt("flash").await?.is_none()) })
             .await
@@ -543,9 +558,7 @@ fn lost_cluster_never_delays_the_other(env: &Env) -> anyhow::Result<()> {
 fn leader_failover_hands_over_without_acting_twice(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     block_on_value(async {
-        let client = client(cluster).await?;
-        let ns = namespace(&client, "leader").await?;
-        let before = deployment(&client, &ns, 1).await?;
+        let Scene { client, ns, sales, deployments, before } = Scene::new(cluster, "leader", 1).await?;
         let args = [
             "--watch-namespace",
             &ns,
@@ -562,13 +575,10 @@ fn leader_failover_hands_over_without_acting_twice(env: &Env) -> anyhow::Result<
             Ok(second.log_text().contains("waiting to become the leader"))
         })
         .await?;
-        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let (start, end) = (at(6), at(16));
         sales.create(&PostParams::default(), &sale("flash", &ns, &start, &end, 3)?).await?;
         wait_phase(&sales, "flash", Phase::Preparing, Duration::from_secs(10)).await?;
-        eventually(Duration::from_secs(10), || async { Ok(touched(&deployments.get("web").await?).0 == Some(3)) })
-            .await?;
+        wait_web(&deployments, Some(3)).await?;
         ensure!(!second.log_text().contains("became the leader"), "two leaders at once");
 
         first.kill()?;
