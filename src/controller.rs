@@ -27,7 +27,7 @@ use tracing::{info, instrument, warn};
 use crate::{
     api::{FlashSale, FlashSaleStatus, Phase},
     clusters::Clusters,
-    levers::{self, Intent, prescale},
+    levers::{self, Intent, workload},
     metrics::{ErrorLabels, Metrics, PhaseLabels, SaleLabels},
     status::{self, ClusterObservation, ConditionSet},
     timeline::{self, Schedule},
@@ -232,7 +232,7 @@ async fn observe(sale: &FlashSale, ctx: &Context, intent: Intent) -> Vec<Cluster
             let report = match target.client {
                 Ok(client) => {
                     let _timer = ctx.metrics.time("prescale");
-                    prescale::run(&client, &ns, &holder, &sale.spec.workloads, intent).await.map_err(|err| {
+                    workload::run(&client, &ns, &holder, &sale.spec.workloads, intent).await.map_err(|err| {
                         ctx.metrics
                             .reconcile_errors
                             .get_or_create(&ErrorLabels { lever: "prescale", category: kube_category(&err) })

@@ -18,6 +18,7 @@ pub const STALLED: &str = "Stalled";
 
 /// Lever condition types.
 pub const PRESCALED: &str = "Prescaled";
+pub const PROBES_APPLIED: &str = "ProbesApplied";
 
 /// What the controller observed of one cluster in this pass.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,12 +57,16 @@ pub fn decide(
     let mut problems: Vec<String> = vec![];
     let mut clusters = vec![];
     let (mut all_ready, mut all_restored) = (true, true);
+    let mut probes_applied: Option<bool> = None;
     for obs in observations {
         let prev = previous.clusters.iter().find(|c| c.name == obs.name);
         match &obs.report {
             Ok(report) => {
                 all_ready &= report.ready;
                 all_restored &= report.restored;
+                if let Some(applied) = report.probes_applied {
+                    probes_applied = Some(probes_applied.unwrap_or(true) && applied);
+                }
                 problems.extend(report.problems.iter().map(|p| qualify(observations, &obs.name, p)));
                 let message = if report.problems.is_empty() { None } else { Some(report.problems.join("; ")) };
                 let unchanged =
@@ -121,6 +126,19 @@ pub fn decide(
         Phase::Suspended => !all_restored,
     };
     let prescaled = prescaled_condition(phase, all_ready, all_restored, &problem_text);
+    let probes = probes_applied.map(|applied| match phase {
+        Phase::Preparing | Phase::Active | Phase::CoolingDown if applied => {
+            condition(PROBES_APPLIED, true, "RolledOut", "The sale's probe timings are in place and rolled out")
+        }
+        Phase::Preparing | Phase::Active | Phase::CoolingDown => condition(
+            PROBES_APPLIED,
+            false,
+            "RollingOut",
+            "Probe timings are being applied; the scale-up follows the rollout",
+        ),
+        Phase::Scheduled => condition(PROBES_APPLIED, false, "NotYet", "Probe timings change when the sale prepares"),
+        _ => condition(PROBES_APPLIED, false, "Restored", "Probe timings are back to their originals"),
+    });
     FlashSaleStatus {
         phase: Some(phase),
         next_transition_time: position.next.map(Time),
@@ -130,7 +148,10 @@ pub fn decide(
             condition(RECONCILING, reconciling, reason, &message),
             condition(STALLED, false, "AsExpected", "The spec can be acted on"),
             prescaled,
-        ],
+        ]
+        .into_iter()
+        .chain(probes)
+        .collect(),
         clusters,
     }
 }

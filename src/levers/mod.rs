@@ -5,7 +5,10 @@
 //! apply that makes the change, so an operator restarted at any moment still knows what to put
 //! back; restoring removes that bookkeeping again.
 
+pub mod cronhpa;
 pub mod prescale;
+pub mod probes;
+pub mod workload;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 
@@ -43,6 +46,9 @@ pub struct Report {
     pub ready: bool,
     /// None of the sale's changes remain in this cluster.
     pub restored: bool,
+    /// Whether every workload with probe timings has them applied and rolled out (`None` when
+    /// no workload sets probes).
+    pub probes_applied: Option<bool>,
     /// Problems a person should read, each naming the object.
     pub problems: Vec<String>,
     /// Writes sent in this pass (for events).

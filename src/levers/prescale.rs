@@ -1,23 +1,23 @@
 //! Pre-scaling: peak replicas from Preparing until the restore, then the recorded baseline.
 //!
-//! This version drives `spec.replicas` directly (mode `Replicas`, and `Auto` where neither an
-//! HPA nor CronHPA governs the workload). A workload under an HPA is reported and left alone
-//! rather than fought over.
+//! Mode `Replicas` sets the workload's `spec.replicas`; mode `HPA` raises the bounds of the
+//! HorizontalPodAutoscaler that governs it (min to peak, max to at least peak); `Auto` picks
+//! the HPA when one targets the workload, else the replicas. Originals are recorded on the
+//! object changed, in the same write.
 
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::{autoscaling::v2::HorizontalPodAutoscaler, core::v1::ObjectReference};
 use kube::{
     Api, Client, ResourceExt,
     api::{DynamicObject, Patch, PatchParams},
     core::GroupVersionKind,
     discovery::ApiResource,
 };
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use k8s_openapi::api::core::v1::ObjectReference;
-
-use super::{Action, Intent, Report, SALE_ANNOTATION};
+use super::{Action, Intent, SALE_ANNOTATION};
 use crate::{
-    api::{ScaleMode, Workload, WorkloadStatus},
+    api::{ScaleMode, Workload},
     controller::FIELD_MANAGER,
 };
 
@@ -31,11 +31,11 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    fn display(&self) -> String {
+    pub fn display(&self) -> String {
         format!("{} {}/{}", self.workload.target.kind, self.namespace, self.workload.target.name)
     }
 
-    fn action(&self, verb: &'static str, note: String) -> Action {
+    pub fn action(&self, verb: &'static str, note: String) -> Action {
         let object = ObjectReference {
             api_version: Some(self.workload.target.api_version.clone()),
             kind: Some(self.workload.target.kind.clone()),
@@ -47,37 +47,8 @@ impl Target<'_> {
     }
 }
 
-/// Runs the lever for every workload in one cluster.
-pub async fn run(
-    client: &Client,
-    sale_ns: &str,
-    holder: &str,
-    workloads: &[Workload],
-    intent: Intent,
-) -> Result<Report, kube::Error> {
-    let mut report = Report { ready: true, restored: true, ..Report::default() };
-    for workload in workloads {
-        let target =
-            Target { workload, namespace: workload.target.namespace.clone().unwrap_or_else(|| sale_ns.to_owned()) };
-        let one = workload_pass(client, &target, holder, intent).await?;
-        report.ready &= one.ready;
-        report.restored &= one.restored;
-        report.problems.extend(one.problem.clone());
-        report.actions.extend(one.action.clone());
-        report.workloads.push(one.status);
-    }
-    Ok(report)
-}
-
-struct WorkloadOutcome {
-    ready: bool,
-    restored: bool,
-    problem: Option<String>,
-    action: Option<Action>,
-    status: WorkloadStatus,
-}
-
-fn api_resource(workload: &Workload) -> ApiResource {
+/// The API resource of a workload reference.
+pub fn api_resource(workload: &Workload) -> ApiResource {
     let (group, version) = match workload.target.api_version.split_once('/') {
         Some((g, v)) => (g.to_owned(), v.to_owned()),
         None => (String::new(), workload.target.api_version.clone()),
@@ -87,103 +58,237 @@ fn api_resource(workload: &Workload) -> ApiResource {
     ApiResource::from_gvk_with_plural(&gvk, &format!("{}s", workload.target.kind.to_ascii_lowercase()))
 }
 
-async fn workload_pass(
+/// Annotation on an HPA recording its bounds (and the workload's replicas) before the sale.
+pub const ORIGINAL_HPA: &str = "flashsale.dev/original-hpa";
+
+/// What pre-scaling wants for one workload in this pass.
+#[derive(Debug, Default)]
+pub struct ScalePlan {
+    /// The mechanism in use, for status.
+    pub mode: Option<String>,
+    pub baseline: Option<i32>,
+    pub target: Option<i32>,
+    /// `spec.replicas` to put in the workload's apply (Replicas mode), if any.
+    pub workload_replicas: Option<i32>,
+    /// The original replicas to record on the workload while holding.
+    pub record_original: Option<i32>,
+    pub problems: Vec<String>,
+    /// Writes made to other objects (the HPA, the scale subresource).
+    pub actions: Vec<Action>,
+    /// Nothing of the sale's is left on the HPA (the workload's own bookkeeping is checked by
+    /// the caller).
+    pub restored: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct HpaOriginal {
+    min_replicas: i32,
+    max_replicas: i32,
+    /// The workload's replicas when the sale raised the bounds.
+    replicas: i32,
+}
+
+/// Plans pre-scaling for one workload. `may_scale_up` is false while the sale's probe timings
+/// are still rolling out: scaling waits so the rollout runs on baseline replicas.
+pub async fn plan(
     client: &Client,
     target: &Target<'_>,
+    live: &Value,
     holder: &str,
     intent: Intent,
-) -> Result<WorkloadOutcome, kube::Error> {
+    may_scale_up: bool,
+) -> Result<ScalePlan, kube::Error> {
     let workload = target.workload;
     let peak = workload.scale.peak;
-    let resource = api_resource(workload);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &target.namespace, &resource);
-    let mut status = WorkloadStatus { name: target.display(), ..WorkloadStatus::default() };
-    let outcome = |ready, restored, problem: Option<String>, action: Option<Action>, status: WorkloadStatus| {
-        WorkloadOutcome { ready, restored, problem, action, status }
-    };
+    let replicas = live.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1) as i32;
+    let recorded: Option<i32> = live
+        .pointer(&format!("/metadata/annotations/{}", ORIGINAL_REPLICAS.replace('/', "~1")))
+        .and_then(Value::as_str)
+        .and_then(|v| v.parse().ok());
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &target.namespace);
+    let hpa = hpas.list(&Default::default()).await?.items.into_iter().find(|h| {
+        h.spec.scale_target_ref.kind == workload.target.kind && h.spec.scale_target_ref.name == workload.target.name
+    });
+    let hpa_ours =
+        hpa.as_ref().is_some_and(|h| h.annotations().get(SALE_ANNOTATION).map(String::as_str) == Some(holder));
+    let mut plan = ScalePlan { restored: true, ..ScalePlan::default() };
 
-    let Some(live) = api.get_opt(&workload.target.name).await? else {
-        let problem = format!("{} not found", target.display());
-        status.message = Some(problem.clone());
-        // Nothing of ours can be on an object that does not exist.
-        return Ok(outcome(false, true, Some(problem), None, status));
-    };
-    let annotations = live.metadata.annotations.clone().unwrap_or_default();
-    let held_by = annotations.get(SALE_ANNOTATION).cloned();
-    let ours = held_by.as_deref() == Some(holder);
-    let replicas = live.data.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(1) as i32;
-    let ready_replicas = live.data.pointer("/status/readyReplicas").and_then(|r| r.as_i64()).unwrap_or(0) as i32;
-    status.ready_replicas = Some(ready_replicas);
-
-    if let Some(other) = held_by.as_deref().filter(|h| *h != holder) {
-        let problem = format!("{} is held by sale {other}; it is left unchanged", target.display());
-        status.message = Some(problem.clone());
-        return Ok(outcome(false, true, Some(problem), None, status));
-    }
-
-    // A sale moved back to Scheduled after preparing puts the workload back until it prepares again.
-    let intent = if intent == Intent::Preflight && ours { Intent::Restore } else { intent };
-    let recorded: Option<i32> = annotations.get(ORIGINAL_REPLICAS).and_then(|v| v.parse().ok());
-    let baseline = if ours { recorded.unwrap_or(replicas) } else { replicas };
-    status.baseline_replicas = Some(baseline);
-
-    let unsupported =
-        if intent != Intent::Restore && !ours { unsupported_mode(client, target, &resource).await? } else { None };
-    if let Some(problem) = unsupported {
-        status.message = Some(problem.clone());
-        return Ok(outcome(intent == Intent::Preflight, true, Some(problem), None, status));
-    }
-    status.mode = Some("Replicas".into());
-
-    match intent {
-        Intent::Preflight => {
-            status.target_replicas = Some(replicas);
-            Ok(outcome(true, !ours, None, None, status))
+    let use_hpa = if hpa_ours {
+        true
+    } else if recorded.is_some() {
+        false
+    } else {
+        match workload.scale.mode {
+            ScaleMode::Hpa => {
+                if hpa.is_none() {
+                    plan.problems.push(format!(
+                        "{}: scale mode HPA, but no HorizontalPodAutoscaler targets it",
+                        target.display()
+                    ));
+                    return Ok(plan);
+                }
+                true
+            }
+            ScaleMode::Auto => hpa.is_some(),
+            ScaleMode::Replicas => {
+                if let Some(h) = &hpa {
+                    plan.problems.push(format!(
+                        "{}: scale mode Replicas, but HorizontalPodAutoscaler {} governs it and would undo the scale-up; use mode HPA or Auto",
+                        target.display(),
+                        h.name_any()
+                    ));
+                    return Ok(plan);
+                }
+                false
+            }
+            ScaleMode::CronHpa => {
+                plan.problems.push(format!(
+                    "{}: scale mode CronHPA is not supported by this version; use Auto, HPA or Replicas",
+                    target.display()
+                ));
+                return Ok(plan);
+            }
         }
+    };
+
+    match (use_hpa, hpa) {
+        (true, Some(hpa)) => hpa_plan(client, target, hpa, holder, replicas, intent, may_scale_up, plan).await,
+        (true, None) => {
+            plan.problems.push(format!("{}: its HorizontalPodAutoscaler is gone", target.display()));
+            Ok(plan)
+        }
+        (false, _) => {
+            plan.mode = Some("Replicas".into());
+            match intent {
+                Intent::Preflight => {
+                    plan.baseline = Some(replicas);
+                }
+                Intent::Hold => {
+                    let baseline = recorded.unwrap_or(replicas);
+                    plan.baseline = Some(baseline);
+                    plan.target = Some(peak);
+                    if may_scale_up || recorded.is_some() {
+                        plan.workload_replicas = Some(peak);
+                        plan.record_original = Some(baseline);
+                    }
+                }
+                Intent::Restore => {
+                    plan.baseline = recorded.or(Some(replicas));
+                    plan.target = plan.baseline;
+                    plan.workload_replicas = recorded;
+                }
+            }
+            Ok(plan)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn hpa_plan(
+    client: &Client,
+    target: &Target<'_>,
+    hpa: HorizontalPodAutoscaler,
+    holder: &str,
+    replicas: i32,
+    intent: Intent,
+    may_scale_up: bool,
+    mut plan: ScalePlan,
+) -> Result<ScalePlan, kube::Error> {
+    let peak = target.workload.scale.peak;
+    let name = hpa.name_any();
+    let ours = hpa.annotations().get(SALE_ANNOTATION).map(String::as_str) == Some(holder);
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &target.namespace);
+    let live_min = hpa.spec.min_replicas.unwrap_or(1);
+    let live_max = hpa.spec.max_replicas;
+    let recorded: Option<HpaOriginal> =
+        hpa.annotations().get(ORIGINAL_HPA).and_then(|v| serde_json::from_str(v).ok()).filter(|_| ours);
+    let original = recorded.unwrap_or(HpaOriginal { min_replicas: live_min, max_replicas: live_max, replicas });
+    plan.mode = Some(format!("HPA ({name})"));
+    plan.baseline = Some(original.replicas);
+    let hpa_ref = |verb: &'static str, note: String| Action {
+        verb,
+        object: ObjectReference {
+            api_version: Some("autoscaling/v2".into()),
+            kind: Some("HorizontalPodAutoscaler".into()),
+            name: Some(name.clone()),
+            namespace: Some(target.namespace.clone()),
+            ..ObjectReference::default()
+        },
+        note,
+    };
+    let apply = |doc: Value| {
+        let api = api.clone();
+        let name = name.clone();
+        async move { api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await }
+    };
+    match intent {
+        Intent::Preflight => {}
         Intent::Hold => {
-            status.target_replicas = Some(peak);
-            let mut action = None;
-            if !ours || replicas != peak || recorded.is_none() {
-                let patch = json!({
-                    "apiVersion": resource.api_version,
-                    "kind": resource.kind,
-                    "metadata": {
-                        "name": workload.target.name,
-                        "namespace": target.namespace,
-                        "annotations": {SALE_ANNOTATION: holder, ORIGINAL_REPLICAS: baseline.to_string()},
-                    },
-                    "spec": {"replicas": peak},
-                });
-                api.patch(&workload.target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-                    .await?;
-                action = Some(
-                    target.action("ScaleUp", format!("scaled {} from {baseline} to {peak} replicas", target.display())),
-                );
+            plan.target = Some(peak);
+            let want_max = original.max_replicas.max(peak);
+            if !(may_scale_up || ours) {
+                return Ok(plan);
             }
-            let ready = ready_replicas >= peak;
-            if !ready {
-                status.message = Some(format!("{ready_replicas}/{peak} replicas ready"));
+            if !ours || live_min != peak || live_max != want_max {
+                apply(json!({
+                    "apiVersion": "autoscaling/v2",
+                    "kind": "HorizontalPodAutoscaler",
+                    "metadata": {"name": name, "namespace": target.namespace, "annotations": {
+                        SALE_ANNOTATION: holder,
+                        ORIGINAL_HPA: serde_json::to_string(&original).unwrap_or_default(),
+                    }},
+                    "spec": {"minReplicas": peak, "maxReplicas": want_max},
+                }))
+                .await?;
+                plan.actions.push(hpa_ref(
+                    "ScaleUp",
+                    format!(
+                        "raised HorizontalPodAutoscaler {}/{name} minReplicas {} -> {peak}, maxReplicas {} -> {want_max}",
+                        target.namespace, original.min_replicas, original.max_replicas
+                    ),
+                ));
             }
-            Ok(outcome(ready, false, None, action, status))
         }
         Intent::Restore => {
-            status.target_replicas = Some(baseline);
-            if !ours {
-                return Ok(outcome(true, true, None, None, status));
+            let floor = original.replicas.clamp(original.min_replicas, original.max_replicas);
+            plan.target = Some(floor);
+            if ours {
+                apply(json!({
+                    "apiVersion": "autoscaling/v2",
+                    "kind": "HorizontalPodAutoscaler",
+                    "metadata": {"name": name, "namespace": target.namespace},
+                    "spec": {"minReplicas": original.min_replicas, "maxReplicas": original.max_replicas},
+                }))
+                .await?;
+                plan.actions.push(hpa_ref(
+                    "Restore",
+                    format!(
+                        "restored HorizontalPodAutoscaler {}/{name} to minReplicas {}, maxReplicas {}",
+                        target.namespace, original.min_replicas, original.max_replicas
+                    ),
+                ));
+                plan.restored = false;
             }
-            // Applying only spec.replicas drops the bookkeeping annotations this manager owns.
-            let patch = json!({
-                "apiVersion": resource.api_version,
-                "kind": resource.kind,
-                "metadata": {"name": workload.target.name, "namespace": target.namespace},
-                "spec": {"replicas": baseline},
-            });
-            api.patch(&workload.target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-            let action =
-                Some(target.action("Restore", format!("restored {} to {baseline} replicas", target.display())));
-            Ok(outcome(true, true, None, action, status))
+            // The HPA does not scale down by itself without load metrics; the recorded
+            // replicas (within the restored bounds) are put back through the scale subresource.
+            if recorded.is_some() && replicas > floor {
+                let workloads: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), &target.namespace, &api_resource(target.workload));
+                workloads
+                    .patch_scale(
+                        &target.workload.target.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"replicas": floor}})),
+                    )
+                    .await?;
+                plan.actions
+                    .push(target.action("Restore", format!("scaled {} back to {floor} replicas", target.display())));
+                plan.restored = false;
+            }
         }
     }
+    Ok(plan)
 }
 
 /// The replicas a sale would record for `workload` now: the recorded original where a sale
@@ -196,33 +301,4 @@ pub async fn baseline(client: &Client, namespace: &str, workload: &Workload) -> 
     let recorded = live.annotations().get(ORIGINAL_REPLICAS).and_then(|v| v.parse().ok());
     let current = live.data.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(1) as i32;
     Ok(Some(recorded.unwrap_or(current)))
-}
-
-/// Modes this version cannot drive yet, said plainly instead of half-done.
-async fn unsupported_mode(
-    client: &Client,
-    target: &Target<'_>,
-    resource: &ApiResource,
-) -> Result<Option<String>, kube::Error> {
-    let mode = target.workload.scale.mode;
-    if matches!(mode, ScaleMode::Hpa | ScaleMode::CronHpa) {
-        return Ok(Some(format!(
-            "{}: scale mode {mode:?} is not supported by this version; use Replicas",
-            target.display()
-        )));
-    }
-    if mode == ScaleMode::Auto {
-        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &target.namespace);
-        let governed = hpas.list(&Default::default()).await?.items.into_iter().any(|hpa| {
-            hpa.spec.scale_target_ref.kind == resource.kind
-                && hpa.spec.scale_target_ref.name == target.workload.target.name
-        });
-        if governed {
-            return Ok(Some(format!(
-                "{} is governed by a HorizontalPodAutoscaler; HPA mode is not supported by this version, so it is left unchanged",
-                target.display()
-            )));
-        }
-    }
-    Ok(None)
 }

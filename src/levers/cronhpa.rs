@@ -1,0 +1,657 @@
+//! Alibaba's CronHorizontalPodAutoscaler (`autoscaling.alibabacloud.com/v1beta1`): one object per
+//! workload holding two run-once jobs, `scale-up` at the start of Preparing and `scale-down` at
+//! the restore, so the cluster's own CronHPA controller moves the replicas at those seconds even
+//! when the operator is down.
+//!
+//! How the controller (kubernetes-cronhpa-controller v1.3.0) reads what is rendered here:
+//! - `@date YYYY-MM-DD hh:mm:ss` fires at that wall-clock second in the controller's `TZ` (one
+//!   zone per controller, given to the sale as `cronHPATimeZone`); the year is ignored, so the
+//!   date recurs yearly and every job is `runOnce` (retired after its first run, succeeded or
+//!   failed). A date already past when the job is registered therefore fires next year, not now.
+//! - A wall-clock time that a DST change repeats fires at its first occurrence; the second one
+//!   cannot be expressed and is refused by [`render`].
+//! - `scaleTargetRef.apiVersion` must be `group/version`: a core (`v1`) target is refused.
+//! - It writes `.status` (per-job `conditions[]` with `state` Submitted, Succeed or Failed) with
+//!   plain updates of the whole object; [`apply`] compares specs so that those writes never make
+//!   the operator write back.
+
+use std::collections::BTreeMap;
+
+use jiff::{Timestamp, tz::TimeZone};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, DynamicObject, Patch, PatchParams},
+    core::GroupVersionKind,
+    discovery::ApiResource,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use thiserror::Error;
+
+use super::SALE_ANNOTATION;
+use crate::{api::Workload, controller::FIELD_MANAGER};
+
+/// The CronHPA API group.
+pub const GROUP: &str = "autoscaling.alibabacloud.com";
+/// The CronHPA API version (without the group).
+pub const VERSION: &str = "v1beta1";
+/// `apiVersion` of a CronHPA object.
+pub const API_VERSION: &str = "autoscaling.alibabacloud.com/v1beta1";
+/// Kind of a CronHPA object.
+pub const KIND: &str = "CronHorizontalPodAutoscaler";
+/// Plural resource name of the CronHPA kind.
+pub const PLURAL: &str = "cronhorizontalpodautoscalers";
+/// Name of the CronHPA CustomResourceDefinition.
+pub const CRD_NAME: &str = "cronhorizontalpodautoscalers.autoscaling.alibabacloud.com";
+
+/// Label on every object the operator creates.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "flashsale-operator";
+/// Label carrying the sale's name (the annotation of the same key carries `namespace/name`).
+pub const SALE_LABEL: &str = "flashsale.dev/sale";
+
+/// The job that raises the workload to its peak at the start of Preparing.
+pub const SCALE_UP_JOB: &str = "scale-up";
+/// The job that puts the baseline back at the restore.
+pub const SCALE_DOWN_JOB: &str = "scale-down";
+
+/// Object names are kept this short so that the controller's Events (named
+/// `<object>.<16 hex digits>`) are still valid names.
+const MAX_NAME: usize = 253 - 17;
+const MAX_LABEL_VALUE: usize = 63;
+/// The `@date` layout the controller parses (Go's `2006-01-02 15:04:05`).
+const DATE_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+
+/// What a CronHPA scales.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScaleTarget {
+    /// The workload's scale subresource (no HPA governs it).
+    Workload { api_version: String, kind: String, name: String },
+    /// The HorizontalPodAutoscaler governing the workload (`autoscaling/v2`).
+    Hpa { name: String },
+}
+
+impl ScaleTarget {
+    /// The workload itself.
+    pub fn workload(workload: &Workload) -> ScaleTarget {
+        ScaleTarget::Workload {
+            api_version: workload.target.api_version.clone(),
+            kind: workload.target.kind.clone(),
+            name: workload.target.name.clone(),
+        }
+    }
+
+    fn to_ref(&self) -> TargetRef {
+        match self {
+            ScaleTarget::Workload { api_version, kind, name } => {
+                TargetRef { api_version: api_version.clone(), kind: kind.clone(), name: name.clone() }
+            }
+            ScaleTarget::Hpa { name } => TargetRef {
+                api_version: "autoscaling/v2".into(),
+                kind: "HorizontalPodAutoscaler".into(),
+                name: name.clone(),
+            },
+        }
+    }
+}
+
+/// A CronHPA that cannot be rendered so that the controller does what the sale means.
+#[derive(Debug, Error)]
+pub enum RenderError {
+    #[error("unknown time zone {zone:?} for CronHPA schedules: {source}")]
+    UnknownZone {
+        zone: String,
+        #[source]
+        source: jiff::Error,
+    },
+    #[error(
+        "CronHPA cannot target apiVersion {api_version:?}: it needs group/version (core kinds such as v1 are not supported)"
+    )]
+    CoreApiVersion { api_version: String },
+    #[error(
+        "the CronHPA job {job} is due at {at}, which is {local} in {zone}; that wall-clock time occurs twice there and the controller would act at its first occurrence"
+    )]
+    RepeatedLocalTime { job: &'static str, at: Timestamp, local: String, zone: String },
+}
+
+/// `spec.scaleTargetRef`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct TargetRef {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    name: String,
+}
+
+/// One entry of `spec.jobs`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct Job {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    schedule: String,
+    #[serde(default)]
+    target_size: i32,
+    #[serde(default)]
+    run_once: Option<bool>,
+}
+
+/// `spec`, tolerant of the controller's way of writing it back: unset lists as `null` (which the
+/// API server prunes) and `runOnce: false` written out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    #[serde(default)]
+    scale_target_ref: TargetRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exclude_dates: Option<Vec<String>>,
+    #[serde(default)]
+    jobs: Option<Vec<Job>>,
+}
+
+impl Spec {
+    /// The same spec with every default spelled out, for comparing what was rendered with what
+    /// the controller wrote back.
+    fn normalized(mut self) -> Spec {
+        self.exclude_dates = Some(self.exclude_dates.unwrap_or_default());
+        let jobs = self.jobs.unwrap_or_default();
+        self.jobs = Some(jobs.into_iter().map(|j| Job { run_once: Some(j.run_once.unwrap_or(false)), ..j }).collect());
+        self
+    }
+
+    fn from_value(value: Option<&Value>) -> Option<Spec> {
+        let value = value?;
+        serde_json::from_value::<Spec>(value.clone()).ok().map(Spec::normalized)
+    }
+}
+
+/// The name of the CronHPA a sale creates for a workload: `fs-<sale>-<kind>-<workload>`, cut
+/// short with a hash of the full name where it would be too long.
+pub fn name(sale_name: &str, workload: &Workload) -> String {
+    let full = format!("fs-{}-{}-{}", sale_name, workload.target.kind, workload.target.name);
+    let full = dns_safe(&full);
+    if full.len() <= MAX_NAME {
+        return full;
+    }
+    shorten(&full, MAX_NAME)
+}
+
+/// Lower-cases and replaces anything a DNS subdomain cannot hold, so the name is valid even for
+/// a workload reference the schema did not check.
+fn dns_safe(s: &str) -> String {
+    let mapped: String = s
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-' { c } else { '-' })
+        .collect();
+    // Every dot-separated part must start and end with a letter or digit.
+    mapped.split('.').map(|part| part.trim_matches('-')).filter(|part| !part.is_empty()).collect::<Vec<_>>().join(".")
+}
+
+/// `s` (ASCII) cut to at most `max` characters, ending in `-<8 hex digits of a hash of s>`.
+fn shorten(s: &str, max: usize) -> String {
+    let suffix = format!("-{:08x}", fnv1a(s) as u32);
+    let keep = max.saturating_sub(suffix.len()).min(s.len());
+    let prefix = s[..keep].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    if prefix.is_empty() { suffix[1..].to_owned() } else { format!("{prefix}{suffix}") }
+}
+
+/// 64-bit FNV-1a: a hash that stays the same across Rust versions and platforms.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A valid label value (at most 63 characters, alphanumerics at both ends).
+fn label_value(s: &str) -> String {
+    let cleaned: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }).collect();
+    let trimmed = cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if trimmed.len() <= MAX_LABEL_VALUE {
+        return trimmed.to_owned();
+    }
+    shorten(trimmed, MAX_LABEL_VALUE)
+}
+
+/// `@date <local time>` for `at` in `zone`, refusing a local time the controller would read as
+/// another instant.
+fn date_schedule(job: &'static str, at: Timestamp, zone: &TimeZone, zone_name: &str) -> Result<String, RenderError> {
+    let local = at.to_zoned(zone.clone());
+    let text = local.strftime(DATE_FORMAT).to_string();
+    // The controller acts at whole seconds, at the first instant that shows this wall-clock time.
+    let civil = local.datetime().with().subsec_nanosecond(0).build();
+    let first = civil.ok().and_then(|dt| zone.to_ambiguous_timestamp(dt).earlier().ok());
+    let whole_second = Timestamp::from_second(at.as_second()).ok();
+    if first.is_none() || first != whole_second {
+        return Err(RenderError::RepeatedLocalTime { job, at, local: text, zone: zone_name.to_owned() });
+    }
+    Ok(format!("@date {text}"))
+}
+
+/// The CronHPA for one workload, as a whole object for server-side apply. Pure.
+///
+/// `holder` is the sale's `namespace/name`; `target` is what the CronHPA scales (the workload,
+/// or the HPA that governs it); `baseline` is what the workload goes back to at `restore_at`;
+/// `zone` is the controller's `TZ`.
+#[allow(clippy::too_many_arguments)]
+pub fn render(
+    sale_ns: &str,
+    sale_name: &str,
+    holder: &str,
+    workload: &Workload,
+    target: ScaleTarget,
+    baseline: i32,
+    prepare_at: Timestamp,
+    restore_at: Timestamp,
+    zone: &str,
+) -> Result<Value, RenderError> {
+    let tz = TimeZone::get(zone).map_err(|source| RenderError::UnknownZone { zone: zone.to_owned(), source })?;
+    let scale_target_ref = target.to_ref();
+    match scale_target_ref.api_version.split_once('/') {
+        Some((group, version)) if !group.is_empty() && !version.is_empty() => {}
+        _ => return Err(RenderError::CoreApiVersion { api_version: scale_target_ref.api_version }),
+    }
+    let jobs = vec![
+        Job {
+            name: SCALE_UP_JOB.into(),
+            schedule: date_schedule(SCALE_UP_JOB, prepare_at, &tz, zone)?,
+            target_size: workload.scale.peak,
+            run_once: Some(true),
+        },
+        Job {
+            name: SCALE_DOWN_JOB.into(),
+            schedule: date_schedule(SCALE_DOWN_JOB, restore_at, &tz, zone)?,
+            target_size: baseline,
+            run_once: Some(true),
+        },
+    ];
+    let spec = Spec { scale_target_ref, exclude_dates: None, jobs: Some(jobs) };
+    let namespace = workload.target.namespace.clone().unwrap_or_else(|| sale_ns.to_owned());
+    let labels = BTreeMap::from([(MANAGED_BY_LABEL, MANAGED_BY.to_owned()), (SALE_LABEL, label_value(sale_name))]);
+    Ok(json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": name(sale_name, workload),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {SALE_ANNOTATION: holder},
+        },
+        "spec": spec,
+    }))
+}
+
+/// The CronHPA resource, for dynamic API access.
+pub fn api_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL)
+}
+
+/// Whether the CronHPA CRD exists in the cluster.
+pub async fn installed(client: &Client) -> Result<bool, kube::Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    Ok(crds.get_opt(CRD_NAME).await?.is_some())
+}
+
+/// The metadata a rendered object must have to be applied.
+#[derive(Deserialize)]
+struct Identity {
+    metadata: IdentityMeta,
+}
+
+#[derive(Deserialize)]
+struct IdentityMeta {
+    name: String,
+    namespace: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// Server-side applies a rendered CronHPA (forcing ownership), unless the live object already
+/// has the same spec and carries the rendered labels and annotations. Returns whether a write
+/// was sent.
+pub async fn apply(client: &Client, object: &Value) -> Result<bool, kube::Error> {
+    let identity: Identity = serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
+    let meta = identity.metadata;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &meta.namespace, &api_resource());
+    if let Some(live) = api.get_opt(&meta.name).await? {
+        let same_spec = Spec::from_value(live.data.get("spec")) == Spec::from_value(object.get("spec"));
+        let live_labels = live.metadata.labels.unwrap_or_default();
+        let live_annotations = live.metadata.annotations.unwrap_or_default();
+        let carries = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
+            want.iter().all(|(k, v)| have.get(k) == Some(v))
+        };
+        if same_spec && carries(&meta.labels, &live_labels) && carries(&meta.annotations, &live_annotations) {
+            return Ok(false);
+        }
+    }
+    api.patch(&meta.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?;
+    Ok(true)
+}
+
+/// Deletes a CronHPA. Returns whether it existed.
+pub async fn remove(client: &Client, namespace: &str, name: &str) -> Result<bool, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &api_resource());
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// The controller's state of each job, as `(job name, state)` sorted by job name: `Submitted`
+/// (registered, not run yet), `Succeed` or `Failed` (run). Empty when the object does not exist
+/// or the controller has not seen it yet.
+pub async fn job_states(client: &Client, namespace: &str, name: &str) -> Result<Vec<(String, String)>, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &api_resource());
+    let Some(live) = api.get_opt(name).await? else {
+        return Ok(vec![]);
+    };
+    Ok(states_of(&live.data))
+}
+
+fn states_of(data: &Value) -> Vec<(String, String)> {
+    let conditions = data.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut states: Vec<(String, String)> = conditions
+        .iter()
+        .filter_map(|c| {
+            let name = c.get("name")?.as_str()?.to_owned();
+            let state = c.get("state").and_then(Value::as_str).unwrap_or_default().to_owned();
+            Some((name, state))
+        })
+        .collect();
+    states.sort();
+    states
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(kind: &str, name: &str, namespace: Option<&str>, peak: i32) -> Workload {
+        let mut target = json!({"kind": kind, "name": name});
+        if let Some(ns) = namespace {
+            target["namespace"] = json!(ns);
+        }
+        serde_json::from_value(json!({"ref": target, "scale": {"peak": peak}})).unwrap()
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn schedules(object: &Value) -> Vec<(String, String, i64, bool)> {
+        object["spec"]["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                (
+                    j["name"].as_str().unwrap().to_owned(),
+                    j["schedule"].as_str().unwrap().to_owned(),
+                    j["targetSize"].as_i64().unwrap(),
+                    j["runOnce"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn double_eleven(zone: &str) -> Result<Value, RenderError> {
+        let w = workload("Deployment", "web", None, 20);
+        render(
+            "shop",
+            "double-11",
+            "shop/double-11",
+            &w,
+            ScaleTarget::workload(&w),
+            3,
+            ts("2026-11-10T15:30:00Z"),
+            ts("2026-11-10T18:15:00Z"),
+            zone,
+        )
+    }
+
+    #[test]
+    fn renders_the_whole_object_in_shanghai() {
+        let object = double_eleven("Asia/Shanghai").unwrap();
+        assert_eq!(
+            object,
+            json!({
+                "apiVersion": "autoscaling.alibabacloud.com/v1beta1",
+                "kind": "CronHorizontalPodAutoscaler",
+                "metadata": {
+                    "name": "fs-double-11-deployment-web",
+                    "namespace": "shop",
+                    "labels": {"app.kubernetes.io/managed-by": "flashsale-operator", "flashsale.dev/sale": "double-11"},
+                    "annotations": {"flashsale.dev/sale": "shop/double-11"},
+                },
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                    "jobs": [
+                        {"name": "scale-up", "schedule": "@date 2026-11-10 23:30:00", "targetSize": 20, "runOnce": true},
+                        {"name": "scale-down", "schedule": "@date 2026-11-11 02:15:00", "targetSize": 3, "runOnce": true},
+                    ],
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn the_same_instants_in_utc() {
+        let object = double_eleven("UTC").unwrap();
+        assert_eq!(
+            schedules(&object),
+            vec![
+                ("scale-up".into(), "@date 2026-11-10 15:30:00".into(), 20, true),
+                ("scale-down".into(), "@date 2026-11-10 18:15:00".into(), 3, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_zone_is_an_error() {
+        let err = double_eleven("Mars/Olympus_Mons").unwrap_err();
+        assert!(matches!(err, RenderError::UnknownZone { ref zone, .. } if zone == "Mars/Olympus_Mons"), "{err}");
+        assert!(err.to_string().contains("Mars/Olympus_Mons"));
+    }
+
+    #[test]
+    fn new_york_across_the_end_of_daylight_saving_time() {
+        // 2026-11-01 02:00 EDT falls back to 01:00 EST.
+        let w = workload("Deployment", "web", None, 10);
+        let render_ny = |prepare: &str, restore: &str| {
+            render(
+                "shop",
+                "bf",
+                "shop/bf",
+                &w,
+                ScaleTarget::workload(&w),
+                2,
+                ts(prepare),
+                ts(restore),
+                "America/New_York",
+            )
+        };
+        // Noon on either side: UTC-4 before, UTC-5 after.
+        let object = render_ny("2026-10-31T16:00:00Z", "2026-11-01T17:00:00Z").unwrap();
+        assert_eq!(
+            schedules(&object),
+            vec![
+                ("scale-up".into(), "@date 2026-10-31 12:00:00".into(), 10, true),
+                ("scale-down".into(), "@date 2026-11-01 12:00:00".into(), 2, true),
+            ]
+        );
+        // 01:30 happens twice. The first (EDT) is what the controller acts on, so it renders...
+        let object = render_ny("2026-11-01T05:30:00Z", "2026-11-01T07:00:00Z").unwrap();
+        assert_eq!(object["spec"]["jobs"][0]["schedule"], "@date 2026-11-01 01:30:00");
+        assert_eq!(object["spec"]["jobs"][1]["schedule"], "@date 2026-11-01 02:00:00");
+        // ...the second (EST) would be acted on an hour early, so it is refused, naming the job.
+        let err = render_ny("2026-11-01T04:00:00Z", "2026-11-01T06:30:00Z").unwrap_err();
+        match err {
+            RenderError::RepeatedLocalTime { job, ref local, .. } => {
+                assert_eq!(job, "scale-down");
+                assert_eq!(local, "2026-11-01 01:30:00");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        // Spring forward (2026-03-08 02:00 EST -> 03:00 EDT) loses an hour but repeats none.
+        let object = render_ny("2026-03-08T06:59:59Z", "2026-03-08T07:00:00Z").unwrap();
+        assert_eq!(object["spec"]["jobs"][0]["schedule"], "@date 2026-03-08 01:59:59");
+        assert_eq!(object["spec"]["jobs"][1]["schedule"], "@date 2026-03-08 03:00:00");
+    }
+
+    #[test]
+    fn fractional_seconds_fire_at_the_whole_second() {
+        let w = workload("Deployment", "web", None, 4);
+        let object = render(
+            "shop",
+            "s",
+            "shop/s",
+            &w,
+            ScaleTarget::workload(&w),
+            1,
+            ts("2026-11-10T15:30:00.750Z"),
+            ts("2026-11-10T18:15:00.001Z"),
+            "Asia/Shanghai",
+        )
+        .unwrap();
+        assert_eq!(object["spec"]["jobs"][0]["schedule"], "@date 2026-11-10 23:30:00");
+        assert_eq!(object["spec"]["jobs"][1]["schedule"], "@date 2026-11-11 02:15:00");
+    }
+
+    #[test]
+    fn an_hpa_target_and_a_workload_target() {
+        let w = workload("StatefulSet", "cart", Some("checkout"), 12);
+        let at = ts("2026-11-10T15:30:00Z");
+        let end = ts("2026-11-10T18:15:00Z");
+        let hpa = render("shop", "bf", "shop/bf", &w, ScaleTarget::Hpa { name: "cart-hpa".into() }, 4, at, end, "UTC")
+            .unwrap();
+        assert_eq!(
+            hpa["spec"]["scaleTargetRef"],
+            json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "cart-hpa"})
+        );
+        let direct = render("shop", "bf", "shop/bf", &w, ScaleTarget::workload(&w), 4, at, end, "UTC").unwrap();
+        assert_eq!(
+            direct["spec"]["scaleTargetRef"],
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "cart"})
+        );
+        // Both live next to the workload, under the same name, whatever they target.
+        for object in [&hpa, &direct] {
+            assert_eq!(object["metadata"]["namespace"], "checkout");
+            assert_eq!(object["metadata"]["name"], "fs-bf-statefulset-cart");
+            assert_eq!(object["metadata"]["annotations"]["flashsale.dev/sale"], "shop/bf");
+        }
+    }
+
+    #[test]
+    fn a_core_api_version_is_refused() {
+        let w = workload("ReplicationController", "legacy", None, 2);
+        let target = ScaleTarget::Workload {
+            api_version: "v1".into(),
+            kind: "ReplicationController".into(),
+            name: "legacy".into(),
+        };
+        let err =
+            render("shop", "s", "shop/s", &w, target, 1, ts("2026-11-10T15:30:00Z"), ts("2026-11-10T18:15:00Z"), "UTC")
+                .unwrap_err();
+        assert!(matches!(err, RenderError::CoreApiVersion { .. }), "{err}");
+    }
+
+    fn valid_subdomain(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|part| {
+                !part.is_empty()
+                    && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && part.as_bytes()[0].is_ascii_alphanumeric()
+                    && part.as_bytes()[part.len() - 1].is_ascii_alphanumeric()
+            })
+    }
+
+    #[test]
+    fn long_names_are_cut_with_a_hash() {
+        let long = format!("{}.{}", "a".repeat(120), "b-".repeat(60) + "c");
+        assert!(long.len() > 240 && long.len() <= 253);
+        let w1 = workload("Deployment", &long, None, 2);
+        let n1 = name("double-11", &w1);
+        assert!(n1.len() <= MAX_NAME, "{} chars", n1.len());
+        assert!(valid_subdomain(&n1), "{n1}");
+        assert!(n1.starts_with("fs-double-11-deployment-aaaa"), "{n1}");
+        let hash = n1.rsplit('-').next().unwrap();
+        assert_eq!(hash.len(), 8);
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Deterministic, and different for names that share the kept prefix.
+        assert_eq!(n1, name("double-11", &w1));
+        let w2 = workload("Deployment", &format!("{long}d"), None, 2);
+        let n2 = name("double-11", &w2);
+        assert_ne!(n1, n2);
+        assert!(n2.len() <= MAX_NAME && valid_subdomain(&n2), "{n2}");
+        // Short names are left alone.
+        assert_eq!(name("s", &workload("Deployment", "web", None, 1)), "fs-s-deployment-web");
+    }
+
+    #[test]
+    fn the_sale_label_is_a_valid_label_value() {
+        assert_eq!(label_value("double-11"), "double-11");
+        let long = "x".repeat(100);
+        let value = label_value(&long);
+        assert_eq!(value.len(), 63);
+        assert!(value.starts_with("xxxx"));
+        assert_ne!(label_value(&long), label_value(&"x".repeat(101)));
+        let w = workload("Deployment", "web", None, 2);
+        let object = render(
+            "shop",
+            &long,
+            "shop/long",
+            &w,
+            ScaleTarget::workload(&w),
+            1,
+            ts("2026-11-10T15:30:00Z"),
+            ts("2026-11-10T18:15:00Z"),
+            "UTC",
+        )
+        .unwrap();
+        assert_eq!(object["metadata"]["labels"]["flashsale.dev/sale"], value);
+    }
+
+    #[test]
+    fn specs_compare_equal_after_the_controller_writes_them_back() {
+        let rendered = double_eleven("Asia/Shanghai").unwrap();
+        // What the controller's plain update leaves: explicit runOnce, excludeDates pruned or [].
+        let mut written_back = rendered["spec"].clone();
+        written_back["excludeDates"] = json!([]);
+        assert_eq!(Spec::from_value(Some(&written_back)), Spec::from_value(rendered.get("spec")));
+        let mut edited = rendered["spec"].clone();
+        edited["jobs"][1]["targetSize"] = json!(4);
+        assert_ne!(Spec::from_value(Some(&edited)), Spec::from_value(rendered.get("spec")));
+        let without_run_once = json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "excludeDates": null,
+            "jobs": [{"name": "a", "schedule": "@date 2026-01-01 00:00:00", "targetSize": 1}],
+        });
+        let explicit = json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "jobs": [{"name": "a", "schedule": "@date 2026-01-01 00:00:00", "targetSize": 1, "runOnce": false}],
+        });
+        assert_eq!(Spec::from_value(Some(&without_run_once)), Spec::from_value(Some(&explicit)));
+    }
+
+    #[test]
+    fn job_states_come_from_status_conditions() {
+        let data = json!({"status": {"conditions": [
+            {"name": "scale-up", "jobId": "1", "state": "Succeed", "message": "ok"},
+            {"name": "scale-down", "jobId": "2", "state": "Submitted"},
+        ]}});
+        assert_eq!(
+            states_of(&data),
+            vec![("scale-down".into(), "Submitted".into()), ("scale-up".into(), "Succeed".into())]
+        );
+        assert!(states_of(&json!({"spec": {}})).is_empty());
+    }
+}

@@ -1,0 +1,247 @@
+//! Probe policies: aggressive readiness and conservative liveness timings for the sale, on one
+//! container per workload. Only timing fields change, never the handler (path, port, command).
+//!
+//! Pure: the plan is computed from the live workload; `levers::workload` applies it together
+//! with the other levers' changes to the same object.
+
+use serde_json::{Map, Value};
+
+use super::Intent;
+use crate::api::{ProbeTiming, Probes};
+
+/// Annotation recording the probe timing fields as they were before the sale (JSON; `null`
+/// for a field that was unset).
+pub const ORIGINAL_PROBES: &str = "flashsale.dev/original-probes";
+
+/// The timing fields this lever may change.
+pub const TIMING_FIELDS: [&str; 5] =
+    ["periodSeconds", "timeoutSeconds", "failureThreshold", "successThreshold", "initialDelaySeconds"];
+
+/// What the lever wants on one workload.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbePlan {
+    /// The container whose probes change.
+    pub container: String,
+    /// Per probe (`livenessProbe`, `readinessProbe`), the timing fields to set.
+    pub set: Map<String, Value>,
+    /// Per probe, the timing fields that must be unset (restoring a field that had no value).
+    pub unset: Vec<(String, String)>,
+    /// The original to record on the workload while the sale holds it.
+    pub original: Option<String>,
+    /// Things a person should know (a probe the container does not have).
+    pub problems: Vec<String>,
+}
+
+impl ProbePlan {
+    /// Whether the live workload already shows this plan.
+    pub fn in_place(&self, live: &Value) -> bool {
+        let Some(container) = container(live, &self.container) else { return false };
+        let set_ok = self.set.iter().all(|(probe, fields)| {
+            fields.as_object().is_some_and(|fields| {
+                fields.iter().all(|(field, want)| container.pointer(&format!("/{probe}/{field}")) == Some(want))
+            })
+        });
+        let unset_ok =
+            self.unset.iter().all(|(probe, field)| container.pointer(&format!("/{probe}/{field}")).is_none());
+        set_ok && unset_ok
+    }
+
+    /// The container fragment for a server-side apply, or `None` when nothing is set.
+    pub fn container_fragment(&self) -> Option<Value> {
+        if self.set.is_empty() {
+            return None;
+        }
+        let mut fragment = Map::new();
+        fragment.insert("name".into(), Value::String(self.container.clone()));
+        for (probe, fields) in &self.set {
+            fragment.insert(probe.clone(), fields.clone());
+        }
+        Some(Value::Object(fragment))
+    }
+}
+
+/// The containers of a workload's pod template.
+fn containers(live: &Value) -> Option<&Vec<Value>> {
+    live.pointer("/spec/template/spec/containers")?.as_array()
+}
+
+fn container<'a>(live: &'a Value, name: &str) -> Option<&'a Value> {
+    containers(live)?.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+}
+
+fn timing_json(timing: &ProbeTiming) -> Map<String, Value> {
+    let mut out = Map::new();
+    let fields = [
+        ("periodSeconds", timing.period_seconds),
+        ("timeoutSeconds", timing.timeout_seconds),
+        ("failureThreshold", timing.failure_threshold),
+        ("successThreshold", timing.success_threshold),
+        ("initialDelaySeconds", timing.initial_delay_seconds),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value {
+            out.insert(name.into(), Value::from(v));
+        }
+    }
+    out
+}
+
+/// The plan for `probes` on the live workload.
+///
+/// `recorded` is the workload's `flashsale.dev/original-probes` annotation when the sale
+/// already holds it. `Err` is a problem that blocks the lever (the named container does not
+/// exist); a missing probe on an existing container is only reported.
+pub fn plan(live: &Value, probes: &Probes, intent: Intent, recorded: Option<&str>) -> Result<ProbePlan, String> {
+    let name = match &probes.container {
+        Some(name) => name.clone(),
+        None => containers(live)
+            .and_then(|c| c.first())
+            .and_then(|c| c.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or("the pod template has no containers")?,
+    };
+    let live_container = container(live, &name).ok_or_else(|| format!("container {name:?} not found"))?;
+    let mut plan = ProbePlan { container: name.clone(), ..ProbePlan::default() };
+    let recorded: Option<Map<String, Value>> =
+        recorded.and_then(|r| serde_json::from_str::<Value>(r).ok()).and_then(|v| v.as_object().cloned());
+    let mut original = Map::new();
+    for (probe, wanted) in [("livenessProbe", &probes.liveness), ("readinessProbe", &probes.readiness)] {
+        let Some(wanted) = wanted else { continue };
+        let Some(live_probe) = live_container.get(probe) else {
+            plan.problems.push(format!("container {name:?} has no {probe}; its timings are left alone"));
+            continue;
+        };
+        let wanted = timing_json(wanted);
+        // What to put back: the recorded original, or (first time) the live values.
+        let before: Map<String, Value> = match recorded.as_ref().and_then(|r| r.get(probe)).and_then(Value::as_object) {
+            Some(r) => r.clone(),
+            None => wanted.keys().map(|f| (f.clone(), live_probe.get(f).cloned().unwrap_or(Value::Null))).collect(),
+        };
+        match intent {
+            Intent::Hold => {
+                plan.set.insert(probe.into(), Value::Object(wanted));
+                original.insert(probe.into(), Value::Object(before));
+            }
+            Intent::Restore | Intent::Preflight => {
+                let restore: Map<String, Value> =
+                    before.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+                plan.unset
+                    .extend(before.iter().filter(|(_, v)| v.is_null()).map(|(k, _)| (probe.to_owned(), k.clone())));
+                if !restore.is_empty() {
+                    plan.set.insert(probe.into(), Value::Object(restore));
+                }
+            }
+        }
+    }
+    if intent == Intent::Hold && !original.is_empty() {
+        plan.original = Some(Value::Object(original).to_string());
+    }
+    Ok(plan)
+}
+
+/// Whether a workload's latest pod template has fully rolled out (`kubectl rollout status`).
+pub fn rolled_out(live: &Value) -> bool {
+    let int = |p: &str| live.pointer(p).and_then(Value::as_i64);
+    let generation = int("/metadata/generation").unwrap_or(0);
+    let observed = int("/status/observedGeneration").unwrap_or(0);
+    let replicas = int("/spec/replicas").unwrap_or(1);
+    let updated = int("/status/updatedReplicas").unwrap_or(0);
+    let total = int("/status/replicas").unwrap_or(0);
+    let available = int("/status/availableReplicas").or(int("/status/readyReplicas")).unwrap_or(0);
+    observed >= generation && updated >= replicas && total <= updated && available >= replicas
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment() -> Value {
+        json!({
+            "metadata": {"generation": 2},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [
+                {"name": "sidecar", "image": "s"},
+                {"name": "app", "image": "a",
+                 "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3},
+                 "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 10, "failureThreshold": 3}}
+            ]}}},
+            "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
+        })
+    }
+
+    fn probes() -> Probes {
+        serde_json::from_value(json!({
+            "container": "app",
+            "liveness": {"periodSeconds": 20, "failureThreshold": 6},
+            "readiness": {"periodSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 1}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn hold_sets_only_timings_and_records_what_was_there() {
+        let live = deployment();
+        let plan = plan(&live, &probes(), Intent::Hold, None).unwrap();
+        assert_eq!(plan.container, "app");
+        assert_eq!(plan.set["readinessProbe"], json!({"periodSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 1}));
+        assert_eq!(plan.set["livenessProbe"], json!({"periodSeconds": 20, "failureThreshold": 6}));
+        let original: Value = serde_json::from_str(plan.original.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            original["readinessProbe"],
+            json!({"periodSeconds": 10, "timeoutSeconds": null, "failureThreshold": 3})
+        );
+        assert!(!plan.in_place(&live));
+        let fragment = plan.container_fragment().unwrap();
+        assert!(fragment["readinessProbe"].get("httpGet").is_none(), "the handler is never part of the change");
+    }
+
+    #[test]
+    fn restore_puts_values_back_and_unsets_what_was_unset() {
+        let mut live = deployment();
+        let held = plan(&live, &probes(), Intent::Hold, None).unwrap();
+        let recorded = held.original.clone().unwrap();
+        // The sale's timings are live now.
+        let app = &mut live["spec"]["template"]["spec"]["containers"][1];
+        app["readinessProbe"]["periodSeconds"] = json!(2);
+        app["readinessProbe"]["timeoutSeconds"] = json!(1);
+        app["readinessProbe"]["failureThreshold"] = json!(1);
+        let restore = plan(&live, &probes(), Intent::Restore, Some(&recorded)).unwrap();
+        assert_eq!(restore.set["readinessProbe"], json!({"periodSeconds": 10, "failureThreshold": 3}));
+        assert_eq!(restore.unset, vec![("readinessProbe".to_owned(), "timeoutSeconds".to_owned())]);
+        assert!(!restore.in_place(&live));
+        let app = &mut live["spec"]["template"]["spec"]["containers"][1];
+        app["readinessProbe"]["periodSeconds"] = json!(10);
+        app["readinessProbe"]["failureThreshold"] = json!(3);
+        app["readinessProbe"].as_object_mut().unwrap().remove("timeoutSeconds");
+        app["livenessProbe"]["periodSeconds"] = json!(10);
+        app["livenessProbe"]["failureThreshold"] = json!(3);
+        assert!(restore.in_place(&live));
+    }
+
+    #[test]
+    fn missing_container_blocks_and_missing_probe_is_reported() {
+        let live = deployment();
+        let mut wrong = probes();
+        wrong.container = Some("nginx".into());
+        assert_eq!(plan(&live, &wrong, Intent::Hold, None).unwrap_err(), "container \"nginx\" not found");
+        let mut first = probes();
+        first.container = None;
+        let p = plan(&live, &first, Intent::Hold, None).unwrap();
+        assert_eq!(p.container, "sidecar");
+        assert!(p.set.is_empty());
+        assert_eq!(p.problems.len(), 2, "{:?}", p.problems);
+    }
+
+    #[test]
+    fn rollout_is_complete_only_when_every_replica_is_updated_and_available() {
+        let mut live = deployment();
+        assert!(rolled_out(&live));
+        live["metadata"]["generation"] = json!(3);
+        assert!(!rolled_out(&live), "new generation not observed yet");
+        live["status"]["observedGeneration"] = json!(3);
+        live["status"]["updatedReplicas"] = json!(1);
+        live["status"]["replicas"] = json!(3);
+        assert!(!rolled_out(&live), "old pods still running");
+    }
+}

@@ -1,0 +1,212 @@
+//! One pass over a sale's workloads in one cluster: the pre-scaling and probe levers both change
+//! the workload object, so their changes are composed into a single server-side apply (one
+//! field manager owns both sets of fields; applying them separately would drop each other's).
+
+use kube::{
+    Api, Client,
+    api::{DynamicObject, Patch, PatchParams},
+};
+use serde_json::{Map, Value, json};
+
+use super::{Action, Intent, Report, SALE_ANNOTATION, prescale, probes};
+use crate::{
+    api::{Workload, WorkloadStatus},
+    controller::FIELD_MANAGER,
+};
+
+/// Runs the workload levers for every workload of a sale in one cluster.
+pub async fn run(
+    client: &Client,
+    sale_ns: &str,
+    holder: &str,
+    workloads: &[Workload],
+    intent: Intent,
+) -> Result<Report, kube::Error> {
+    let mut report = Report { ready: true, restored: true, ..Report::default() };
+    for workload in workloads {
+        let target = prescale::Target {
+            workload,
+            namespace: workload.target.namespace.clone().unwrap_or_else(|| sale_ns.to_owned()),
+        };
+        let one = pass(client, &target, holder, intent).await?;
+        report.ready &= one.ready;
+        report.restored &= one.restored;
+        if workload.probes.is_some() {
+            let applied = one.status.probes.as_deref() == Some(PROBES_APPLIED);
+            report.probes_applied = Some(report.probes_applied.unwrap_or(true) && applied);
+        }
+        report.problems.extend(one.problems);
+        report.actions.extend(one.actions);
+        report.workloads.push(one.status);
+    }
+    Ok(report)
+}
+
+/// `WorkloadStatus.probes` values.
+pub const PROBES_APPLIED: &str = "Applied";
+const PROBES_PENDING: &str = "RollingOut";
+const PROBES_RESTORED: &str = "Restored";
+
+struct Outcome {
+    ready: bool,
+    restored: bool,
+    problems: Vec<String>,
+    actions: Vec<Action>,
+    status: WorkloadStatus,
+}
+
+async fn pass(
+    client: &Client,
+    target: &prescale::Target<'_>,
+    holder: &str,
+    intent: Intent,
+) -> Result<Outcome, kube::Error> {
+    let workload = target.workload;
+    let resource = prescale::api_resource(workload);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &target.namespace, &resource);
+    let mut out = Outcome {
+        ready: false,
+        restored: true,
+        problems: vec![],
+        actions: vec![],
+        status: WorkloadStatus { name: target.display(), ..WorkloadStatus::default() },
+    };
+    let Some(live) = api.get_opt(&workload.target.name).await? else {
+        out.problems.push(format!("{} not found", target.display()));
+        out.status.message = out.problems.first().cloned();
+        return Ok(out);
+    };
+    let live_json = serde_json::to_value(&live).unwrap_or(Value::Null);
+    let annotations = live.metadata.annotations.clone().unwrap_or_default();
+    let held_by = annotations.get(SALE_ANNOTATION).cloned();
+    if let Some(other) = held_by.as_deref().filter(|h| *h != holder) {
+        out.problems.push(format!("{} is held by sale {other}; it is left unchanged", target.display()));
+        out.status.message = out.problems.first().cloned();
+        return Ok(out);
+    }
+    let ours = held_by.is_some();
+    // A sale moved back to Scheduled after preparing puts the workload back until it prepares again.
+    let intent = if intent == Intent::Preflight && ours { Intent::Restore } else { intent };
+
+    // Probe timings first: a template change rolls the pods, cheaper on baseline replicas.
+    let probe_plan = match &workload.probes {
+        Some(p) => {
+            match probes::plan(&live_json, p, intent, annotations.get(probes::ORIGINAL_PROBES).map(String::as_str)) {
+                Ok(plan) => {
+                    out.problems.extend(plan.problems.iter().map(|p| format!("{}: {p}", target.display())));
+                    Some(plan)
+                }
+                Err(problem) => {
+                    out.problems.push(format!("{}: {problem}; nothing is changed on it", target.display()));
+                    out.status.message = Some(out.problems.join("; "));
+                    out.status.probes = Some("NotApplicable".into());
+                    return Ok(out);
+                }
+            }
+        }
+        None => None,
+    };
+    let probes_in_place = probe_plan.as_ref().is_none_or(|p| p.in_place(&live_json));
+    let rolled_out = probes::rolled_out(&live_json);
+
+    let scale = prescale::plan(client, target, &live_json, holder, intent, probes_in_place && rolled_out).await?;
+    out.problems.extend(scale.problems.clone());
+    out.status.mode = scale.mode.clone();
+    out.status.baseline_replicas = scale.baseline;
+    out.status.target_replicas = scale.target;
+    out.status.ready_replicas =
+        live_json.pointer("/status/readyReplicas").and_then(Value::as_i64).map(|r| r as i32).or(Some(0));
+
+    // Compose and apply the workload's part.
+    let holding = intent == Intent::Hold;
+    let mut annotations_wanted = Map::new();
+    if holding && (scale.workload_replicas.is_some() || probe_plan.as_ref().is_some_and(|p| p.original.is_some())) {
+        annotations_wanted.insert(SALE_ANNOTATION.into(), Value::String(holder.into()));
+    }
+    if holding {
+        if let Some(original) = &scale.record_original {
+            annotations_wanted.insert(prescale::ORIGINAL_REPLICAS.into(), Value::String(original.to_string()));
+        }
+        if let Some(original) = probe_plan.as_ref().and_then(|p| p.original.clone()) {
+            annotations_wanted.insert(probes::ORIGINAL_PROBES.into(), Value::String(original));
+        }
+    }
+    let mut spec = Map::new();
+    if let Some(replicas) = scale.workload_replicas {
+        spec.insert("replicas".into(), json!(replicas));
+    }
+    if let Some(fragment) = probe_plan.as_ref().and_then(|p| p.container_fragment()) {
+        spec.insert("template".into(), json!({"spec": {"containers": [fragment]}}));
+    }
+    let bookkeeping = [SALE_ANNOTATION, prescale::ORIGINAL_REPLICAS, probes::ORIGINAL_PROBES];
+    let stale_annotation =
+        bookkeeping.iter().any(|k| annotations.contains_key(*k) && !annotations_wanted.contains_key(*k));
+    let annotations_match =
+        annotations_wanted.iter().all(|(k, v)| annotations.get(k).map(|a| Value::String(a.clone())) == Some(v.clone()));
+    let replicas_match = scale
+        .workload_replicas
+        .is_none_or(|r| live_json.pointer("/spec/replicas").and_then(Value::as_i64) == Some(i64::from(r)));
+    if stale_annotation || !annotations_match || !replicas_match || !probes_in_place {
+        let mut metadata = json!({"name": workload.target.name, "namespace": target.namespace});
+        if !annotations_wanted.is_empty() {
+            metadata["annotations"] = Value::Object(annotations_wanted);
+        }
+        let doc =
+            json!({"apiVersion": resource.api_version, "kind": resource.kind, "metadata": metadata, "spec": spec});
+        api.patch(&workload.target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+        if !probes_in_place {
+            let verb = if holding { "ApplyProbes" } else { "RestoreProbes" };
+            let what = if holding { "applied the sale's probe timings to" } else { "restored the probe timings of" };
+            out.actions.push(target.action(
+                verb,
+                format!(
+                    "{what} {} (container {})",
+                    target.display(),
+                    probe_plan.as_ref().map(|p| p.container.as_str()).unwrap_or("")
+                ),
+            ));
+        }
+        if !replicas_match {
+            if let Some(replicas) = scale.workload_replicas {
+                let from = live_json.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                let note = if holding {
+                    format!("scaled {} from {from} to {replicas} replicas", target.display())
+                } else {
+                    format!("restored {} to {replicas} replicas", target.display())
+                };
+                out.actions.push(target.action(if holding { "ScaleUp" } else { "Restore" }, note));
+            }
+        }
+    }
+    out.actions.extend(scale.actions);
+
+    out.status.probes = probe_plan.as_ref().map(|p| {
+        if p.set.is_empty() && p.unset.is_empty() {
+            "NotApplicable".to_owned()
+        } else if !holding {
+            PROBES_RESTORED.to_owned()
+        } else if probes_in_place && rolled_out {
+            PROBES_APPLIED.to_owned()
+        } else {
+            PROBES_PENDING.to_owned()
+        }
+    });
+    let ready_replicas = out.status.ready_replicas.unwrap_or(0);
+    out.ready = match intent {
+        Intent::Preflight => scale.problems.is_empty(),
+        Intent::Hold => scale.target.is_some_and(|t| ready_replicas >= t) && scale.problems.is_empty(),
+        Intent::Restore => true,
+    };
+    out.restored = match intent {
+        Intent::Hold => false,
+        _ => scale.restored && !stale_annotation,
+    };
+    if intent == Intent::Hold && !out.ready && scale.problems.is_empty() {
+        let target_replicas = scale.target.unwrap_or(0);
+        out.status.message = Some(format!("{ready_replicas}/{target_replicas} replicas ready"));
+    }
+    if !out.problems.is_empty() {
+        out.status.message = Some(out.problems.join("; "));
+    }
+    Ok(out)
+}
