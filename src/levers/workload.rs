@@ -166,16 +166,14 @@ async fn pass(
                 ),
             ));
         }
-        if !replicas_match {
-            if let Some(replicas) = scale.workload_replicas {
-                let from = live_json.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
-                let note = if holding {
-                    format!("scaled {} from {from} to {replicas} replicas", target.display())
-                } else {
-                    format!("restored {} to {replicas} replicas", target.display())
-                };
-                out.actions.push(target.action(if holding { "ScaleUp" } else { "Restore" }, note));
-            }
+        if let (false, Some(replicas)) = (replicas_match, scale.workload_replicas) {
+            let from = live_json.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+            let note = if holding {
+                format!("scaled {} from {from} to {replicas} replicas", target.display())
+            } else {
+                format!("restored {} to {replicas} replicas", target.display())
+            };
+            out.actions.push(target.action(if holding { "ScaleUp" } else { "Restore" }, note));
         }
     }
     out.actions.extend(scale.actions);
