@@ -338,14 +338,21 @@ async fn report_events(
             Err(_) => {}
         }
     }
+    // A warning each time Ready turns False for a reason a person must act on (the message
+    // names what is wrong); progress while preparing is not a warning.
     let ready = |s: &FlashSaleStatus| {
-        s.conditions.iter().find(|c| c.type_ == status::READY).map(|c| (c.status.clone(), c.message.clone()))
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::READY)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
     };
-    if let Some((state, message)) = ready(decided).filter(|r| Some(r) != ready(previous).as_ref()) {
-        if state == "False" && matches!(decided.phase, Some(Phase::Active | Phase::CoolingDown)) {
-            publish(ctx, sale, EventType::Warning, "NotReady", message, "Check").await;
-        } else if state == "False" && decided.phase == Some(Phase::Scheduled) {
-            publish(ctx, sale, EventType::Warning, "PreflightFailed", message, "Check").await;
+    let changed = |a: &Option<(String, String, String)>, b: &Option<(String, String, String)>| {
+        a.as_ref().map(|(s, r, _)| (s, r)) != b.as_ref().map(|(s, r, _)| (s, r))
+    };
+    let (now, before) = (ready(decided), ready(previous));
+    if let Some((state, reason, message)) = now.clone().filter(|_| changed(&now, &before)) {
+        if state == "False" && matches!(reason.as_str(), "NotReady" | "Blocked" | "PreflightFailed") {
+            publish(ctx, sale, EventType::Warning, &reason, message, "Check").await;
         }
     }
 }

@@ -110,7 +110,8 @@ pub fn decide(
         Phase::Preparing | Phase::Active | Phase::CoolingDown if all_ready => {
             (true, "Prepared", format!("Everything is in place; {}", next_step(phase, schedule)))
         }
-        Phase::Preparing => (false, "Preparing", not_ready_message(&problem_text, observations)),
+        Phase::Preparing if problems.is_empty() => (false, "Preparing", not_ready_message(&problem_text, observations)),
+        Phase::Preparing => (false, "Blocked", not_ready_message(&problem_text, observations)),
         Phase::Active | Phase::CoolingDown => (false, "NotReady", not_ready_message(&problem_text, observations)),
         Phase::Restoring => (false, "Restoring", restoring_message(&problem_text)),
         Phase::Completed => (true, "Completed", "The sale is over and everything is restored".to_owned()),

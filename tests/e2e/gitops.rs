@@ -16,7 +16,7 @@ use std::{
 use crate::{
     TestFn,
     harness::{Cluster, ClusterOptions},
-    support::{Env, Operator, block_on_value, client, eventually, namespace, repo},
+    support::{Env, Operator, at, block_on_value, client, eventually, namespace, repo},
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[(
@@ -75,11 +75,6 @@ fn deployment(name: &str, cpu: &str) -> anyhow::Result<Deployment> {
             }
         }
     }))?)
-}
-
-fn at(offset_secs: i64) -> String {
-    let t = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(offset_secs);
-    t.round(jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default()
 }
 
 async fn verdict_becomes(

@@ -7,6 +7,7 @@
 mod foundation;
 mod gitops;
 mod harness;
+mod levers;
 mod support;
 mod timeline;
 
@@ -29,6 +30,7 @@ fn main() {
         .iter()
         .chain(timeline::TESTS)
         .chain(gitops::TESTS)
+        .chain(levers::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

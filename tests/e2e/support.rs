@@ -250,3 +250,29 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((code, body))
 }
+
+/// An RFC 3339 instant `offset_secs` from now, whole seconds.
+pub fn at(offset_secs: i64) -> String {
+    let t = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(offset_secs);
+    t.round(jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// The (reason, note) of every Event about the object `name` in `ns`, oldest first.
+pub async fn events(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let mut list: Vec<Event> = api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect();
+    list.sort_by_key(|e| e.event_time.clone().map(|t| t.0).or(e.metadata.creation_timestamp.clone().map(|t| t.0)));
+    Ok(list.into_iter().map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default())).collect())
+}
+
+/// The notes of every Event about `name`, oldest first.
+pub async fn event_notes(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(events(client, ns, name).await?.into_iter().map(|(_, note)| note).collect())
+}

@@ -4,7 +4,7 @@
 use anyhow::{Context as _, ensure};
 use flashsale_operator::api::{FlashSale, Phase};
 use futures::StreamExt;
-use jiff::{SignedDuration, Timestamp, Unit};
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
     Client,
@@ -20,7 +20,7 @@ use std::{
 use crate::{
     TestFn,
     harness::{Cluster, ClusterOptions},
-    support::{Env, Operator, block_on_value, client, eventually, namespace},
+    support::{Env, Operator, at, block_on_value, client, eventually, namespace},
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -39,13 +39,6 @@ pub const TESTS: &[(&str, TestFn)] = &[
 /// How late a phase change may be observed in these tests. The target (p99 250 ms) is measured
 /// by the benchmark; here the machine is shared and only behaviour is checked.
 const LATE: SignedDuration = SignedDuration::from_secs(3);
-
-fn at(offset_secs: i64) -> String {
-    (Timestamp::now() + SignedDuration::from_secs(offset_secs))
-        .round(Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
 
 /// A sale on the operator's own cluster scaling `web` to `peak`.
 fn sale(name: &str, ns: &str, start: &str, end: &str, peak: i32) -> anyhow::Result<FlashSale> {
@@ -165,20 +158,6 @@ fn condition(sale: &FlashSale, type_: &str) -> Option<(String, String, String)> 
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-async fn event_reasons(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<(String, String)>> {
-    use k8s_openapi::api::events::v1::Event;
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let mut list: Vec<Event> = events
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .collect();
-    list.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
-    Ok(list.into_iter().map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default())).collect())
-}
-
 fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     block_on_value(async {
@@ -261,7 +240,7 @@ fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
             );
             ensure!(lag <= LATE, "{phase} seen {lag} after its boundary");
         }
-        let reasons = event_reasons(&client, &ns, "flash").await?;
+        let reasons = crate::support::events(&client, &ns, "flash").await?;
         for phase in ["Preparing", "Active", "CoolingDown", "Completed"] {
             ensure!(
                 reasons.iter().any(|(r, n)| r == "PhaseChanged" && n.ends_with(phase)),
@@ -311,7 +290,7 @@ fn operator_killed_while_preparing_and_active_still_restores(env: &Env) -> anyho
             touched(&before),
             touched(&after)
         );
-        let scale_ups = event_reasons(&client, &ns, "flash")
+        let scale_ups = crate::support::events(&client, &ns, "flash")
             .await?
             .into_iter()
             .filter(|(r, n)| r == "Scaled" && n.contains("from 1 to 3"))
@@ -590,7 +569,7 @@ fn leader_failover_hands_over_without_acting_twice(env: &Env) -> anyhow::Result<
         ensure!(handover <= Duration::from_secs(4 + 2 + 2), "handover took {handover:?}, lease is 4s");
         wait_phase(&sales, "flash", Phase::Completed, Duration::from_secs(40)).await?;
         ensure!(touched(&deployments.get("web").await?) == touched(&before), "not restored after failover");
-        let reasons = event_reasons(&client, &ns, "flash").await?;
+        let reasons = crate::support::events(&client, &ns, "flash").await?;
         let scale_ups = reasons.iter().filter(|(r, n)| r == "Scaled" && n.contains("from 1 to 3")).count();
         let restores = reasons.iter().filter(|(r, n)| r == "Scaled" && n.contains("restored")).count();
         ensure!(

@@ -1,0 +1,302 @@
+//! The workload levers end to end: probe timings before the scale-up, HPA bounds, clear
+//! refusals that change nothing, and a peak that is not reached in time.
+
+use anyhow::{Context as _, ensure};
+use flashsale_operator::api::{FlashSale, Phase};
+use k8s_openapi::api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler};
+use kube::{
+    Client,
+    api::{Api, PostParams},
+};
+use std::time::Duration;
+
+use crate::{
+    TestFn,
+    support::{Env, Operator, at, block_on_value, client, event_notes, eventually, namespace},
+};
+
+pub const TESTS: &[(&str, TestFn)] = &[
+    (
+        "levers::probes_change_before_the_scale_up_and_come_back_field_for_field",
+        probes_change_before_the_scale_up_and_come_back_field_for_field,
+    ),
+    ("levers::hpa_bounds_are_raised_and_restored_exactly", hpa_bounds_are_raised_and_restored_exactly),
+    ("levers::bad_targets_are_explained_and_nothing_changes", bad_targets_are_explained_and_nothing_changes),
+    ("levers::peak_not_reached_in_time_is_a_warning", peak_not_reached_in_time_is_a_warning),
+];
+
+fn web(name: &str, replicas: i32, cpu: &str) -> anyhow::Result<Deployment> {
+    let probe = |path: &str| serde_json::json!({"httpGet": {"path": path, "port": 8080}, "periodSeconds": 10, "failureThreshold": 3});
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": {"team": "checkout"}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [
+                    {"name": "app", "image": "registry.example/web:1", "resources": {"requests": {"cpu": cpu}},
+                     "livenessProbe": probe("/healthz"), "readinessProbe": probe("/ready")},
+                    {"name": "proxy", "image": "registry.example/proxy:1"}
+                ]}
+            }
+        }
+    }))?)
+}
+
+fn sale(name: &str, ns: &str, start: &str, end: &str, workloads: serde_json::Value) -> anyhow::Result<FlashSale> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "flashsale.dev/v1alpha1",
+        "kind": "FlashSale",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"window": {"start": start, "end": end}, "prepareBefore": "5s", "cooldownAfter": "3s", "workloads": workloads}
+    }))?)
+}
+
+/// The Deployment as its owner wrote it: everything but server-managed fields and status.
+fn as_written(d: &Deployment) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(d)?;
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        for field in ["managedFields", "resourceVersion", "generation", "uid", "creationTimestamp"] {
+            meta.remove(field);
+        }
+        if let Some(annotations) = meta.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+            annotations.remove("deployment.kubernetes.io/revision");
+        }
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("status");
+    }
+    Ok(v)
+}
+
+async fn phase(sales: &Api<FlashSale>, name: &str) -> anyhow::Result<Option<Phase>> {
+    Ok(sales.get(name).await?.status.and_then(|s| s.phase))
+}
+
+async fn wait_phase(sales: &Api<FlashSale>, name: &str, want: Phase, secs: u64) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(secs), || async { Ok(phase(sales, name).await? == Some(want)) })
+        .await
+        .with_context(|| format!("{name} never reached {want}"))
+}
+
+fn condition(sale: &FlashSale, type_: &str) -> Option<(String, String, String)> {
+    let c = sale.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn setup(env: &Env, name: &str) -> anyhow::Result<(Client, String, Operator)> {
+    let cluster = env.primary()?;
+    let client = client(cluster).await?;
+    let ns = namespace(&client, name).await?;
+    let operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+    Ok((client, ns, operator))
+}
+
+fn probes_change_before_the_scale_up_and_come_back_field_for_field(env: &Env) -> anyhow::Result<()> {
+    block_on_value(async {
+        let (client, ns, _operator) = setup(env, "probes").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &web("web", 2, "100m")?).await?;
+        eventually(Duration::from_secs(60), || async {
+            Ok(deployments.get("web").await?.status.and_then(|s| s.ready_replicas) == Some(2))
+        })
+        .await?;
+        let before = as_written(&deployments.get("web").await?)?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let workloads = serde_json::json!([{
+            "ref": {"kind": "Deployment", "name": "web"},
+            "scale": {"peak": 4, "mode": "Replicas"},
+            "probes": {"container": "app",
+                       "liveness": {"periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 6},
+                       "readiness": {"periodSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 1}}
+        }]);
+        sales.create(&PostParams::default(), &sale("flash", &ns, &at(7), &at(20), workloads)?).await?;
+
+        eventually(Duration::from_secs(30), || async {
+            let s = sales.get("flash").await?;
+            Ok(condition(&s, "ProbesApplied").is_some_and(|(st, _, _)| st == "True")
+                && condition(&s, "Ready").is_some_and(|(st, _, _)| st == "True"))
+        })
+        .await
+        .context("probes never applied and peak never ready")?;
+        let during = deployments.get("web").await?;
+        let spec = during.spec.as_ref().context("no spec")?;
+        ensure!(spec.replicas == Some(4), "not at peak: {:?}", spec.replicas);
+        let app = spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.containers.iter().find(|c| c.name == "app"))
+            .context("no app")?;
+        let readiness = app.readiness_probe.as_ref().context("readiness probe gone")?;
+        let liveness = app.liveness_probe.as_ref().context("liveness probe gone")?;
+        ensure!(
+            (readiness.period_seconds, readiness.timeout_seconds, readiness.failure_threshold)
+                == (Some(2), Some(1), Some(1)),
+            "readiness timings: {readiness:?}"
+        );
+        ensure!(
+            (liveness.period_seconds, liveness.timeout_seconds, liveness.failure_threshold)
+                == (Some(20), Some(5), Some(6)),
+            "liveness timings: {liveness:?}"
+        );
+        ensure!(
+            readiness.http_get.as_ref().map(|h| h.path.as_deref()) == Some(Some("/ready")),
+            "the readiness handler changed: {readiness:?}"
+        );
+        // Ordering: the probe change is an event before the scale-up.
+        let notes = event_notes(&client, &ns, "flash").await?;
+        let probes_at =
+            notes.iter().position(|n| n.contains("applied the sale's probe timings")).context("no probe event")?;
+        let scale_at = notes.iter().position(|n| n.contains("scaled Deployment")).context("no scale event")?;
+        ensure!(probes_at < scale_at, "scaled before the probes rolled out: {notes:?}");
+
+        wait_phase(&sales, "flash", Phase::Completed, 60).await?;
+        eventually(Duration::from_secs(20), || async { Ok(as_written(&deployments.get("web").await?)? == before) })
+            .await
+            .context("web is not field-for-field what it was before the sale")?;
+        Ok(())
+    })
+}
+
+fn hpa_bounds_are_raised_and_restored_exactly(env: &Env) -> anyhow::Result<()> {
+    block_on_value(async {
+        let (client, ns, _operator) = setup(env, "hpa").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &web("web", 2, "100m")?).await?;
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+        let hpa: HorizontalPodAutoscaler = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 2, "maxReplicas": 5,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]
+            }
+        }))?;
+        hpas.create(&PostParams::default(), &hpa).await?;
+        let hpa_before = hpas.get("web").await?.spec;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 8}}]);
+        sales.create(&PostParams::default(), &sale("flash", &ns, &at(6), &at(18), workloads)?).await?;
+
+        eventually(Duration::from_secs(30), || async {
+            let h = hpas.get("web").await?;
+            let d = deployments.get("web").await?;
+            Ok(h.spec.min_replicas == Some(8)
+                && h.spec.max_replicas == 8
+                && d.status.and_then(|s| s.ready_replicas) >= Some(8))
+        })
+        .await
+        .context("the HPA never raised web to 8 ready replicas")?;
+        let s = sales.get("flash").await?;
+        let mode = s
+            .status
+            .as_ref()
+            .and_then(|st| st.clusters.first())
+            .and_then(|c| c.workloads.first())
+            .and_then(|w| w.mode.clone());
+        ensure!(mode.as_deref() == Some("HPA (web)"), "Auto picked {mode:?}");
+
+        wait_phase(&sales, "flash", Phase::Completed, 60).await?;
+        let h = hpas.get("web").await?;
+        ensure!(h.spec == hpa_before, "HPA bounds not restored: {:?} vs {:?}", h.spec, hpa_before);
+        ensure!(
+            !h.metadata.annotations.unwrap_or_default().keys().any(|k| k.starts_with("flashsale.dev/")),
+            "bookkeeping left on the HPA"
+        );
+        eventually(Duration::from_secs(20), || async {
+            Ok(deployments.get("web").await?.spec.and_then(|s| s.replicas) == Some(2))
+        })
+        .await
+        .context("web never came back to 2 replicas")?;
+        Ok(())
+    })
+}
+
+fn bad_targets_are_explained_and_nothing_changes(env: &Env) -> anyhow::Result<()> {
+    block_on_value(async {
+        let (client, ns, _operator) = setup(env, "refusals").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &web("web", 1, "100m")?).await?;
+        deployments.create(&PostParams::default(), &web("scaled", 1, "100m")?).await?;
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+        let hpa: HorizontalPodAutoscaler = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "scaled"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "scaled"}, "minReplicas": 1, "maxReplicas": 3}
+        }))?;
+        hpas.create(&PostParams::default(), &hpa).await?;
+        let before_web = as_written(&deployments.get("web").await?)?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let cases = [
+            (
+                "missing",
+                serde_json::json!([{"ref": {"kind": "Deployment", "name": "nope"}, "scale": {"peak": 3}}]),
+                "Deployment {ns}/nope not found",
+            ),
+            (
+                "container",
+                serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 3},
+                "probes": {"container": "nginx", "readiness": {"periodSeconds": 2}}}]),
+                "container \"nginx\" not found",
+            ),
+            (
+                "fight",
+                serde_json::json!([{"ref": {"kind": "Deployment", "name": "scaled"}, "scale": {"peak": 5, "mode": "Replicas"}}]),
+                "HorizontalPodAutoscaler scaled governs it",
+            ),
+            (
+                "nohpa",
+                serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 5, "mode": "HPA"}}]),
+                "no HorizontalPodAutoscaler targets it",
+            ),
+        ];
+        // Active right away: each would act now if it could.
+        for (name, workloads, _) in &cases {
+            sales.create(&PostParams::default(), &sale(name, &ns, &at(1), &at(600), workloads.clone())?).await?;
+        }
+        for (name, _, expected) in &cases {
+            let expected = expected.replace("{ns}", &ns);
+            eventually(Duration::from_secs(20), || async {
+                let s = sales.get(name).await?;
+                Ok(condition(&s, "Ready").is_some_and(|(st, _, m)| st == "False" && m.contains(&expected)))
+            })
+            .await
+            .with_context(|| format!("sale {name}: Ready does not say {expected:?}"))?;
+            let notes = event_notes(&client, &ns, name).await?;
+            ensure!(notes.iter().any(|n| n.contains(&expected)), "sale {name}: no event says {expected:?}: {notes:?}");
+        }
+        ensure!(as_written(&deployments.get("web").await?)? == before_web, "web was changed by a refused sale");
+        ensure!(deployments.get("scaled").await?.spec.and_then(|s| s.replicas) == Some(1), "scaled was changed");
+        ensure!(hpas.get("scaled").await?.spec.max_replicas == 3, "the HPA was changed");
+        Ok(())
+    })
+}
+
+fn peak_not_reached_in_time_is_a_warning(env: &Env) -> anyhow::Result<()> {
+    block_on_value(async {
+        let (client, ns, _operator) = setup(env, "short").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        // 20 CPUs each: at most one per 32-CPU node fits, far fewer than 40.
+        deployments.create(&PostParams::default(), &web("huge", 1, "20")?).await?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "huge"}, "scale": {"peak": 40}}]);
+        sales.create(&PostParams::default(), &sale("flash", &ns, &at(4), &at(600), workloads)?).await?;
+        wait_phase(&sales, "flash", Phase::Active, 20).await?;
+        eventually(Duration::from_secs(15), || async {
+            let s = sales.get("flash").await?;
+            Ok(condition(&s, "Ready").is_some_and(|(st, r, m)| {
+                st == "False"
+                    && r == "NotReady"
+                    && m.contains(&format!("Deployment {ns}/huge has"))
+                    && m.contains("/40 replicas ready")
+                    && m.contains("short")
+            }))
+        })
+        .await
+        .context("Ready does not name the short workload")?;
+        let notes = event_notes(&client, &ns, "flash").await?;
+        ensure!(notes.iter().any(|n| n.contains("/40 replicas ready")), "no warning event: {notes:?}");
+        Ok(())
+    })
+}
