@@ -350,10 +350,12 @@ async fn report_events(
         a.as_ref().map(|(s, r, _)| (s, r)) != b.as_ref().map(|(s, r, _)| (s, r))
     };
     let (now, before) = (ready(decided), ready(previous));
-    if let Some((state, reason, message)) = now.clone().filter(|_| changed(&now, &before)) {
-        if state == "False" && matches!(reason.as_str(), "NotReady" | "Blocked" | "PreflightFailed") {
-            publish(ctx, sale, EventType::Warning, &reason, message, "Check").await;
-        }
+    if let Some((_, reason, message)) = now.clone().filter(|(state, reason, _)| {
+        changed(&now, &before)
+            && state == "False"
+            && matches!(reason.as_str(), "NotReady" | "Blocked" | "PreflightFailed")
+    }) {
+        publish(ctx, sale, EventType::Warning, &reason, message, "Check").await;
     }
 }
 
