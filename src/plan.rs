@@ -126,20 +126,32 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
                 Baseline::Unavailable(_) => "?".to_owned(),
             };
             let mode = match w.scale.mode {
-                ScaleMode::Replicas | ScaleMode::Auto => "Replicas",
-                ScaleMode::Hpa | ScaleMode::CronHpa => "unsupported by this version: left unchanged",
+                ScaleMode::Replicas => "Replicas",
+                ScaleMode::Auto => "Auto: its HPA's bounds if one targets it, else replicas",
+                ScaleMode::Hpa => "HPA: minReplicas to peak, maxReplicas at least peak",
+                ScaleMode::CronHpa => "CronHPA: not supported by this version, left unchanged",
             };
             writeln!(out, "  {what}")?;
             if let Baseline::Unavailable(why) = &baseline {
                 writeln!(out, "    preflight:  {why}")?;
             }
+            if let Some(probes) = &w.probes {
+                let container = probes.container.as_deref().unwrap_or("the first container");
+                writeln!(
+                    out,
+                    "    Preparing:  probe timings of {container} first; scale-up once that rollout completes"
+                )?;
+            }
             writeln!(out, "    Preparing:  replicas {from} -> {} ({mode})", w.scale.peak)?;
             writeln!(out, "    Active:     hold {} replicas", w.scale.peak)?;
-            writeln!(out, "    Restoring:  replicas back to {from}, bookkeeping annotations removed")?;
+            writeln!(
+                out,
+                "    Restoring:  replicas (or HPA bounds) back to {from}, probe timings back, bookkeeping removed"
+            )?;
         }
     }
     let unsupported: Vec<&str> = [
-        ("probes", sale.spec.workloads.iter().any(|w| w.probes.is_some())),
+        ("CronHPA mode", sale.spec.workloads.iter().any(|w| w.scale.mode == ScaleMode::CronHpa)),
         ("spotDrain", sale.spec.spot_drain.as_ref().is_some_and(|d| d.enabled)),
         ("degradation", sale.spec.degradation.is_some()),
         ("cacheWarm", !sale.spec.cache_warm.is_empty()),
@@ -184,7 +196,7 @@ spec:
         assert!(text.contains("now 2026-11-10T15:45:00Z (Preparing)"), "{text}");
         assert!(text.contains("*Preparing   2026-11-10T15:30:00Z   2026-11-10 23:30:00 CST"), "{text}");
         assert!(
-            text.contains("cluster hangzhou:\n  Deployment shop/web\n    Preparing:  replicas 3 -> 100 (Replicas)"),
+            text.contains("cluster hangzhou:\n  Deployment shop/web\n    Preparing:  replicas 3 -> 100 (Auto: "),
             "{text}"
         );
         assert!(text.contains("cluster beijing:") && text.contains("preflight:  cluster unreachable"), "{text}");
