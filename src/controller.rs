@@ -2,6 +2,8 @@
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::core::PartialObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -99,7 +101,15 @@ pub async fn run(
         metrics,
         failures: Mutex::new(HashMap::new()),
     });
-    let controller = Controller::new(sales, watcher::Config::default().any_semantic()).graceful_shutdown_on(shutdown);
+    // Workloads held by a sale carry its name: a change in their replicas or rollout (peak
+    // reached, pods lost) reconciles the sale at once instead of at the next recheck.
+    let deployments = Api::<PartialObjectMeta<Deployment>>::all(ctx.client.clone());
+    let statefulsets = Api::<PartialObjectMeta<StatefulSet>>::all(ctx.client.clone());
+    let every = || watcher::Config::default().any_semantic();
+    let controller = Controller::new(sales, every())
+        .watches(deployments, every(), |d| holding_sale(d.annotations()))
+        .watches(statefulsets, every(), |s| holding_sale(s.annotations()))
+        .graceful_shutdown_on(shutdown);
     let store = controller.store();
     tokio::spawn(async move {
         // The store's readiness future wakes only one waiter (the controller's own), so poll it
@@ -124,6 +134,14 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The sale named in a workload's `flashsale.dev/sale` annotation.
+fn holding_sale(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Option<ObjectRef<DeserializeGuard<FlashSale>>> {
+    let (ns, name) = annotations.get(levers::SALE_ANNOTATION)?.split_once('/')?;
+    Some(ObjectRef::new(name).within(ns))
 }
 
 async fn reconcile_guarded(obj: Arc<DeserializeGuard<FlashSale>>, ctx: Arc<Context>) -> Result<Action, Error> {

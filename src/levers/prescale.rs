@@ -78,6 +78,8 @@ pub struct ScalePlan {
     /// Nothing of the sale's is left on the HPA (the workload's own bookkeeping is checked by
     /// the caller).
     pub restored: bool,
+    /// The sale holds this workload's scaling now (the workload is marked with the sale).
+    pub holds: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
@@ -171,6 +173,7 @@ pub async fn plan(
                     if may_scale_up || recorded.is_some() {
                         plan.workload_replicas = Some(peak);
                         plan.record_original = Some(baseline);
+                        plan.holds = true;
                     }
                 }
                 Intent::Restore => {
@@ -230,6 +233,7 @@ async fn hpa_plan(
             if !(may_scale_up || ours) {
                 return Ok(plan);
             }
+            plan.holds = true;
             if !ours || live_min != peak || live_max != want_max {
                 apply(json!({
                     "apiVersion": "autoscaling/v2",

@@ -120,7 +120,7 @@ async fn pass(
     // Compose and apply the workload's part.
     let holding = intent == Intent::Hold;
     let mut annotations_wanted = Map::new();
-    if holding && (scale.workload_replicas.is_some() || probe_plan.as_ref().is_some_and(|p| p.original.is_some())) {
+    if holding && (scale.holds || probe_plan.as_ref().is_some_and(|p| p.original.is_some())) {
         annotations_wanted.insert(SALE_ANNOTATION.into(), Value::String(holder.into()));
     }
     if holding {
