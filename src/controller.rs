@@ -225,6 +225,11 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
         !remote_hold && !decided.conditions.iter().any(|c| c.type_ == status::RECONCILING && c.status == "True");
     write_status(api, sale, &previous, decided.clone(), now).await?;
     let next = decided.next_transition_time.as_ref().map(|t| until(now, t.0));
+    // Preflight looks again now and then: a risk found (or fixed) days ahead should show.
+    let next = match position.phase {
+        Phase::Scheduled => next.map(|n| n.min(PREFLIGHT_RECHECK)),
+        _ => next,
+    };
     Ok(match (next, settled) {
         // Something is still converging: look again soon, but never past the next boundary.
         (Some(next), false) => Action::requeue(next.min(PENDING_RECHECK)),
@@ -233,6 +238,9 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
         (None, true) => Action::await_change(),
     })
 }
+
+/// How often a Scheduled sale's preflight runs again.
+const PREFLIGHT_RECHECK: Duration = Duration::from_secs(300);
 
 /// How often a sale whose levers are still converging (or that holds changes in remote
 /// clusters) is looked at again.
@@ -370,8 +378,8 @@ async fn report_events(
     let (now, before) = (ready(decided), ready(previous));
     if let Some((_, reason, message)) = now.clone().filter(|(state, reason, _)| {
         changed(&now, &before)
-            && state == "False"
-            && matches!(reason.as_str(), "NotReady" | "Blocked" | "PreflightFailed")
+            && ((state == "False" && matches!(reason.as_str(), "NotReady" | "Blocked" | "PreflightFailed"))
+                || reason == "PreflightWarnings")
     }) {
         publish(ctx, sale, EventType::Warning, &reason, message, "Check").await;
     }

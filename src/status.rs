@@ -55,6 +55,7 @@ pub fn decide(
 ) -> FlashSaleStatus {
     let previous = sale.status.clone().unwrap_or_default();
     let mut problems: Vec<String> = vec![];
+    let mut warnings: Vec<String> = vec![];
     let mut clusters = vec![];
     let (mut all_ready, mut all_restored) = (true, true);
     let mut probes_applied: Option<bool> = None;
@@ -68,6 +69,7 @@ pub fn decide(
                     probes_applied = Some(probes_applied.unwrap_or(true) && applied);
                 }
                 problems.extend(report.problems.iter().map(|p| qualify(observations, &obs.name, p)));
+                warnings.extend(report.warnings.iter().map(|w| qualify(observations, &obs.name, w)));
                 let message = if report.problems.is_empty() { None } else { Some(report.problems.join("; ")) };
                 let unchanged =
                     prev.is_some_and(|p| p.reachable && p.message == message && p.workloads == report.workloads);
@@ -103,6 +105,11 @@ pub fn decide(
     let problem_text = problems.join("; ");
     let phase = position.phase;
     let (ready, reason, message) = match phase {
+        Phase::Scheduled if problems.is_empty() && !warnings.is_empty() => (
+            true,
+            "PreflightWarnings",
+            format!("Preparation starts at {}; warnings: {}", schedule.prepare_at, warnings.join("; ")),
+        ),
         Phase::Scheduled if problems.is_empty() => {
             (true, "PreflightPassed", format!("Preparation starts at {}", schedule.prepare_at))
         }

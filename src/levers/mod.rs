@@ -6,6 +6,7 @@
 //! back; restoring removes that bookkeeping again.
 
 pub mod cronhpa;
+pub mod preflight;
 pub mod prescale;
 pub mod probes;
 pub mod workload;
@@ -49,6 +50,8 @@ pub struct Report {
     /// Whether every workload with probe timings has them applied and rolled out (`None` when
     /// no workload sets probes).
     pub probes_applied: Option<bool>,
+    /// Risks that do not block the sale (preflight), each naming the object.
+    pub warnings: Vec<String>,
     /// Problems a person should read, each naming the object.
     pub problems: Vec<String>,
     /// Writes sent in this pass (for events).

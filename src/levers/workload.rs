@@ -8,7 +8,7 @@ use kube::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{Action, Intent, Report, SALE_ANNOTATION, prescale, probes};
+use super::{Action, Intent, Report, SALE_ANNOTATION, preflight, prescale, probes};
 use crate::{
     api::{Workload, WorkloadStatus},
     controller::FIELD_MANAGER,
@@ -23,6 +23,7 @@ pub async fn run(
     intent: Intent,
 ) -> Result<Report, kube::Error> {
     let mut report = Report { ready: true, restored: true, ..Report::default() };
+    let mut at_peak = vec![];
     for workload in workloads {
         let target = prescale::Target {
             workload,
@@ -36,8 +37,14 @@ pub async fn run(
             report.probes_applied = Some(report.probes_applied.unwrap_or(true) && applied);
         }
         report.problems.extend(one.problems);
+        report.warnings.extend(one.warnings);
         report.actions.extend(one.actions);
         report.workloads.push(one.status);
+        at_peak.extend(one.requests.map(|r| (r, workload.scale.peak)));
+    }
+    if intent == Intent::Preflight && !at_peak.is_empty() {
+        let allocatable = preflight::allocatable(client).await?;
+        report.warnings.extend(preflight::capacity_warning(&at_peak, allocatable));
     }
     Ok(report)
 }
@@ -51,6 +58,9 @@ struct Outcome {
     ready: bool,
     restored: bool,
     problems: Vec<String>,
+    warnings: Vec<String>,
+    /// One pod's resource requests, gathered for the preflight capacity check.
+    requests: Option<preflight::Resources>,
     actions: Vec<Action>,
     status: WorkloadStatus,
 }
@@ -68,6 +78,8 @@ async fn pass(
         ready: false,
         restored: true,
         problems: vec![],
+        warnings: vec![],
+        requests: None,
         actions: vec![],
         status: WorkloadStatus { name: target.display(), ..WorkloadStatus::default() },
     };
@@ -85,6 +97,15 @@ async fn pass(
         return Ok(out);
     }
     let ours = held_by.is_some();
+    if intent == Intent::Preflight && !ours {
+        out.requests = Some(preflight::pod_requests(&live_json));
+        if !preflight::has_pdb(client, &target.namespace, &live_json).await? {
+            out.warnings.push(format!(
+                "{} has no PodDisruptionBudget: a drain or a lost node can take many of its replicas at once",
+                target.display()
+            ));
+        }
+    }
     // A sale moved back to Scheduled after preparing puts the workload back until it prepares again.
     let intent = if intent == Intent::Preflight && ours { Intent::Restore } else { intent };
 

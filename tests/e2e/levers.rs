@@ -23,6 +23,7 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ("levers::hpa_bounds_are_raised_and_restored_exactly", hpa_bounds_are_raised_and_restored_exactly),
     ("levers::bad_targets_are_explained_and_nothing_changes", bad_targets_are_explained_and_nothing_changes),
     ("levers::peak_not_reached_in_time_is_a_warning", peak_not_reached_in_time_is_a_warning),
+    ("levers::preflight_warns_days_ahead", preflight_warns_days_ahead),
 ];
 
 fn web(name: &str, replicas: i32, cpu: &str) -> anyhow::Result<Deployment> {
@@ -297,6 +298,51 @@ fn peak_not_reached_in_time_is_a_warning(env: &Env) -> anyhow::Result<()> {
         .context("Ready does not name the short workload")?;
         let notes = event_notes(&client, &ns, "flash").await?;
         ensure!(notes.iter().any(|n| n.contains("/40 replicas ready")), "no warning event: {notes:?}");
+        Ok(())
+    })
+}
+
+fn preflight_warns_days_ahead(env: &Env) -> anyhow::Result<()> {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::api::{Patch, PatchParams};
+    block_on_value(async {
+        let (client, ns, _operator) = setup(env, "preflight").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &web("web", 1, "1")?).await?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        // Three days ahead; 500 pods of 1 CPU cannot fit on the test nodes.
+        let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 500}}]);
+        sales
+            .create(&PostParams::default(), &sale("flash", &ns, &at(3 * 86400), &at(3 * 86400 + 3600), workloads)?)
+            .await?;
+        let warned = |pdb: bool| {
+            let sales = sales.clone();
+            let ns = ns.clone();
+            async move {
+                let s = sales.get("flash").await?;
+                Ok::<bool, anyhow::Error>(condition(&s, "Ready").is_some_and(|(st, r, m)| {
+                    st == "True"
+                        && r == "PreflightWarnings"
+                        && m.contains("500 CPU requested against")
+                        && m.contains(&format!("Deployment {ns}/web has no PodDisruptionBudget")) == pdb
+                }))
+            }
+        };
+        eventually(Duration::from_secs(20), || warned(true)).await.context("no preflight warnings")?;
+        let notes = event_notes(&client, &ns, "flash").await?;
+        ensure!(notes.iter().any(|n| n.contains("no PodDisruptionBudget")), "no warning event: {notes:?}");
+        let deployment = deployments.get("web").await?;
+        ensure!(deployment.spec.and_then(|s| s.replicas) == Some(1), "preflight changed the workload");
+
+        // Fix one risk; the next preflight pass (here forced by touching the sale) drops it.
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+        let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"}, "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}
+        }))?;
+        pdbs.create(&PostParams::default(), &pdb).await?;
+        let poke = serde_json::json!({"metadata": {"annotations": {"e2e/poke": "1"}}});
+        sales.patch("flash", &PatchParams::default(), &Patch::Merge(poke)).await?;
+        eventually(Duration::from_secs(20), || warned(false)).await.context("the PDB warning stayed")?;
         Ok(())
     })
 }

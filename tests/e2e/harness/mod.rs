@@ -16,6 +16,7 @@ use std::{
 };
 
 pub mod certs;
+pub mod cronhpa;
 
 /// The Kubernetes version the toolchain builds.
 pub const KUBERNETES_VERSION: &str = "v1.36.3";
