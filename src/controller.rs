@@ -211,7 +211,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     // Levers act on the phase the clock gives; whether Restoring has become Completed depends on
     // what they report.
     let clock = timeline::position(&schedule, sale.spec.suspend, false, now);
-    let observations = observe(sale, ctx, Intent::for_phase(clock.phase)).await;
+    let observations = observe(sale, ctx, Some(schedule), Intent::for_phase(clock.phase)).await;
     let restored = observations.iter().all(|o| o.report.as_ref().is_ok_and(|r| r.restored));
     let position = timeline::position(&schedule, sale.spec.suspend, restored, now);
     let decided = status::decide(sale, &schedule, position, &observations, now);
@@ -248,7 +248,12 @@ const PENDING_RECHECK: Duration = Duration::from_secs(3);
 
 /// Runs the levers in every cluster of the sale, concurrently; one slow or unreachable cluster
 /// delays none of the others beyond its client timeouts.
-async fn observe(sale: &FlashSale, ctx: &Context, intent: Intent) -> Vec<ClusterObservation> {
+async fn observe(
+    sale: &FlashSale,
+    ctx: &Context,
+    schedule: Option<Schedule>,
+    intent: Intent,
+) -> Vec<ClusterObservation> {
     let ns = sale.namespace().unwrap_or_default();
     let holder = levers::holder(&ns, &sale.name_any());
     let targets = ctx.clusters.targets(sale, &ns).await;
@@ -258,7 +263,16 @@ async fn observe(sale: &FlashSale, ctx: &Context, intent: Intent) -> Vec<Cluster
             let report = match target.client {
                 Ok(client) => {
                     let _timer = ctx.metrics.time("prescale");
-                    workload::run(&client, &ns, &holder, &sale.spec.workloads, intent).await.map_err(|err| {
+                    let name = sale.name_any();
+                    let pass = levers::Sale {
+                        name: &name,
+                        namespace: &ns,
+                        holder: &holder,
+                        schedule,
+                        cron_zone: &target.cron_hpa_time_zone,
+                        now: Timestamp::now(),
+                    };
+                    workload::run(&client, &pass, &sale.spec.workloads, intent).await.map_err(|err| {
                         ctx.metrics
                             .reconcile_errors
                             .get_or_create(&ErrorLabels { lever: "prescale", category: kube_category(&err) })
@@ -289,7 +303,11 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
         .map(|v| v.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
         .unwrap_or_default();
     let observations: Vec<ClusterObservation> =
-        observe(sale, ctx, Intent::Restore).await.into_iter().filter(|o| !abandoned.contains(&o.name)).collect();
+        observe(sale, ctx, Schedule::from_spec(&sale.spec).ok(), Intent::Restore)
+            .await
+            .into_iter()
+            .filter(|o| !abandoned.contains(&o.name))
+            .collect();
     for obs in &observations {
         for action in obs.report.iter().flat_map(|r| r.actions.iter()) {
             publish_action(ctx, sale, &obs.name, action).await;

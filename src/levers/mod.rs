@@ -72,6 +72,20 @@ pub struct Action {
     pub note: String,
 }
 
+/// What a lever pass knows of the sale beyond its workloads.
+#[derive(Clone, Copy, Debug)]
+pub struct Sale<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    /// `namespace/name`, as recorded on the objects the sale changes.
+    pub holder: &'a str,
+    /// The sale's boundaries; `None` when the spec cannot be resolved (only restoring then).
+    pub schedule: Option<crate::timeline::Schedule>,
+    /// The IANA zone the cluster's CronHPA controller runs in.
+    pub cron_zone: &'a str,
+    pub now: jiff::Timestamp,
+}
+
 /// The identity of a sale as recorded on the objects it changes.
 pub fn holder(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")

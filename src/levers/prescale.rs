@@ -15,7 +15,7 @@ use kube::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Action, Intent, SALE_ANNOTATION};
+use super::{Action, Intent, SALE_ANNOTATION, Sale, cronhpa};
 use crate::{
     api::{ScaleMode, Workload},
     controller::FIELD_MANAGER,
@@ -97,10 +97,11 @@ pub async fn plan(
     client: &Client,
     target: &Target<'_>,
     live: &Value,
-    holder: &str,
+    sale: &Sale<'_>,
     intent: Intent,
     may_scale_up: bool,
 ) -> Result<ScalePlan, kube::Error> {
+    let holder = sale.holder;
     let workload = target.workload;
     let peak = workload.scale.peak;
     let replicas = live.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1) as i32;
@@ -115,6 +116,32 @@ pub async fn plan(
     let hpa_ours =
         hpa.as_ref().is_some_and(|h| h.annotations().get(SALE_ANNOTATION).map(String::as_str) == Some(holder));
     let mut plan = ScalePlan { restored: true, ..ScalePlan::default() };
+
+    // A CronHPA object of this sale for the workload means the CronHPA mode is (or was) in use.
+    let cron_name = cronhpa::name(sale.name, workload);
+    let crons: Api<DynamicObject> = Api::namespaced_with(client.clone(), &target.namespace, &cronhpa::api_resource());
+    let cron_live = if cronhpa::installed(client).await? { crons.get_opt(&cron_name).await? } else { None };
+    let cron_ours =
+        cron_live.as_ref().is_some_and(|c| c.annotations().get(SALE_ANNOTATION).map(String::as_str) == Some(holder));
+    if cron_ours || (!hpa_ours && recorded.is_none() && wants_cron(client, workload.scale.mode, hpa.is_some()).await?) {
+        if let Some(h) = hpa.as_ref().filter(|_| !cron_ours) {
+            plan.problems.push(format!(
+                "{}: scale mode CronHPA, but HorizontalPodAutoscaler {} governs it; use mode HPA or Auto (the operator then raises the HPA's bounds itself)",
+                target.display(),
+                h.name_any()
+            ));
+            return Ok(plan);
+        }
+        if workload.scale.mode == ScaleMode::CronHpa && !cronhpa::installed(client).await? {
+            plan.problems.push(format!(
+                "{}: scale mode CronHPA, but the CronHorizontalPodAutoscaler CRD ({}) is not installed in this cluster",
+                target.display(),
+                cronhpa::CRD_NAME
+            ));
+            return Ok(plan);
+        }
+        return cron_plan(client, target, sale, &crons, cron_live, cron_name, replicas, intent, plan).await;
+    }
 
     let use_hpa = if hpa_ours {
         true
@@ -144,13 +171,8 @@ pub async fn plan(
                 }
                 false
             }
-            ScaleMode::CronHpa => {
-                plan.problems.push(format!(
-                    "{}: scale mode CronHPA is not supported by this version; use Auto, HPA or Replicas",
-                    target.display()
-                ));
-                return Ok(plan);
-            }
+            // Handled above: only reached when CronHPA cannot be used and was reported.
+            ScaleMode::CronHpa => return Ok(plan),
         }
     };
 
@@ -184,6 +206,146 @@ pub async fn plan(
             }
             Ok(plan)
         }
+    }
+}
+
+/// Whether the CronHPA mechanism should scale this workload: mode CronHPA, or Auto on a
+/// cluster with the CronHPA CRD and a workload no HPA governs.
+async fn wants_cron(client: &Client, mode: ScaleMode, has_hpa: bool) -> Result<bool, kube::Error> {
+    Ok(match mode {
+        ScaleMode::CronHpa => true,
+        ScaleMode::Auto => !has_hpa && cronhpa::installed(client).await?,
+        ScaleMode::Hpa | ScaleMode::Replicas => false,
+    })
+}
+
+/// How long after a CronHPA job's instant the operator waits before doing the job itself (the
+/// CronHPA controller may be down, or the object was created after the instant passed).
+const CRON_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+
+/// CronHPA mode: one object per workload with a run-once scale-up at the Preparing boundary
+/// and a run-once scale-down to the baseline at the restore boundary, created while the sale
+/// is Scheduled so the scale-up fires even if the operator is down then. The operator checks
+/// both happened and does them itself when they did not.
+#[allow(clippy::too_many_arguments)]
+async fn cron_plan(
+    client: &Client,
+    target: &Target<'_>,
+    sale: &Sale<'_>,
+    crons: &Api<DynamicObject>,
+    live_cron: Option<DynamicObject>,
+    cron_name: String,
+    replicas: i32,
+    intent: Intent,
+    mut plan: ScalePlan,
+) -> Result<ScalePlan, kube::Error> {
+    let workload = target.workload;
+    let peak = workload.scale.peak;
+    plan.mode = Some(format!("CronHPA ({cron_name})"));
+    // The baseline is the scale-down job's target on our object, else the replicas now.
+    let recorded: Option<i32> = live_cron.as_ref().and_then(|c| {
+        c.data
+            .pointer("/spec/jobs")?
+            .as_array()?
+            .iter()
+            .find(|j| j.get("name").and_then(Value::as_str) == Some(cronhpa::SCALE_DOWN_JOB))?
+            .get("targetSize")?
+            .as_i64()
+            .map(|v| v as i32)
+    });
+    let baseline = recorded.unwrap_or(replicas);
+    plan.baseline = Some(baseline);
+    let scale_to = |n: i32| {
+        let workloads: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &target.namespace, &api_resource(workload));
+        let name = workload.target.name.clone();
+        async move {
+            workloads.patch_scale(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": n}}))).await
+        }
+    };
+    match (intent, sale.schedule) {
+        (Intent::Preflight | Intent::Hold, Some(schedule)) => {
+            let object = match cronhpa::render(
+                sale.namespace,
+                sale.name,
+                sale.holder,
+                workload,
+                cronhpa::ScaleTarget::workload(workload),
+                baseline,
+                schedule.prepare_at,
+                schedule.restore_at,
+                sale.cron_zone,
+            ) {
+                Ok(object) => object,
+                Err(err) => {
+                    plan.problems.push(format!("{}: cannot render its CronHPA: {err}", target.display()));
+                    return Ok(plan);
+                }
+            };
+            if cronhpa::apply(client, &object).await? {
+                plan.actions.push(cron_action(target, &cron_name, format!(
+                    "scheduled CronHPA {}/{cron_name}: {baseline} -> {peak} replicas at {}, back to {baseline} at {} ({})",
+                    target.namespace, schedule.prepare_at, schedule.restore_at, sale.cron_zone
+                )));
+            }
+            if intent == Intent::Hold {
+                plan.target = Some(peak);
+                plan.holds = true;
+                // The scale-up job should have fired; if not (controller down, object late), do it.
+                if replicas < peak && sale.now >= schedule.prepare_at + CRON_GRACE {
+                    scale_to(peak).await?;
+                    plan.actions.push(target.action("ScaleUp", format!(
+                        "scaled {} from {replicas} to {peak} replicas: the CronHPA scale-up did not happen within {CRON_GRACE}",
+                        target.display()
+                    )));
+                }
+            } else {
+                plan.target = Some(replicas);
+            }
+        }
+        (_, schedule) => {
+            plan.target = Some(baseline);
+            // Let the scale-down job run at the restore boundary; past its grace, or when the
+            // sale is suspended or deleted early, remove the object and scale down directly.
+            let early = schedule.is_none_or(|s| sale.now < s.restore_at);
+            let job_due = schedule.is_some_and(|s| sale.now >= s.restore_at + CRON_GRACE);
+            if live_cron.is_some() {
+                let done = cronhpa::job_states(client, &target.namespace, &cron_name)
+                    .await?
+                    .iter()
+                    .any(|(job, state)| job == cronhpa::SCALE_DOWN_JOB && state == "Succeed");
+                if done || job_due || early {
+                    crons.delete(&cron_name, &Default::default()).await?;
+                    plan.actions.push(cron_action(
+                        target,
+                        &cron_name,
+                        format!("removed CronHPA {}/{cron_name}", target.namespace),
+                    ));
+                }
+                plan.restored = false;
+            }
+            if replicas > baseline && (live_cron.is_none() || early || job_due) {
+                scale_to(baseline).await?;
+                plan.actions
+                    .push(target.action("Restore", format!("restored {} to {baseline} replicas", target.display())));
+                plan.restored = false;
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn cron_action(target: &Target<'_>, name: &str, note: String) -> Action {
+    Action {
+        verb: "Schedule",
+        object: ObjectReference {
+            api_version: Some(cronhpa::API_VERSION.into()),
+            kind: Some(cronhpa::KIND.into()),
+            name: Some(name.to_owned()),
+            namespace: Some(target.namespace.clone()),
+            ..ObjectReference::default()
+        },
+        note,
     }
 }
 

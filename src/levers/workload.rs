@@ -8,7 +8,7 @@ use kube::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{Action, Intent, Report, SALE_ANNOTATION, preflight, prescale, probes};
+use super::{Action, Intent, Report, SALE_ANNOTATION, Sale, preflight, prescale, probes};
 use crate::{
     api::{Workload, WorkloadStatus},
     controller::FIELD_MANAGER,
@@ -17,11 +17,11 @@ use crate::{
 /// Runs the workload levers for every workload of a sale in one cluster.
 pub async fn run(
     client: &Client,
-    sale_ns: &str,
-    holder: &str,
+    sale: &Sale<'_>,
     workloads: &[Workload],
     intent: Intent,
 ) -> Result<Report, kube::Error> {
+    let sale_ns = sale.namespace;
     let mut report = Report { ready: true, restored: true, ..Report::default() };
     let mut at_peak = vec![];
     for workload in workloads {
@@ -29,7 +29,7 @@ pub async fn run(
             workload,
             namespace: workload.target.namespace.clone().unwrap_or_else(|| sale_ns.to_owned()),
         };
-        let one = pass(client, &target, holder, intent).await?;
+        let one = pass(client, &target, sale, intent).await?;
         report.ready &= one.ready;
         report.restored &= one.restored;
         if workload.probes.is_some() {
@@ -68,9 +68,10 @@ struct Outcome {
 async fn pass(
     client: &Client,
     target: &prescale::Target<'_>,
-    holder: &str,
+    sale: &Sale<'_>,
     intent: Intent,
 ) -> Result<Outcome, kube::Error> {
+    let holder = sale.holder;
     let workload = target.workload;
     let resource = prescale::api_resource(workload);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &target.namespace, &resource);
@@ -130,7 +131,7 @@ async fn pass(
     let probes_in_place = probe_plan.as_ref().is_none_or(|p| p.in_place(&live_json));
     let rolled_out = probes::rolled_out(&live_json);
 
-    let scale = prescale::plan(client, target, &live_json, holder, intent, probes_in_place && rolled_out).await?;
+    let scale = prescale::plan(client, target, &live_json, sale, intent, probes_in_place && rolled_out).await?;
     out.problems.extend(scale.problems.clone());
     out.status.mode = scale.mode.clone();
     out.status.baseline_replicas = scale.baseline;

@@ -24,6 +24,7 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ("levers::bad_targets_are_explained_and_nothing_changes", bad_targets_are_explained_and_nothing_changes),
     ("levers::peak_not_reached_in_time_is_a_warning", peak_not_reached_in_time_is_a_warning),
     ("levers::preflight_warns_days_ahead", preflight_warns_days_ahead),
+    ("levers::cronhpa_scales_on_time_even_with_the_operator_down", cronhpa_scales_on_time_even_with_the_operator_down),
 ];
 
 fn web(name: &str, replicas: i32, cpu: &str) -> anyhow::Result<Deployment> {
@@ -345,4 +346,88 @@ fn preflight_warns_days_ahead(env: &Env) -> anyhow::Result<()> {
         eventually(Duration::from_secs(20), || warned(false)).await.context("the PDB warning stayed")?;
         Ok(())
     })
+}
+
+fn cronhpa_scales_on_time_even_with_the_operator_down(_env: &Env) -> anyhow::Result<()> {
+    use crate::harness::{Cluster, ClusterOptions, cronhpa::CronHpaController};
+    use kube::{api::DynamicObject, discovery::ApiResource};
+    // A cluster of its own with Alibaba's CronHPA controller running in Asia/Shanghai, as on ACK.
+    let dir = std::env::temp_dir().join(format!("flashsale-e2e-{}-cron", std::process::id()));
+    let mut cluster = Cluster::start(&ClusterOptions { name: "cron".into(), nodes: 2, spot_nodes: 0 }, &dir, false)?;
+    cluster.install_crd(&crate::support::repo().join("crds/flashsale.dev_flashsales.yaml"))?;
+    let _cron = CronHpaController::start(&cluster, "Asia/Shanghai")?;
+    block_on_value(async {
+        let client = client(&cluster).await?;
+        let ns = namespace(&client, "cron").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &web("web", 2, "100m")?).await?;
+        let before = as_written(&deployments.get("web").await?)?;
+        let mut operator = Operator::start(&cluster, &["--watch-namespace", &ns])?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let (start, end) = (at(14), at(24));
+        let mut s = sale(
+            "flash",
+            &ns,
+            &start,
+            &end,
+            serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 4}}]),
+        )?;
+        s.spec.cron_hpa_time_zone = "Asia/Shanghai".into();
+        sales.create(&PostParams::default(), &s).await?;
+
+        // Scheduled: Auto picked CronHPA and rendered run-once jobs in the controller's zone.
+        let resource = ApiResource {
+            group: "autoscaling.alibabacloud.com".into(),
+            version: "v1beta1".into(),
+            api_version: "autoscaling.alibabacloud.com/v1beta1".into(),
+            kind: "CronHorizontalPodAutoscaler".into(),
+            plural: "cronhorizontalpodautoscalers".into(),
+        };
+        let crons: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+        let name = "fs-flash-deployment-web";
+        eventually(Duration::from_secs(15), || async { Ok(crons.get_opt(name).await?.is_some()) })
+            .await
+            .context("no CronHPA object while Scheduled")?;
+        let cron = crons.get(name).await?;
+        let prepare_at: jiff::Timestamp = start.parse::<jiff::Timestamp>()? - jiff::SignedDuration::from_secs(5);
+        let shanghai = prepare_at
+            .to_zoned(jiff::tz::TimeZone::get("Asia/Shanghai")?)
+            .strftime("@date %Y-%m-%d %H:%M:%S")
+            .to_string();
+        let jobs = cron.data.pointer("/spec/jobs").cloned().unwrap_or_default();
+        ensure!(
+            jobs.as_array().is_some_and(|j| j.iter().any(|job| job["name"] == "scale-up"
+                && job["schedule"] == shanghai.as_str()
+                && job["targetSize"] == 4
+                && job["runOnce"] == true)),
+            "scale-up job is not `{shanghai}` to 4: {jobs}"
+        );
+        ensure!(phase(&sales, "flash").await? == Some(Phase::Scheduled), "not Scheduled any more");
+
+        // The operator goes down before the boundary; the real CronHPA controller scales anyway.
+        operator.kill()?;
+        eventually(Duration::from_secs(20), || async {
+            Ok(deployments.get("web").await?.spec.and_then(|s| s.replicas) == Some(4))
+        })
+        .await
+        .context("the CronHPA controller did not scale up at the Preparing boundary")?;
+        ensure!(phase(&sales, "flash").await? == Some(Phase::Scheduled), "status moved without an operator");
+        let _operator = Operator::start(&cluster, &["--watch-namespace", &ns])?;
+        wait_phase(&sales, "flash", Phase::Completed, 60).await?;
+        eventually(Duration::from_secs(20), || async { Ok(as_written(&deployments.get("web").await?)? == before) })
+            .await
+            .context("web is not back to what it was")?;
+        ensure!(crons.get_opt(name).await?.is_none(), "the CronHPA object is left behind");
+        let s = sales.get("flash").await?;
+        let mode = s
+            .status
+            .as_ref()
+            .and_then(|st| st.clusters.first())
+            .and_then(|c| c.workloads.first())
+            .and_then(|w| w.mode.clone());
+        ensure!(mode.as_deref().is_some_and(|m| m.starts_with("CronHPA")), "mode in status: {mode:?}");
+        Ok(())
+    })?;
+    cluster.stop();
+    Ok(())
 }
