@@ -127,9 +127,11 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
             };
             let mode = match w.scale.mode {
                 ScaleMode::Replicas => "Replicas",
-                ScaleMode::Auto => "Auto: its HPA's bounds if one targets it, else replicas",
+                ScaleMode::Auto => {
+                    "Auto: its HPA's bounds if one targets it, else CronHPA where installed, else replicas"
+                }
                 ScaleMode::Hpa => "HPA: minReplicas to peak, maxReplicas at least peak",
-                ScaleMode::CronHpa => "CronHPA: not supported by this version, left unchanged",
+                ScaleMode::CronHpa => "CronHPA: run-once jobs at the Preparing and restore boundaries",
             };
             writeln!(out, "  {what}")?;
             if let Baseline::Unavailable(why) = &baseline {
@@ -151,7 +153,6 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
         }
     }
     let unsupported: Vec<&str> = [
-        ("CronHPA mode", sale.spec.workloads.iter().any(|w| w.scale.mode == ScaleMode::CronHpa)),
         ("spotDrain", sale.spec.spot_drain.as_ref().is_some_and(|d| d.enabled)),
         ("degradation", sale.spec.degradation.is_some()),
         ("cacheWarm", !sale.spec.cache_warm.is_empty()),

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 
 use crate::{
-    api::{ClusterStatus, FlashSale, FlashSaleStatus, Phase},
+    api::{ClusterStatus, FlashSale, FlashSaleStatus, Phase, WorkloadStatus},
     levers::Report,
     timeline::{Position, Schedule, ScheduleError},
 };
@@ -71,8 +71,13 @@ pub fn decide(
                 problems.extend(report.problems.iter().map(|p| qualify(observations, &obs.name, p)));
                 warnings.extend(report.warnings.iter().map(|w| qualify(observations, &obs.name, w)));
                 let message = if report.problems.is_empty() { None } else { Some(report.problems.join("; ")) };
-                let unchanged =
-                    prev.is_some_and(|p| p.reachable && p.message == message && p.workloads == report.workloads);
+                let workloads = with_peak_times(
+                    &report.workloads,
+                    prev.map(|p| p.workloads.as_slice()),
+                    phase_holds(position.phase),
+                    now,
+                );
+                let unchanged = prev.is_some_and(|p| p.reachable && p.message == message && p.workloads == workloads);
                 clusters.push(ClusterStatus {
                     name: obs.name.clone(),
                     reachable: true,
@@ -82,7 +87,7 @@ pub fn decide(
                     } else {
                         Some(Time(now))
                     },
-                    workloads: report.workloads.clone(),
+                    workloads,
                     ..ClusterStatus::default()
                 });
             }
@@ -162,6 +167,36 @@ pub fn decide(
         .collect(),
         clusters,
     }
+}
+
+fn phase_holds(phase: Phase) -> bool {
+    matches!(phase, Phase::Preparing | Phase::Active | Phase::CoolingDown)
+}
+
+/// Carries each workload's "peak reached" time over from the previous status, and stamps it
+/// `now` the first time ready replicas reach the target while the sale holds its changes.
+fn with_peak_times(
+    current: &[WorkloadStatus],
+    previous: Option<&[WorkloadStatus]>,
+    holding: bool,
+    now: Timestamp,
+) -> Vec<WorkloadStatus> {
+    current
+        .iter()
+        .map(|w| {
+            let mut w = w.clone();
+            let before =
+                previous.and_then(|p| p.iter().find(|p| p.name == w.name)).and_then(|p| p.peak_reached_time.clone());
+            let at_peak = matches!((w.ready_replicas, w.target_replicas), (Some(r), Some(t)) if r >= t);
+            w.peak_reached_time = match (holding, before) {
+                (false, _) => None,
+                (true, Some(t)) => Some(t),
+                (true, None) if at_peak => Some(Time(now)),
+                (true, None) => None,
+            };
+            w
+        })
+        .collect()
 }
 
 fn prescaled_condition(phase: Phase, all_ready: bool, all_restored: bool, problems: &str) -> Condition {
@@ -276,6 +311,25 @@ mod tests {
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn peak_time_is_stamped_once_and_kept_while_holding() {
+        let w = |ready| WorkloadStatus {
+            name: "Deployment shop/web".into(),
+            ready_replicas: Some(ready),
+            target_replicas: Some(10),
+            ..Default::default()
+        };
+        let t0 = ts("2026-11-10T15:30:00Z");
+        let t1 = ts("2026-11-10T15:31:00Z");
+        let short = with_peak_times(&[w(4)], None, true, t0);
+        assert_eq!(short[0].peak_reached_time, None);
+        let reached = with_peak_times(&[w(10)], Some(&short), true, t1);
+        assert_eq!(reached[0].peak_reached_time, Some(Time(t1)));
+        let later = with_peak_times(&[w(9)], Some(&reached), true, ts("2026-11-10T15:40:00Z"));
+        assert_eq!(later[0].peak_reached_time, Some(Time(t1)), "a dip does not move when peak was first reached");
+        assert_eq!(with_peak_times(&[w(10)], Some(&later), false, t1)[0].peak_reached_time, None);
     }
 
     #[test]

@@ -199,6 +199,15 @@ fn hpa_bounds_are_raised_and_restored_exactly(env: &Env) -> anyhow::Result<()> {
             .and_then(|c| c.workloads.first())
             .and_then(|w| w.mode.clone());
         ensure!(mode.as_deref() == Some("HPA (web)"), "Auto picked {mode:?}");
+        eventually(Duration::from_secs(10), || async {
+            let s = sales.get("flash").await?;
+            let w = s.status.and_then(|st| st.clusters.into_iter().next()).and_then(|c| c.workloads.into_iter().next());
+            Ok(w.is_some_and(|w| {
+                w.peak_reached_time.is_some() && w.baseline_replicas == Some(2) && w.target_replicas == Some(8)
+            }))
+        })
+        .await
+        .context("status does not show baseline, target and when peak was reached")?;
 
         wait_phase(&sales, "flash", Phase::Completed, 60).await?;
         let h = hpas.get("web").await?;
