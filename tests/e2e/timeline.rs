@@ -318,12 +318,13 @@ fn suspend_edit_and_delete(env: &Env) -> anyhow::Result<()> {
         })
         .await
         .context("suspend did not restore web")?;
-        let s = sales.get("flash").await?;
-        ensure!(
-            condition(&s, "Ready").is_some_and(|(st, r, _)| st == "True" && r == "Suspended"),
-            "Ready while suspended: {:?}",
-            condition(&s, "Ready")
-        );
+        // Suspending until the restore is verified, then Suspended and Ready.
+        eventually(Duration::from_secs(10), || async {
+            let s = sales.get("flash").await?;
+            Ok(condition(&s, "Ready").is_some_and(|(st, r, _)| st == "True" && r == "Suspended"))
+        })
+        .await
+        .context("Ready never said Suspended")?;
 
         // Resume, then move the start later: back to Scheduled, and restored until it prepares again.
         sales.patch("flash", &PatchParams::default(), &patch(serde_json::json!({"spec": {"suspend": false}}))).await?;
