@@ -2,7 +2,10 @@
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::Secret,
+};
 use kube::core::PartialObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -106,11 +109,17 @@ pub async fn run(
     let deployments = Api::<PartialObjectMeta<Deployment>>::all(ctx.client.clone());
     let statefulsets = Api::<PartialObjectMeta<StatefulSet>>::all(ctx.client.clone());
     let every = || watcher::Config::default().any_semantic();
-    let controller = Controller::new(sales, every())
+    let controller = Controller::new(sales, every());
+    let store = controller.store();
+    // A changed kubeconfig Secret rebuilds its cluster's client at once (metadata only: the
+    // contents are read when the sale is reconciled, never cached in a watch).
+    let secrets = Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone());
+    let referencing = store.clone();
+    let controller = controller
         .watches(deployments, every(), |d| holding_sale(d.annotations()))
         .watches(statefulsets, every(), |s| holding_sale(s.annotations()))
+        .watches(secrets, every(), move |secret| sales_using_secret(&referencing, &secret))
         .graceful_shutdown_on(shutdown);
-    let store = controller.store();
     tokio::spawn(async move {
         // The store's readiness future wakes only one waiter (the controller's own), so poll it
         // again periodically rather than waiting on it once.
@@ -134,6 +143,24 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The sales whose `spec.clusters[]` name this Secret.
+fn sales_using_secret(
+    sales: &kube::runtime::reflector::Store<DeserializeGuard<FlashSale>>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<DeserializeGuard<FlashSale>>> {
+    let (ns, name) = (secret.namespace(), secret.name_any());
+    sales
+        .state()
+        .iter()
+        .filter(|guard| {
+            guard.0.as_ref().is_ok_and(|sale| {
+                sale.namespace() == ns && sale.spec.clusters.iter().any(|c| c.kubeconfig_secret_ref.name == name)
+            })
+        })
+        .map(|guard| ObjectRef::from_obj(guard.as_ref()))
+        .collect()
 }
 
 /// The sale named in a workload's `flashsale.dev/sale` annotation.

@@ -447,6 +447,17 @@ fn invalid_kubeconfigs_are_explained(env: &Env) -> anyhow::Result<()> {
             "Ready: {status} {reason} {message}"
         );
         ensure!(!message.contains("this is: [not"), "the kubeconfig's contents leaked into status: {message}");
+
+        // Fixing a Secret takes effect at once: the client is rebuilt and the cluster reachable.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let fixed = serde_json::json!({"stringData": {"kubeconfig": std::fs::read_to_string(&cluster.kubeconfig)?}});
+        secrets.patch("garbage", &PatchParams::default(), &Patch::Merge(fixed)).await?;
+        eventually(Duration::from_secs(10), || async {
+            let s = sales.get("flash").await?;
+            Ok(s.status.is_some_and(|st| st.clusters.iter().any(|c| c.name == "garbage" && c.reachable)))
+        })
+        .await
+        .context("the fixed kubeconfig Secret was not picked up")?;
         Ok(())
     })
 }
