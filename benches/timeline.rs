@@ -2,7 +2,7 @@
 //! each phase change shows in a FlashSale's status with 100 sales live, and how many writes a
 //! reconcile that has nothing to do sends. It prints numbers and asserts nothing about timing.
 //!
-//! `cargo bench --bench timeline` (about 3-5 minutes on two cores once the toolchain is built).
+//! `cargo bench --bench timeline` (the run itself takes about 2 minutes on two cores; see BENCHMARKS.md).
 //! `FLASHSALE_BENCH_SALES` changes the number of sales per batch (default 100);
 //! `FLASHSALE_E2E_KEEP=1` keeps the cluster's directory (with the operator's log) afterwards.
 
@@ -111,20 +111,24 @@ async fn bench(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
     let operator = Operator::start(cluster, &ns)?;
     operator.wait_ready(Duration::from_secs(60)).await?;
     let recorder = Recorder::start(client.clone(), &ns);
+    let scaled = ScaleRecorder::start(client.clone(), &ns);
 
     // Part 1: 100 sales through every phase.
     let before_run = operator.scrape()?;
     let t0 = Timestamp::now();
     let schedules: Vec<(String, Schedule)> = (0..n).map(|i| (format!("sale-{i:03}"), Schedule::new(t0, i))).collect();
     let t = Instant::now();
-    stream::iter(schedules.iter().enumerate())
+    let created: HashMap<String, Timestamp> = stream::iter(schedules.iter().enumerate())
         .map(|(i, (name, s))| {
             let api = sales.clone();
             let sale = sale(name, &ns, i, &s.start, &s.end, PREPARE_BEFORE, COOLDOWN_AFTER);
-            async move { api.create(&PostParams::default(), &sale?).await.context("creating a FlashSale") }
+            async move {
+                api.create(&PostParams::default(), &sale?).await.context("creating a FlashSale")?;
+                anyhow::Ok((name.clone(), Timestamp::now()))
+            }
         })
         .buffer_unordered(SETUP_CONCURRENCY)
-        .try_collect::<Vec<_>>()
+        .try_collect()
         .await?;
     println!(
         "{n} FlashSales created in {:.1} s; windows open from T0+{}s, staggered by {STAGGER_MS} ms",
@@ -145,16 +149,35 @@ async fn bench(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
         "all sales Completed {:.1} s after the last restore boundary",
         done_at.duration_since(last_restore).as_secs_f64()
     );
+    println!("Deployments (spec replicas, ready) after the run: {}", replica_tally(&deployments).await?);
     let lags = phase_lags(&recorder, &schedules);
     print_lags(&lags, n);
+    print_breakdown(&recorder, &scaled, &schedules, &created);
     let run_delta = delta(&before_run, &after_run);
     println!(
         "\nduring the sale run: {:.0} reconciles; requests by verb: {}",
         reconciles(&after_run) - reconciles(&before_run),
         verbs(&run_delta)
     );
+    println!("timeline reconcile durations during the sale run: {}", durations(&before_run, &after_run));
 
-    // Part 2: writes per reconcile that has nothing to do.
+    // Part 2: writes per reconcile that has nothing to do. The Deployments settle first, so the
+    // new sales see them as they stay.
+    let t = Instant::now();
+    let settled = eventually(Duration::from_secs(120), || async {
+        let list = deployments.list(&ListParams::default()).await?;
+        Ok(list.items.iter().all(|d| {
+            d.spec.as_ref().and_then(|s| s.replicas) == Some(1)
+                && d.status.as_ref().and_then(|s| s.ready_replicas) == Some(1)
+        }))
+    })
+    .await;
+    match settled {
+        Ok(()) => {
+            println!("Deployments back at 1/1 ready {:.1} s after the sales completed", t.elapsed().as_secs_f64())
+        }
+        Err(err) => println!("WARNING: Deployments not all back at 1/1 ready: {err:#}"),
+    }
     let later: Vec<String> = (0..n).map(|i| format!("later-{i:03}")).collect();
     let start = (Timestamp::now() + SignedDuration::from_hours(24)).round(Unit::Second)?;
     let end = start + SignedDuration::from_hours(2);
@@ -172,11 +195,17 @@ async fn bench(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
         .context("the second batch never became Scheduled and Ready")?;
     println!("\n{n} more FlashSales (window in 24h) Scheduled and Ready; {} sales live", 2 * n);
 
+    println!("Deployments (spec replicas, ready) before the rounds: {}", replica_tally(&deployments).await?);
     let mut rounds = vec![];
     for (label, names) in [("Scheduled (window in 24h)", &later), ("Completed", &names)] {
-        rounds.push(nudge_round(&sales, &operator, label, names).await?);
+        // The first nudge may find something that changed since the sale's last reconcile (the
+        // operator does not watch workloads it does not hold); the second has nothing left.
+        for nudge in 1..=2 {
+            rounds.push(nudge_round(&sales, &operator, label, nudge, names).await?);
+        }
     }
     print_rounds(&rounds);
+    println!("Deployments (spec replicas, ready) after the rounds: {}", replica_tally(&deployments).await?);
 
     let (rss, hwm) = operator.memory()?;
     println!("\noperator memory with {} sales live: VmRSS {rss} kB, VmHWM {hwm} kB", 2 * n);
@@ -186,6 +215,17 @@ async fn bench(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
     println!("operator log: {failed} 'reconcile failed' lines, {events} 'could not publish event' lines");
     println!("load average at the end: {}", loadavg());
     Ok(())
+}
+
+/// How many Deployments have each (spec.replicas, status.readyReplicas).
+async fn replica_tally(deployments: &Api<Deployment>) -> anyhow::Result<String> {
+    let mut tally: BTreeMap<(i32, i32), usize> = BTreeMap::new();
+    for d in deployments.list(&ListParams::default()).await?.items {
+        let spec = d.spec.and_then(|s| s.replicas).unwrap_or(1);
+        let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+        *tally.entry((spec, ready)).or_default() += 1;
+    }
+    Ok(tally.iter().map(|((s, r), n)| format!("{n} x ({s}, {r})")).collect::<Vec<_>>().join(", "))
 }
 
 /// The scheduled instants of one sale.
@@ -301,6 +341,80 @@ impl Recorder {
     }
 }
 
+/// When the benchmark's watch on Deployments first saw each one scaled up (spec.replicas 2) and
+/// back down (spec.replicas 1 after 2): the lever's write, seen from outside.
+#[derive(Clone)]
+struct ScaleRecorder(Arc<Mutex<HashMap<String, UpDown>>>);
+
+/// When a Deployment was first seen scaled up, and when back down.
+type UpDown = (Option<Timestamp>, Option<Timestamp>);
+
+impl ScaleRecorder {
+    fn start(client: Client, ns: &str) -> ScaleRecorder {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let sink = seen.clone();
+        let api: Api<Deployment> = Api::namespaced(client, ns);
+        tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
+            while let Some(item) = stream.next().await {
+                let now = Timestamp::now();
+                let Ok(d) = item else { continue };
+                let replicas = d.spec.and_then(|s| s.replicas);
+                let mut seen = sink.lock().unwrap_or_else(|p| p.into_inner());
+                let entry: &mut UpDown = seen.entry(d.metadata.name.unwrap_or_default()).or_default();
+                match (replicas, entry.0, entry.1) {
+                    (Some(2), None, _) => entry.0 = Some(now),
+                    (Some(1), Some(_), None) => entry.1 = Some(now),
+                    _ => {}
+                }
+            }
+        });
+        ScaleRecorder(seen)
+    }
+
+    fn get(&self, deployment: &str) -> UpDown {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(deployment).copied().unwrap_or_default()
+    }
+}
+
+/// Where the time of the two boundaries with a lever write goes: boundary -> the Deployment's
+/// change seen, and that -> the phase seen.
+fn print_breakdown(
+    recorder: &Recorder,
+    scaled: &ScaleRecorder,
+    schedules: &[(String, Schedule)],
+    created: &HashMap<String, Timestamp>,
+) {
+    let ms = |from: Timestamp, to: Timestamp| to.duration_since(from).as_secs_f64() * 1000.0;
+    let mut rows: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    recorder.with(|seen| {
+        for (i, (name, schedule)) in schedules.iter().enumerate() {
+            // The first reconcile's duration, roughly: it ends with the status write.
+            if let (Some(at), Some(scheduled)) = (created.get(name), seen.first.get(&(name.clone(), Phase::Scheduled)))
+            {
+                rows.entry("Created -> Scheduled status seen").or_default().push(ms(*at, *scheduled));
+            }
+            let (up, down) = scaled.get(&format!("web-{i:03}"));
+            let first =
+                |phases: &[Phase]| phases.iter().filter_map(|p| seen.first.get(&(name.clone(), *p))).min().copied();
+            if let (Some(up), Some(phase)) = (up, first(&[Phase::Preparing])) {
+                rows.entry("Preparing: boundary -> scaled up").or_default().push(ms(schedule.prepare_at, up));
+                rows.entry("Preparing: scaled up -> phase").or_default().push(ms(up, phase));
+            }
+            if let (Some(down), Some(phase)) = (down, first(&[Phase::Restoring, Phase::Completed])) {
+                rows.entry("Restore: boundary -> scaled down").or_default().push(ms(schedule.restore_at, down));
+                rows.entry("Restore: scaled down -> phase").or_default().push(ms(down, phase));
+            }
+        }
+    });
+    println!("\nwhere the time goes (a new sale's first status; the boundaries with a Deployment write), ms:");
+    println!("| {:<33} | count | p50      | p90      | p99      | max      |", "step");
+    println!("|{}|-------|----------|----------|----------|----------|", "-".repeat(35));
+    for (label, values) in &rows {
+        println!("{}", stats_row(label, 33, values));
+    }
+}
+
 struct Lags {
     /// Per boundary kind: lag in ms of every sale whose new phase was seen.
     by_boundary: BTreeMap<&'static str, Vec<f64>>,
@@ -346,11 +460,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn stats_row(label: &str, values: &[f64]) -> String {
+fn stats_row(label: &str, width: usize, values: &[f64]) -> String {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     format!(
-        "| {label:<21} | {:>5} | {:>8.0} | {:>8.0} | {:>8.0} | {:>8.0} |",
+        "| {label:<width$} | {:>5} | {:>8.0} | {:>8.0} | {:>8.0} | {:>8.0} |",
         v.len(),
         percentile(&v, 50.0),
         percentile(&v, 90.0),
@@ -365,10 +479,10 @@ fn print_lags(lags: &Lags, n: usize) {
     println!("|-----------------------|-------|----------|----------|----------|----------|");
     let mut all = vec![];
     for (label, values) in &lags.by_boundary {
-        println!("{}", stats_row(label, values));
+        println!("{}", stats_row(label, 21, values));
         all.extend_from_slice(values);
     }
-    println!("{}", stats_row("all", &all));
+    println!("{}", stats_row("all", 21, &all));
     println!("missed boundaries (new phase never seen): {}", lags.missed.len());
     for (name, label) in lags.missed.iter().take(10) {
         println!("  {name}: {label}");
@@ -382,12 +496,17 @@ fn print_lags(lags: &Lags, n: usize) {
 
 struct Round {
     label: &'static str,
+    nudge: u32,
     sales: usize,
     reconciles: f64,
     writes: f64,
     reads: f64,
     by_verb: BTreeMap<String, f64>,
     seconds: f64,
+    /// Sales whose status differs after the round.
+    changed: usize,
+    /// Status fields that changed: path to (how many sales, one example "old -> new").
+    fields: BTreeMap<String, (usize, String)>,
 }
 
 /// Changes an annotation on every sale in `names` (a watch event, no new generation) and counts
@@ -396,9 +515,11 @@ async fn nudge_round(
     sales: &Api<FlashSale>,
     operator: &Operator,
     label: &'static str,
+    nudge: u32,
     names: &[String],
 ) -> anyhow::Result<Round> {
     operator.quiesce(Duration::from_secs(5), Duration::from_secs(120)).await?;
+    let statuses_before = statuses(sales).await?;
     let before = operator.scrape()?;
     let t = Instant::now();
     let stamp = Timestamp::now().as_nanosecond().to_string();
@@ -418,28 +539,81 @@ async fn nudge_round(
     // Count whatever the reconciles set off (a status write would trigger one more) too.
     operator.quiesce(Duration::from_secs(3), Duration::from_secs(60)).await?;
     let after = operator.scrape()?;
+    let statuses_after = statuses(sales).await?;
+    let mut fields: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    let mut changed = 0;
+    let null = serde_json::Value::Null;
+    for name in names {
+        let mut diffs = vec![];
+        let (old, new) = (statuses_before.get(name).unwrap_or(&null), statuses_after.get(name).unwrap_or(&null));
+        json_diff("status", old, new, &mut diffs);
+        changed += usize::from(!diffs.is_empty());
+        for (path, example) in diffs {
+            fields.entry(path).or_insert((0, example)).0 += 1;
+        }
+    }
     let by_verb = delta(&before, &after);
     let writes = by_verb.iter().filter(|(v, _)| flashsale_operator::client::is_write(v)).map(|(_, n)| n).sum();
     let reads = by_verb.get("get").copied().unwrap_or(0.0);
     Ok(Round {
         label,
+        nudge,
         sales: names.len(),
         reconciles: reconciles(&after) - reconciles(&before),
         writes,
         reads,
         by_verb,
         seconds: t.elapsed().as_secs_f64(),
+        changed,
+        fields,
     })
+}
+
+/// Every sale's status, by name.
+async fn statuses(sales: &Api<FlashSale>) -> anyhow::Result<HashMap<String, serde_json::Value>> {
+    let list = sales.list(&ListParams::default()).await?;
+    list.items.into_iter().map(|s| Ok((s.metadata.name.unwrap_or_default(), serde_json::to_value(s.status)?))).collect()
+}
+
+/// The leaves that differ between `a` and `b`, as (path, "old -> new").
+fn json_diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                let (p, q) = (x.get(key).unwrap_or(&Value::Null), y.get(key).unwrap_or(&Value::Null));
+                json_diff(&format!("{path}.{key}"), p, q, out);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                // Conditions are a map keyed by type: name them so.
+                let key = p.get("type").and_then(Value::as_str).map_or_else(|| i.to_string(), str::to_owned);
+                json_diff(&format!("{path}[{key}]"), p, q, out);
+            }
+        }
+        _ if a != b => {
+            let short = |v: &Value| v.to_string().chars().take(80).collect::<String>();
+            out.push((path.to_owned(), format!("{} -> {}", short(a), short(b))));
+        }
+        _ => {}
+    }
 }
 
 fn print_rounds(rounds: &[Round]) {
     println!("\nno-op reconciles (annotation changed on every sale, spec unchanged):");
-    println!("| sales in phase            | annotated | reconciles | writes | writes/reconcile | reads/reconcile |");
-    println!("|---------------------------|-----------|------------|--------|------------------|-----------------|");
+    println!(
+        "| sales in phase            | nudge | annotated | reconciles | writes | writes/reconcile | reads/reconcile |"
+    );
+    println!(
+        "|---------------------------|-------|-----------|------------|--------|------------------|-----------------|"
+    );
     for r in rounds {
         println!(
-            "| {:<25} | {:>9} | {:>10.0} | {:>6.0} | {:>16.2} | {:>15.2} |",
+            "| {:<25} | {:>5} | {:>9} | {:>10.0} | {:>6.0} | {:>16.2} | {:>15.2} |",
             r.label,
+            r.nudge,
             r.sales,
             r.reconciles,
             r.writes,
@@ -448,7 +622,17 @@ fn print_rounds(rounds: &[Round]) {
         );
     }
     for r in rounds {
-        println!("{}: requests by verb {} (round took {:.1} s)", r.label, verbs(&r.by_verb), r.seconds);
+        println!(
+            "{} nudge {}: requests by verb {} (round took {:.1} s)",
+            r.label,
+            r.nudge,
+            verbs(&r.by_verb),
+            r.seconds
+        );
+        println!("  sales whose status changed: {}", r.changed);
+        for (path, (count, example)) in &r.fields {
+            println!("  {count:>4} x {path}: e.g. {example}");
+        }
     }
 }
 
@@ -472,6 +656,20 @@ fn parse_metrics(text: &str) -> Scrape {
 
 fn reconciles(scrape: &Scrape) -> f64 {
     scrape.get("flashsale_reconcile_duration_seconds_count{lever=\"timeline\"}").copied().unwrap_or(0.0)
+}
+
+/// Mean timeline reconcile duration between two scrapes, and the share under a few bounds.
+fn durations(before: &Scrape, after: &Scrape) -> String {
+    let d = |series: &str| after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0);
+    let count = d("flashsale_reconcile_duration_seconds_count{lever=\"timeline\"}");
+    let sum = d("flashsale_reconcile_duration_seconds_sum{lever=\"timeline\"}");
+    let mut out = format!("mean {:.0} ms over {count:.0}", 1000.0 * sum / count.max(1.0));
+    for le in ["0.05", "0.1", "0.25", "0.5"] {
+        let within = d(&format!("flashsale_reconcile_duration_seconds_bucket{{le=\"{le}\",lever=\"timeline\"}}"))
+            .max(d(&format!("flashsale_reconcile_duration_seconds_bucket{{lever=\"timeline\",le=\"{le}\"}}")));
+        out.push_str(&format!(", {:.0}% <= {le} s", 100.0 * within / count.max(1.0)));
+    }
+    out
 }
 
 fn requests(scrape: &Scrape) -> BTreeMap<String, f64> {

@@ -238,6 +238,9 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     // Levers act on the phase the clock gives; whether Restoring has become Completed depends on
     // what they report.
     let clock = timeline::position(&schedule, sale.spec.suspend, false, now);
+    // A boundary passed: say so first (one small status write), then pull the levers, so the
+    // phase change lands on time however long the lever pass takes.
+    let written = announce_phase(api, sale, &previous, clock, now).await?.unwrap_or_else(|| previous.clone());
     let observations = observe(sale, ctx, Some(schedule), Intent::for_phase(clock.phase)).await;
     let restored = observations.iter().all(|o| o.report.as_ref().is_ok_and(|r| r.restored));
     let position = timeline::position(&schedule, sale.spec.suspend, restored, now);
@@ -250,8 +253,9 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     let remote_hold = !sale.spec.clusters.is_empty() && Intent::for_phase(position.phase) == Intent::Hold;
     let settled =
         !remote_hold && !decided.conditions.iter().any(|c| c.type_ == status::RECONCILING && c.status == "True");
-    write_status(api, sale, &previous, decided.clone(), now).await?;
-    let next = decided.next_transition_time.as_ref().map(|t| until(now, t.0));
+    write_status(api, sale, &written, decided.clone(), now).await?;
+    // The requeue delay counts from when this reconcile returns, not from when it started.
+    let next = decided.next_transition_time.as_ref().map(|t| until(Timestamp::now(), t.0));
     // Preflight looks again now and then: a risk found (or fixed) days ahead should show.
     let next = match position.phase {
         Phase::Scheduled => next.map(|n| n.min(PREFLIGHT_RECHECK)),
@@ -264,6 +268,37 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
         (Some(next), true) => Action::requeue(next),
         (None, true) => Action::await_change(),
     })
+}
+
+/// Writes just the new phase and next boundary when the clock has moved the sale into another
+/// phase, returning the status as written. Restoring is not announced: whether the sale is
+/// Restoring or already Completed depends on the lever pass.
+async fn announce_phase(
+    api: &Api<FlashSale>,
+    sale: &FlashSale,
+    previous: &FlashSaleStatus,
+    clock: timeline::Position,
+    now: Timestamp,
+) -> Result<Option<FlashSaleStatus>, Error> {
+    let moved = previous.phase.is_some_and(|p| p != clock.phase);
+    if !moved || clock.phase == Phase::Restoring {
+        return Ok(None);
+    }
+    let mut announced = previous.clone();
+    announced.phase = Some(clock.phase);
+    announced.next_transition_time = clock.next.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
+    // Entering a phase that starts work: Ready from the phase before no longer holds.
+    let starting = match clock.phase {
+        Phase::Preparing => Some(("Preparing", "Preparation has started")),
+        Phase::Suspended => Some(("Suspending", "spec.suspend is set; restoring")),
+        _ => None,
+    };
+    if let Some((reason, message)) = starting {
+        announced.conditions.retain(|c| c.type_ != status::READY && c.type_ != status::RECONCILING);
+        announced.conditions.push(status::condition(status::READY, false, reason, message));
+        announced.conditions.push(status::condition(status::RECONCILING, true, reason, message));
+    }
+    Ok(Some(write_status(api, sale, previous, announced, now).await?))
 }
 
 /// How often a Scheduled sale's preflight runs again.
@@ -467,11 +502,11 @@ async fn write_status(
     previous: &FlashSaleStatus,
     mut next: FlashSaleStatus,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<FlashSaleStatus, Error> {
     next.conditions =
         ConditionSet::from(previous.conditions.clone()).merge(next.conditions, sale.meta().generation, now);
     if &next == previous {
-        return Ok(());
+        return Ok(next);
     }
     let patch = serde_json::json!({
         "apiVersion": "flashsale.dev/v1alpha1",
@@ -479,7 +514,7 @@ async fn write_status(
         "status": next,
     });
     api.patch_status(&sale.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
-    Ok(())
+    Ok(next)
 }
 
 async fn publish(ctx: &Context, sale: &FlashSale, type_: EventType, reason: &str, note: String, action: &str) {
