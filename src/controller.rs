@@ -251,8 +251,13 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     // Remote clusters have no watch here: while a sale holds its changes, look at them again
     // periodically so a lost cluster (or drift) shows within seconds.
     let remote_hold = !sale.spec.clusters.is_empty() && Intent::for_phase(position.phase) == Intent::Hold;
-    let settled =
-        !remote_hold && !decided.conditions.iter().any(|c| c.type_ == status::RECONCILING && c.status == "True");
+    // After a restore the workloads' pods take a few seconds to go; keep looking until the
+    // status shows them gone, so a Completed sale does not keep a stale ready count.
+    let draining = Intent::for_phase(position.phase) == Intent::Restore
+        && decided.clusters.iter().flat_map(|c| &c.workloads).any(|w| w.ready_replicas > w.target_replicas);
+    let settled = !remote_hold
+        && !draining
+        && !decided.conditions.iter().any(|c| c.type_ == status::RECONCILING && c.status == "True");
     write_status(api, sale, &written, decided.clone(), now).await?;
     // The requeue delay counts from when this reconcile returns, not from when it started.
     let next = decided.next_transition_time.as_ref().map(|t| until(Timestamp::now(), t.0));
