@@ -300,6 +300,8 @@ struct Seen {
     first: HashMap<(String, Phase), Timestamp>,
     /// The latest phase and whether Ready is True, per sale.
     latest: HashMap<String, (Option<Phase>, bool)>,
+    /// When each sale was first seen with `Prescaled=True`.
+    prescaled: HashMap<String, Timestamp>,
 }
 
 #[derive(Clone)]
@@ -318,7 +320,11 @@ impl Recorder {
                 let name = sale.metadata.name.clone().unwrap_or_default();
                 let status = sale.status.unwrap_or_default();
                 let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                let prescaled = status.conditions.iter().any(|c| c.type_ == "Prescaled" && c.status == "True");
                 let mut seen = sink.lock().unwrap_or_else(|p| p.into_inner());
+                if prescaled {
+                    seen.prescaled.entry(name.clone()).or_insert(now);
+                }
                 if let Some(phase) = status.phase {
                     seen.first.entry((name.clone(), phase)).or_insert(now);
                 }
@@ -346,8 +352,9 @@ impl Recorder {
 #[derive(Clone)]
 struct ScaleRecorder(Arc<Mutex<HashMap<String, UpDown>>>);
 
-/// When a Deployment was first seen scaled up, and when back down.
-type UpDown = (Option<Timestamp>, Option<Timestamp>);
+/// When a Deployment was first seen scaled up, when back down, and when its peak (2 ready
+/// replicas) was first ready.
+type UpDown = (Option<Timestamp>, Option<Timestamp>, Option<Timestamp>);
 
 impl ScaleRecorder {
     fn start(client: Client, ns: &str) -> ScaleRecorder {
@@ -360,8 +367,12 @@ impl ScaleRecorder {
                 let now = Timestamp::now();
                 let Ok(d) = item else { continue };
                 let replicas = d.spec.and_then(|s| s.replicas);
+                let ready = d.status.and_then(|s| s.ready_replicas);
                 let mut seen = sink.lock().unwrap_or_else(|p| p.into_inner());
                 let entry: &mut UpDown = seen.entry(d.metadata.name.unwrap_or_default()).or_default();
+                if ready == Some(2) && entry.2.is_none() {
+                    entry.2 = Some(now);
+                }
                 match (replicas, entry.0, entry.1) {
                     (Some(2), None, _) => entry.0 = Some(now),
                     (Some(1), Some(_), None) => entry.1 = Some(now),
@@ -394,7 +405,10 @@ fn print_breakdown(
             {
                 rows.entry("Created -> Scheduled status seen").or_default().push(ms(*at, *scheduled));
             }
-            let (up, down) = scaled.get(&format!("web-{i:03}"));
+            let (up, down, peak_ready) = scaled.get(&format!("web-{i:03}"));
+            if let (Some(ready), Some(prescaled)) = (peak_ready, seen.prescaled.get(name)) {
+                rows.entry("Peak ready -> Prescaled=True seen").or_default().push(ms(ready, *prescaled));
+            }
             let first =
                 |phases: &[Phase]| phases.iter().filter_map(|p| seen.first.get(&(name.clone(), *p))).min().copied();
             if let (Some(up), Some(phase)) = (up, first(&[Phase::Preparing])) {
