@@ -10,14 +10,10 @@ use anyhow::{Context as _, bail};
 use flashsale_operator::api::{FlashSale, Phase};
 use futures::{StreamExt, TryStreamExt, stream};
 use jiff::{SignedDuration, Timestamp, Unit};
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{Namespace, ServiceAccount},
-};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
-    Client, Config,
+    Client,
     api::{Api, ListParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
 };
 use std::{
@@ -30,8 +26,12 @@ use std::{
 
 #[path = "../tests/e2e/harness/mod.rs"]
 mod harness;
+#[path = "../tests/e2e/support.rs"]
+#[allow(dead_code)]
+mod support;
 
 use harness::{Cluster, ClusterOptions};
+use support::{client, eventually, http_get, namespace_named as namespace};
 
 /// The first sale's window opens this long after the sales are created.
 const LEAD: SignedDuration = SignedDuration::from_secs(15);
@@ -784,60 +784,6 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A minimal HTTP/1.1 GET on loopback.
-fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("malformed HTTP response")?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((code, body))
-}
-
-async fn client(cluster: &Cluster) -> anyhow::Result<Client> {
-    let kubeconfig = Kubeconfig::read_from(&cluster.kubeconfig)?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
-}
-
-/// Creates namespace `name` and waits for its default ServiceAccount (pods need it).
-async fn namespace(client: &Client, name: &str) -> anyhow::Result<String> {
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
-    eventually(Duration::from_secs(30), || async { Ok(sas.get_opt("default").await?.is_some()) })
-        .await
-        .context("default ServiceAccount never appeared")?;
-    Ok(name.to_owned())
-}
-
-/// Polls `check` every 200 ms until it returns true or `timeout` passes.
-async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() > deadline {
-            return match last_err {
-                Some(e) => Err(e.context(format!("condition not met within {timeout:?}"))),
-                None => bail!("condition not met within {timeout:?}"),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
