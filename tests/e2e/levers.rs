@@ -25,6 +25,7 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ("levers::peak_not_reached_in_time_is_a_warning", peak_not_reached_in_time_is_a_warning),
     ("levers::preflight_warns_days_ahead", preflight_warns_days_ahead),
     ("levers::cronhpa_scales_on_time_even_with_the_operator_down", cronhpa_scales_on_time_even_with_the_operator_down),
+    ("levers::statefulsets_scale_and_restore_too", statefulsets_scale_and_restore_too),
 ];
 
 fn web(name: &str, replicas: i32, cpu: &str) -> anyhow::Result<Deployment> {
@@ -439,4 +440,40 @@ fn cronhpa_scales_on_time_even_with_the_operator_down(_env: &Env) -> anyhow::Res
     })?;
     cluster.stop();
     Ok(())
+}
+
+fn statefulsets_scale_and_restore_too(env: &Env) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    block_on_value(async {
+        let (client, ns, _operator) = setup(env, "sts").await?;
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let set: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "inventory"},
+            "spec": {
+                "replicas": 1,
+                "serviceName": "inventory",
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": {"app": "inventory"}},
+                "template": {"metadata": {"labels": {"app": "inventory"}}, "spec": {"containers": [{"name": "db", "image": "registry.example/db:1"}]}}
+            }
+        }))?;
+        sets.create(&PostParams::default(), &set).await?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let workloads = serde_json::json!([{"ref": {"kind": "StatefulSet", "name": "inventory"}, "scale": {"peak": 3, "mode": "Replicas"}}]);
+        sales.create(&PostParams::default(), &sale("flash", &ns, &at(6), &at(16), workloads)?).await?;
+        eventually(Duration::from_secs(30), || async {
+            let s = sets.get("inventory").await?;
+            Ok(s.spec.and_then(|s| s.replicas) == Some(3) && s.status.and_then(|s| s.ready_replicas) >= Some(3))
+        })
+        .await
+        .context("the StatefulSet never reached 3 ready replicas")?;
+        wait_phase(&sales, "flash", Phase::Completed, 60).await?;
+        let s = sets.get("inventory").await?;
+        ensure!(s.spec.as_ref().and_then(|s| s.replicas) == Some(1), "not restored: {:?}", s.spec.map(|s| s.replicas));
+        ensure!(
+            !s.metadata.annotations.unwrap_or_default().keys().any(|k| k.starts_with("flashsale.dev/")),
+            "bookkeeping left on the StatefulSet"
+        );
+        Ok(())
+    })
 }

@@ -458,6 +458,22 @@ fn invalid_kubeconfigs_are_explained(env: &Env) -> anyhow::Result<()> {
         })
         .await
         .context("the fixed kubeconfig Secret was not picked up")?;
+
+        // Deleting waits for the clusters it cannot reach, saying how to let go; the escape
+        // hatch releases it.
+        sales.delete("flash", &DeleteParams::default()).await?;
+        eventually(Duration::from_secs(10), || async {
+            let s = sales.get("flash").await?;
+            Ok(condition(&s, "Ready").is_some_and(|(_, r, m)| r == "Deleting" && m.contains("missing")))
+        })
+        .await
+        .context("deletion does not say it waits for the unreachable clusters")?;
+        let abandon =
+            serde_json::json!({"metadata": {"annotations": {"flashsale.dev/abandon-clusters": "wrong-key, missing"}}});
+        sales.patch("flash", &PatchParams::default(), &Patch::Merge(abandon)).await?;
+        eventually(Duration::from_secs(15), || async { Ok(sales.get_opt("flash").await?.is_none()) })
+            .await
+            .context("abandoning the unreachable clusters did not release the sale")?;
         Ok(())
     })
 }
