@@ -18,8 +18,29 @@ trap 'kill $operator 2>/dev/null || true' EXIT
 start=$(date -u -d '+60 seconds' +%Y-%m-%dT%H:%M:%SZ)
 end=$(date -u -d '+120 seconds' +%Y-%m-%dT%H:%M:%SZ)
 $kubectl create namespace shop --dry-run=client -o yaml | $kubectl apply --server-side -f - >/dev/null
-$kubectl -n shop create deployment storefront --image=registry.example.com/shop/storefront:1 --replicas=2 \
-  --dry-run=client -o yaml | $kubectl apply --server-side -f - >/dev/null
+$kubectl -n shop apply --server-side -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: storefront}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: storefront}}
+  template:
+    metadata: {labels: {app: storefront}}
+    spec:
+      containers:
+      - name: app
+        image: registry.example.com/shop/storefront:1
+        resources: {requests: {cpu: 100m, memory: 128Mi}}
+        readinessProbe: {httpGet: {path: /ready, port: 8080}, periodSeconds: 10, failureThreshold: 3}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: storefront}
+spec:
+  maxUnavailable: 1
+  selector: {matchLabels: {app: storefront}}
+YAML
 sed -e "s/start: .*/start: \"$start\"/" -e "s/end: .*/end: \"$end\"/" \
     -e "s/prepareBefore: .*/prepareBefore: 30s/" -e "s/cooldownAfter: .*/cooldownAfter: 20s/" \
     examples/product-drop.yaml | $kubectl apply --server-side -f - >/dev/null
@@ -46,5 +67,8 @@ while ((SECONDS < deadline)); do
 done
 echo
 $kubectl -n shop get events --field-selector involvedObject.name=sneaker-drop --sort-by=.metadata.creationTimestamp
+echo
+echo "storefront after the sale (replicas, readiness probe period):"
+$kubectl -n shop get deployment storefront -o jsonpath='{.spec.replicas} {.spec.template.spec.containers[0].readinessProbe.periodSeconds}{"\n"}' 
 echo
 echo "The cluster is still up: export KUBECONFIG=$KUBECONFIG; stop it with make cluster-down."

@@ -115,7 +115,8 @@ async fn pass(
         Some(p) => {
             match probes::plan(&live_json, p, intent, annotations.get(probes::ORIGINAL_PROBES).map(String::as_str)) {
                 Ok(plan) => {
-                    out.problems.extend(plan.problems.iter().map(|p| format!("{}: {p}", target.display())));
+                    // A probe the container does not have is left alone and said so; it blocks nothing.
+                    out.warnings.extend(plan.problems.iter().map(|p| format!("{}: {p}", target.display())));
                     Some(plan)
                 }
                 Err(problem) => {
@@ -225,8 +226,9 @@ async fn pass(
         let target_replicas = scale.target.unwrap_or(0);
         out.status.message = Some(format!("{ready_replicas}/{target_replicas} replicas ready"));
     }
-    if !out.problems.is_empty() {
-        out.status.message = Some(out.problems.join("; "));
+    if !out.problems.is_empty() || !out.warnings.is_empty() {
+        let notes: Vec<&str> = out.problems.iter().chain(&out.warnings).map(String::as_str).collect();
+        out.status.message = Some(notes.join("; "));
     }
     Ok(out)
 }
