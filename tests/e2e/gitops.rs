@@ -2,7 +2,7 @@
 //! (as Flux uses it) and the Argo CD health script shipped in the chart, both through the small
 //! Go tool in `tests/e2e/toolchain/statuscheck`.
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, bail};
 use flashsale_operator::api::{FlashSale, Phase};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
@@ -25,11 +25,7 @@ pub const TESTS: &[(&str, TestFn)] = &[(
 )];
 
 fn statuscheck() -> anyhow::Result<PathBuf> {
-    let script = repo().join("tests/e2e/toolchain/statuscheck/build.sh");
-    let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output()?;
-    ensure!(out.status.success(), "{} failed", script.display());
-    let dir = String::from_utf8_lossy(&out.stdout).lines().last().context("no output")?.trim().to_owned();
-    Ok(PathBuf::from(dir).join("statuscheck"))
+    Ok(crate::harness::built("tests/e2e/toolchain/statuscheck/build.sh")?.join("statuscheck"))
 }
 
 /// (kstatus status, Argo CD status) for an object.
@@ -51,16 +47,9 @@ fn judge(tool: &PathBuf, object: &serde_json::Value) -> anyhow::Result<(String, 
 }
 
 fn sale(name: &str, ns: &str, start: &str, end: &str, peak: i32) -> anyhow::Result<FlashSale> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "flashsale.dev/v1alpha1",
-        "kind": "FlashSale",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "window": {"start": start, "end": end},
-            "prepareBefore": "1h",
-            "workloads": [{"ref": {"kind": "Deployment", "name": name}, "scale": {"peak": peak, "mode": "Replicas"}}],
-        }
-    }))?)
+    let workloads =
+        serde_json::json!([{"ref": {"kind": "Deployment", "name": name}, "scale": {"peak": peak, "mode": "Replicas"}}]);
+    crate::support::flash_sale(name, ns, (start, end), ("1h", "15m"), workloads)
 }
 
 fn deployment(name: &str, cpu: &str) -> anyhow::Result<Deployment> {

@@ -48,12 +48,7 @@ fn web(name: &str, replicas: i32, cpu: &str) -> anyhow::Result<Deployment> {
 }
 
 fn sale(name: &str, ns: &str, start: &str, end: &str, workloads: serde_json::Value) -> anyhow::Result<FlashSale> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "flashsale.dev/v1alpha1",
-        "kind": "FlashSale",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"window": {"start": start, "end": end}, "prepareBefore": "5s", "cooldownAfter": "3s", "workloads": workloads}
-    }))?)
+    crate::support::flash_sale(name, ns, (start, end), ("5s", "3s"), workloads)
 }
 
 /// The Deployment as its owner wrote it: everything but server-managed fields and status.

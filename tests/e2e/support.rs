@@ -276,3 +276,24 @@ pub async fn events(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec
 pub async fn event_notes(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<String>> {
     Ok(events(client, ns, name).await?.into_iter().map(|(_, note)| note).collect())
 }
+
+/// A FlashSale with the given window, lead times and `spec.workloads`.
+pub fn flash_sale(
+    name: &str,
+    ns: &str,
+    (start, end): (&str, &str),
+    (prepare_before, cooldown_after): (&str, &str),
+    workloads: serde_json::Value,
+) -> anyhow::Result<flashsale_operator::api::FlashSale> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "flashsale.dev/v1alpha1",
+        "kind": "FlashSale",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "window": {"start": start, "end": end},
+            "prepareBefore": prepare_before,
+            "cooldownAfter": cooldown_after,
+            "workloads": workloads,
+        }
+    }))?)
+}

@@ -42,17 +42,8 @@ const LATE: SignedDuration = SignedDuration::from_secs(3);
 
 /// A sale on the operator's own cluster scaling `web` to `peak`.
 fn sale(name: &str, ns: &str, start: &str, end: &str, peak: i32) -> anyhow::Result<FlashSale> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "flashsale.dev/v1alpha1",
-        "kind": "FlashSale",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "window": {"start": start, "end": end},
-            "prepareBefore": "5s",
-            "cooldownAfter": "4s",
-            "workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": peak, "mode": "Replicas"}}],
-        }
-    }))?)
+    let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": peak, "mode": "Replicas"}}]);
+    crate::support::flash_sale(name, ns, (start, end), ("5s", "4s"), workloads)
 }
 
 async fn deployment(client: &Client, ns: &str, replicas: i32) -> anyhow::Result<Deployment> {

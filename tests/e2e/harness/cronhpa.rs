@@ -35,19 +35,7 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     }
     let dir = match std::env::var("FLASHSALE_CRONHPA_BIN") {
         Ok(dir) => PathBuf::from(dir),
-        Err(_) => {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/toolchain/cronhpa/build.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .stderr(Stdio::inherit())
-                .output()
-                .with_context(|| format!("running {}", script.display()))?;
-            if !out.status.success() {
-                bail!("{} failed", script.display());
-            }
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            PathBuf::from(stdout.lines().last().context("cronhpa/build.sh printed nothing")?.trim())
-        }
+        Err(_) => super::built("tests/e2e/toolchain/cronhpa/build.sh")?,
     };
     let bin = dir.join(BINARY);
     if !bin.is_file() {

@@ -23,10 +23,16 @@ pub const KUBERNETES_VERSION: &str = "v1.36.3";
 
 /// Directory holding the built control-plane binaries, building them on first use.
 pub fn toolchain_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(dir) = std::env::var("FLASHSALE_TOOLCHAIN_BIN") {
-        return Ok(PathBuf::from(dir));
+    match std::env::var("FLASHSALE_TOOLCHAIN_BIN") {
+        Ok(dir) => Ok(PathBuf::from(dir)),
+        Err(_) => built("tests/e2e/toolchain/build.sh"),
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/toolchain/build.sh");
+}
+
+/// Runs one of the toolchain's build scripts (a path relative to the repository) and returns
+/// the bin directory it prints as its last line. The scripts are near-instant once cached.
+pub fn built(script: &str) -> anyhow::Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let out = Command::new("bash")
         .arg(&script)
         .stderr(Stdio::inherit())
@@ -36,7 +42,7 @@ pub fn toolchain_bin() -> anyhow::Result<PathBuf> {
         bail!("{} failed", script.display());
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let dir = stdout.lines().last().context("build.sh printed nothing")?.trim().to_owned();
+    let dir = stdout.lines().last().with_context(|| format!("{} printed nothing", script.display()))?.trim();
     Ok(PathBuf::from(dir))
 }
 
