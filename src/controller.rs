@@ -276,8 +276,8 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
 }
 
 /// Writes just the new phase and next boundary when the clock has moved the sale into another
-/// phase, returning the status as written. Restoring is not announced: whether the sale is
-/// Restoring or already Completed depends on the lever pass.
+/// phase, returning the status as written. Restoring is announced as the clock reaches it (at
+/// that instant nothing is restored yet); Completed only ever follows a lever pass.
 async fn announce_phase(
     api: &Api<FlashSale>,
     sale: &FlashSale,
@@ -286,7 +286,7 @@ async fn announce_phase(
     now: Timestamp,
 ) -> Result<Option<FlashSaleStatus>, Error> {
     let moved = previous.phase.is_some_and(|p| p != clock.phase);
-    if !moved || clock.phase == Phase::Restoring {
+    if !moved {
         return Ok(None);
     }
     let mut announced = previous.clone();
@@ -296,6 +296,7 @@ async fn announce_phase(
     let starting = match clock.phase {
         Phase::Preparing => Some(("Preparing", "Preparation has started")),
         Phase::Suspended => Some(("Suspending", "spec.suspend is set; restoring")),
+        Phase::Restoring => Some(("Restoring", "The sale is over; putting every recorded original back")),
         _ => None,
     };
     if let Some((reason, message)) = starting {

@@ -254,15 +254,23 @@ fn operator_killed_while_preparing_and_active_still_restores(env: &Env) -> anyho
     let cluster = env.primary()?;
     block_on_value(async {
         let Scene { client, ns, sales, deployments, before } = Scene::new(cluster, "restart", 1).await?;
-        let (start, end) = (at(10), at(22));
-        sales.create(&PostParams::default(), &sale("flash", &ns, &start, &end, 3)?).await?;
+        // A long preparation, so the kill surely lands inside it even on a loaded machine.
+        let (start, end) = (at(14), at(26));
+        let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 3, "mode": "Replicas"}}]);
+        sales
+            .create(
+                &PostParams::default(),
+                &crate::support::flash_sale("flash", &ns, (&start, &end), ("10s", "4s"), workloads)?,
+            )
+            .await?;
         let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
         wait_phase(&sales, "flash", Phase::Preparing, Duration::from_secs(15)).await?;
         wait_web(&deployments, Some(3)).await?;
         operator.kill()?;
+        let start_ts: Timestamp = start.parse()?;
+        ensure!(Timestamp::now() < start_ts, "the machine is too slow for this test: the kill came after the start");
 
         // Down across the Active boundary; the restarted operator picks up where the cluster says.
-        let start_ts: Timestamp = start.parse()?;
         tokio::time::sleep(
             Duration::try_from(start_ts.duration_since(Timestamp::now())).unwrap_or_default() + Duration::from_secs(1),
         )
