@@ -286,7 +286,11 @@ async fn announce_phase(
     now: Timestamp,
 ) -> Result<Option<FlashSaleStatus>, Error> {
     let moved = previous.phase.is_some_and(|p| p != clock.phase);
-    if !moved {
+    // The clock says Restoring for a restored sale too; only a sale arriving from an earlier
+    // phase is announced (a Completed one must not flip back and forth).
+    let arriving_after_restore =
+        clock.phase == Phase::Restoring && matches!(previous.phase, Some(Phase::Restoring | Phase::Completed));
+    if !moved || arriving_after_restore {
         return Ok(None);
     }
     let mut announced = previous.clone();

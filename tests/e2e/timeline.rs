@@ -153,7 +153,7 @@ fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     block_on_value(async {
         let Scene { client, ns, sales, deployments, before } = Scene::new(cluster, "timeline", 2).await?;
-        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
         let (start, end) = (at(10), at(30));
         let phases = record_phases(client.clone(), &ns, "flash");
         sales.create(&PostParams::default(), &sale("flash", &ns, &start, &end, 4)?).await?;
@@ -183,6 +183,16 @@ fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
         );
 
         wait_phase(&sales, "flash", Phase::Completed, Duration::from_secs(60)).await?;
+        // Completed is at rest: no more writes once the ready count has come down.
+        eventually(Duration::from_secs(20), || async {
+            let (_, first) = operator.get("/metrics")?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (_, second) = operator.get("/metrics")?;
+            let writes = ["create", "update", "patch", "delete"];
+            Ok(requests(&second, &writes) == requests(&first, &writes))
+        })
+        .await
+        .context("the operator keeps writing after the sale completed")?;
         let after = deployments.get("web").await?;
         ensure!(
             touched(&after) == touched(&before),
