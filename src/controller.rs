@@ -176,7 +176,7 @@ async fn reconcile_guarded(obj: Arc<DeserializeGuard<FlashSale>>, ctx: Arc<Conte
     let result = match &obj.0 {
         Ok(sale) => reconcile(Arc::new(sale.clone()), ctx.clone()).await,
         Err(invalid) => {
-            // The API server's schema normally prevents this; report it instead of wedging.
+            // The API server's schema normally prevents this; log it and move on instead of wedging.
             warn!(name = %invalid.metadata.name.as_deref().unwrap_or(""), error = %invalid.error, "cannot read FlashSale");
             Ok(Action::await_change())
         }
