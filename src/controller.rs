@@ -32,7 +32,7 @@ use tracing::{info, instrument, warn};
 use crate::{
     api::{FlashSale, FlashSaleStatus, Phase},
     clusters::Clusters,
-    levers::{self, Intent, workload},
+    levers::{self, Intent},
     metrics::{ErrorLabels, Metrics, PhaseLabels, SaleLabels},
     status::{self, ClusterObservation, ConditionSet},
     timeline::{self, Schedule},
@@ -241,7 +241,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     // A boundary passed: say so first (one small status write), then pull the levers, so the
     // phase change lands on time however long the lever pass takes.
     let written = announce_phase(api, sale, &previous, clock, now).await?.unwrap_or_else(|| previous.clone());
-    let observations = observe(sale, ctx, Some(schedule), Intent::for_phase(clock.phase)).await;
+    let observations = observe(sale, ctx, Some(schedule), clock.phase).await;
     let restored = observations.iter().all(|o| o.report.as_ref().is_ok_and(|r| r.restored));
     let position = timeline::position(&schedule, sale.spec.suspend, restored, now);
     let decided = status::decide(sale, &schedule, position, &observations, now);
@@ -265,6 +265,12 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     let next = match position.phase {
         Phase::Scheduled => next.map(|n| n.min(PREFLIGHT_RECHECK)),
         _ => next,
+    };
+    // A lever may want to look again between boundaries (a warm-up Job due, a breaker to evaluate).
+    let recheck = observations.iter().filter_map(|o| o.report.as_ref().ok()?.recheck_at).min();
+    let next = match (next, recheck.map(|at| until(Timestamp::now(), at))) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     };
     Ok(match (next, settled) {
         // Something is still converging: look again soon, but never past the next boundary.
@@ -324,8 +330,9 @@ async fn observe(
     sale: &FlashSale,
     ctx: &Context,
     schedule: Option<Schedule>,
-    intent: Intent,
+    phase: Phase,
 ) -> Vec<ClusterObservation> {
+    let intent = Intent::for_phase(phase);
     let ns = sale.namespace().unwrap_or_default();
     let holder = levers::holder(&ns, &sale.name_any());
     let targets = ctx.clusters.targets(sale, &ns).await;
@@ -342,9 +349,10 @@ async fn observe(
                         holder: &holder,
                         schedule,
                         cron_zone: &target.cron_hpa_time_zone,
+                        phase,
                         now: Timestamp::now(),
                     };
-                    workload::run(&client, &pass, &sale.spec.workloads, intent).await.map_err(|err| {
+                    levers::run(&client, &pass, &sale.spec, intent).await.map_err(|err| {
                         ctx.metrics
                             .reconcile_errors
                             .get_or_create(&ErrorLabels { lever: "prescale", category: kube_category(&err) })
@@ -375,7 +383,7 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
         .map(|v| v.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
         .unwrap_or_default();
     let observations: Vec<ClusterObservation> =
-        observe(sale, ctx, Schedule::from_spec(&sale.spec).ok(), Intent::Restore)
+        observe(sale, ctx, Schedule::from_spec(&sale.spec).ok(), Phase::Restoring)
             .await
             .into_iter()
             .filter(|o| !abandoned.contains(&o.name))
@@ -534,7 +542,7 @@ async fn publish(ctx: &Context, sale: &FlashSale, type_: EventType, reason: &str
 /// A lever's write as an Event, related to the object it changed.
 async fn publish_action(ctx: &Context, sale: &FlashSale, cluster: &str, action: &levers::Action) {
     let note = format!("cluster {cluster}: {}", action.note);
-    publish_with(ctx, sale, EventType::Normal, "Scaled", note, action.verb, Some(action.object.clone())).await;
+    publish_with(ctx, sale, EventType::Normal, action.reason, note, action.verb, Some(action.object.clone())).await;
 }
 
 async fn publish_with(

@@ -19,6 +19,11 @@ pub const STALLED: &str = "Stalled";
 /// Lever condition types.
 pub const PRESCALED: &str = "Prescaled";
 pub const PROBES_APPLIED: &str = "ProbesApplied";
+pub const DRAIN_AGENTS_READY: &str = "DrainAgentsReady";
+pub const CACHE_WARMED: &str = "CacheWarmed";
+pub const FLAGS_PUBLISHED: &str = "FlagsPublished";
+/// The conditions levers contribute through [`crate::levers::LeverCondition`], in status order.
+const LEVER_CONDITIONS: [&str; 3] = [DRAIN_AGENTS_READY, CACHE_WARMED, FLAGS_PUBLISHED];
 
 /// What the controller observed of one cluster in this pass.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,7 +62,7 @@ pub fn decide(
     let mut problems: Vec<String> = vec![];
     let mut warnings: Vec<String> = vec![];
     let mut clusters = vec![];
-    let (mut all_ready, mut all_restored) = (true, true);
+    let (mut all_ready, mut all_restored, mut all_prescaled) = (true, true, true);
     let mut probes_applied: Option<bool> = None;
     for obs in observations {
         let prev = previous.clusters.iter().find(|c| c.name == obs.name);
@@ -65,6 +70,7 @@ pub fn decide(
             Ok(report) => {
                 all_ready &= report.ready;
                 all_restored &= report.restored;
+                all_prescaled &= report.prescaled;
                 if let Some(applied) = report.probes_applied {
                     probes_applied = Some(probes_applied.unwrap_or(true) && applied);
                 }
@@ -77,19 +83,24 @@ pub fn decide(
                     phase_holds(position.phase),
                     now,
                 );
-                let unchanged = prev.is_some_and(|p| p.reachable && p.message == message && p.workloads == workloads);
-                clusters.push(ClusterStatus {
+                let mut cluster = ClusterStatus {
                     name: obs.name.clone(),
                     reachable: true,
                     message,
-                    last_sync_time: if unchanged {
-                        prev.and_then(|p| p.last_sync_time.clone())
-                    } else {
-                        Some(Time(now))
-                    },
+                    last_sync_time: None,
                     workloads,
-                    ..ClusterStatus::default()
-                });
+                    drain_agents: report.drain_agents.clone(),
+                    warmups: report.warmups.clone(),
+                    flags: report.flags.clone(),
+                };
+                // The sync time moves only when something else did, so a quiet pass writes nothing.
+                cluster.last_sync_time = match prev {
+                    Some(p) if p == &ClusterStatus { last_sync_time: p.last_sync_time.clone(), ..cluster.clone() } => {
+                        p.last_sync_time.clone()
+                    }
+                    _ => Some(Time(now)),
+                };
+                clusters.push(cluster);
             }
             Err(message) => {
                 all_ready = false;
@@ -100,15 +111,20 @@ pub fn decide(
                     reachable: false,
                     message: Some(message.clone()),
                     last_sync_time: prev.and_then(|p| p.last_sync_time.clone()),
-                    // Keep the last known workload detail: on-call still wants to see it.
+                    // Keep the last known detail: on-call still wants to see it.
                     workloads: prev.map(|p| p.workloads.clone()).unwrap_or_default(),
-                    ..ClusterStatus::default()
+                    drain_agents: prev.and_then(|p| p.drain_agents.clone()),
+                    warmups: prev.map(|p| p.warmups.clone()).unwrap_or_default(),
+                    flags: prev.map(|p| p.flags.clone()).unwrap_or_default(),
                 });
             }
         }
     }
     let problem_text = problems.join("; ");
     let phase = position.phase;
+    let levers = lever_conditions(observations);
+    // A lever that failed in a way a person must fix names Ready's reason (e.g. WarmupFailed).
+    let blocked_by = levers.iter().find(|(c, blocking)| c.status == "False" && *blocking).map(|(c, _)| c.reason.clone());
     let (ready, reason, message) = match phase {
         Phase::Scheduled if problems.is_empty() && !warnings.is_empty() => (
             true,
@@ -122,6 +138,11 @@ pub fn decide(
         Phase::Preparing | Phase::Active | Phase::CoolingDown if all_ready => {
             (true, "Prepared", format!("Everything is in place; {}", next_step(phase, schedule)))
         }
+        Phase::Preparing | Phase::Active | Phase::CoolingDown if blocked_by.is_some() => (
+            false,
+            blocked_by.as_deref().unwrap_or("Blocked"),
+            not_ready_message(&problem_text, observations),
+        ),
         Phase::Preparing if problems.is_empty() => (false, "Preparing", not_ready_message(&problem_text, observations)),
         Phase::Preparing => (false, "Blocked", not_ready_message(&problem_text, observations)),
         Phase::Active | Phase::CoolingDown => (false, "NotReady", not_ready_message(&problem_text, observations)),
@@ -138,7 +159,7 @@ pub fn decide(
         Phase::Restoring => true,
         Phase::Suspended => !all_restored,
     };
-    let prescaled = prescaled_condition(phase, all_ready, all_restored, &problem_text);
+    let prescaled = prescaled_condition(phase, all_prescaled, all_restored, &problem_text);
     let probes = probes_applied.map(|applied| match phase {
         Phase::Preparing | Phase::Active | Phase::CoolingDown if applied => {
             condition(PROBES_APPLIED, true, "RolledOut", "The sale's probe timings are in place and rolled out")
@@ -164,9 +185,34 @@ pub fn decide(
         ]
         .into_iter()
         .chain(probes)
+        .chain(levers.into_iter().map(|(c, _)| c))
         .collect(),
         clusters,
     }
+}
+
+/// Folds each lever's per-cluster state into one condition per type: True when every cluster
+/// that reported it is ready; otherwise the first cluster that is not names the reason. The
+/// flag says whether that reason is a failure (it then blocks Ready by name).
+fn lever_conditions(observations: &[ClusterObservation]) -> Vec<(Condition, bool)> {
+    LEVER_CONDITIONS
+        .iter()
+        .filter_map(|type_| {
+            let states: Vec<(&str, &crate::levers::LeverCondition)> = observations
+                .iter()
+                .filter_map(|o| o.report.as_ref().ok().map(|r| (o.name.as_str(), r)))
+                .flat_map(|(name, r)| r.conditions.iter().filter(|c| c.type_ == *type_).map(move |c| (name, c)))
+                .collect();
+            let unready = states.iter().find(|(_, c)| !c.ready);
+            let (cluster, chosen) = unready.or(states.first())?;
+            let message = if observations.len() > 1 && unready.is_some() {
+                format!("cluster {cluster}: {}", chosen.message)
+            } else {
+                chosen.message.clone()
+            };
+            Some((condition(type_, chosen.ready, &chosen.reason, &message), !chosen.ready && chosen.blocking))
+        })
+        .collect()
 }
 
 fn phase_holds(phase: Phase) -> bool {

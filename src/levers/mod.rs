@@ -12,8 +12,9 @@ pub mod probes;
 pub mod workload;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
 
-use crate::api::{Phase, WorkloadStatus};
+use crate::api::{DrainAgentsStatus, FlagStatus, FlashSaleSpec, Phase, WarmupStatus, WorkloadStatus};
 
 /// Annotation naming the sale (`namespace/name`) that holds an object changed by a lever.
 pub const SALE_ANNOTATION: &str = "flashsale.dev/sale";
@@ -47,6 +48,9 @@ pub struct Report {
     pub ready: bool,
     /// None of the sale's changes remain in this cluster.
     pub restored: bool,
+    /// Whether every workload is at its wanted replicas (the `Prescaled` condition; `ready`
+    /// covers every lever).
+    pub prescaled: bool,
     /// Whether every workload with probe timings has them applied and rolled out (`None` when
     /// no workload sets probes).
     pub probes_applied: Option<bool>,
@@ -58,12 +62,48 @@ pub struct Report {
     pub actions: Vec<Action>,
     /// Per-workload detail for status.
     pub workloads: Vec<WorkloadStatus>,
+    /// Drain agents wanted and ready (`None` when the sale has no spot drain).
+    pub drain_agents: Option<DrainAgentsStatus>,
+    /// Cache warm-up Jobs.
+    pub warmups: Vec<WarmupStatus>,
+    /// Degradation flag values.
+    pub flags: Vec<FlagStatus>,
+    /// The per-lever conditions this cluster contributes (`DrainAgentsReady`, `CacheWarmed`,
+    /// `FlagsPublished`); a lever the sale does not use contributes none.
+    pub conditions: Vec<LeverCondition>,
+    /// The earliest instant a lever wants to look again, besides the phase boundaries (a Job
+    /// due, a breaker to evaluate).
+    pub recheck_at: Option<jiff::Timestamp>,
+}
+
+impl Report {
+    /// Asks for another pass no later than `at`.
+    pub fn recheck_at(&mut self, at: jiff::Timestamp) {
+        self.recheck_at = Some(self.recheck_at.map_or(at, |t| t.min(at)));
+    }
+}
+
+/// One lever's state in one cluster, folded over every cluster into the sale's condition of
+/// that type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeverCondition {
+    /// The condition type, e.g. `CacheWarmed`.
+    pub type_: &'static str,
+    pub ready: bool,
+    /// A CamelCase reason, e.g. `Succeeded` or `WarmupFailed`.
+    pub reason: String,
+    pub message: String,
+    /// When not ready, whether this is a failure a person must act on (it then gives `Ready`
+    /// its reason) rather than progress.
+    pub blocking: bool,
 }
 
 /// One write a lever made, reported as an Event on the sale with the changed object as the
 /// related object (so two workloads changed at once make two events, not one series).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Action {
+    /// The Event reason, e.g. `Scaled`.
+    pub reason: &'static str,
     /// A short CamelCase verb, e.g. `ScaleUp` or `Restore`.
     pub verb: &'static str,
     /// The object changed.
@@ -83,7 +123,34 @@ pub struct Sale<'a> {
     pub schedule: Option<crate::timeline::Schedule>,
     /// The IANA zone the cluster's CronHPA controller runs in.
     pub cron_zone: &'a str,
+    /// The phase the clock gives (levers whose behaviour differs between Preparing and Active,
+    /// such as static flags, read it; most only need the [`Intent`]).
+    pub phase: Phase,
     pub now: jiff::Timestamp,
+}
+
+/// Runs every lever of a sale in one cluster. An API refusal in one lever is that lever's
+/// problem (reported, the others still run); an unreachable cluster fails the whole pass.
+pub async fn run(client: &Client, sale: &Sale<'_>, spec: &FlashSaleSpec, intent: Intent) -> Result<Report, kube::Error> {
+    let mut report = workload::run(client, sale, &spec.workloads, intent).await?;
+    report.prescaled = report.ready;
+    let _ = (client, sale, spec, intent);
+    Ok(report)
+}
+
+/// Folds one lever's result into the report: an API refusal (RBAC, a webhook, a conflict)
+/// becomes a problem naming the lever; a transport error fails the pass.
+pub fn contain(report: &mut Report, lever: &str, result: Result<(), kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(status)) => {
+            report.ready = false;
+            report.restored = false;
+            report.problems.push(format!("{lever}: the API server refused: {}", status.message));
+            Ok(())
+        }
+        Err(other) => Err(other),
+    }
 }
 
 /// The identity of a sale as recorded on the objects it changes.

@@ -43,7 +43,7 @@ impl Target<'_> {
             namespace: Some(self.namespace.clone()),
             ..ObjectReference::default()
         };
-        Action { verb, object, note }
+        Action { reason: "Scaled", verb, object, note }
     }
 }
 
@@ -337,6 +337,7 @@ async fn cron_plan(
 
 fn cron_action(target: &Target<'_>, name: &str, note: String) -> Action {
     Action {
+        reason: "Scaled",
         verb: "Schedule",
         object: ObjectReference {
             api_version: Some(cronhpa::API_VERSION.into()),
@@ -372,6 +373,7 @@ async fn hpa_plan(
     plan.mode = Some(format!("HPA ({name})"));
     plan.baseline = Some(original.replicas);
     let hpa_ref = |verb: &'static str, note: String| Action {
+        reason: "Scaled",
         verb,
         object: ObjectReference {
             api_version: Some("autoscaling/v2".into()),
