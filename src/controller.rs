@@ -326,12 +326,7 @@ const PENDING_RECHECK: Duration = Duration::from_secs(3);
 
 /// Runs the levers in every cluster of the sale, concurrently; one slow or unreachable cluster
 /// delays none of the others beyond its client timeouts.
-async fn observe(
-    sale: &FlashSale,
-    ctx: &Context,
-    schedule: Option<Schedule>,
-    phase: Phase,
-) -> Vec<ClusterObservation> {
+async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, phase: Phase) -> Vec<ClusterObservation> {
     let intent = Intent::for_phase(phase);
     let ns = sale.namespace().unwrap_or_default();
     let holder = levers::holder(&ns, &sale.name_any());
@@ -476,7 +471,8 @@ async fn report_events(
     let (now, before) = (ready(decided), ready(previous));
     if let Some((_, reason, message)) = now.clone().filter(|(state, reason, _)| {
         changed(&now, &before)
-            && ((state == "False" && matches!(reason.as_str(), "NotReady" | "Blocked" | "PreflightFailed"))
+            && ((state == "False"
+                && !matches!(reason.as_str(), "Preparing" | "Restoring" | "Suspending" | "Deleting" | "InvalidSpec"))
                 || reason == "PreflightWarnings")
     }) {
         publish(ctx, sale, EventType::Warning, &reason, message, "Check").await;
@@ -542,7 +538,8 @@ async fn publish(ctx: &Context, sale: &FlashSale, type_: EventType, reason: &str
 /// A lever's write as an Event, related to the object it changed.
 async fn publish_action(ctx: &Context, sale: &FlashSale, cluster: &str, action: &levers::Action) {
     let note = format!("cluster {cluster}: {}", action.note);
-    publish_with(ctx, sale, EventType::Normal, action.reason, note, action.verb, Some(action.object.clone())).await;
+    let type_ = if action.warning { EventType::Warning } else { EventType::Normal };
+    publish_with(ctx, sale, type_, action.reason, note, action.verb, Some(action.object.clone())).await;
 }
 
 async fn publish_with(

@@ -124,7 +124,8 @@ pub fn decide(
     let phase = position.phase;
     let levers = lever_conditions(observations);
     // A lever that failed in a way a person must fix names Ready's reason (e.g. WarmupFailed).
-    let blocked_by = levers.iter().find(|(c, blocking)| c.status == "False" && *blocking).map(|(c, _)| c.reason.clone());
+    let blocked_by =
+        levers.iter().find(|(c, blocking)| c.status == "False" && *blocking).map(|(c, _)| c.reason.clone());
     let (ready, reason, message) = match phase {
         Phase::Scheduled if problems.is_empty() && !warnings.is_empty() => (
             true,
@@ -138,11 +139,9 @@ pub fn decide(
         Phase::Preparing | Phase::Active | Phase::CoolingDown if all_ready => {
             (true, "Prepared", format!("Everything is in place; {}", next_step(phase, schedule)))
         }
-        Phase::Preparing | Phase::Active | Phase::CoolingDown if blocked_by.is_some() => (
-            false,
-            blocked_by.as_deref().unwrap_or("Blocked"),
-            not_ready_message(&problem_text, observations),
-        ),
+        Phase::Preparing | Phase::Active | Phase::CoolingDown if blocked_by.is_some() => {
+            (false, blocked_by.as_deref().unwrap_or("Blocked"), not_ready_message(&problem_text, observations))
+        }
         Phase::Preparing if problems.is_empty() => (false, "Preparing", not_ready_message(&problem_text, observations)),
         Phase::Preparing => (false, "Blocked", not_ready_message(&problem_text, observations)),
         Phase::Active | Phase::CoolingDown => (false, "NotReady", not_ready_message(&problem_text, observations)),

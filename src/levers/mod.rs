@@ -104,6 +104,8 @@ pub struct LeverCondition {
 pub struct Action {
     /// The Event reason, e.g. `Scaled`.
     pub reason: &'static str,
+    /// Published as a Warning event (something a person should look at) rather than Normal.
+    pub warning: bool,
     /// A short CamelCase verb, e.g. `ScaleUp` or `Restore`.
     pub verb: &'static str,
     /// The object changed.
@@ -131,7 +133,12 @@ pub struct Sale<'a> {
 
 /// Runs every lever of a sale in one cluster. An API refusal in one lever is that lever's
 /// problem (reported, the others still run); an unreachable cluster fails the whole pass.
-pub async fn run(client: &Client, sale: &Sale<'_>, spec: &FlashSaleSpec, intent: Intent) -> Result<Report, kube::Error> {
+pub async fn run(
+    client: &Client,
+    sale: &Sale<'_>,
+    spec: &FlashSaleSpec,
+    intent: Intent,
+) -> Result<Report, kube::Error> {
     let mut report = workload::run(client, sale, &spec.workloads, intent).await?;
     report.prescaled = report.ready;
     let _ = (client, sale, spec, intent);

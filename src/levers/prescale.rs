@@ -43,7 +43,7 @@ impl Target<'_> {
             namespace: Some(self.namespace.clone()),
             ..ObjectReference::default()
         };
-        Action { reason: "Scaled", verb, object, note }
+        Action { reason: "Scaled", warning: false, verb, object, note }
     }
 }
 
@@ -338,6 +338,7 @@ async fn cron_plan(
 fn cron_action(target: &Target<'_>, name: &str, note: String) -> Action {
     Action {
         reason: "Scaled",
+        warning: false,
         verb: "Schedule",
         object: ObjectReference {
             api_version: Some(cronhpa::API_VERSION.into()),
@@ -374,6 +375,7 @@ async fn hpa_plan(
     plan.baseline = Some(original.replicas);
     let hpa_ref = |verb: &'static str, note: String| Action {
         reason: "Scaled",
+        warning: false,
         verb,
         object: ObjectReference {
             api_version: Some("autoscaling/v2".into()),
