@@ -45,6 +45,10 @@ struct RunArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, default_value = "0.0.0.0:8080", env = "FLASHSALE_METRICS_ADDR")]
     metrics_addr: SocketAddr,
+    /// The image of the spot-drain agents the operator deploys (its own image: the agent is
+    /// the `drain-agent` subcommand of this binary).
+    #[arg(long, default_value = concat!("flashsale-operator:", env!("CARGO_PKG_VERSION")), env = "FLASHSALE_AGENT_IMAGE")]
+    agent_image: String,
     /// Act only on FlashSales in this namespace (default: all namespaces).
     #[arg(long, env = "FLASHSALE_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
@@ -151,7 +155,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let outcome = if args.leader_elect {
         run_as_elected(client, metrics, ready_tx, stop_rx.clone(), &args).await
     } else {
-        controller::run(client, args.watch_namespace.clone(), metrics, ready_tx, stopped(stop_rx.clone())).await;
+        controller::run(
+            client,
+            args.watch_namespace.clone(),
+            metrics,
+            args.agent_image.clone(),
+            ready_tx,
+            stopped(stop_rx.clone()),
+        )
+        .await;
         Ok(())
     };
     signal.abort();
@@ -205,7 +217,7 @@ async fn run_as_elected(
             _ = stop_for_controller.wait_for(|s| *s) => {}
         }
     };
-    controller::run(client, args.watch_namespace.clone(), metrics, ready, shutdown).await;
+    controller::run(client, args.watch_namespace.clone(), metrics, args.agent_image.clone(), ready, shutdown).await;
     let still_leader = *leader.borrow();
     let stopping = *stop.borrow();
     // Closing the channel releases the Lease, so a standby takes over at once.

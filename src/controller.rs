@@ -3,7 +3,7 @@
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
+    apps::v1::{DaemonSet, Deployment, StatefulSet},
     core::v1::Secret,
 };
 use kube::core::PartialObjectMeta;
@@ -49,6 +49,8 @@ pub struct Context {
     pub clusters: Clusters,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// The image drain agents run.
+    pub agent_image: String,
     /// Consecutive failures per sale, for exponential backoff (kube-runtime has none built in).
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<FlashSale>>, u32>>,
 }
@@ -89,6 +91,7 @@ pub async fn run(
     client: Client,
     namespace: Option<String>,
     metrics: Arc<Metrics>,
+    agent_image: String,
     ready: watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -102,12 +105,15 @@ pub async fn run(
         clusters: Clusters::new(client.clone(), metrics.clone()),
         client,
         metrics,
+        agent_image,
         failures: Mutex::new(HashMap::new()),
     });
     // Workloads held by a sale carry its name: a change in their replicas or rollout (peak
     // reached, pods lost) reconciles the sale at once instead of at the next recheck.
     let deployments = Api::<PartialObjectMeta<Deployment>>::all(ctx.client.clone());
     let statefulsets = Api::<PartialObjectMeta<StatefulSet>>::all(ctx.client.clone());
+    // Drain agent DaemonSets name their holders: agents becoming ready reconcile those sales.
+    let agents = Api::<PartialObjectMeta<DaemonSet>>::all(ctx.client.clone());
     let every = || watcher::Config::default().any_semantic();
     let controller = Controller::new(sales, every());
     let store = controller.store();
@@ -118,6 +124,11 @@ pub async fn run(
     let controller = controller
         .watches(deployments, every(), |d| holding_sale(d.annotations()))
         .watches(statefulsets, every(), |s| holding_sale(s.annotations()))
+        .watches(agents, watcher::Config::default().labels(levers::agents::AGENT_SELECTOR).any_semantic(), |d| {
+            levers::agents::holders(d.annotations())
+                .filter_map(|h| h.split_once('/').map(|(ns, name)| ObjectRef::new(name).within(ns)))
+                .collect::<Vec<_>>()
+        })
         .watches(secrets, every(), move |secret| sales_using_secret(&referencing, &secret))
         .graceful_shutdown_on(shutdown);
     tokio::spawn(async move {
@@ -346,6 +357,7 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                         cron_zone: &target.cron_hpa_time_zone,
                         phase,
                         now: Timestamp::now(),
+                        agent_image: &ctx.agent_image,
                     };
                     levers::run(&client, &pass, &sale.spec, intent).await.map_err(|err| {
                         ctx.metrics

@@ -5,6 +5,7 @@
 //! apply that makes the change, so an operator restarted at any moment still knows what to put
 //! back; restoring removes that bookkeeping again.
 
+pub mod agents;
 pub mod cronhpa;
 pub mod preflight;
 pub mod prescale;
@@ -129,6 +130,8 @@ pub struct Sale<'a> {
     /// such as static flags, read it; most only need the [`Intent`]).
     pub phase: Phase,
     pub now: jiff::Timestamp,
+    /// The image drain agents run (the operator's own).
+    pub agent_image: &'a str,
 }
 
 /// Runs every lever of a sale in one cluster. An API refusal in one lever is that lever's
@@ -141,6 +144,8 @@ pub async fn run(
 ) -> Result<Report, kube::Error> {
     let mut report = workload::run(client, sale, &spec.workloads, intent).await?;
     report.prescaled = report.ready;
+    let agents = agents::run(client, sale, spec, intent, sale.agent_image, &mut report).await;
+    contain(&mut report, "drain agents", agents)?;
     let _ = (client, sale, spec, intent);
     Ok(report)
 }
