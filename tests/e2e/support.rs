@@ -297,3 +297,15 @@ pub fn flash_sale(
         }
     }))?)
 }
+
+/// A Secret `name` in `ns` holding `value` under `key` (a kubeconfig for `spec.clusters`).
+pub async fn kubeconfig_secret(client: &Client, ns: &str, name: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "stringData": {key: value},
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    Ok(())
+}

@@ -20,7 +20,7 @@ use std::{
 use crate::{
     TestFn,
     harness::{Cluster, ClusterOptions},
-    support::{Env, Operator, at, block_on_value, client, eventually, namespace},
+    support::{Env, Operator, at, block_on_value, client, eventually, kubeconfig_secret, namespace},
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -390,16 +390,6 @@ fn suspend_edit_and_delete(env: &Env) -> anyhow::Result<()> {
         ensure!(touched(&deployments.get("web").await?) == touched(&before), "deletion did not restore web");
         Ok(())
     })
-}
-
-async fn kubeconfig_secret(client: &Client, ns: &str, name: &str, key: &str, value: &str) -> anyhow::Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "stringData": {key: value},
-    }))?;
-    secrets.create(&PostParams::default(), &secret).await?;
-    Ok(())
 }
 
 fn multi_cluster_sale(
