@@ -7,7 +7,7 @@ use kube::Client;
 use std::{fmt::Write as _, io::Read, path::Path};
 
 use crate::{
-    api::{FlashSale, Phase, ScaleMode},
+    api::{FlagPhase, FlashSale, Phase, ScaleMode},
     clusters::{self, Clusters},
     levers::prescale,
     timeline::{self, Schedule},
@@ -151,20 +151,60 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
                 "    Restoring:  replicas (or HPA bounds) back to {from}, probe timings back, bookkeeping removed"
             )?;
         }
-    }
-    let unsupported: Vec<&str> = [
-        ("spotDrain", sale.spec.spot_drain.as_ref().is_some_and(|d| d.enabled)),
-        ("degradation", sale.spec.degradation.is_some()),
-        ("cacheWarm", !sale.spec.cache_warm.is_empty()),
-    ]
-    .into_iter()
-    .filter_map(|(lever, set)| set.then_some(lever))
-    .collect();
-    if !unsupported.is_empty() {
-        writeln!(out)?;
-        writeln!(out, "not acted on by this version: {}", unsupported.join(", "))?;
+        levers(&mut out, sale, &schedule)?;
     }
     Ok(out)
+}
+
+/// The cluster-wide levers of one cluster: drain agents, degradation flags, warm-up Jobs.
+fn levers(out: &mut String, sale: &FlashSale, schedule: &Schedule) -> std::fmt::Result {
+    let utc = |t: Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    if let Some(drain) = sale.spec.spot_drain.as_ref().filter(|d| d.enabled) {
+        let selector: Vec<String> = drain.node_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "  spot drain")?;
+        writeln!(
+            out,
+            "    Preparing:  drain agents on nodes matching {} (poll {} every {}, token {:?})",
+            selector.join(","),
+            drain.metadata_endpoint,
+            drain.poll_interval,
+            drain.metadata_token
+        )?;
+        writeln!(out, "    Restoring:  agents and their RBAC removed (unless another sale still uses them)")?;
+    }
+    if let Some(degradation) = &sale.spec.degradation {
+        writeln!(out, "  degradation flags ({:?} {})", degradation.target, degradation.config_map_name)?;
+        for flag in &degradation.flags {
+            if let Some(phases) = &flag.off_during {
+                let ranges: Vec<String> = phases
+                    .iter()
+                    .map(|p| {
+                        let (from, to) = match p {
+                            FlagPhase::Preparing => (schedule.prepare_at, schedule.start),
+                            FlagPhase::Active => (schedule.start, schedule.end),
+                            FlagPhase::CoolingDown => (schedule.end, schedule.restore_at),
+                        };
+                        format!("{} to {}", utc(from), utc(to))
+                    })
+                    .collect();
+                writeln!(out, "    {}: off {}, on otherwise", flag.name, ranges.join(" and "))?;
+            }
+            if let Some(auto) = &flag.auto_degrade {
+                writeln!(
+                    out,
+                    "    {}: off once `{}` stays above {} for {}, on again after {} below (Preparing to CoolingDown)",
+                    flag.name, auto.query, auto.above, auto.for_, auto.recover_after
+                )?;
+            }
+        }
+        writeln!(out, "    Restoring:  flags back to what was there before the sale")?;
+    }
+    for warm in &sale.spec.cache_warm {
+        let at = schedule.start - timeline::signed("cacheWarm[].startBefore", &warm.start_before).unwrap_or_default();
+        let required = if warm.required { "required: Ready waits for it" } else { "optional" };
+        writeln!(out, "  cache warm-up {}: Job created at {} ({required}); removed at restore", warm.name, utc(at))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -201,6 +241,47 @@ spec:
             "{text}"
         );
         assert!(text.contains("cluster beijing:") && text.contains("preflight:  cluster unreachable"), "{text}");
-        assert!(!text.contains("not acted on"), "{text}");
+        assert!(!text.contains("spot drain") && !text.contains("warm-up"), "{text}");
+    }
+
+    #[test]
+    fn plan_lists_drain_agents_flags_and_warmups_with_their_times() {
+        let sale: FlashSale = serde_yaml::from_str(
+            r#"
+apiVersion: flashsale.dev/v1alpha1
+kind: FlashSale
+metadata: {name: double-11, namespace: shop}
+spec:
+  window: {start: "2026-11-11T00:00:00+08:00", end: "2026-11-11T02:00:00+08:00"}
+  workloads:
+  - ref: {kind: Deployment, name: web}
+    scale: {peak: 10}
+  spotDrain: {enabled: true}
+  degradation:
+    configMapName: flags
+    prometheus: {url: "http://prometheus:9090"}
+    flags:
+    - {name: recommendations, offDuring: [Active]}
+    - name: reviews
+      autoDegrade: {query: "up", above: 0.5, for: 30s, recoverAfter: 2m}
+  cacheWarm:
+  - name: products
+    startBefore: 20m
+    required: true
+    template: {spec: {template: {spec: {containers: [{name: w, image: w}], restartPolicy: Never}}}}
+"#,
+        )
+        .unwrap();
+        let text = render(&sale, "2026-11-10T12:00:00Z".parse().unwrap(), &vec![]).unwrap();
+        assert!(
+            text.contains("drain agents on nodes matching node.kubernetes.io/instance-lifecycle=spot (poll http://100.100.100.200 every 2s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("recommendations: off 2026-11-10T16:00:00Z to 2026-11-10T18:00:00Z, on otherwise"),
+            "{text}"
+        );
+        assert!(text.contains("reviews: off once `up` stays above 0.5 for 30s, on again after 120s below"), "{text}");
+        assert!(text.contains("cache warm-up products: Job created at 2026-11-10T15:40:00Z (required"), "{text}");
     }
 }

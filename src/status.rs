@@ -399,4 +399,32 @@ mod tests {
         assert_eq!(once, twice);
         assert_eq!(once.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), ["Ready", "Stalled"]);
     }
+
+    #[test]
+    fn lever_conditions_fold_clusters_and_name_the_first_that_is_not_ready() {
+        use crate::levers::{LeverCondition, Report};
+        let state = |ready: bool, reason: &str, blocking: bool| LeverCondition {
+            type_: CACHE_WARMED,
+            ready,
+            reason: reason.into(),
+            message: format!("{reason} here"),
+            blocking,
+        };
+        let obs = |name: &str, conditions: Vec<LeverCondition>| ClusterObservation {
+            name: name.into(),
+            report: Ok(Report { conditions, ..Report::default() }),
+        };
+        assert!(lever_conditions(&[obs("a", vec![]), obs("b", vec![])]).is_empty(), "no lever, no condition");
+        let all_ready = lever_conditions(&[obs("a", vec![state(true, "Succeeded", false)])]);
+        assert_eq!(all_ready.len(), 1);
+        assert_eq!((all_ready[0].0.status.as_str(), all_ready[0].1), ("True", false));
+        let failed = lever_conditions(&[
+            obs("a", vec![state(true, "Succeeded", false)]),
+            obs("b", vec![state(false, "WarmupFailed", true)]),
+        ]);
+        assert_eq!(failed[0].0.status, "False");
+        assert_eq!(failed[0].0.reason, "WarmupFailed");
+        assert_eq!(failed[0].0.message, "cluster b: WarmupFailed here");
+        assert!(failed[0].1, "a blocking failure is marked as such");
+    }
 }
