@@ -33,7 +33,7 @@ use crate::{
     api::{FlashSale, FlashSaleStatus, Phase},
     clusters::Clusters,
     levers::{self, Intent},
-    metrics::{ErrorLabels, Metrics, PhaseLabels, SaleLabels},
+    metrics::{ConditionLabels, ErrorLabels, Metrics, PhaseLabels, SaleLabels},
     status::{self, ClusterObservation, ConditionSet},
     timeline::{self, Schedule},
 };
@@ -518,6 +518,17 @@ fn forget_metrics(ctx: &Context, sale: &FlashSale) {
             phase: phase.as_str(),
         });
     }
+    for condition in [
+        status::READY,
+        status::PRESCALED,
+        status::PROBES_APPLIED,
+        status::DRAIN_AGENTS_READY,
+        status::CACHE_WARMED,
+        status::FLAGS_PUBLISHED,
+    ] {
+        let labels = ConditionLabels { namespace: namespace.clone(), name: name.clone(), condition: condition.into() };
+        ctx.metrics.condition.remove(&labels);
+    }
     ctx.metrics.seconds_to_next_transition.remove(&SaleLabels { namespace, name });
 }
 
@@ -577,6 +588,10 @@ fn record_phase_metrics(ctx: &Context, sale: &FlashSale, status: &FlashSaleStatu
             .phase
             .get_or_create(&PhaseLabels { namespace: namespace.clone(), name: name.clone(), phase: phase.as_str() })
             .set(i64::from(on));
+    }
+    for c in status.conditions.iter().filter(|c| c.type_ != status::RECONCILING && c.type_ != status::STALLED) {
+        let labels = ConditionLabels { namespace: namespace.clone(), name: name.clone(), condition: c.type_.clone() };
+        ctx.metrics.condition.get_or_create(&labels).set(i64::from(c.status == "True"));
     }
     if let Some(next) = &status.next_transition_time {
         let secs = next.0.duration_since(now).as_secs_f64();

@@ -35,6 +35,14 @@ pub struct SaleLabels {
     pub name: String,
 }
 
+/// Labels of one of a sale's lever conditions (`Ready`, `Prescaled`, `DrainAgentsReady`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub namespace: String,
+    pub name: String,
+    pub condition: String,
+}
+
 /// Labels of API requests the operator sent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -49,6 +57,7 @@ pub struct Metrics {
     pub phase: Family<PhaseLabels, Gauge>,
     pub seconds_to_next_transition: Family<SaleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub api_requests: Family<RequestLabels, Counter>,
+    pub condition: Family<ConditionLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -82,7 +91,21 @@ impl Default for Metrics {
             "Kubernetes API requests sent by the controller, by verb",
             api_requests.clone(),
         );
-        Metrics { registry, reconcile_duration, reconcile_errors, phase, seconds_to_next_transition, api_requests }
+        let condition = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "sale_condition",
+            "1 when the sale's condition (Ready and one per lever) is True, 0 otherwise",
+            condition.clone(),
+        );
+        Metrics {
+            registry,
+            reconcile_duration,
+            reconcile_errors,
+            phase,
+            seconds_to_next_transition,
+            api_requests,
+            condition,
+        }
     }
 }
 

@@ -136,7 +136,7 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
         }
         kubeconfig_secret(&here, &ns, "here", "kubeconfig", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
         kubeconfig_secret(&here, &ns, "there", "kubeconfig", &std::fs::read_to_string(&secondary.kubeconfig)?).await?;
-        let _operator = Operator::start(primary, &["--watch-namespace", &ns, "--agent-image", IMAGE])?;
+        let operator = Operator::start(primary, &["--watch-namespace", &ns, "--agent-image", IMAGE])?;
         let sales: Api<FlashSale> = Api::namespaced(here.clone(), &ns);
         // first: Preparing at +6 s, restoring at +19 s; second: Preparing at +11 s, restoring at +29 s.
         sales.create(&PostParams::default(), &sale("first", &ns, "web", (&at(11), &at(18)))?).await?;
@@ -233,6 +233,10 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
                 futures::executor::block_on(sales.get("first")).ok().and_then(|s| s.status)
             })
         })?;
+        let (_, metrics) = operator.get("/metrics")?;
+        let series =
+            format!("flashsale_sale_condition{{namespace=\"{ns}\",name=\"first\",condition=\"DrainAgentsReady\"}} 1");
+        ensure!(metrics.contains(&series), "/metrics has no {series}");
         let notes = event_notes(&here, &ns, "first").await?;
         ensure!(
             notes.iter().any(|n| n.starts_with("cluster there: drain agents deployed")),
