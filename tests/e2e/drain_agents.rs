@@ -37,17 +37,7 @@ const IMAGE: &str = "e2e.local/flashsale-operator:test";
 
 /// A one-replica Deployment the sale holds at one replica: spot drain is the lever under test.
 async fn deployment(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
-    let d: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "shop/app:1"}]},
-            },
-        },
-    }))?;
+    let d = crate::support::deployment(name, 1, None)?;
     Api::<Deployment>::namespaced(client.clone(), ns).create(&PostParams::default(), &d).await?;
     Ok(())
 }

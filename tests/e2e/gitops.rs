@@ -52,20 +52,6 @@ fn sale(name: &str, ns: &str, start: &str, end: &str, peak: i32) -> anyhow::Resu
     crate::support::flash_sale(name, ns, (start, end), ("1h", "15m"), workloads)
 }
 
-fn deployment(name: &str, cpu: &str) -> anyhow::Result<Deployment> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "registry.example/app:1", "resources": {"requests": {"cpu": cpu}}}]}
-            }
-        }
-    }))?)
-}
-
 async fn verdict_becomes(
     tool: &PathBuf,
     api: &Api<FlashSale>,
@@ -98,9 +84,9 @@ fn kstatus_and_argo_cd_read_the_sale_as_on_call_would(env: &Env) -> anyhow::Resu
         let client = client(cluster).await?;
         let ns = namespace(&client, "gitops").await?;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        deployments.create(&PostParams::default(), &deployment("fits", "100m")?).await?;
+        deployments.create(&PostParams::default(), &crate::support::deployment("fits", 1, Some("100m"))?).await?;
         // 40 replicas of 20 CPUs cannot fit on the test nodes: peak is never reached.
-        deployments.create(&PostParams::default(), &deployment("too-big", "20")?).await?;
+        deployments.create(&PostParams::default(), &crate::support::deployment("too-big", 1, Some("20"))?).await?;
         let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         sales.create(&PostParams::default(), &sale("fits", &ns, &at(600), &at(1200), 2)?).await?;

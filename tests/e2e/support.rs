@@ -309,3 +309,23 @@ pub async fn kubeconfig_secret(client: &Client, ns: &str, name: &str, key: &str,
     secrets.create(&PostParams::default(), &secret).await?;
     Ok(())
 }
+
+/// A Deployment `name` of `replicas` pods with one container (requesting `cpu`, if given).
+pub fn deployment(
+    name: &str,
+    replicas: i32,
+    cpu: Option<&str>,
+) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
+    let mut container = serde_json::json!({"name": "app", "image": "registry.example/app:1"});
+    if let Some(cpu) = cpu {
+        container["resources"] = serde_json::json!({"requests": {"cpu": cpu}});
+    }
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}},
+        }
+    }))?)
+}

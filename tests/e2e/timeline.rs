@@ -48,14 +48,7 @@ fn sale(name: &str, ns: &str, start: &str, end: &str, peak: i32) -> anyhow::Resu
 
 async fn deployment(client: &Client, ns: &str, replicas: i32) -> anyhow::Result<Deployment> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let d: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web", "labels": {"app": "web"}},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "registry.example/web:1"}]}}
-        }
-    }))?;
+    let d = crate::support::deployment("web", replicas, None)?;
     api.create(&PostParams::default(), &d).await?;
     eventually(Duration::from_secs(60), || async {
         Ok(api.get("web").await?.status.and_then(|s| s.ready_replicas) == Some(replicas))
