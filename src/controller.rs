@@ -4,6 +4,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
+    batch::v1::Job,
     core::v1::Secret,
 };
 use kube::core::PartialObjectMeta;
@@ -108,6 +109,8 @@ pub async fn run(
     // reached, pods lost) reconciles the sale at once instead of at the next recheck.
     let deployments = Api::<PartialObjectMeta<Deployment>>::all(ctx.client.clone());
     let statefulsets = Api::<PartialObjectMeta<StatefulSet>>::all(ctx.client.clone());
+    // Warm-up Jobs carry the same annotation: a Job finishing reconciles its sale at once.
+    let jobs = Api::<PartialObjectMeta<Job>>::all(ctx.client.clone());
     let every = || watcher::Config::default().any_semantic();
     let controller = Controller::new(sales, every());
     let store = controller.store();
@@ -118,6 +121,7 @@ pub async fn run(
     let controller = controller
         .watches(deployments, every(), |d| holding_sale(d.annotations()))
         .watches(statefulsets, every(), |s| holding_sale(s.annotations()))
+        .watches(jobs, every(), |j| holding_sale(j.annotations()))
         .watches(secrets, every(), move |secret| sales_using_secret(&referencing, &secret))
         .graceful_shutdown_on(shutdown);
     tokio::spawn(async move {
@@ -338,14 +342,18 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                 Ok(client) => {
                     let _timer = ctx.metrics.time("prescale");
                     let name = sale.name_any();
+                    let uid = sale.uid().unwrap_or_default();
+                    let shown = sale.status.as_ref().and_then(|s| s.clusters.iter().find(|c| c.name == target.name));
                     let pass = levers::Sale {
                         name: &name,
                         namespace: &ns,
                         holder: &holder,
+                        uid: &uid,
                         schedule,
                         cron_zone: &target.cron_hpa_time_zone,
                         phase,
                         now: Timestamp::now(),
+                        warmups: shown.map(|c| c.warmups.as_slice()).unwrap_or_default(),
                     };
                     levers::run(&client, &pass, &sale.spec, intent).await.map_err(|err| {
                         ctx.metrics
