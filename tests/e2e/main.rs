@@ -10,6 +10,7 @@ mod harness;
 mod levers;
 mod support;
 mod timeline;
+mod warmup;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ fn main() {
         .chain(timeline::TESTS)
         .chain(gitops::TESTS)
         .chain(levers::TESTS)
+        .chain(warmup::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
