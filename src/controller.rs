@@ -109,8 +109,12 @@ pub async fn run(
     // reached, pods lost) reconciles the sale at once instead of at the next recheck.
     let deployments = Api::<PartialObjectMeta<Deployment>>::all(ctx.client.clone());
     let statefulsets = Api::<PartialObjectMeta<StatefulSet>>::all(ctx.client.clone());
-    // Warm-up Jobs carry the same annotation: a Job finishing reconciles its sale at once.
-    let jobs = Api::<PartialObjectMeta<Job>>::all(ctx.client.clone());
+    // Warm-up Jobs carry the same annotation: a Job finishing reconciles its sale at once. They
+    // live in their sale's namespace, so a namespaced operator watches only that one.
+    let jobs = match &namespace {
+        Some(ns) => Api::<PartialObjectMeta<Job>>::namespaced(ctx.client.clone(), ns),
+        None => Api::<PartialObjectMeta<Job>>::all(ctx.client.clone()),
+    };
     let every = || watcher::Config::default().any_semantic();
     let controller = Controller::new(sales, every());
     let store = controller.store();
