@@ -9,7 +9,7 @@ use std::{fmt::Write as _, io::Read, path::Path};
 use crate::{
     api::{FlashSale, Phase, ScaleMode},
     clusters::{self, Clusters},
-    levers::prescale,
+    levers::{prescale, warmup},
     timeline::{self, Schedule},
 };
 
@@ -151,11 +151,25 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
                 "    Restoring:  replicas (or HPA bounds) back to {from}, probe timings back, bookkeeping removed"
             )?;
         }
+        for warm in &sale.spec.cache_warm {
+            let due = warmup::due_at(&schedule, warm);
+            let during = timeline::position(&schedule, false, false, due).phase;
+            let kind = if warm.required { "required: the sale is not Ready until it succeeds" } else { "optional" };
+            writeln!(out, "  cache warm-up {} ({kind})", warm.name)?;
+            writeln!(
+                out,
+                "    {during}:{:<w$}Job {ns}/{name}-warm-{}-<hash> created at {due} ({} before the start)",
+                "",
+                warm.name,
+                warmup::lead(warm),
+                w = 11usize.saturating_sub(during.as_str().len()),
+            )?;
+            writeln!(out, "    Restoring:  the Job and its pods deleted")?;
+        }
     }
     let unsupported: Vec<&str> = [
         ("spotDrain", sale.spec.spot_drain.as_ref().is_some_and(|d| d.enabled)),
         ("degradation", sale.spec.degradation.is_some()),
-        ("cacheWarm", !sale.spec.cache_warm.is_empty()),
     ]
     .into_iter()
     .filter_map(|(lever, set)| set.then_some(lever))
@@ -202,5 +216,32 @@ spec:
         );
         assert!(text.contains("cluster beijing:") && text.contains("preflight:  cluster unreachable"), "{text}");
         assert!(!text.contains("not acted on"), "{text}");
+    }
+
+    #[test]
+    fn plan_shows_when_each_warm_up_runs() {
+        let sale: FlashSale = serde_yaml::from_str(
+            r#"
+apiVersion: flashsale.dev/v1alpha1
+kind: FlashSale
+metadata: {name: double-11, namespace: shop}
+spec:
+  window: {start: "2026-11-11T00:00:00+08:00", end: "2026-11-11T02:00:00+08:00"}
+  workloads:
+  - ref: {kind: Deployment, name: web}
+    scale: {peak: 100}
+  cacheWarm:
+  - name: product-cache
+    startBefore: 1h
+    template: {spec: {template: {spec: {containers: [{name: warm, image: warm}]}}}}
+"#,
+        )
+        .unwrap();
+        let text = render(&sale, "2026-11-10T12:00:00Z".parse().unwrap(), &vec![]).unwrap();
+        assert!(
+            text.contains("  cache warm-up product-cache (required: the sale is not Ready until it succeeds)\n    Scheduled:  Job shop/double-11-warm-product-cache-<hash> created at 2026-11-10T15:00:00Z (1h before the start)"),
+            "{text}"
+        );
+        assert!(!text.contains("cacheWarm"), "{text}");
     }
 }

@@ -88,6 +88,13 @@ pub fn due_at(schedule: &timeline::Schedule, warm: &CacheWarm) -> Timestamp {
     schedule.before_start(lead)
 }
 
+/// A warm-up's lead time for people, e.g. `1h 30m` (the spec's duration shows as seconds).
+pub fn lead(warm: &CacheWarm) -> String {
+    timeline::signed("cacheWarm[].startBefore", &warm.start_before)
+        .map(|d| format!("{d:#}"))
+        .unwrap_or_else(|_| warm.start_before.to_string())
+}
+
 /// `activeDeadlineSeconds` for a Job created at `now`: the template's own value, else the time
 /// left until the window start, and at least [`MIN_DEADLINE_SECS`]. A hung warm-up then fails
 /// (with reason `DeadlineExceeded`) before the sale starts, where on-call sees it in `Ready`,
@@ -447,9 +454,9 @@ async fn start(
     match jobs.create(&params, &job).await {
         Ok(_) => {
             let when = if late {
-                format!("late: it was due at {due_at} ({} before the window start)", warm.start_before)
+                format!("late: it was due at {due_at} ({} before the window start)", lead(warm))
             } else {
-                format!("{} before the window start", warm.start_before)
+                format!("{} before the window start", lead(warm))
             };
             report.actions.push(action(
                 sale,
@@ -658,6 +665,7 @@ mod tests {
         // Larger than prepareBefore (30m): due while the sale is still Scheduled.
         assert_eq!(due_at(&s, &warm("a", "2h", true)), ts("2026-11-10T14:00:00Z"));
         assert_eq!(due_at(&s, &warm("a", "0s", true)), s.start);
+        assert_eq!(lead(&warm("a", "1h30m", true)), "1h 30m");
     }
 
     #[test]
