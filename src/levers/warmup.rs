@@ -284,15 +284,21 @@ pub fn condition(entries: &[Entry]) -> LeverCondition {
     if !unfinished.is_empty() {
         return lever(false, "Warming", format!("Cache warm-up: {}", unfinished.join(", ")), false);
     }
+    let skipped: Vec<&str> = entries.iter().filter(|e| e.state() == SKIPPED).map(|e| e.name.as_str()).collect();
+    let skipped = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!("; not run because the window had ended before it was due: {}", skipped.join(", "))
+    };
     if !failed_optional.is_empty() {
         return lever(
             true,
             "OptionalWarmupFailed",
-            format!("Every required warm-up succeeded; optional {}", failed_optional.join("; ")),
+            format!("Every required warm-up succeeded; optional {}{skipped}", failed_optional.join("; ")),
             false,
         );
     }
-    lever(true, "Warmed", "Every cache warm-up Job succeeded".to_owned(), false)
+    lever(true, "Warmed", format!("Every cache warm-up Job succeeded{skipped}"), false)
 }
 
 /// Runs the warm-up lever for a sale in one cluster. A sale without `cacheWarm` is untouched.
@@ -379,7 +385,7 @@ pub async fn run(
         }
         entries.push(entry);
     }
-    let required_done = entries.iter().filter(|e| e.required).all(|e| e.state() == SUCCEEDED);
+    let required_done = entries.iter().filter(|e| e.required).all(|e| matches!(e.state(), SUCCEEDED | SKIPPED));
     let required_failed = entries.iter().any(|e| e.required && e.state() == FAILED);
     report.ready &= match intent {
         // Before Preparing only a failure counts against readiness.
@@ -782,6 +788,13 @@ mod tests {
             c.message
         );
         assert!(c.message.contains("delete the Job to run it again"), "{}", c.message);
+
+        // A sale that reaches the clusters only after its window ended runs no warm-up.
+        let mut skipped = entry("a", true, SKIPPED);
+        skipped.status.job = None;
+        let c = condition(&[entry("b", true, SUCCEEDED), skipped]);
+        assert_eq!((c.ready, c.reason.as_str()), (true, "Warmed"));
+        assert!(c.message.contains("window had ended before it was due: a"), "{}", c.message);
     }
 
     #[test]

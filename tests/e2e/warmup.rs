@@ -302,6 +302,28 @@ fn a_failed_required_warmup_blocks_ready_until_fixed_and_an_optional_one_only_wa
         );
         let old_job = must.job.clone().context("must has no Job")?;
 
+        // Deleting the failed Job runs it again under the same name (and here fails again).
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+        let first_uid = jobs.get(&old_job).await?.metadata.uid;
+        jobs.delete(&old_job, &kube::api::DeleteParams::background()).await?;
+        eventually(Duration::from_secs(15), || async {
+            let again = jobs.get_opt(&old_job).await?;
+            Ok(again.is_some_and(|j| {
+                j.metadata.uid != first_uid
+                    && j.status.and_then(|s| s.conditions).is_some_and(|c| c.iter().any(|c| c.type_ == "Failed"))
+            }))
+        })
+        .await
+        .context("the deleted Job was not run again")?;
+        eventually(Duration::from_secs(10), || async {
+            let s = sales.get("flash").await?;
+            Ok(condition(&s, "Ready")
+                .is_some_and(|(st, r, m)| st == "False" && r == "WarmupFailed" && m.contains("must"))
+                && warmup(&s, "local", "must").is_some_and(|w| w.state == "Failed"))
+        })
+        .await
+        .context("Ready does not show the re-run failing too")?;
+
         // The SRE fixes the template: a new Job runs, the failed one goes, the sale is Ready
         // with the optional failure still named.
         let fixed = json!([warm("must", "3s", true, json!({})), warm("nice", "3s", false, json!({FAIL: "true"})),]);
