@@ -53,6 +53,9 @@ const LATE_AFTER: SignedDuration = SignedDuration::from_secs(10);
 /// remote clusters do not, and a Scheduled sale is otherwise only looked at every few minutes.
 const RUNNING_RECHECK: SignedDuration = SignedDuration::from_secs(5);
 
+/// How a person runs a failed warm-up again (the operator never re-runs a finished Job itself).
+const RETRY: &str = "fix the template in the spec, or delete the Job to run it again";
+
 /// Kubernetes' limit for a Job's name (it becomes a label value on the Job's pods).
 const MAX_JOB_NAME: usize = 63;
 
@@ -265,10 +268,7 @@ pub fn condition(entries: &[Entry]) -> LeverCondition {
         return lever(
             false,
             "WarmupFailed",
-            format!(
-                "{}; the sale is not Ready until it succeeds: fix the template in the spec, or delete the Job to run it again",
-                failures.join("; ")
-            ),
+            format!("{}; the sale is not Ready until it succeeds: {RETRY}", failures.join("; ")),
             true,
         );
     }
@@ -373,7 +373,7 @@ pub async fn run(
         if entry.state() == FAILED {
             let failure = entry.failure();
             if entry.required {
-                report.problems.push(failure);
+                report.problems.push(format!("{failure} ({RETRY})"));
             } else {
                 report.warnings.push(format!("{failure} (optional: the sale can be Ready without it)"));
             }
@@ -506,9 +506,9 @@ fn announce(sale: &Sale<'_>, entry: &Entry, name: &str, report: &mut Report) {
         )),
         FAILED => {
             let consequence = if entry.required {
-                "it is required: the sale is not Ready until it succeeds (fix the template, or delete the Job to run it again)"
+                format!("it is required: the sale is not Ready until it succeeds ({RETRY})")
             } else {
-                "it is optional: the sale can be Ready without it"
+                "it is optional: the sale can be Ready without it".to_owned()
             };
             report.actions.push(action(
                 sale,

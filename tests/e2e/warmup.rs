@@ -277,6 +277,7 @@ fn a_failed_required_warmup_blocks_ready_until_fixed_and_an_optional_one_only_wa
             message.contains("warm-up must") && message.contains("BackoffLimitExceeded"),
             "Ready does not name the failed warm-up and the Job's reason: {message}"
         );
+        ensure!(message.contains("delete the Job to run it again"), "Ready does not say how to retry: {message}");
         let (status, reason, message) = condition(&s, "CacheWarmed").context("no CacheWarmed")?;
         ensure!(status == "False" && reason == "WarmupFailed", "CacheWarmed: {status} {reason} {message}");
         ensure!(message.contains("delete the Job to run it again"), "CacheWarmed does not say how to retry: {message}");
@@ -350,6 +351,19 @@ fn a_failed_required_warmup_blocks_ready_until_fixed_and_an_optional_one_only_wa
         })
         .await
         .with_context(|| format!("the failed Job {old_job} was not removed: {names:?}"))?;
+
+        // Deleting the sale removes its Jobs and their pods before the finalizer lets go.
+        sales.delete("flash", &Default::default()).await?;
+        eventually(Duration::from_secs(20), || async { Ok(sales.get_opt("flash").await?.is_none()) })
+            .await
+            .context("the deleted sale was never released")?;
+        let (jobs, pods) = jobs_and_pods(&client, &ns, None).await?;
+        ensure!(
+            jobs.is_empty() && pods.is_empty(),
+            "{} Job(s) and {} pod(s) remain after the sale was deleted",
+            jobs.len(),
+            pods.len()
+        );
         Ok(())
     })
 }
