@@ -282,7 +282,10 @@ pub fn condition(entries: &[Entry]) -> LeverCondition {
         })
         .collect();
     if !unfinished.is_empty() {
-        return lever(false, "Warming", format!("Cache warm-up: {}", unfinished.join(", ")), false);
+        // Nothing started yet is not warming yet: say when it starts.
+        let started = entries.iter().any(|e| e.due_at.is_none());
+        let reason = if started { "Warming" } else { "NotYet" };
+        return lever(false, reason, format!("Cache warm-up: {}", unfinished.join(", ")), false);
     }
     let skipped: Vec<&str> = entries.iter().filter(|e| e.state() == SKIPPED).map(|e| e.name.as_str()).collect();
     let skipped = if skipped.is_empty() {
@@ -770,9 +773,11 @@ mod tests {
         let mut later = entry("a", true, PENDING);
         later.status.job = None;
         later.due_at = Some(ts("2026-11-10T15:40:00Z"));
-        let c = condition(&[later]);
-        assert_eq!((c.ready, c.reason.as_str()), (false, "Warming"));
+        let c = condition(std::slice::from_ref(&later));
+        assert_eq!((c.ready, c.reason.as_str()), (false, "NotYet"));
         assert!(c.message.contains("a starts at 2026-11-10T15:40:00Z"), "{}", c.message);
+        let c = condition(&[later, entry("b", false, SUCCEEDED)]);
+        assert_eq!((c.ready, c.reason.as_str()), (false, "Warming"));
 
         let c = condition(&[entry("a", true, SUCCEEDED), entry("b", false, FAILED)]);
         assert_eq!((c.ready, c.reason.as_str(), c.blocking), (true, "OptionalWarmupFailed", false));
