@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::{
     TestFn,
     support::{Env, Operator, at, block_on_value, client, events, eventually, namespace, namespace_named},
+    timeline::{reconciles, requests},
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -259,7 +260,7 @@ fn jobs_run_at_their_lead_time_once_across_a_restart_and_are_gone_after_the_rest
 
 fn a_failed_required_warmup_blocks_ready_until_fixed_and_an_optional_one_only_warns(env: &Env) -> anyhow::Result<()> {
     block_on_value(async {
-        let (client, ns, _operator) = setup(env, "warm-fail").await?;
+        let (client, ns, operator) = setup(env, "warm-fail").await?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let entries =
             json!([warm("must", "3s", true, json!({FAIL: "true"})), warm("nice", "3s", false, json!({FAIL: "true"})),]);
@@ -351,6 +352,28 @@ fn a_failed_required_warmup_blocks_ready_until_fixed_and_an_optional_one_only_wa
         })
         .await
         .with_context(|| format!("the failed Job {old_job} was not removed: {names:?}"))?;
+
+        // Settled: a reconcile with every warm-up finished writes nothing (no outcome is
+        // announced again, no status change).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, before) = operator.get("/metrics")?;
+        for i in 0..3 {
+            let poke = json!({"metadata": {"annotations": {"e2e/poke": i.to_string()}}});
+            sales.patch("flash", &PatchParams::default(), &Patch::Merge(poke)).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let after = loop {
+            let (_, now) = operator.get("/metrics")?;
+            if reconciles(&now) >= reconciles(&before) + 3 {
+                break now;
+            }
+            ensure!(std::time::Instant::now() < deadline, "the pokes did not trigger reconciles");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let writes = ["create", "update", "patch", "delete"];
+        let sent = requests(&after, &writes) - requests(&before, &writes);
+        ensure!(sent == 0, "{sent} write requests while the warm-ups had all finished");
 
         // Deleting the sale removes its Jobs and their pods before the finalizer lets go.
         sales.delete("flash", &Default::default()).await?;
