@@ -4,6 +4,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
+    batch::v1::Job,
     core::v1::Secret,
 };
 use kube::core::PartialObjectMeta;
@@ -114,6 +115,12 @@ pub async fn run(
     let statefulsets = Api::<PartialObjectMeta<StatefulSet>>::all(ctx.client.clone());
     // Drain agent DaemonSets name their holders: agents becoming ready reconcile those sales.
     let agents = Api::<PartialObjectMeta<DaemonSet>>::all(ctx.client.clone());
+    // Warm-up Jobs carry the same annotation: a Job finishing reconciles its sale at once. They
+    // live in their sale's namespace, so a namespaced operator watches only that one.
+    let jobs = match &namespace {
+        Some(ns) => Api::<PartialObjectMeta<Job>>::namespaced(ctx.client.clone(), ns),
+        None => Api::<PartialObjectMeta<Job>>::all(ctx.client.clone()),
+    };
     let every = || watcher::Config::default().any_semantic();
     let controller = Controller::new(sales, every());
     let store = controller.store();
@@ -129,6 +136,7 @@ pub async fn run(
                 .filter_map(|h| h.split_once('/').map(|(ns, name)| ObjectRef::new(name).within(ns)))
                 .collect::<Vec<_>>()
         })
+        .watches(jobs, every(), |j| holding_sale(j.annotations()))
         .watches(secrets, every(), move |secret| sales_using_secret(&referencing, &secret))
         .graceful_shutdown_on(shutdown);
     tokio::spawn(async move {
@@ -349,15 +357,19 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                 Ok(client) => {
                     let _timer = ctx.metrics.time("prescale");
                     let name = sale.name_any();
+                    let uid = sale.uid().unwrap_or_default();
+                    let shown = sale.status.as_ref().and_then(|s| s.clusters.iter().find(|c| c.name == target.name));
                     let pass = levers::Sale {
                         name: &name,
                         namespace: &ns,
                         holder: &holder,
+                        uid: &uid,
                         schedule,
                         cron_zone: &target.cron_hpa_time_zone,
                         phase,
                         now: Timestamp::now(),
                         agent_image: &ctx.agent_image,
+                        warmups: shown.map(|c| c.warmups.as_slice()).unwrap_or_default(),
                     };
                     levers::run(&client, &pass, &sale.spec, intent).await.map_err(|err| {
                         ctx.metrics

@@ -9,7 +9,7 @@ use std::{fmt::Write as _, io::Read, path::Path};
 use crate::{
     api::{FlagPhase, FlashSale, Phase, ScaleMode},
     clusters::{self, Clusters},
-    levers::prescale,
+    levers::{prescale, warmup},
     timeline::{self, Schedule},
 };
 
@@ -152,11 +152,26 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
             )?;
         }
         levers(&mut out, sale, &schedule)?;
+        for warm in &sale.spec.cache_warm {
+            let due = warmup::due_at(&schedule, warm);
+            let during = timeline::position(&schedule, false, false, due).phase;
+            let kind = if warm.required { "required: the sale is not Ready until it succeeds" } else { "optional" };
+            writeln!(out, "  cache warm-up {} ({kind})", warm.name)?;
+            writeln!(
+                out,
+                "    {during}:{:<w$}Job {ns}/{name}-warm-{}-<hash> created at {due} ({} before the start)",
+                "",
+                warm.name,
+                warmup::lead(warm),
+                w = 11usize.saturating_sub(during.as_str().len()),
+            )?;
+            writeln!(out, "    Restoring:  the Job and its pods deleted")?;
+        }
     }
     Ok(out)
 }
 
-/// The cluster-wide levers of one cluster: drain agents, degradation flags, warm-up Jobs.
+/// The cluster-wide levers of one cluster: drain agents and degradation flags.
 fn levers(out: &mut String, sale: &FlashSale, schedule: &Schedule) -> std::fmt::Result {
     let utc = |t: Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     if let Some(drain) = sale.spec.spot_drain.as_ref().filter(|d| d.enabled) {
@@ -198,11 +213,6 @@ fn levers(out: &mut String, sale: &FlashSale, schedule: &Schedule) -> std::fmt::
             }
         }
         writeln!(out, "    Restoring:  flags back to what was there before the sale")?;
-    }
-    for warm in &sale.spec.cache_warm {
-        let at = schedule.start - timeline::signed("cacheWarm[].startBefore", &warm.start_before).unwrap_or_default();
-        let required = if warm.required { "required: Ready waits for it" } else { "optional" };
-        writeln!(out, "  cache warm-up {}: Job created at {} ({required}); removed at restore", warm.name, utc(at))?;
     }
     Ok(())
 }
@@ -282,6 +292,32 @@ spec:
             "{text}"
         );
         assert!(text.contains("reviews: off once `up` stays above 0.5 for 30s, on again after 120s below"), "{text}");
-        assert!(text.contains("cache warm-up products: Job created at 2026-11-10T15:40:00Z (required"), "{text}");
+    }
+
+    #[test]
+    fn plan_shows_when_each_warm_up_runs() {
+        let sale: FlashSale = serde_yaml::from_str(
+            r#"
+apiVersion: flashsale.dev/v1alpha1
+kind: FlashSale
+metadata: {name: double-11, namespace: shop}
+spec:
+  window: {start: "2026-11-11T00:00:00+08:00", end: "2026-11-11T02:00:00+08:00"}
+  workloads:
+  - ref: {kind: Deployment, name: web}
+    scale: {peak: 100}
+  cacheWarm:
+  - name: product-cache
+    startBefore: 1h
+    template: {spec: {template: {spec: {containers: [{name: warm, image: warm}]}}}}
+"#,
+        )
+        .unwrap();
+        let text = render(&sale, "2026-11-10T12:00:00Z".parse().unwrap(), &vec![]).unwrap();
+        assert!(
+            text.contains("  cache warm-up product-cache (required: the sale is not Ready until it succeeds)\n    Scheduled:  Job shop/double-11-warm-product-cache-<hash> created at 2026-11-10T15:00:00Z (1h before the start)"),
+            "{text}"
+        );
+        assert!(!text.contains("cacheWarm"), "{text}");
     }
 }

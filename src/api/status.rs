@@ -154,7 +154,7 @@ pub struct WarmupStatus {
     /// The Job's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
-    /// Pending, Running, Succeeded or Failed.
+    /// Pending, Running, Succeeded or Failed; Skipped when the window ended before it was due.
     pub state: String,
     /// The Job's failure reason, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,7 +26,7 @@ use kube::{
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-use super::{Action, Intent, LeverCondition, Report, Sale};
+use super::{Action, Intent, LeverCondition, Report, Sale, cronhpa::fnv1a};
 use crate::{
     api::{DrainAgentsStatus, FlashSaleSpec, MetadataTokenMode, SpotDrain},
     controller::FIELD_MANAGER,
@@ -272,7 +272,7 @@ fn action(ds: &DaemonSet, verb: &'static str, note: String) -> Action {
 
 /// The annotation key marking `holder` (`namespace/name`) as a holder of a DaemonSet.
 pub fn holder_key(holder: &str) -> String {
-    format!("{HOLDER_PREFIX}{:016x}", fnv1a(holder.as_bytes()))
+    format!("{HOLDER_PREFIX}{:016x}", fnv1a(holder))
 }
 
 /// The sales holding an agent DaemonSet, from its annotations.
@@ -290,16 +290,11 @@ pub fn daemonset_name(drain: &SpotDrain, image: &str) -> String {
         "tolerations": drain.tolerations,
         "image": image,
     });
-    format!("{AGENT}-{:010x}", fnv1a(config.to_string().as_bytes()) & 0xff_ffff_ffff)
+    format!("{AGENT}-{:010x}", fnv1a(&config.to_string()) & 0xff_ffff_ffff)
 }
 
 fn binding_name(namespace: &str) -> String {
     format!("{AGENT}-{namespace}")
-}
-
-/// FNV-1a, 64 bit: stable across builds and platforms (std's hasher is not).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn labels_selector(labels: &BTreeMap<String, String>) -> String {

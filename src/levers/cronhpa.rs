@@ -203,7 +203,7 @@ fn shorten(s: &str, max: usize) -> String {
 }
 
 /// 64-bit FNV-1a: a hash that stays the same across Rust versions and platforms.
-fn fnv1a(s: &str) -> u64 {
+pub(crate) fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 

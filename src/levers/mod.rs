@@ -10,6 +10,7 @@ pub mod cronhpa;
 pub mod preflight;
 pub mod prescale;
 pub mod probes;
+pub mod warmup;
 pub mod workload;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -122,6 +123,9 @@ pub struct Sale<'a> {
     pub namespace: &'a str,
     /// `namespace/name`, as recorded on the objects the sale changes.
     pub holder: &'a str,
+    /// The sale's UID: objects it creates are named after it, so a sale re-created under the
+    /// same name never adopts what an earlier one left.
+    pub uid: &'a str,
     /// The sale's boundaries; `None` when the spec cannot be resolved (only restoring then).
     pub schedule: Option<crate::timeline::Schedule>,
     /// The IANA zone the cluster's CronHPA controller runs in.
@@ -132,6 +136,8 @@ pub struct Sale<'a> {
     pub now: jiff::Timestamp,
     /// The image drain agents run (the operator's own).
     pub agent_image: &'a str,
+    /// This cluster's warm-ups as the last status showed them, so an outcome is announced once.
+    pub warmups: &'a [WarmupStatus],
 }
 
 /// Runs every lever of a sale in one cluster. An API refusal in one lever is that lever's
@@ -146,7 +152,8 @@ pub async fn run(
     report.prescaled = report.ready;
     let agents = agents::run(client, sale, spec, intent, sale.agent_image, &mut report).await;
     contain(&mut report, "drain agents", agents)?;
-    let _ = (client, sale, spec, intent);
+    let warmed = warmup::run(client, sale, spec, intent, &mut report).await;
+    contain(&mut report, "cache warm-up", warmed)?;
     Ok(report)
 }
 

@@ -11,6 +11,7 @@ mod harness;
 mod levers;
 mod support;
 mod timeline;
+mod warmup;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ fn main() {
         .chain(gitops::TESTS)
         .chain(levers::TESTS)
         .chain(drain_agents::TESTS)
+        .chain(warmup::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

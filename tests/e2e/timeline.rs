@@ -604,7 +604,7 @@ fn leader_failover_hands_over_without_acting_twice(env: &Env) -> anyhow::Result<
 }
 
 /// Sums the operator's request counters for the given verbs.
-fn requests(metrics: &str, verbs: &[&str]) -> u64 {
+pub(crate) fn requests(metrics: &str, verbs: &[&str]) -> u64 {
     metrics
         .lines()
         .filter(|l| l.starts_with("flashsale_api_requests_total{"))
@@ -613,7 +613,7 @@ fn requests(metrics: &str, verbs: &[&str]) -> u64 {
         .sum()
 }
 
-fn reconciles(metrics: &str) -> u64 {
+pub(crate) fn reconciles(metrics: &str) -> u64 {
     metrics
         .lines()
         .find(|l| l.starts_with("flashsale_reconcile_duration_seconds_count{lever=\"timeline\"}"))

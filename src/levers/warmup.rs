@@ -1,0 +1,830 @@
+//! Cache warm-up: one `batch/v1` Job per `cacheWarm[]` entry in every cluster, created
+//! `startBefore` the window start, tracked to completion, and deleted (with its pods) at the
+//! restore.
+//!
+//! The lever keeps no memory of its own: the Jobs' deterministic names and labels say what
+//! exists, the Jobs' status says how far each warm-up got, and the sale's last status says
+//! which outcomes were already announced. A restarted operator therefore neither creates a Job
+//! twice nor announces an outcome twice.
+//!
+//! A finished Job is never re-created while the sale holds: a failed required warm-up stays
+//! failed until a person acts, either by deleting the Job (the operator then creates it again,
+//! as long as the window has not ended) or by fixing the template in the spec (the Job's name
+//! follows the template, so a new Job runs and the old one is removed).
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{
+    api::{
+        batch::v1::{Job, JobSpec},
+        core::v1::ObjectReference,
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
+};
+use std::collections::BTreeMap;
+
+use super::{Action, Intent, LeverCondition, Report, SALE_ANNOTATION, Sale};
+use crate::{
+    api::{CacheWarm, FlashSaleSpec, WarmupStatus},
+    controller::FIELD_MANAGER,
+    status::CACHE_WARMED,
+    timeline,
+};
+
+/// Label with the name of the sale a warm-up Job belongs to (label values cannot hold the
+/// `namespace/name` of [`SALE_ANNOTATION`], so the namespace has its own label).
+pub const SALE_NAME_LABEL: &str = "flashsale.dev/sale-name";
+/// Label with the namespace of the sale a warm-up Job belongs to.
+pub const SALE_NAMESPACE_LABEL: &str = "flashsale.dev/sale-namespace";
+/// Label with the `cacheWarm[].name` a Job runs.
+pub const WARMUP_LABEL: &str = "flashsale.dev/warmup";
+
+/// The shortest `activeDeadlineSeconds` the operator gives a Job whose template sets none.
+pub const MIN_DEADLINE_SECS: i64 = 60;
+
+/// A Job created more than this after its due time is reported as started late (the operator
+/// was down, or the sale was created after the lead time had begun).
+const LATE_AFTER: SignedDuration = SignedDuration::from_secs(10);
+
+/// How soon to look again while a Job runs. The operator's own cluster has a watch on Jobs;
+/// remote clusters do not, and a Scheduled sale is otherwise only looked at every few minutes.
+const RUNNING_RECHECK: SignedDuration = SignedDuration::from_secs(5);
+
+/// How a person runs a failed warm-up again (the operator never re-runs a finished Job itself).
+const RETRY: &str = "fix the template in the spec, or delete the Job to run it again";
+
+/// Kubernetes' limit for a Job's name (it becomes a label value on the Job's pods).
+const MAX_JOB_NAME: usize = 63;
+
+/// The `WarmupStatus.state` values.
+pub const PENDING: &str = "Pending";
+pub const RUNNING: &str = "Running";
+pub const SUCCEEDED: &str = "Succeeded";
+pub const FAILED: &str = "Failed";
+/// The window ended before the Job was due to be created: it is not run at all.
+pub const SKIPPED: &str = "Skipped";
+
+/// The Job name for a warm-up: `<sale>-warm-<entry>-<hash>`, the prefix cut so the whole fits
+/// in 63 characters (the sale name is at most 40 and the entry at most 20 by the CRD's rules).
+///
+/// The hash covers the sale's UID, the window start and the Job template, so a sale re-created
+/// under the same name, a moved window or a fixed template gets a fresh Job instead of
+/// adopting a finished one; the same sale and spec always give the same name, so a restart
+/// never creates a duplicate.
+pub fn job_name(sale: &str, uid: &str, start: Timestamp, warm: &CacheWarm) -> String {
+    let template = serde_json::to_string(&warm.template).unwrap_or_default();
+    let hash = super::cronhpa::fnv1a(&format!("{uid}\n{start}\n{}\n{template}", warm.name));
+    let suffix = format!("-{:08x}", hash as u32);
+    let base = format!("{sale}-warm-{}", warm.name);
+    let keep = MAX_JOB_NAME.saturating_sub(suffix.len()).min(base.len());
+    let prefix = base[..keep].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{prefix}{suffix}")
+}
+
+/// When a warm-up's Job is due: `startBefore` the window start (never after the start).
+pub fn due_at(schedule: &timeline::Schedule, warm: &CacheWarm) -> Timestamp {
+    // The CRD bounds startBefore to 0..24h; an unusable value counts as zero (due at the start).
+    let lead = timeline::signed("cacheWarm[].startBefore", &warm.start_before).unwrap_or(SignedDuration::ZERO);
+    schedule.before_start(lead)
+}
+
+/// A warm-up's lead time for people, e.g. `1h 30m` (the spec's duration shows as seconds).
+pub fn lead(warm: &CacheWarm) -> String {
+    timeline::signed("cacheWarm[].startBefore", &warm.start_before)
+        .map(|d| format!("{d:#}"))
+        .unwrap_or_else(|_| warm.start_before.to_string())
+}
+
+/// `activeDeadlineSeconds` for a Job created at `now`: the template's own value, else the time
+/// left until the window start, and at least [`MIN_DEADLINE_SECS`]. A hung warm-up then fails
+/// (with reason `DeadlineExceeded`) before the sale starts, where on-call sees it in `Ready`,
+/// instead of running into the sale unnoticed.
+pub fn active_deadline(template: Option<i64>, now: Timestamp, start: Timestamp) -> i64 {
+    template.unwrap_or_else(|| start.duration_since(now).as_secs().max(MIN_DEADLINE_SECS))
+}
+
+/// What to do about a warm-up whose Job does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Not yet: look again at this instant.
+    At(Timestamp),
+    /// Create it now; `late` when it was due more than a few seconds ago.
+    Now { late: bool },
+    /// The window has ended: a warm-up would be pointless.
+    Missed,
+}
+
+/// Whether a missing Job should be created at `now`, given when it is due and the window end.
+pub fn due(now: Timestamp, due_at: Timestamp, end: Timestamp) -> Due {
+    if now < due_at {
+        Due::At(due_at)
+    } else if now >= end {
+        Due::Missed
+    } else {
+        Due::Now { late: now.duration_since(due_at) > LATE_AFTER }
+    }
+}
+
+/// What a Job's status says about its warm-up.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// One of [`PENDING`], [`RUNNING`], [`SUCCEEDED`], [`FAILED`].
+    pub state: &'static str,
+    /// The Job's failure reason (`BackoffLimitExceeded`, `DeadlineExceeded`, ...).
+    pub reason: Option<String>,
+    /// The Job's failure message.
+    pub message: Option<String>,
+    pub start_time: Option<Time>,
+    pub completion_time: Option<Time>,
+}
+
+/// Reads a Job's state: its `Complete`/`SuccessCriteriaMet` condition means Succeeded, its
+/// `Failed` (or `FailureTarget`, set as soon as the failure is decided) condition means Failed
+/// with that condition's reason; otherwise Running while it has active pods, else Pending.
+pub fn observe(job: &Job) -> Observed {
+    let status = job.status.clone().unwrap_or_default();
+    let conditions = status.conditions.unwrap_or_default();
+    let holds = |type_: &str| conditions.iter().find(|c| c.type_ == type_ && c.status == "True");
+    let mut observed = Observed { start_time: status.start_time, ..Observed::default() };
+    if let Some(failed) = holds("Failed").or_else(|| holds("FailureTarget")) {
+        observed.state = FAILED;
+        observed.reason = Some(failed.reason.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| "Failed".into()));
+        observed.message = failed.message.clone().filter(|m| !m.is_empty());
+        observed.completion_time = failed.last_transition_time.clone();
+    } else if let Some(done) = holds("Complete").or_else(|| holds("SuccessCriteriaMet")) {
+        observed.state = SUCCEEDED;
+        observed.completion_time = status.completion_time.or_else(|| done.last_transition_time.clone());
+    } else if status.active.unwrap_or(0) > 0 {
+        observed.state = RUNNING;
+    } else {
+        observed.state = PENDING;
+    }
+    observed
+}
+
+/// The labels that mark a Job (and its pods) as a sale's warm-up.
+fn labels(sale: &Sale<'_>, warm: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (SALE_NAME_LABEL.to_owned(), sale.name.to_owned()),
+        (SALE_NAMESPACE_LABEL.to_owned(), sale.namespace.to_owned()),
+        (WARMUP_LABEL.to_owned(), warm.to_owned()),
+    ])
+}
+
+/// The Job for a warm-up, from its template, in the sale's namespace.
+///
+/// Beyond the template: the sale's labels (on the Job and its pods) and annotation, an
+/// `activeDeadlineSeconds` when the template sets none (see [`active_deadline`]),
+/// `restartPolicy: Never` when the pod template sets none (the Pod default, Always, is not
+/// allowed in a Job), and no `ttlSecondsAfterFinished`: a finished Job is what says the
+/// warm-up is done, so it stays until the restore removes it (were it deleted earlier, the
+/// operator would run it again).
+pub fn build_job(sale: &Sale<'_>, warm: &CacheWarm, name: &str, deadline: i64) -> Job {
+    let ours = labels(sale, &warm.name);
+    let template_meta = warm.template.metadata.clone().unwrap_or_default();
+    let mut job_labels = template_meta.labels.unwrap_or_default();
+    job_labels.extend(ours.clone());
+    let mut annotations = template_meta.annotations.unwrap_or_default();
+    annotations.insert(SALE_ANNOTATION.to_owned(), sale.holder.to_owned());
+    let mut spec: JobSpec = warm.template.spec.clone().unwrap_or_default();
+    spec.active_deadline_seconds = Some(deadline);
+    spec.ttl_seconds_after_finished = None;
+    let pod_meta = spec.template.metadata.get_or_insert_with(ObjectMeta::default);
+    pod_meta.labels.get_or_insert_with(BTreeMap::new).extend(ours);
+    if let Some(pod) = spec.template.spec.as_mut()
+        && pod.restart_policy.is_none()
+    {
+        pod.restart_policy = Some("Never".to_owned());
+    }
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(sale.namespace.to_owned()),
+            labels: Some(job_labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// One warm-up's state in this pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub name: String,
+    pub required: bool,
+    pub status: WarmupStatus,
+    /// The Job's failure message, or why it could not be created.
+    pub message: Option<String>,
+    /// When the Job is due, while it does not exist yet.
+    pub due_at: Option<Timestamp>,
+    /// The Job was created late (see [`LATE_AFTER`]).
+    pub late: bool,
+}
+
+impl Entry {
+    fn state(&self) -> &str {
+        &self.status.state
+    }
+
+    fn finished(&self) -> bool {
+        matches!(self.state(), SUCCEEDED | FAILED | SKIPPED)
+    }
+
+    /// `warm-up <name> (Job <job>) failed: <reason>[: <message>]`, for conditions and events.
+    fn failure(&self) -> String {
+        let job = self.status.job.as_deref().map(|j| format!(" (Job {j})")).unwrap_or_default();
+        let reason = self.status.reason.as_deref().unwrap_or("Failed");
+        match &self.message {
+            Some(message) => format!("warm-up {}{job} failed: {reason}: {message}", self.name),
+            None => format!("warm-up {}{job} failed: {reason}", self.name),
+        }
+    }
+}
+
+/// The `CacheWarmed` state of one cluster while the sale wants its warm-ups (Preflight, Hold).
+///
+/// True once every warm-up has finished and every required one succeeded; a failed optional
+/// warm-up is named in the message but does not make the condition (or `Ready`) False, as
+/// `required: false` asks. A failed required warm-up is a blocking `WarmupFailed` (it gives
+/// `Ready` its reason); anything still to run or running is `Warming`, which is progress.
+pub fn condition(entries: &[Entry]) -> LeverCondition {
+    let failed_required: Vec<&Entry> = entries.iter().filter(|e| e.required && e.state() == FAILED).collect();
+    let failed_optional: Vec<String> =
+        entries.iter().filter(|e| !e.required && e.state() == FAILED).map(Entry::failure).collect();
+    let lever = |ready: bool, reason: &str, message: String, blocking: bool| LeverCondition {
+        type_: CACHE_WARMED,
+        ready,
+        reason: reason.to_owned(),
+        message,
+        blocking,
+    };
+    if !failed_required.is_empty() {
+        let failures: Vec<String> = failed_required.iter().map(|e| e.failure()).collect();
+        return lever(
+            false,
+            "WarmupFailed",
+            format!("{}; the sale is not Ready until it succeeds: {RETRY}", failures.join("; ")),
+            true,
+        );
+    }
+    let unfinished: Vec<String> = entries
+        .iter()
+        .filter(|e| !e.finished())
+        .map(|e| match (e.due_at, e.state()) {
+            (Some(at), _) => format!("{} starts at {at}", e.name),
+            (None, state) if e.late => format!("{} is {} (started late)", e.name, state.to_ascii_lowercase()),
+            (None, state) => format!("{} is {}", e.name, state.to_ascii_lowercase()),
+        })
+        .collect();
+    if !unfinished.is_empty() {
+        // Nothing started yet is not warming yet: say when it starts.
+        let started = entries.iter().any(|e| e.due_at.is_none());
+        let reason = if started { "Warming" } else { "NotYet" };
+        return lever(false, reason, format!("Cache warm-up: {}", unfinished.join(", ")), false);
+    }
+    let skipped: Vec<&str> = entries.iter().filter(|e| e.state() == SKIPPED).map(|e| e.name.as_str()).collect();
+    let skipped = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!("; not run because the window had ended before it was due: {}", skipped.join(", "))
+    };
+    if !failed_optional.is_empty() {
+        return lever(
+            true,
+            "OptionalWarmupFailed",
+            format!("Every required warm-up succeeded; optional {}{skipped}", failed_optional.join("; ")),
+            false,
+        );
+    }
+    lever(true, "Warmed", format!("Every cache warm-up Job succeeded{skipped}"), false)
+}
+
+/// Runs the warm-up lever for a sale in one cluster. A sale without `cacheWarm` is untouched.
+pub async fn run(
+    client: &Client,
+    sale: &Sale<'_>,
+    spec: &FlashSaleSpec,
+    intent: Intent,
+    report: &mut Report,
+) -> Result<(), kube::Error> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), sale.namespace);
+    let selector = format!("{SALE_NAME_LABEL}={},{SALE_NAMESPACE_LABEL}={}", sale.name, sale.namespace);
+    if spec.cache_warm.is_empty() {
+        // Jobs left by entries since removed from the spec still go at the restore.
+        if intent == Intent::Restore {
+            let live = jobs.list(&ListParams::default().labels(&selector)).await?.items;
+            report.restored &= clean_up(&jobs, &live, &[], report).await?;
+        }
+        return Ok(());
+    }
+    let live = jobs.list(&ListParams::default().labels(&selector)).await?.items;
+
+    if intent == Intent::Restore {
+        let gone = clean_up(&jobs, &live, &[], report).await?;
+        report.restored &= gone;
+        report.warmups = live
+            .iter()
+            .map(|job| {
+                let observed = observe(job);
+                WarmupStatus {
+                    name: job.labels().get(WARMUP_LABEL).cloned().unwrap_or_default(),
+                    job: Some(job.name_any()),
+                    state: observed.state.to_owned(),
+                    reason: observed.reason,
+                    start_time: observed.start_time,
+                    completion_time: observed.completion_time,
+                }
+            })
+            .collect();
+        let (reason, message) = if gone {
+            ("Restored", "The warm-up Jobs and their pods are removed".to_owned())
+        } else {
+            ("CleaningUp", format!("Removing {} warm-up Job(s) and their pods", live.len()))
+        };
+        report.conditions.push(LeverCondition {
+            type_: CACHE_WARMED,
+            ready: false,
+            reason: reason.to_owned(),
+            message,
+            blocking: false,
+        });
+        return Ok(());
+    }
+
+    let Some(schedule) = sale.schedule else {
+        return Ok(());
+    };
+    let wanted: Vec<(String, &CacheWarm)> =
+        spec.cache_warm.iter().map(|w| (job_name(sale.name, sale.uid, schedule.start, w), w)).collect();
+    let wanted_names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
+    // Jobs of this sale under another name: an entry removed, a template fixed, the window moved.
+    clean_up(&jobs, &live, &wanted_names, report).await?;
+
+    let mut entries = vec![];
+    for (name, warm) in &wanted {
+        let existing = live.iter().find(|j| j.name_any() == *name);
+        let entry = match existing {
+            Some(job) => tracked(warm, name, job, schedule),
+            None => start(&jobs, sale, warm, name, schedule, report).await?,
+        };
+        announce(sale, &entry, name, report);
+        if entry.state() == FAILED {
+            let failure = entry.failure();
+            if entry.required {
+                report.problems.push(format!("{failure} ({RETRY})"));
+            } else {
+                report.warnings.push(format!("{failure} (optional: the sale can be Ready without it)"));
+            }
+        }
+        if let Some(at) = entry.due_at {
+            report.recheck_at(at);
+        } else if !entry.finished() {
+            report.recheck_at(sale.now + RUNNING_RECHECK);
+        }
+        entries.push(entry);
+    }
+    let required_done = entries.iter().filter(|e| e.required).all(|e| matches!(e.state(), SUCCEEDED | SKIPPED));
+    let required_failed = entries.iter().any(|e| e.required && e.state() == FAILED);
+    report.ready &= match intent {
+        // Before Preparing only a failure counts against readiness.
+        Intent::Preflight => !required_failed,
+        _ => required_done,
+    };
+    // Restored when no Job of the sale existed at the start of this pass and none was created.
+    report.restored &= live.is_empty() && entries.iter().all(|e| e.status.job.is_none());
+    report.conditions.push(condition(&entries));
+    report.warmups = entries.into_iter().map(|e| e.status).collect();
+    Ok(())
+}
+
+/// A warm-up whose Job exists.
+fn tracked(warm: &CacheWarm, name: &str, job: &Job, schedule: timeline::Schedule) -> Entry {
+    let observed = observe(job);
+    let due = due_at(&schedule, warm);
+    let late = job.creation_timestamp().is_some_and(|t| t.0.duration_since(due) > LATE_AFTER);
+    Entry {
+        name: warm.name.clone(),
+        required: warm.required,
+        status: WarmupStatus {
+            name: warm.name.clone(),
+            job: Some(name.to_owned()),
+            state: observed.state.to_owned(),
+            reason: observed.reason,
+            start_time: observed.start_time,
+            completion_time: observed.completion_time,
+        },
+        message: observed.message,
+        due_at: None,
+        late,
+    }
+}
+
+/// A warm-up whose Job does not exist: created when due.
+async fn start(
+    jobs: &Api<Job>,
+    sale: &Sale<'_>,
+    warm: &CacheWarm,
+    name: &str,
+    schedule: timeline::Schedule,
+    report: &mut Report,
+) -> Result<Entry, kube::Error> {
+    let due_at = due_at(&schedule, warm);
+    let mut entry = Entry {
+        name: warm.name.clone(),
+        required: warm.required,
+        status: WarmupStatus { name: warm.name.clone(), state: PENDING.to_owned(), ..WarmupStatus::default() },
+        message: None,
+        due_at: None,
+        late: false,
+    };
+    let late = match due(sale.now, due_at, schedule.end) {
+        Due::At(at) => {
+            entry.due_at = Some(at);
+            return Ok(entry);
+        }
+        Due::Missed => {
+            entry.status.state = SKIPPED.to_owned();
+            entry.status.reason = Some("WindowEnded".to_owned());
+            return Ok(entry);
+        }
+        Due::Now { late } => late,
+    };
+    let deadline =
+        active_deadline(warm.template.spec.as_ref().and_then(|s| s.active_deadline_seconds), sale.now, schedule.start);
+    let job = build_job(sale, warm, name, deadline);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
+    entry.status.job = Some(name.to_owned());
+    entry.late = late;
+    match jobs.create(&params, &job).await {
+        Ok(_) => {
+            let when = if late {
+                format!("late: it was due at {due_at} ({} before the window start)", lead(warm))
+            } else {
+                format!("{} before the window start", lead(warm))
+            };
+            report.actions.push(action(
+                sale,
+                name,
+                "WarmupStarted",
+                false,
+                "Create",
+                format!("started warm-up {} as Job {}/{name}, {when}", warm.name, sale.namespace),
+            ));
+        }
+        // Created by an earlier pass whose answer was lost: it is tracked from the next pass.
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        // Refused (an invalid template, a missing namespace, RBAC): said plainly and tried
+        // again at the next pass; it counts as a failed warm-up until then.
+        Err(kube::Error::Api(status)) => {
+            entry.status.job = None;
+            entry.status.state = FAILED.to_owned();
+            entry.status.reason = Some("CreateRefused".to_owned());
+            entry.message = Some(format!("the API server refused to create Job {name}: {}", status.message));
+        }
+        Err(other) => return Err(other),
+    }
+    Ok(entry)
+}
+
+/// Announces a warm-up's outcome once: when the last status of this cluster did not show it
+/// (a restarted operator may repeat an announcement whose status write it did not get to).
+fn announce(sale: &Sale<'_>, entry: &Entry, name: &str, report: &mut Report) {
+    let before = sale.warmups.iter().find(|w| w.name == entry.name && w.job == entry.status.job);
+    if before.is_some_and(|b| b.state == entry.status.state && b.reason == entry.status.reason) {
+        return;
+    }
+    match entry.state() {
+        SUCCEEDED => report.actions.push(action(
+            sale,
+            name,
+            "WarmupSucceeded",
+            false,
+            "Complete",
+            format!("warm-up {} (Job {}/{name}) succeeded", entry.name, sale.namespace),
+        )),
+        FAILED => {
+            let consequence = if entry.required {
+                format!("it is required: the sale is not Ready until it succeeds ({RETRY})")
+            } else {
+                "it is optional: the sale can be Ready without it".to_owned()
+            };
+            report.actions.push(action(
+                sale,
+                name,
+                "WarmupFailed",
+                true,
+                "Fail",
+                format!("{}; {consequence}", entry.failure()),
+            ));
+        }
+        _ => {}
+    }
+}
+
+/// Deletes this sale's Jobs not named in `keep`, with their pods (foreground propagation: the
+/// Job stays, marked for deletion, until its pods are gone, so "no Job left" means no pod
+/// left either). Returns whether none of those Jobs remain.
+async fn clean_up(jobs: &Api<Job>, live: &[Job], keep: &[&str], report: &mut Report) -> Result<bool, kube::Error> {
+    let mut gone = true;
+    for job in live.iter().filter(|j| !keep.contains(&j.name_any().as_str())) {
+        gone = false;
+        if job.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = job.name_any();
+        let params =
+            DeleteParams { propagation_policy: Some(PropagationPolicy::Foreground), ..DeleteParams::default() };
+        match jobs.delete(&name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => continue,
+            Err(err) => return Err(err),
+        }
+        let state = observe(job).state.to_ascii_lowercase();
+        let warm = job.labels().get(WARMUP_LABEL).cloned().unwrap_or_default();
+        let namespace = job.namespace().unwrap_or_default();
+        report.actions.push(Action {
+            reason: "WarmupCleanedUp",
+            warning: false,
+            verb: "Delete",
+            object: job_ref(&namespace, &name),
+            note: format!("deleted {state} warm-up Job {namespace}/{name} ({warm}) and its pods"),
+        });
+    }
+    Ok(gone)
+}
+
+fn job_ref(namespace: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("batch/v1".to_owned()),
+        kind: Some("Job".to_owned()),
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        ..ObjectReference::default()
+    }
+}
+
+fn action(sale: &Sale<'_>, job: &str, reason: &'static str, warning: bool, verb: &'static str, note: String) -> Action {
+    Action { reason, warning, verb, object: job_ref(sale.namespace, job), note }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+
+    fn warm(name: &str, start_before: &str, required: bool) -> CacheWarm {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "startBefore": start_before,
+            "required": required,
+            "template": {"spec": {"template": {"spec": {"containers": [{"name": "warm", "image": "warm:1"}]}}}},
+        }))
+        .unwrap()
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn schedule() -> timeline::Schedule {
+        timeline::Schedule {
+            prepare_at: ts("2026-11-10T15:30:00Z"),
+            start: ts("2026-11-10T16:00:00Z"),
+            end: ts("2026-11-10T18:00:00Z"),
+            restore_at: ts("2026-11-10T18:15:00Z"),
+        }
+    }
+
+    fn sale<'a>(warmups: &'a [WarmupStatus]) -> Sale<'a> {
+        Sale {
+            name: "double-11",
+            namespace: "shop",
+            holder: "shop/double-11",
+            uid: "0b7c",
+            schedule: Some(schedule()),
+            cron_zone: "Asia/Shanghai",
+            phase: crate::api::Phase::Preparing,
+            now: ts("2026-11-10T15:40:00Z"),
+            agent_image: "flashsale-operator:test",
+            warmups,
+        }
+    }
+
+    fn job(conditions: &[(&str, &str)], active: i32) -> Job {
+        Job {
+            status: Some(JobStatus {
+                active: Some(active),
+                start_time: Some(Time(ts("2026-11-10T15:40:01Z"))),
+                completion_time: conditions
+                    .iter()
+                    .any(|(t, _)| *t == "Complete")
+                    .then(|| Time(ts("2026-11-10T15:42:00Z"))),
+                conditions: Some(
+                    conditions
+                        .iter()
+                        .map(|(type_, reason)| JobCondition {
+                            type_: (*type_).to_owned(),
+                            status: "True".to_owned(),
+                            reason: Some((*reason).to_owned()),
+                            message: Some(format!("because {reason}")),
+                            last_transition_time: Some(Time(ts("2026-11-10T15:43:00Z"))),
+                            ..JobCondition::default()
+                        })
+                        .collect(),
+                ),
+                ..JobStatus::default()
+            }),
+            ..Job::default()
+        }
+    }
+
+    #[test]
+    fn names_are_deterministic_bounded_and_change_with_what_the_job_runs() {
+        let w = warm("product-cache", "20m", true);
+        let start = schedule().start;
+        let a = job_name("double-11", "uid-1", start, &w);
+        assert_eq!(a, job_name("double-11", "uid-1", start, &w));
+        assert!(a.starts_with("double-11-warm-product-cache-"), "{a}");
+        assert_eq!(a.len(), "double-11-warm-product-cache-".len() + 8);
+        // A re-created sale, a moved window, a changed template: another Job.
+        assert_ne!(a, job_name("double-11", "uid-2", start, &w));
+        assert_ne!(a, job_name("double-11", "uid-1", ts("2026-11-11T16:00:00Z"), &w));
+        let mut fixed = w.clone();
+        fixed.template.spec.as_mut().unwrap().backoff_limit = Some(2);
+        assert_ne!(a, job_name("double-11", "uid-1", start, &fixed));
+        // The longest names the CRD allows still fit, cut before the hash, ending alphanumeric.
+        let long_sale = "s".repeat(40);
+        let long = job_name(&long_sale, "uid-1", start, &warm(&"w".repeat(20), "20m", true));
+        assert_eq!(long.len(), 63, "{long}");
+        assert!(long.starts_with(&format!("{long_sale}-warm-www")), "{long}");
+        let other = job_name(&long_sale, "uid-1", start, &warm(&format!("{}x", "w".repeat(19)), "20m", true));
+        assert_ne!(long, other, "entries differing only past the cut still get distinct names");
+        let cut_at_dash = job_name(&"a".repeat(40), "u", start, &warm("b-c-d-e-f-g-h-i-j-k", "1m", true));
+        assert!(cut_at_dash.len() <= 63 && !cut_at_dash.contains("--"), "{cut_at_dash}");
+    }
+
+    #[test]
+    fn due_at_the_lead_time_even_before_preparing() {
+        let s = schedule();
+        assert_eq!(due_at(&s, &warm("a", "20m", true)), ts("2026-11-10T15:40:00Z"));
+        // Larger than prepareBefore (30m): due while the sale is still Scheduled.
+        assert_eq!(due_at(&s, &warm("a", "2h", true)), ts("2026-11-10T14:00:00Z"));
+        assert_eq!(due_at(&s, &warm("a", "0s", true)), s.start);
+        assert_eq!(lead(&warm("a", "1h30m", true)), "1h 30m");
+    }
+
+    #[test]
+    fn due_now_later_late_or_missed() {
+        let (at, end) = (ts("2026-11-10T15:40:00Z"), ts("2026-11-10T18:00:00Z"));
+        assert_eq!(due(ts("2026-11-10T15:39:59Z"), at, end), Due::At(at));
+        assert_eq!(due(at, at, end), Due::Now { late: false });
+        assert_eq!(due(ts("2026-11-10T15:40:10Z"), at, end), Due::Now { late: false });
+        assert_eq!(due(ts("2026-11-10T15:40:11Z"), at, end), Due::Now { late: true });
+        assert_eq!(due(ts("2026-11-10T17:59:59Z"), at, end), Due::Now { late: true });
+        assert_eq!(due(end, at, end), Due::Missed);
+    }
+
+    #[test]
+    fn the_deadline_ends_at_the_window_start_unless_the_template_says_otherwise() {
+        let start = ts("2026-11-10T16:00:00Z");
+        assert_eq!(active_deadline(None, ts("2026-11-10T15:40:00Z"), start), 1200);
+        assert_eq!(active_deadline(None, ts("2026-11-10T15:59:30Z"), start), MIN_DEADLINE_SECS);
+        // A late start, inside the window: still bounded.
+        assert_eq!(active_deadline(None, ts("2026-11-10T16:30:00Z"), start), MIN_DEADLINE_SECS);
+        assert_eq!(active_deadline(Some(7200), ts("2026-11-10T15:40:00Z"), start), 7200);
+    }
+
+    #[test]
+    fn job_states_from_conditions_and_active_pods() {
+        let pending = observe(&job(&[], 0));
+        assert_eq!((pending.state, pending.completion_time), (PENDING, None));
+        assert_eq!(observe(&Job::default()).state, PENDING);
+        assert_eq!(observe(&job(&[], 1)).state, RUNNING);
+        let done = observe(&job(&[("SuccessCriteriaMet", "CompletionsReached"), ("Complete", "")], 0));
+        assert_eq!(done.state, SUCCEEDED);
+        assert_eq!(done.start_time, Some(Time(ts("2026-11-10T15:40:01Z"))));
+        assert_eq!(done.completion_time, Some(Time(ts("2026-11-10T15:42:00Z"))));
+        assert_eq!(done.reason, None);
+        let criteria = observe(&job(&[("SuccessCriteriaMet", "CompletionsReached")], 1));
+        assert_eq!(criteria.state, SUCCEEDED);
+        let failed = observe(&job(&[("FailureTarget", "BackoffLimitExceeded"), ("Failed", "BackoffLimitExceeded")], 0));
+        assert_eq!(failed.state, FAILED);
+        assert_eq!(failed.reason.as_deref(), Some("BackoffLimitExceeded"));
+        assert_eq!(failed.message.as_deref(), Some("because BackoffLimitExceeded"));
+        assert_eq!(failed.completion_time, Some(Time(ts("2026-11-10T15:43:00Z"))));
+        let deciding = observe(&job(&[("FailureTarget", "DeadlineExceeded")], 1));
+        assert_eq!((deciding.state, deciding.reason.as_deref()), (FAILED, Some("DeadlineExceeded")));
+    }
+
+    #[test]
+    fn the_job_carries_the_sale_and_a_deadline_but_no_ttl() {
+        let mut w = warm("product-cache", "20m", true);
+        w.template.metadata = Some(ObjectMeta {
+            labels: Some(BTreeMap::from([("team".to_owned(), "cache".to_owned())])),
+            ..ObjectMeta::default()
+        });
+        w.template.spec.as_mut().unwrap().ttl_seconds_after_finished = Some(0);
+        let job = build_job(&sale(&[]), &w, "double-11-warm-product-cache-0000", 1200);
+        let labels = job.metadata.labels.clone().unwrap();
+        assert_eq!(labels.get("team").map(String::as_str), Some("cache"));
+        assert_eq!(labels.get(SALE_NAME_LABEL).map(String::as_str), Some("double-11"));
+        assert_eq!(labels.get(SALE_NAMESPACE_LABEL).map(String::as_str), Some("shop"));
+        assert_eq!(labels.get(WARMUP_LABEL).map(String::as_str), Some("product-cache"));
+        assert_eq!(job.annotations().get(SALE_ANNOTATION).map(String::as_str), Some("shop/double-11"));
+        assert_eq!(job.metadata.namespace.as_deref(), Some("shop"));
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.active_deadline_seconds, Some(1200));
+        assert_eq!(spec.ttl_seconds_after_finished, None);
+        let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+        assert_eq!(pod_labels.get(WARMUP_LABEL).map(String::as_str), Some("product-cache"));
+        assert_eq!(spec.template.spec.unwrap().restart_policy.as_deref(), Some("Never"));
+    }
+
+    fn entry(name: &str, required: bool, state: &str) -> Entry {
+        Entry {
+            name: name.to_owned(),
+            required,
+            status: WarmupStatus {
+                name: name.to_owned(),
+                job: Some(format!("j-{name}")),
+                state: state.to_owned(),
+                reason: (state == FAILED).then(|| "BackoffLimitExceeded".to_owned()),
+                ..WarmupStatus::default()
+            },
+            message: (state == FAILED).then(|| "Job has reached the specified backoff limit".to_owned()),
+            due_at: None,
+            late: false,
+        }
+    }
+
+    #[test]
+    fn cache_warmed_waits_for_every_job_and_blocks_only_on_required_failures() {
+        let c = condition(&[entry("a", true, SUCCEEDED), entry("b", false, SUCCEEDED)]);
+        assert_eq!((c.ready, c.reason.as_str(), c.blocking), (true, "Warmed", false));
+
+        let c = condition(&[entry("a", true, SUCCEEDED), entry("b", false, RUNNING)]);
+        assert_eq!((c.ready, c.reason.as_str(), c.blocking), (false, "Warming", false));
+        assert!(c.message.contains("b is running"), "{}", c.message);
+
+        let mut later = entry("a", true, PENDING);
+        later.status.job = None;
+        later.due_at = Some(ts("2026-11-10T15:40:00Z"));
+        let c = condition(std::slice::from_ref(&later));
+        assert_eq!((c.ready, c.reason.as_str()), (false, "NotYet"));
+        assert!(c.message.contains("a starts at 2026-11-10T15:40:00Z"), "{}", c.message);
+        let c = condition(&[later, entry("b", false, SUCCEEDED)]);
+        assert_eq!((c.ready, c.reason.as_str()), (false, "Warming"));
+
+        let c = condition(&[entry("a", true, SUCCEEDED), entry("b", false, FAILED)]);
+        assert_eq!((c.ready, c.reason.as_str(), c.blocking), (true, "OptionalWarmupFailed", false));
+        assert!(c.message.contains("b (Job j-b) failed: BackoffLimitExceeded"), "{}", c.message);
+
+        let c = condition(&[entry("a", true, FAILED), entry("b", false, RUNNING)]);
+        assert_eq!((c.ready, c.reason.as_str(), c.blocking), (false, "WarmupFailed", true));
+        assert!(
+            c.message.contains(
+                "warm-up a (Job j-a) failed: BackoffLimitExceeded: Job has reached the specified backoff limit"
+            ),
+            "{}",
+            c.message
+        );
+        assert!(c.message.contains("delete the Job to run it again"), "{}", c.message);
+
+        // A sale that reaches the clusters only after its window ended runs no warm-up.
+        let mut skipped = entry("a", true, SKIPPED);
+        skipped.status.job = None;
+        let c = condition(&[entry("b", true, SUCCEEDED), skipped]);
+        assert_eq!((c.ready, c.reason.as_str()), (true, "Warmed"));
+        assert!(c.message.contains("window had ended before it was due: a"), "{}", c.message);
+    }
+
+    #[test]
+    fn outcomes_are_announced_once() {
+        let failed = entry("a", true, FAILED);
+        let mut report = Report::default();
+        announce(&sale(&[]), &failed, "j-a", &mut report);
+        assert_eq!(report.actions.len(), 1);
+        let a = &report.actions[0];
+        assert_eq!((a.reason, a.warning), ("WarmupFailed", true));
+        assert!(a.note.contains("BackoffLimitExceeded") && a.note.contains("required"), "{}", a.note);
+
+        let shown = [failed.status.clone()];
+        let mut again = Report::default();
+        announce(&sale(&shown), &failed, "j-a", &mut again);
+        assert!(again.actions.is_empty(), "announced twice: {:?}", again.actions);
+
+        let mut running = shown[0].clone();
+        running.state = RUNNING.to_owned();
+        let mut done = Report::default();
+        announce(&sale(&[running]), &entry("a", false, SUCCEEDED), "j-a", &mut done);
+        assert_eq!(
+            done.actions.iter().map(|a| (a.reason, a.warning)).collect::<Vec<_>>(),
+            [("WarmupSucceeded", false)]
+        );
+    }
+}
