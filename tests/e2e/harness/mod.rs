@@ -232,13 +232,17 @@ impl Cluster {
         let name = self.kubectl(&["get", "-f", &path, "-o", "jsonpath={.metadata.name}"])?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let established = self.kubectl(&[
-                "get",
-                "crd",
-                &name,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-            ])?;
+            // Until the API server has written the first condition, kubectl's filter fails on a
+            // missing list: that is "not yet", not an error.
+            let established = self
+                .kubectl(&[
+                    "get",
+                    "crd",
+                    &name,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                ])
+                .unwrap_or_default();
             if established == "True" {
                 return Ok(());
             }
