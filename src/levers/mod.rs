@@ -6,6 +6,7 @@
 //! back; restoring removes that bookkeeping again.
 
 pub mod cronhpa;
+pub mod flags;
 pub mod preflight;
 pub mod prescale;
 pub mod probes;
@@ -141,7 +142,8 @@ pub async fn run(
 ) -> Result<Report, kube::Error> {
     let mut report = workload::run(client, sale, &spec.workloads, intent).await?;
     report.prescaled = report.ready;
-    let _ = (client, sale, spec, intent);
+    let flagged = flags::run(client, sale, spec, intent, &mut report).await;
+    contain(&mut report, "degradation flags", flagged)?;
     Ok(report)
 }
 
