@@ -35,6 +35,16 @@ pub struct SaleLabels {
     pub name: String,
 }
 
+/// Labels of one degradation flag of one sale in one cluster (flags are at most 50 per sale,
+/// named in the spec, so the series stay bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlagLabels {
+    pub namespace: String,
+    pub name: String,
+    pub cluster: String,
+    pub flag: String,
+}
+
 /// Labels of API requests the operator sent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -49,6 +59,8 @@ pub struct Metrics {
     pub phase: Family<PhaseLabels, Gauge>,
     pub seconds_to_next_transition: Family<SaleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub api_requests: Family<RequestLabels, Counter>,
+    pub flag_enabled: Family<FlagLabels, Gauge>,
+    pub flag_query_errors: Family<FlagLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,7 +94,28 @@ impl Default for Metrics {
             "Kubernetes API requests sent by the controller, by verb",
             api_requests.clone(),
         );
-        Metrics { registry, reconcile_duration, reconcile_errors, phase, seconds_to_next_transition, api_requests }
+        let flag_enabled = Family::<FlagLabels, Gauge>::default();
+        registry.register(
+            "flag_enabled",
+            "1 while a degradation flag is on (feature enabled), 0 while it is off (degraded)",
+            flag_enabled.clone(),
+        );
+        let flag_query_errors = Family::<FlagLabels, Counter>::default();
+        registry.register(
+            "flag_query_errors",
+            "Auto-degrade queries that failed or returned no number (the flag kept its value)",
+            flag_query_errors.clone(),
+        );
+        Metrics {
+            registry,
+            reconcile_duration,
+            reconcile_errors,
+            phase,
+            seconds_to_next_transition,
+            api_requests,
+            flag_enabled,
+            flag_query_errors,
+        }
     }
 }
 

@@ -217,7 +217,7 @@ async fn publish(
 
     let mut wanted: Vec<Wanted> = vec![];
     let mut breakers: BTreeMap<String, Breaker> = BTreeMap::new();
-    let mut changes: Vec<(String, Change, Breaker, String)> = vec![];
+    let mut changes: Vec<(String, Change, bool, Breaker, String)> = vec![];
     let mut failing: Vec<String> = vec![];
     let mut recheck: Option<Timestamp> = None;
     for flag in &degradation.flags {
@@ -239,12 +239,12 @@ async fn publish(
                 let every = poll_interval(&rule);
                 let next = after.due(&rule).map_or(now + every, |due| due.min(now + every));
                 recheck = Some(recheck.map_or(next, |r: Timestamp| r.min(next)));
-                if change != Change::None {
+                if change != Change::None || before.failing != after.failing {
                     let detail = match &sample {
                         Sample::Failed(m) => m.clone(),
                         Sample::Value(v) => format!("{v}"),
                     };
-                    changes.push((flag.name.clone(), change, after.clone(), detail));
+                    changes.push((flag.name.clone(), change, before.failing, after.clone(), detail));
                 }
                 breakers.insert(flag.name.clone(), after);
                 wanted.push(w);
@@ -382,9 +382,11 @@ async fn publish(
                 }
             }
         }
-        for (name, change, b, detail) in &changes {
-            let note = match change {
-                Change::StartedFailing => Some((
+        for (name, change, was_failing, b, detail) in &changes {
+            // The query's health and the breaker's moves are separate news: a query that works
+            // again may move the breaker in the same pass.
+            let health = match (was_failing, b.failing) {
+                (false, true) => Some((
                     "FlagQueryFailed",
                     true,
                     format!(
@@ -392,17 +394,19 @@ async fn publish(
                         on_off(b.state.enabled())
                     ),
                 )),
-                Change::Recovered => {
+                (true, false) => {
                     Some(("FlagQueryRecovered", false, format!("flag {name}: the query works again (value {detail})")))
                 }
-                Change::Moved => Some((
+                _ => None,
+            };
+            let moved = (*change == Change::Moved).then(|| {
+                (
                     "FlagBreaker",
                     false,
                     format!("flag {name}: breaker {} (value {detail}); the flag stays off", b.state.as_str()),
-                )),
-                _ => None,
-            };
-            if let Some((reason, warning, note)) = note {
+                )
+            });
+            for (reason, warning, note) in health.into_iter().chain(moved) {
                 let mut action = target.action(reason, "Evaluate", note);
                 action.warning = warning;
                 report.actions.push(action);
