@@ -9,7 +9,7 @@ use std::{fmt::Write as _, io::Read, path::Path};
 use crate::{
     api::{FlashSale, Phase, ScaleMode},
     clusters::{self, Clusters},
-    levers::prescale,
+    levers::{self, prescale},
     timeline::{self, Schedule},
 };
 
@@ -152,9 +152,14 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
             )?;
         }
     }
+    if let Some(degradation) = &sale.spec.degradation {
+        writeln!(out)?;
+        for line in levers::flags::plan(degradation, ns, &schedule) {
+            writeln!(out, "{line}")?;
+        }
+    }
     let unsupported: Vec<&str> = [
         ("spotDrain", sale.spec.spot_drain.as_ref().is_some_and(|d| d.enabled)),
-        ("degradation", sale.spec.degradation.is_some()),
         ("cacheWarm", !sale.spec.cache_warm.is_empty()),
     ]
     .into_iter()

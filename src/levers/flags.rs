@@ -616,6 +616,46 @@ pub fn poll_interval(rule: &Rule) -> SignedDuration {
     quarter.clamp(SignedDuration::from_secs(1), SignedDuration::from_secs(15))
 }
 
+/// What the lever will do, for `flashsale-operator plan` (pure).
+pub fn plan(degradation: &Degradation, namespace: &str, schedule: &Schedule) -> Vec<String> {
+    let target = Target::new(degradation, namespace);
+    let place = match degradation.target {
+        FlagTarget::ConfigMap => {
+            format!("{} (key {}), merged into its flag file if it exists", target.display(), flagd::FLAGS_KEY)
+        }
+        FlagTarget::FeatureFlag => target.display(),
+    };
+    let mut lines = vec![format!("degradation flags, in every cluster: {place}")];
+    lines.push("  Scheduled:  published, every flag on".into());
+    for flag in &degradation.flags {
+        match (&flag.off_during, &flag.auto_degrade) {
+            (Some(phases), _) => {
+                let windows: Vec<String> = flagd::off_windows(schedule, phases)
+                    .iter()
+                    .map(|(from, to)| {
+                        let at = |s: i64| Timestamp::from_second(s).map(|t| t.to_string()).unwrap_or_default();
+                        format!("{} .. {}", at(*from), at(*to))
+                    })
+                    .collect();
+                let names: Vec<&str> = phases.iter().map(|p| flag_phase(*p).as_str()).collect();
+                lines.push(format!(
+                    "  {}: off during {} ({}; in its targeting, so apps flip on time without the operator)",
+                    flag.name,
+                    names.join(", "),
+                    windows.join(", ")
+                ));
+            }
+            (None, Some(auto)) => lines.push(format!(
+                "  {}: off while {} stays above {} for {}, on again after {} at or below (evaluated Preparing..CoolingDown)",
+                flag.name, auto.query, auto.above, auto.for_, auto.recover_after
+            )),
+            (None, None) => {}
+        }
+    }
+    lines.push("  Restoring:  the original flag file back (or the object deleted if the sale created it)".into());
+    lines
+}
+
 fn on_off(enabled: bool) -> &'static str {
     if enabled { "on" } else { "off" }
 }
@@ -650,6 +690,27 @@ mod tests {
             assert_eq!(w.flag["defaultVariant"], on_off(enabled), "{phase}");
             assert!(w.flag["targeting"]["if"].is_array(), "{phase}: the window is in the targeting");
         }
+    }
+
+    #[test]
+    fn plan_names_the_object_the_windows_and_the_breakers() -> Result<(), serde_json::Error> {
+        let degradation: Degradation = serde_json::from_value(json!({
+            "prometheus": {"url": "http://prometheus:9090"},
+            "flags": [
+                {"name": "recommendations", "offDuring": ["Preparing", "Active"]},
+                {"name": "reviews", "autoDegrade": {"query": "p99", "above": 0.5, "for": "30s", "recoverAfter": "2m"}},
+            ]
+        }))?;
+        let text = plan(&degradation, "shop", &schedule()).join("\n");
+        assert!(text.contains("ConfigMap shop/flashsale-flags (key flags.flagd.json)"), "{text}");
+        assert!(
+            text.contains(
+                "recommendations: off during Preparing, Active (2027-01-15T08:00:00Z .. 2027-01-15T08:03:20Z"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("reviews: off while p99 stays above 0.5 for 30s"), "{text}");
+        Ok(())
     }
 
     #[test]

@@ -418,6 +418,14 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
         .context("the breaker never showed closed in Active")?;
         let file = || async { flags_file(&client, &ns, "flashsale-flags").await.map(|f| f.unwrap_or_default()) };
         expect(&evaluate(&file().await?, &["reviews"])?, &[("reviews", true)], "healthy signal")?;
+        // The breaker is evaluated every second; a steady signal writes nothing.
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let version = cms.get("flashsale-flags").await?.metadata.resource_version;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ensure!(
+            cms.get("flashsale-flags").await?.metadata.resource_version == version,
+            "the flags ConfigMap was rewritten while nothing changed"
+        );
 
         // The signal goes bad: the flag turns off once it has stayed above 0.5 for 4s.
         exporter.set(0.93);
