@@ -214,6 +214,18 @@ async fn publish(
     };
     let live_flags = live.map(|l| target.live_flags(l)).unwrap_or_default();
     let evaluating = intent == Intent::Hold;
+    // Every breaker's query at once: a slow Prometheus costs one timeout per pass, not one per flag.
+    let queries = degradation.flags.iter().filter(|_| evaluating).filter_map(|flag| {
+        let auto = flag.auto_degrade.as_ref()?;
+        Some(async move {
+            let sample = match &degradation.prometheus {
+                Some(p) => prometheus::query(&p.url, &auto.query).await,
+                None => Sample::Failed("degradation.prometheus.url is not set".into()),
+            };
+            (flag.name.as_str(), sample)
+        })
+    });
+    let samples: BTreeMap<&str, Sample> = futures::future::join_all(queries).await.into_iter().collect();
 
     let mut wanted: Vec<Wanted> = vec![];
     let mut breakers: BTreeMap<String, Breaker> = BTreeMap::new();
@@ -226,10 +238,8 @@ async fn publish(
             (None, Some(auto)) if evaluating => {
                 let rule = rule(auto);
                 let before = previous_breakers.get(&flag.name).cloned().unwrap_or_else(|| Breaker::new(now));
-                let sample = match &degradation.prometheus {
-                    Some(p) => prometheus::query(&p.url, &auto.query).await,
-                    None => Sample::Failed("degradation.prometheus.url is not set".into()),
-                };
+                let sample =
+                    samples.get(flag.name.as_str()).cloned().unwrap_or_else(|| Sample::Failed("not queried".into()));
                 let (after, change) = before.step(&sample, &rule, now);
                 let mut w = auto_flag(flag, auto, &after, &sample);
                 if let Sample::Failed(message) = &sample {

@@ -401,7 +401,7 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
         let client = client(cluster).await?;
         let ns = namespace(&client, "flags-breaker").await?;
         web(&client, &ns).await?;
-        let operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let degradation = serde_json::json!({
             "prometheus": {"url": prometheus.url()},
@@ -479,6 +479,19 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
             .context("no flashsale_flag_query_errors_total for reviews")?;
         ensure!(errors.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 2.0), "{errors}");
         ensure!(metrics.contains("flashsale_flag_enabled{"), "no flashsale_flag_enabled gauge");
+
+        // A restarted operator takes the open breaker from the cluster, not from memory: with the
+        // query still failing it must not start over as closed (on).
+        operator.kill()?;
+        let operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        ensure!(
+            default_variant(&file().await?, "reviews").as_deref() == Some("off"),
+            "the restarted operator turned reviews back on while Prometheus was down"
+        );
+        let s = sales.get("flash").await?;
+        let f = reviews(&s).context("no status for reviews")?;
+        ensure!(!f.enabled && f.reason.starts_with("QueryFailed"), "status after the restart: {f:?}");
 
         // Prometheus is back: half-open first, closed after 5s below the threshold.
         prometheus.restart()?;
