@@ -48,6 +48,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "flags::featureflag_target_is_written_where_its_crd_exists_and_refused_where_not",
         featureflag_target_is_written_where_its_crd_exists_and_refused_where_not,
     ),
+    (
+        "flags::a_configmap_that_is_not_a_flag_file_is_refused_and_left_alone",
+        a_configmap_that_is_not_a_flag_file_is_refused_and_left_alone,
+    ),
 ];
 
 const FLAGS_KEY: &str = "flags.flagd.json";
@@ -711,6 +715,44 @@ fn featureflag_target_is_written_where_its_crd_exists_and_refused_where_not(env:
         if ffs.get_opt("shop").await?.is_some() {
             bail!("the FeatureFlag the sale created outlived it");
         }
+        Ok(())
+    })
+}
+
+fn a_configmap_that_is_not_a_flag_file_is_refused_and_left_alone(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on_value(async {
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "flags-refuse").await?;
+        web(&client, &ns).await?;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let theirs: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "flashsale-flags"},
+            "data": {FLAGS_KEY: "recommendations=on\n"},
+        }))?;
+        cms.create(&PostParams::default(), &theirs).await?;
+        let before = as_written(&cms.get("flashsale-flags").await?);
+        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let degradation = serde_json::json!({"flags": [{"name": "recommendations", "offDuring": ["Active"]}]});
+        sales.create(&PostParams::default(), &sale(&ns, (&at(3600), &at(7200)), ("30m", "5m"), degradation)?).await?;
+        eventually(Duration::from_secs(15), || async {
+            let s = sales.get("flash").await?;
+            Ok(condition(&s, "FlagsPublished").is_some_and(|(st, r, m)| {
+                st == "False" && r == "NotAFlagFile" && m.contains("it is not JSON") && m.contains("left unchanged")
+            }) && condition(&s, "Ready").is_some_and(|(st, r, _)| st == "False" && r == "PreflightFailed"))
+        })
+        .await
+        .context("the refusal is not explained in FlagsPublished and Ready")?;
+        ensure!(as_written(&cms.get("flashsale-flags").await?) == before, "the refused ConfigMap was changed");
+        sales.delete("flash", &DeleteParams::default()).await?;
+        eventually(Duration::from_secs(15), || async { Ok(sales.get_opt("flash").await?.is_none()) })
+            .await
+            .context("the sale was not released")?;
+        ensure!(
+            as_written(&cms.get("flashsale-flags").await?) == before,
+            "deleting the sale changed a ConfigMap it never held"
+        );
         Ok(())
     })
 }
