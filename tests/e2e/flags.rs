@@ -187,7 +187,7 @@ fn static_flags_flip_on_time_for_an_openfeature_client_even_with_the_operator_do
         web(&client, &ns).await?;
         let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
-        let (start, end) = (at(16), at(24));
+        let (start, end) = (at(20), at(30));
         let degradation = serde_json::json!({
             "configMapName": "shop-flags",
             "flags": [
@@ -222,6 +222,8 @@ fn static_flags_flip_on_time_for_an_openfeature_client_even_with_the_operator_do
 
         // The operator dies before Preparing; the app still flips on the second.
         operator.kill()?;
+        until(prepare_at, -1500).await;
+        expect(&evaluate(&published, &["recommendations"])?, &[("recommendations", true)], "just before Preparing")?;
         until(prepare_at, 300).await;
         let unchanged = flags_file(&client, &ns, "shop-flags").await?.context("flags gone")?;
         ensure!(unchanged == published, "something rewrote the flags while the operator was down");
