@@ -703,6 +703,25 @@ mod tests {
     }
 
     #[test]
+    fn since_is_the_last_boundary_where_the_value_changed() {
+        let s = schedule();
+        let split = [FlagPhase::Preparing, FlagPhase::CoolingDown];
+        let table = [
+            (Phase::Scheduled, true, None),
+            (Phase::Preparing, false, Some(s.prepare_at)),
+            (Phase::Active, true, Some(s.start)),
+            (Phase::CoolingDown, false, Some(s.end)),
+        ];
+        for (phase, enabled, since) in table {
+            let w = static_flag(&flag(&split), &split, &s, phase);
+            assert_eq!((w.status.enabled, w.status.since.map(|t| t.0)), (enabled, since), "{phase}");
+        }
+        let only_cooling = [FlagPhase::CoolingDown];
+        let w = static_flag(&flag(&only_cooling), &only_cooling, &s, Phase::Active);
+        assert_eq!((w.status.enabled, w.status.since), (true, None), "on all along");
+    }
+
+    #[test]
     fn plan_names_the_object_the_windows_and_the_breakers() -> Result<(), serde_json::Error> {
         let degradation: Degradation = serde_json::from_value(json!({
             "prometheus": {"url": "http://prometheus:9090"},
