@@ -9,7 +9,7 @@ KUBECONFIG_LOCAL := $(E2E_DIR)/kubeconfig
 help:
 	@echo "make demo          run a flash sale end to end on a local cluster"
 	@echo "make test          fmt, clippy, unit and end-to-end tests (builds the control plane once)"
-	@echo "make toolchain     build and cache the control plane, kwok, helm, CronHPA controller"
+	@echo "make toolchain     build and cache the control plane, kwok, helm, CronHPA controller, OpenFeature clients"
 	@echo "make cluster-up    start a local cluster in the background ($(KUBECONFIG_LOCAL))"
 	@echo "make cluster-down  stop it"
 	@echo "make crds          regenerate crds/ and the chart's copy from the Rust types"
@@ -19,6 +19,7 @@ toolchain:
 	@bash tests/e2e/toolchain/build.sh >/dev/null
 	@bash tests/e2e/toolchain/cronhpa/build.sh >/dev/null
 	@bash tests/e2e/toolchain/statuscheck/build.sh >/dev/null
+	@bash tests/e2e/toolchain/openfeature/build.sh >/dev/null
 
 .PHONY: test
 test: toolchain

@@ -34,7 +34,7 @@ use crate::{
     api::{FlashSale, FlashSaleStatus, Phase},
     clusters::Clusters,
     levers::{self, Intent},
-    metrics::{ConditionLabels, ErrorLabels, Metrics, PhaseLabels, SaleLabels},
+    metrics::{ConditionLabels, ErrorLabels, FlagLabels, Metrics, PhaseLabels, SaleLabels},
     status::{self, ClusterObservation, ConditionSet},
     timeline::{self, Schedule},
 };
@@ -261,6 +261,11 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     // phase change lands on time however long the lever pass takes.
     let written = announce_phase(api, sale, &previous, clock, now).await?.unwrap_or_else(|| previous.clone());
     let observations = observe(sale, ctx, Some(schedule), clock.phase).await;
+    if Intent::for_phase(clock.phase) == Intent::Restore {
+        forget_flag_metrics(ctx, sale);
+    } else {
+        record_flag_metrics(ctx, sale, &observations);
+    }
     let restored = observations.iter().all(|o| o.report.as_ref().is_ok_and(|r| r.restored));
     let position = timeline::position(&schedule, sale.spec.suspend, restored, now);
     let decided = status::decide(sale, &schedule, position, &observations, now);
@@ -542,6 +547,48 @@ fn forget_metrics(ctx: &Context, sale: &FlashSale) {
         ctx.metrics.condition.remove(&labels);
     }
     ctx.metrics.seconds_to_next_transition.remove(&SaleLabels { namespace, name });
+    forget_flag_metrics(ctx, sale);
+}
+
+/// Drops a sale's flag series (after its restore nothing of its flags is published any more).
+fn forget_flag_metrics(ctx: &Context, sale: &FlashSale) {
+    let (namespace, name) = (sale.namespace().unwrap_or_default(), sale.name_any());
+    let flags = sale.spec.degradation.iter().flat_map(|d| d.flags.iter().map(|f| f.name.clone()));
+    let clusters: Vec<String> = match sale.spec.clusters.as_slice() {
+        [] => vec![crate::clusters::LOCAL.to_owned()],
+        listed => listed.iter().map(|c| c.name.clone()).collect(),
+    };
+    for flag in flags {
+        for cluster in &clusters {
+            let labels = FlagLabels {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                cluster: cluster.clone(),
+                flag: flag.clone(),
+            };
+            ctx.metrics.flag_enabled.remove(&labels);
+            ctx.metrics.flag_query_errors.remove(&labels);
+        }
+    }
+}
+
+/// Each flag's value per cluster, and every auto-degrade query that failed in this pass.
+fn record_flag_metrics(ctx: &Context, sale: &FlashSale, observations: &[ClusterObservation]) {
+    let (namespace, name) = (sale.namespace().unwrap_or_default(), sale.name_any());
+    for obs in observations {
+        for flag in obs.report.iter().flat_map(|r| r.flags.iter()) {
+            let labels = FlagLabels {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                cluster: obs.name.clone(),
+                flag: flag.name.clone(),
+            };
+            ctx.metrics.flag_enabled.get_or_create(&labels).set(i64::from(flag.enabled));
+            if levers::flags::query_failed(flag) {
+                ctx.metrics.flag_query_errors.get_or_create(&labels).inc();
+            }
+        }
+    }
 }
 
 /// Writes the status with server-side apply, unless it already says the same thing.

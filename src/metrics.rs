@@ -43,6 +43,16 @@ pub struct ConditionLabels {
     pub condition: String,
 }
 
+/// Labels of one degradation flag of one sale in one cluster (flags are at most 50 per sale,
+/// named in the spec, so the series stay bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlagLabels {
+    pub namespace: String,
+    pub name: String,
+    pub cluster: String,
+    pub flag: String,
+}
+
 /// Labels of API requests the operator sent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -58,6 +68,8 @@ pub struct Metrics {
     pub seconds_to_next_transition: Family<SaleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub api_requests: Family<RequestLabels, Counter>,
     pub condition: Family<ConditionLabels, Gauge>,
+    pub flag_enabled: Family<FlagLabels, Gauge>,
+    pub flag_query_errors: Family<FlagLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -97,6 +109,18 @@ impl Default for Metrics {
             "1 when the sale's condition (Ready and one per lever) is True, 0 otherwise",
             condition.clone(),
         );
+        let flag_enabled = Family::<FlagLabels, Gauge>::default();
+        registry.register(
+            "flag_enabled",
+            "1 while a degradation flag is on (feature enabled), 0 while it is off (degraded)",
+            flag_enabled.clone(),
+        );
+        let flag_query_errors = Family::<FlagLabels, Counter>::default();
+        registry.register(
+            "flag_query_errors",
+            "Auto-degrade queries that failed or returned no number (the flag kept its value)",
+            flag_query_errors.clone(),
+        );
         Metrics {
             registry,
             reconcile_duration,
@@ -105,6 +129,8 @@ impl Default for Metrics {
             seconds_to_next_transition,
             api_requests,
             condition,
+            flag_enabled,
+            flag_query_errors,
         }
     }
 }

@@ -7,9 +7,9 @@ use kube::Client;
 use std::{fmt::Write as _, io::Read, path::Path};
 
 use crate::{
-    api::{FlagPhase, FlashSale, Phase, ScaleMode},
+    api::{FlashSale, Phase, ScaleMode},
     clusters::{self, Clusters},
-    levers::{prescale, warmup},
+    levers::{self, prescale, warmup},
     timeline::{self, Schedule},
 };
 
@@ -151,7 +151,7 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
                 "    Restoring:  replicas (or HPA bounds) back to {from}, probe timings back, bookkeeping removed"
             )?;
         }
-        levers(&mut out, sale, &schedule)?;
+        spot_drain(&mut out, sale)?;
         for warm in &sale.spec.cache_warm {
             let due = warmup::due_at(&schedule, warm);
             let during = timeline::position(&schedule, false, false, due).phase;
@@ -168,12 +168,17 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
             writeln!(out, "    Restoring:  the Job and its pods deleted")?;
         }
     }
+    if let Some(degradation) = &sale.spec.degradation {
+        writeln!(out)?;
+        for line in levers::flags::plan(degradation, ns, &schedule) {
+            writeln!(out, "{line}")?;
+        }
+    }
     Ok(out)
 }
 
-/// The cluster-wide levers of one cluster: drain agents and degradation flags.
-fn levers(out: &mut String, sale: &FlashSale, schedule: &Schedule) -> std::fmt::Result {
-    let utc = |t: Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+/// The spot drain lever of one cluster.
+fn spot_drain(out: &mut String, sale: &FlashSale) -> std::fmt::Result {
     if let Some(drain) = sale.spec.spot_drain.as_ref().filter(|d| d.enabled) {
         let selector: Vec<String> = drain.node_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(out, "  spot drain")?;
@@ -186,33 +191,6 @@ fn levers(out: &mut String, sale: &FlashSale, schedule: &Schedule) -> std::fmt::
             drain.metadata_token
         )?;
         writeln!(out, "    Restoring:  agents and their RBAC removed (unless another sale still uses them)")?;
-    }
-    if let Some(degradation) = &sale.spec.degradation {
-        writeln!(out, "  degradation flags ({:?} {})", degradation.target, degradation.config_map_name)?;
-        for flag in &degradation.flags {
-            if let Some(phases) = &flag.off_during {
-                let ranges: Vec<String> = phases
-                    .iter()
-                    .map(|p| {
-                        let (from, to) = match p {
-                            FlagPhase::Preparing => (schedule.prepare_at, schedule.start),
-                            FlagPhase::Active => (schedule.start, schedule.end),
-                            FlagPhase::CoolingDown => (schedule.end, schedule.restore_at),
-                        };
-                        format!("{} to {}", utc(from), utc(to))
-                    })
-                    .collect();
-                writeln!(out, "    {}: off {}, on otherwise", flag.name, ranges.join(" and "))?;
-            }
-            if let Some(auto) = &flag.auto_degrade {
-                writeln!(
-                    out,
-                    "    {}: off once `{}` stays above {} for {}, on again after {} below (Preparing to CoolingDown)",
-                    flag.name, auto.query, auto.above, auto.for_, auto.recover_after
-                )?;
-            }
-        }
-        writeln!(out, "    Restoring:  flags back to what was there before the sale")?;
     }
     Ok(())
 }
@@ -255,7 +233,7 @@ spec:
     }
 
     #[test]
-    fn plan_lists_drain_agents_flags_and_warmups_with_their_times() {
+    fn plan_lists_drain_agents_and_flags_with_their_times() {
         let sale: FlashSale = serde_yaml::from_str(
             r#"
 apiVersion: flashsale.dev/v1alpha1
@@ -288,10 +266,10 @@ spec:
             "{text}"
         );
         assert!(
-            text.contains("recommendations: off 2026-11-10T16:00:00Z to 2026-11-10T18:00:00Z, on otherwise"),
+            text.contains("recommendations: off during Active (2026-11-10T16:00:00Z .. 2026-11-10T18:00:00Z"),
             "{text}"
         );
-        assert!(text.contains("reviews: off once `up` stays above 0.5 for 30s, on again after 120s below"), "{text}");
+        assert!(text.contains("reviews: off while up stays above 0.5 for 30s"), "{text}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod cronhpa;
+pub mod flags;
 pub mod preflight;
 pub mod prescale;
 pub mod probes;
@@ -154,6 +155,8 @@ pub async fn run(
     contain(&mut report, "drain agents", agents)?;
     let warmed = warmup::run(client, sale, spec, intent, &mut report).await;
     contain(&mut report, "cache warm-up", warmed)?;
+    let flagged = flags::run(client, sale, spec, intent, &mut report).await;
+    contain(&mut report, "degradation flags", flagged)?;
     Ok(report)
 }
 

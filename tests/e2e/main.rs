@@ -5,6 +5,7 @@
 //! when the run ends, whether tests pass or fail.
 
 mod drain_agents;
+mod flags;
 mod foundation;
 mod gitops;
 mod harness;
@@ -35,6 +36,7 @@ fn main() {
         .chain(levers::TESTS)
         .chain(drain_agents::TESTS)
         .chain(warmup::TESTS)
+        .chain(flags::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

@@ -1,0 +1,769 @@
+//! Degradation flags: a flag file in flagd's format that apps read through OpenFeature.
+//!
+//! Published (by default) as the key `flags.flagd.json` of the ConfigMap
+//! `degradation.configMapName` in the sale's namespace, for the flagd provider's file or
+//! in-process mode (or a flagd sidecar); with `target: FeatureFlag`, as the OpenFeature
+//! operator's `FeatureFlag` (core.openfeature.dev/v1beta1) of that name instead.
+//!
+//! - The flags are published from Scheduled on, with every static flag's off-window encoded in
+//!   its `targeting` on `$flagd.timestamp`, so apps flip at the boundary second even if the
+//!   operator is down then; `defaultVariant` follows the phase as well.
+//! - Auto-degrade flags are circuit breakers ([`breaker`]) over a Prometheus instant query,
+//!   evaluated every few seconds while the sale is Preparing, Active or CoolingDown. Their state
+//!   lives in an annotation on the published object, never in operator memory, so a restarted
+//!   operator carries on where the last one stopped. A failing or empty query never flips a flag.
+//! - A ConfigMap of that name that the sale did not create is not clobbered: the sale's flags
+//!   are merged into its flag file (replacing flags of the same name), and its original file is
+//!   recorded in the same write. A file that is not a flagd flag file is refused and left alone.
+//!   A pre-existing FeatureFlag is always refused (it is one object per flag set; merging into
+//!   another owner's is not worth the surprise).
+//! - The restore puts the original flag file back exactly (or removes the key if there was
+//!   none), drops the bookkeeping, and deletes the object if the sale created it.
+
+pub mod breaker;
+pub mod flagd;
+pub mod prometheus;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, ObjectReference},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, DynamicObject, Patch, PatchParams},
+    core::GroupVersionKind,
+    discovery::ApiResource,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+use self::breaker::{Breaker, Change, Rule, Sample, State};
+use super::{Action, Intent, LeverCondition, Report, SALE_ANNOTATION, Sale};
+use crate::{
+    api::{AutoDegrade, Degradation, Flag, FlagPhase, FlagStatus, FlagTarget, FlashSaleSpec, Phase},
+    controller::FIELD_MANAGER,
+    status::FLAGS_PUBLISHED,
+    timeline::{Schedule, signed},
+};
+
+/// Annotation recording what the published object was before the sale: JSON
+/// `{"created": true, "flagsFile": null}` when the sale created it, else `{"created": false,
+/// "flagsFile": <the original flags.flagd.json, or null when it had none>}`.
+pub const ORIGINAL_ANNOTATION: &str = "flashsale.dev/original-flags";
+/// Annotation holding each auto-degrade flag's breaker (JSON object by flag name).
+pub const BREAKERS_ANNOTATION: &str = "flashsale.dev/flag-breakers";
+
+/// The OpenFeature operator's FeatureFlag.
+const FEATURE_FLAG_CRD: &str = "featureflags.core.openfeature.dev";
+
+/// `FlagStatus.reason` prefix of a flag whose query failed in this pass.
+pub const QUERY_FAILED: &str = "QueryFailed";
+
+/// Whether this flag's signal query failed in the pass that reported it.
+pub fn query_failed(flag: &FlagStatus) -> bool {
+    flag.reason.starts_with(QUERY_FAILED)
+}
+
+/// What the published object was before the sale.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Original {
+    created: bool,
+    #[serde(default)]
+    flags_file: Option<String>,
+}
+
+/// Runs the flags lever for one cluster. A sale without `degradation` is left alone entirely.
+pub async fn run(
+    client: &Client,
+    sale: &Sale<'_>,
+    spec: &FlashSaleSpec,
+    intent: Intent,
+    report: &mut Report,
+) -> Result<(), kube::Error> {
+    let Some(degradation) = &spec.degradation else {
+        return Ok(());
+    };
+    let target = Target::new(degradation, sale.namespace);
+    if degradation.target == FlagTarget::FeatureFlag {
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        if crds.get_opt(FEATURE_FLAG_CRD).await?.is_none() {
+            let message = format!(
+                "degradation.target is FeatureFlag, but the FeatureFlag CRD ({FEATURE_FLAG_CRD}) is not installed in this cluster; install the OpenFeature operator or use target ConfigMap"
+            );
+            refuse(report, intent, "FeatureFlagCRDMissing", message);
+            return Ok(());
+        }
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), sale.namespace, &target.resource);
+    let live = api.get_opt(&target.name).await?;
+    let annotations = live.as_ref().map(|l| l.annotations().clone()).unwrap_or_default();
+    if let Some(other) = annotations.get(SALE_ANNOTATION).filter(|h| *h != sale.holder) {
+        let message = format!("{} is held by sale {other}; it is left unchanged", target.display());
+        refuse(report, intent, "HeldByAnotherSale", message);
+        return Ok(());
+    }
+    let ours = live.is_some() && annotations.contains_key(SALE_ANNOTATION);
+    match (intent, sale.schedule) {
+        (Intent::Restore, _) | (_, None) => restore(&api, &target, live.as_ref(), ours, report).await,
+        (_, Some(schedule)) => {
+            publish(&api, &target, live.as_ref(), ours, degradation, sale, &schedule, intent, report).await
+        }
+    }
+}
+
+/// The object flags are published to.
+struct Target {
+    kind: FlagTarget,
+    name: String,
+    namespace: String,
+    resource: ApiResource,
+}
+
+impl Target {
+    fn new(degradation: &Degradation, namespace: &str) -> Target {
+        let resource = match degradation.target {
+            FlagTarget::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
+            FlagTarget::FeatureFlag => ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("core.openfeature.dev", "v1beta1", "FeatureFlag"),
+                "featureflags",
+            ),
+        };
+        Target {
+            kind: degradation.target,
+            name: degradation.config_map_name.clone(),
+            namespace: namespace.to_owned(),
+            resource,
+        }
+    }
+
+    fn display(&self) -> String {
+        format!("{} {}/{}", self.resource.kind, self.namespace, self.name)
+    }
+
+    fn action(&self, reason: &'static str, verb: &'static str, note: String) -> Action {
+        let object = ObjectReference {
+            api_version: Some(self.resource.api_version.clone()),
+            kind: Some(self.resource.kind.clone()),
+            name: Some(self.name.clone()),
+            namespace: Some(self.namespace.clone()),
+            ..ObjectReference::default()
+        };
+        Action { reason, warning: false, verb, object, note }
+    }
+
+    /// The published flags as the live object holds them.
+    fn live_flags(&self, live: &DynamicObject) -> Map<String, Value> {
+        match self.kind {
+            FlagTarget::ConfigMap => live
+                .data
+                .pointer("/data")
+                .and_then(|d| d.get(flagd::FLAGS_KEY))
+                .and_then(Value::as_str)
+                .map(flagd::flags_of),
+            FlagTarget::FeatureFlag => live.data.pointer("/spec/flagSpec/flags").and_then(Value::as_object).cloned(),
+        }
+        .unwrap_or_default()
+    }
+}
+
+/// Reports a refusal: nothing is changed, and a person must act.
+fn refuse(report: &mut Report, intent: Intent, reason: &str, message: String) {
+    report.problems.push(message.clone());
+    if intent != Intent::Restore {
+        report.ready = false;
+    }
+    report.conditions.push(LeverCondition {
+        type_: FLAGS_PUBLISHED,
+        ready: false,
+        reason: reason.to_owned(),
+        message,
+        blocking: intent != Intent::Restore,
+    });
+}
+
+/// One flag's wanted value in this pass.
+struct Wanted {
+    status: FlagStatus,
+    flag: Value,
+    /// For events: why it has this value.
+    why: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    api: &Api<DynamicObject>,
+    target: &Target,
+    live: Option<&DynamicObject>,
+    ours: bool,
+    degradation: &Degradation,
+    sale: &Sale<'_>,
+    schedule: &Schedule,
+    intent: Intent,
+    report: &mut Report,
+) -> Result<(), kube::Error> {
+    let now = sale.now;
+    let live_annotations = live.map(|l| l.annotations().clone()).unwrap_or_default();
+    let previous_breakers: BTreeMap<String, Breaker> = if ours {
+        live_annotations.get(BREAKERS_ANNOTATION).and_then(|b| serde_json::from_str(b).ok()).unwrap_or_default()
+    } else {
+        BTreeMap::new()
+    };
+    let live_flags = live.map(|l| target.live_flags(l)).unwrap_or_default();
+    let evaluating = intent == Intent::Hold;
+    // Every breaker's query at once: a slow Prometheus costs one timeout per pass, not one per flag.
+    let queries = degradation.flags.iter().filter(|_| evaluating).filter_map(|flag| {
+        let auto = flag.auto_degrade.as_ref()?;
+        Some(async move {
+            let sample = match &degradation.prometheus {
+                Some(p) => prometheus::query(&p.url, &auto.query).await,
+                None => Sample::Failed("degradation.prometheus.url is not set".into()),
+            };
+            (flag.name.as_str(), sample)
+        })
+    });
+    let samples: BTreeMap<&str, Sample> = futures::future::join_all(queries).await.into_iter().collect();
+
+    let mut wanted: Vec<Wanted> = vec![];
+    let mut breakers: BTreeMap<String, Breaker> = BTreeMap::new();
+    let mut changes: Vec<(String, Change, bool, Breaker, String)> = vec![];
+    let mut failing: Vec<String> = vec![];
+    let mut recheck: Option<Timestamp> = None;
+    for flag in &degradation.flags {
+        match (&flag.off_during, &flag.auto_degrade) {
+            (Some(phases), _) => wanted.push(static_flag(flag, phases, schedule, sale.phase)),
+            (None, Some(auto)) if evaluating => {
+                let rule = rule(auto);
+                let before = previous_breakers.get(&flag.name).cloned().unwrap_or_else(|| Breaker::new(now));
+                let sample =
+                    samples.get(flag.name.as_str()).cloned().unwrap_or_else(|| Sample::Failed("not queried".into()));
+                let (after, change) = before.step(&sample, &rule, now);
+                let mut w = auto_flag(flag, auto, &after, &sample);
+                if let Sample::Failed(message) = &sample {
+                    w.status.reason = format!("{QUERY_FAILED}: {message}");
+                    failing.push(format!("flag {}: {message}", flag.name));
+                }
+                let every = poll_interval(&rule);
+                let next = after.due(&rule).map_or(now + every, |due| due.min(now + every));
+                recheck = Some(recheck.map_or(next, |r: Timestamp| r.min(next)));
+                if change != Change::None || before.failing != after.failing {
+                    let detail = match &sample {
+                        Sample::Failed(m) => m.clone(),
+                        Sample::Value(v) => format!("{v}"),
+                    };
+                    changes.push((flag.name.clone(), change, before.failing, after.clone(), detail));
+                }
+                breakers.insert(flag.name.clone(), after);
+                wanted.push(w);
+            }
+            (None, Some(_)) => wanted.push(Wanted {
+                status: FlagStatus {
+                    name: flag.name.clone(),
+                    enabled: true,
+                    reason: "NotArmed".into(),
+                    value: None,
+                    since: None,
+                },
+                flag: flagd::flag(true, None),
+                why: "the breaker is evaluated from Preparing on".into(),
+            }),
+            (None, None) => {}
+        }
+    }
+    let flags: BTreeMap<String, Value> = wanted.iter().map(|w| (w.status.name.clone(), w.flag.clone())).collect();
+
+    // What the object holds, and what it held before the sale.
+    let (original, content) = match target.kind {
+        FlagTarget::ConfigMap => {
+            let live_file = live
+                .and_then(|l| l.data.pointer("/data"))
+                .and_then(|d| d.get(flagd::FLAGS_KEY))
+                .and_then(Value::as_str);
+            let original = if ours {
+                match live_annotations.get(ORIGINAL_ANNOTATION).and_then(|o| serde_json::from_str::<Original>(o).ok()) {
+                    Some(o) => o,
+                    None => {
+                        let message = format!(
+                            "{}: the annotation {ORIGINAL_ANNOTATION} is missing or unreadable, so its original cannot be known; it is left unchanged",
+                            target.display()
+                        );
+                        refuse(report, intent, "OriginalUnknown", message);
+                        report.restored = false;
+                        return Ok(());
+                    }
+                }
+            } else if live.is_some() {
+                Original { created: false, flags_file: live_file.map(str::to_owned) }
+            } else {
+                Original { created: true, flags_file: None }
+            };
+            let base = original.flags_file.clone();
+            let file = match base.as_deref() {
+                Some(text) => match flagd::merge(text, &flags) {
+                    Ok(file) => file,
+                    Err(why) => {
+                        let message = format!(
+                            "{} already has a {} that the sale's flags cannot be merged into: {why}. It is left unchanged; make it a flagd flag file or choose another degradation.configMapName",
+                            target.display(),
+                            flagd::FLAGS_KEY
+                        );
+                        refuse(report, intent, "NotAFlagFile", message);
+                        report.restored &= !ours;
+                        return Ok(());
+                    }
+                },
+                None => flagd::document(&flags),
+            };
+            let in_place = live_file == Some(file.as_str());
+            (original, (json!({ "data": { flagd::FLAGS_KEY: file } }), in_place))
+        }
+        FlagTarget::FeatureFlag => {
+            if live.is_some() && !ours {
+                let message = format!(
+                    "{} already exists and was not created by this sale; it is left unchanged. Choose another degradation.configMapName, or use target ConfigMap to merge into an existing flag file",
+                    target.display()
+                );
+                refuse(report, intent, "AlreadyExists", message);
+                return Ok(());
+            }
+            let wanted_flags: Map<String, Value> = flags.clone().into_iter().collect();
+            let in_place =
+                live.and_then(|l| l.data.pointer("/spec/flagSpec/flags")) == Some(&Value::Object(wanted_flags.clone()));
+            (
+                Original { created: true, flags_file: None },
+                (json!({ "spec": { "flagSpec": { "flags": wanted_flags } } }), in_place),
+            )
+        }
+    };
+    let (body, content_in_place) = content;
+
+    let mut annotations_wanted: BTreeMap<String, String> = BTreeMap::from([
+        (SALE_ANNOTATION.to_owned(), sale.holder.to_owned()),
+        (ORIGINAL_ANNOTATION.to_owned(), serde_json::to_string(&original).unwrap_or_default()),
+    ]);
+    if !breakers.is_empty() {
+        annotations_wanted.insert(BREAKERS_ANNOTATION.to_owned(), serde_json::to_string(&breakers).unwrap_or_default());
+    }
+    // Only the original recorded at the first write is kept; later passes never rewrite it.
+    if let Some(recorded) = live_annotations.get(ORIGINAL_ANNOTATION).filter(|_| ours) {
+        annotations_wanted.insert(ORIGINAL_ANNOTATION.to_owned(), recorded.clone());
+    }
+    let stale =
+        live_annotations.contains_key(BREAKERS_ANNOTATION) && !annotations_wanted.contains_key(BREAKERS_ANNOTATION);
+    let annotations_match = annotations_wanted.iter().all(|(k, v)| live_annotations.get(k) == Some(v));
+    if !(content_in_place && annotations_match && !stale) {
+        let mut doc = json!({
+            "apiVersion": target.resource.api_version,
+            "kind": target.resource.kind,
+            "metadata": {"name": target.name, "namespace": target.namespace, "annotations": annotations_wanted},
+        });
+        if let (Some(doc), Some(body)) = (doc.as_object_mut(), body.as_object()) {
+            doc.extend(body.clone());
+        }
+        api.patch(&target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+        if !ours {
+            let how = match (live.is_some(), target.kind) {
+                (true, _) => format!("merged into the existing {} of", flagd::FLAGS_KEY),
+                (false, FlagTarget::ConfigMap) => "created".to_owned(),
+                (false, FlagTarget::FeatureFlag) => "created".to_owned(),
+            };
+            let names: Vec<String> =
+                wanted.iter().map(|w| format!("{}={}", w.status.name, on_off(w.status.enabled))).collect();
+            report.actions.push(target.action(
+                "FlagsPublished",
+                "Publish",
+                format!("{how} {} with flags {}", target.display(), names.join(", ")),
+            ));
+        } else if !content_in_place {
+            for w in &wanted {
+                let before =
+                    live_flags.get(&w.status.name).and_then(|f| f.get("defaultVariant")).and_then(Value::as_str);
+                let now_variant = on_off(w.status.enabled);
+                if before.is_some_and(|b| b != now_variant) {
+                    let verb = if w.status.enabled { "FlipOn" } else { "FlipOff" };
+                    report.actions.push(target.action(
+                        "FlagFlipped",
+                        verb,
+                        format!("flag {} is now {now_variant} in {}: {}", w.status.name, target.display(), w.why),
+                    ));
+                }
+            }
+        }
+        for (name, change, was_failing, b, detail) in &changes {
+            // The query's health and the breaker's moves are separate news: a query that works
+            // again may move the breaker in the same pass.
+            let health = match (was_failing, b.failing) {
+                (false, true) => Some((
+                    "FlagQueryFailed",
+                    true,
+                    format!(
+                        "flag {name}: the query failed ({detail}); the flag keeps its value ({})",
+                        on_off(b.state.enabled())
+                    ),
+                )),
+                (true, false) => {
+                    Some(("FlagQueryRecovered", false, format!("flag {name}: the query works again (value {detail})")))
+                }
+                _ => None,
+            };
+            let moved = (*change == Change::Moved).then(|| {
+                (
+                    "FlagBreaker",
+                    false,
+                    format!("flag {name}: breaker {} (value {detail}); the flag stays off", b.state.as_str()),
+                )
+            });
+            for (reason, warning, note) in health.into_iter().chain(moved) {
+                let mut action = target.action(reason, "Evaluate", note);
+                action.warning = warning;
+                report.actions.push(action);
+            }
+        }
+    }
+
+    report.restored = false;
+    report.flags.extend(wanted.iter().map(|w| w.status.clone()));
+    if let Some(at) = recheck {
+        report.recheck_at(at);
+    }
+    let off: Vec<&str> = wanted.iter().filter(|w| !w.status.enabled).map(|w| w.status.name.as_str()).collect();
+    let off = if off.is_empty() { "none".to_owned() } else { off.join(", ") };
+    let condition = if failing.is_empty() {
+        LeverCondition {
+            type_: FLAGS_PUBLISHED,
+            ready: true,
+            reason: "Published".into(),
+            message: format!("{} flags published to {}; off now: {off}", wanted.len(), target.display()),
+            blocking: false,
+        }
+    } else {
+        // The flags are in place, but what the signal wants is unknown: said, not blocking.
+        let message = format!("{}; those flags keep their values", failing.join("; "));
+        report.problems.push(message.clone());
+        LeverCondition { type_: FLAGS_PUBLISHED, ready: false, reason: "QueryFailing".into(), message, blocking: false }
+    };
+    report.conditions.push(condition);
+    Ok(())
+}
+
+async fn restore(
+    api: &Api<DynamicObject>,
+    target: &Target,
+    live: Option<&DynamicObject>,
+    ours: bool,
+    report: &mut Report,
+) -> Result<(), kube::Error> {
+    let done = |report: &mut Report, message: String| {
+        report.conditions.push(LeverCondition {
+            type_: FLAGS_PUBLISHED,
+            ready: false,
+            reason: "Restored".into(),
+            message,
+            blocking: false,
+        });
+    };
+    let Some(live) = live.filter(|_| ours) else {
+        done(report, format!("No flags of the sale remain in {}", target.display()));
+        return Ok(());
+    };
+    let original = live.annotations().get(ORIGINAL_ANNOTATION).and_then(|o| serde_json::from_str::<Original>(o).ok());
+    let Some(original) = original else {
+        let message = format!(
+            "{}: the annotation {ORIGINAL_ANNOTATION} is missing or unreadable, so it cannot be restored; restore it by hand and remove the annotation {SALE_ANNOTATION}",
+            target.display()
+        );
+        report.problems.push(message.clone());
+        report.restored = false;
+        report.conditions.push(LeverCondition {
+            type_: FLAGS_PUBLISHED,
+            ready: false,
+            reason: "RestoreFailed".into(),
+            message,
+            blocking: true,
+        });
+        return Ok(());
+    };
+    if original.created {
+        api.delete(&target.name, &DeleteParams::default()).await?;
+        report.actions.push(target.action(
+            "FlagsRestored",
+            "Delete",
+            format!("deleted {}, which the sale had created", target.display()),
+        ));
+        done(report, format!("{} is removed", target.display()));
+        return Ok(());
+    }
+    // Apply exactly the original key (or none): server-side apply drops the sale's annotations
+    // and, when the original had no flag file, the key the sale added.
+    let data = match original.flags_file {
+        Some(file) => json!({ flagd::FLAGS_KEY: file }),
+        None => json!({}),
+    };
+    let doc = json!({
+        "apiVersion": target.resource.api_version,
+        "kind": target.resource.kind,
+        "metadata": {"name": target.name, "namespace": target.namespace},
+        "data": data,
+    });
+    let restored = api.patch(&target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+    report.actions.push(target.action(
+        "FlagsRestored",
+        "Restore",
+        format!("restored the original {} of {}", flagd::FLAGS_KEY, target.display()),
+    ));
+    if restored.annotations().contains_key(SALE_ANNOTATION) {
+        report.restored = false;
+        report.problems.push(format!("{}: the sale's annotations are still on it after the restore", target.display()));
+    } else {
+        done(report, format!("{} is back to its original", target.display()));
+    }
+    Ok(())
+}
+
+/// A static flag: off in its phases, on otherwise, with the window in its targeting.
+fn static_flag(flag: &Flag, phases: &[FlagPhase], schedule: &Schedule, phase: Phase) -> Wanted {
+    let off_in = |p: Phase| phases.iter().any(|f| flag_phase(*f) == p);
+    let enabled = !off_in(phase);
+    let targeting = flagd::targeting(&flagd::off_windows(schedule, phases));
+    let names: Vec<&str> = phases.iter().map(|p| flag_phase(*p).as_str()).collect();
+    let (reason, why) = if enabled {
+        ("PhaseOn", format!("the sale is {phase}, outside offDuring [{}]", names.join(", ")))
+    } else {
+        ("PhaseOff", format!("the sale is {phase}, in offDuring [{}]", names.join(", ")))
+    };
+    Wanted {
+        status: FlagStatus {
+            name: flag.name.clone(),
+            enabled,
+            reason: reason.into(),
+            value: None,
+            since: static_since(schedule, &off_in, phase).map(Time),
+        },
+        flag: flagd::flag(enabled, targeting),
+        why,
+    }
+}
+
+/// When a static flag got its current value: the last phase boundary at which it changed.
+fn static_since(schedule: &Schedule, off_in: &dyn Fn(Phase) -> bool, phase: Phase) -> Option<Timestamp> {
+    let segments = [
+        (Phase::Scheduled, None),
+        (Phase::Preparing, Some(schedule.prepare_at)),
+        (Phase::Active, Some(schedule.start)),
+        (Phase::CoolingDown, Some(schedule.end)),
+    ];
+    let current = segments.iter().position(|(p, _)| *p == phase)?;
+    let value = off_in(phase);
+    let mut since = None;
+    for i in (1..=current).rev() {
+        if off_in(segments[i - 1].0) != value {
+            since = segments[i].1;
+            break;
+        }
+    }
+    since
+}
+
+fn flag_phase(p: FlagPhase) -> Phase {
+    match p {
+        FlagPhase::Preparing => Phase::Preparing,
+        FlagPhase::Active => Phase::Active,
+        FlagPhase::CoolingDown => Phase::CoolingDown,
+    }
+}
+
+/// An auto-degrade flag from its breaker.
+fn auto_flag(flag: &Flag, auto: &AutoDegrade, b: &Breaker, sample: &Sample) -> Wanted {
+    let enabled = b.state.enabled();
+    let current = match sample {
+        Sample::Value(v) => format!("value {v}"),
+        Sample::Failed(_) => "no value".into(),
+    };
+    let why = match b.state {
+        State::Open => format!(
+            "the breaker opened: {} stayed above {} for {} (value {})",
+            auto.query,
+            auto.above,
+            auto.for_,
+            b.value.map(|v| v.to_string()).unwrap_or_default()
+        ),
+        State::HalfOpen => format!("the breaker is half-open ({current}, threshold {})", auto.above),
+        State::Closed => format!(
+            "the breaker closed: the value stayed at or below {} for {} ({current})",
+            auto.above, auto.recover_after
+        ),
+    };
+    Wanted {
+        status: FlagStatus {
+            name: flag.name.clone(),
+            enabled,
+            reason: format!("Breaker{}", b.state.as_str()),
+            value: b.value,
+            since: Some(Time(b.since)),
+        },
+        flag: flagd::flag(enabled, None),
+        why,
+    }
+}
+
+fn rule(auto: &AutoDegrade) -> Rule {
+    // The CRD bounds both to 1s..1h; a spec that slipped past it still gets a sane breaker.
+    let second = SignedDuration::from_secs(1);
+    Rule {
+        above: auto.above,
+        for_: signed("for", &auto.for_).unwrap_or(second).max(second),
+        recover_after: signed("recoverAfter", &auto.recover_after).unwrap_or(second).max(second),
+    }
+}
+
+/// How often a breaker is evaluated: a quarter of its shorter stretch, 1..15 s, so `for` and
+/// `recoverAfter` are honoured to within a few seconds.
+pub fn poll_interval(rule: &Rule) -> SignedDuration {
+    let quarter = rule.for_.min(rule.recover_after) / 4;
+    quarter.clamp(SignedDuration::from_secs(1), SignedDuration::from_secs(15))
+}
+
+/// What the lever will do, for `flashsale-operator plan` (pure).
+pub fn plan(degradation: &Degradation, namespace: &str, schedule: &Schedule) -> Vec<String> {
+    let target = Target::new(degradation, namespace);
+    let place = match degradation.target {
+        FlagTarget::ConfigMap => {
+            format!("{} (key {}), merged into its flag file if it exists", target.display(), flagd::FLAGS_KEY)
+        }
+        FlagTarget::FeatureFlag => target.display(),
+    };
+    let mut lines = vec![format!("degradation flags, in every cluster: {place}")];
+    lines.push("  Scheduled:  published, every flag on".into());
+    for flag in &degradation.flags {
+        match (&flag.off_during, &flag.auto_degrade) {
+            (Some(phases), _) => {
+                let windows: Vec<String> = flagd::off_windows(schedule, phases)
+                    .iter()
+                    .map(|(from, to)| {
+                        let at = |s: i64| Timestamp::from_second(s).map(|t| t.to_string()).unwrap_or_default();
+                        format!("{} .. {}", at(*from), at(*to))
+                    })
+                    .collect();
+                let names: Vec<&str> = phases.iter().map(|p| flag_phase(*p).as_str()).collect();
+                lines.push(format!(
+                    "  {}: off during {} ({}; in its targeting, so apps flip on time without the operator)",
+                    flag.name,
+                    names.join(", "),
+                    windows.join(", ")
+                ));
+            }
+            (None, Some(auto)) => lines.push(format!(
+                "  {}: off while {} stays above {} for {}, on again after {} at or below (evaluated Preparing..CoolingDown)",
+                flag.name, auto.query, auto.above, auto.for_, auto.recover_after
+            )),
+            (None, None) => {}
+        }
+    }
+    lines.push("  Restoring:  the original flag file back (or the object deleted if the sale created it)".into());
+    lines
+}
+
+fn on_off(enabled: bool) -> &'static str {
+    if enabled { "on" } else { "off" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> Schedule {
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH);
+        Schedule { prepare_at: at(0), start: at(100), end: at(200), restore_at: at(300) }
+    }
+
+    fn flag(phases: &[FlagPhase]) -> Flag {
+        Flag { name: "recommendations".into(), off_during: Some(phases.to_vec()), auto_degrade: None }
+    }
+
+    #[test]
+    fn static_flags_follow_the_phase_with_their_window_in_targeting() {
+        let s = schedule();
+        let phases = [FlagPhase::Preparing, FlagPhase::Active];
+        let table = [
+            (Phase::Scheduled, true, None),
+            (Phase::Preparing, false, Some(s.prepare_at)),
+            (Phase::Active, false, Some(s.prepare_at)),
+            (Phase::CoolingDown, true, Some(s.end)),
+        ];
+        for (phase, enabled, since) in table {
+            let w = static_flag(&flag(&phases), &phases, &s, phase);
+            assert_eq!(w.status.enabled, enabled, "{phase}");
+            assert_eq!(w.status.since.map(|t| t.0), since, "{phase}");
+            assert_eq!(w.flag["defaultVariant"], on_off(enabled), "{phase}");
+            assert!(w.flag["targeting"]["if"].is_array(), "{phase}: the window is in the targeting");
+        }
+    }
+
+    #[test]
+    fn since_is_the_last_boundary_where_the_value_changed() {
+        let s = schedule();
+        let split = [FlagPhase::Preparing, FlagPhase::CoolingDown];
+        let table = [
+            (Phase::Scheduled, true, None),
+            (Phase::Preparing, false, Some(s.prepare_at)),
+            (Phase::Active, true, Some(s.start)),
+            (Phase::CoolingDown, false, Some(s.end)),
+        ];
+        for (phase, enabled, since) in table {
+            let w = static_flag(&flag(&split), &split, &s, phase);
+            assert_eq!((w.status.enabled, w.status.since.map(|t| t.0)), (enabled, since), "{phase}");
+        }
+        let only_cooling = [FlagPhase::CoolingDown];
+        let w = static_flag(&flag(&only_cooling), &only_cooling, &s, Phase::Active);
+        assert_eq!((w.status.enabled, w.status.since), (true, None), "on all along");
+    }
+
+    #[test]
+    fn plan_names_the_object_the_windows_and_the_breakers() -> Result<(), serde_json::Error> {
+        let degradation: Degradation = serde_json::from_value(json!({
+            "prometheus": {"url": "http://prometheus:9090"},
+            "flags": [
+                {"name": "recommendations", "offDuring": ["Preparing", "Active"]},
+                {"name": "reviews", "autoDegrade": {"query": "p99", "above": 0.5, "for": "30s", "recoverAfter": "2m"}},
+            ]
+        }))?;
+        let text = plan(&degradation, "shop", &schedule()).join("\n");
+        assert!(text.contains("ConfigMap shop/flashsale-flags (key flags.flagd.json)"), "{text}");
+        assert!(
+            text.contains(
+                "recommendations: off during Preparing, Active (2027-01-15T08:00:00Z .. 2027-01-15T08:03:20Z"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("reviews: off while p99 stays above 0.5 for 30s"), "{text}");
+        Ok(())
+    }
+
+    #[test]
+    fn poll_interval_is_a_quarter_of_the_shorter_stretch_within_1_to_15_seconds() {
+        let r = |f: i64, r: i64| Rule {
+            above: 1.0,
+            for_: SignedDuration::from_secs(f),
+            recover_after: SignedDuration::from_secs(r),
+        };
+        assert_eq!(poll_interval(&r(30, 120)), SignedDuration::from_millis(7500));
+        assert_eq!(poll_interval(&r(2, 120)), SignedDuration::from_secs(1));
+        assert_eq!(poll_interval(&r(3600, 3600)), SignedDuration::from_secs(15));
+    }
+
+    #[test]
+    fn the_original_annotation_round_trips() -> Result<(), serde_json::Error> {
+        let created = Original { created: true, flags_file: None };
+        let absent = Original { created: false, flags_file: None };
+        let present = Original { created: false, flags_file: Some("{\"flags\":{}}".into()) };
+        assert_eq!(serde_json::to_string(&created)?, r#"{"created":true,"flagsFile":null}"#);
+        assert_eq!(serde_json::to_string(&absent)?, r#"{"created":false,"flagsFile":null}"#);
+        for o in [created, absent, present] {
+            assert_eq!(serde_json::from_str::<Original>(&serde_json::to_string(&o)?)?, o);
+        }
+        Ok(())
+    }
+}
