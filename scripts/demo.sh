@@ -41,14 +41,17 @@ spec:
   maxUnavailable: 1
   selector: {matchLabels: {app: storefront}}
 YAML
-sed -e "s/start: .*/start: \"$start\"/" -e "s/end: .*/end: \"$end\"/" \
-    -e "s/prepareBefore: .*/prepareBefore: 30s/" -e "s/cooldownAfter: .*/cooldownAfter: 20s/" \
-    examples/product-drop.yaml | $kubectl apply --server-side -f - >/dev/null
+# The example with its window a minute from now and its lead times in seconds.
+demo_sale() {
+  sed -e "s/start: .*/start: \"$start\"/" -e "s/end: .*/end: \"$end\"/" \
+      -e "s/prepareBefore: .*/prepareBefore: 30s/" -e "s/cooldownAfter: .*/cooldownAfter: 20s/" \
+      -e "s/startBefore: .*/startBefore: 20s/" examples/product-drop.yaml
+}
+demo_sale | $kubectl apply --server-side -f - >/dev/null
 
 echo "FlashSale shop/sneaker-drop: window $start .. $end (operator log: $operator_log)"
 echo
-target/debug/flashsale-operator plan --kubeconfig "$KUBECONFIG" -f <(sed -e "s/start: .*/start: \"$start\"/" -e "s/end: .*/end: \"$end\"/" \
-    -e "s/prepareBefore: .*/prepareBefore: 30s/" -e "s/cooldownAfter: .*/cooldownAfter: 20s/" examples/product-drop.yaml)
+target/debug/flashsale-operator plan --kubeconfig "$KUBECONFIG" -f <(demo_sale)
 echo
 last=""
 deadline=$((SECONDS + 300))
@@ -62,11 +65,23 @@ while ((SECONDS < deadline)); do
     last=$row
   fi
   phase=$($kubectl -n shop get flashsale sneaker-drop -o jsonpath='{.status.phase}' 2>/dev/null || true)
+  if [[ $phase == Active && -z ${shown_active:-} ]]; then
+    shown_active=1
+    echo
+    echo "during the sale: drain agents, the warm-up Job, and the published flag"
+    $kubectl -n shop get daemonsets,jobs 2>/dev/null || true
+    $kubectl -n shop get configmap sneaker-drop-flags -o jsonpath='{.data.flags\.flagd\.json}' 2>/dev/null | head -c 600 || true
+    echo
+    echo
+  fi
   [[ $phase == Completed ]] && break
   sleep 1
 done
 echo
 $kubectl -n shop get events --field-selector involvedObject.name=sneaker-drop --sort-by=.metadata.creationTimestamp
+echo
+echo "after the sale: no agents, Jobs or flags left"
+$kubectl -n shop get daemonsets,jobs,configmaps 2>&1 | grep -v kube-root-ca || true
 echo
 echo "storefront after the sale (replicas, readiness probe period):"
 $kubectl -n shop get deployment storefront -o jsonpath='{.spec.replicas} {.spec.template.spec.containers[0].readinessProbe.periodSeconds}{"\n"}' 

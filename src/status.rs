@@ -288,6 +288,15 @@ fn not_ready_message(problems: &str, observations: &[ClusterObservation]) -> Str
             }
         }
     }
+    // Levers still converging (agents starting, warm-ups running) say what they wait for.
+    for obs in observations {
+        if let Ok(report) = &obs.report {
+            for c in report.conditions.iter().filter(|c| !c.ready && !c.blocking) {
+                let prefix = if observations.len() > 1 { format!("{}: ", obs.name) } else { String::new() };
+                waiting.push(format!("{prefix}{}", c.message));
+            }
+        }
+    }
     let mut parts = waiting;
     if !problems.is_empty() {
         parts.push(problems.to_owned());
@@ -426,5 +435,23 @@ mod tests {
         assert_eq!(failed[0].0.reason, "WarmupFailed");
         assert_eq!(failed[0].0.message, "cluster b: WarmupFailed here");
         assert!(failed[0].1, "a blocking failure is marked as such");
+    }
+
+    #[test]
+    fn levers_still_converging_say_what_they_wait_for_without_being_problems() {
+        use crate::levers::{LeverCondition, Report};
+        let starting = LeverCondition {
+            type_: DRAIN_AGENTS_READY,
+            ready: false,
+            reason: "AgentsStarting".into(),
+            message: "1/2 drain agents ready".into(),
+            blocking: false,
+        };
+        let obs = [ClusterObservation {
+            name: "local".into(),
+            report: Ok(Report { conditions: vec![starting], ..Report::default() }),
+        }];
+        assert_eq!(not_ready_message("", &obs), "1/2 drain agents ready");
+        assert_eq!(not_ready_message("web not found", &obs), "1/2 drain agents ready; web not found");
     }
 }

@@ -245,10 +245,8 @@ fn observe(ds: Option<&DaemonSet>, drain: &SpotDrain, report: &mut Report) {
     if let Some((desired, ready_count, _)) = counts {
         report.drain_agents = Some(DrainAgentsStatus { desired, ready: ready_count });
     }
-    if !ready {
-        report.ready = false;
-        report.problems.push(format!("drain agents: {message}"));
-    }
+    // Agents starting is progress, not a problem: the condition (and Ready's message) says it.
+    report.ready &= ready;
     report.conditions.push(LeverCondition {
         type_: DRAIN_AGENTS_READY,
         ready,

@@ -228,7 +228,7 @@ impl Cluster {
     /// Installs a CRD with server-side apply and waits until it is Established.
     pub fn install_crd(&self, path: &Path) -> anyhow::Result<()> {
         let path = path.display().to_string();
-        self.kubectl(&["apply", "--server-side", "--field-manager=e2e", "-f", &path])?;
+        self.kubectl(&["apply", "--server-side", "--force-conflicts", "--field-manager=e2e", "-f", &path])?;
         let name = self.kubectl(&["get", "-f", &path, "-o", "jsonpath={.metadata.name}"])?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
