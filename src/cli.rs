@@ -31,7 +31,7 @@ enum Command {
     /// Run the controller against the cluster from the usual kubeconfig / in-cluster rules.
     Run(RunArgs),
     /// Run the spot-termination drain agent on one node.
-    DrainAgent,
+    DrainAgent(crate::agent::Args),
     /// Print a sale's timeline and what each phase will do, without writing to any cluster.
     Plan(PlanArgs),
     /// Print the FlashSale CustomResourceDefinition as YAML.
@@ -80,9 +80,7 @@ impl Cli {
         cli.init_logging();
         match cli.command {
             Command::Run(args) => runtime()?.block_on(run(args)),
-            Command::DrainAgent => bail!(
-                "drain-agent is not implemented in this version of flashsale-operator; spotDrain sales cannot be served by it yet"
-            ),
+            Command::DrainAgent(args) => agent_runtime()?.block_on(drain_agent(args)),
             Command::Plan(args) => {
                 let sale = plan::read(&args.file)?;
                 let now = args.now.unwrap_or_else(jiff::Timestamp::now);
@@ -121,6 +119,21 @@ impl Cli {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// The drain agent runs on every spot node: one thread is plenty and keeps it small.
+fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+async fn drain_agent(args: crate::agent::Args) -> anyhow::Result<()> {
+    let config = kube::Config::infer()
+        .await
+        .context("cannot find Kubernetes credentials (KUBECONFIG, ~/.kube/config or in-cluster service account)")?;
+    let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
+    crate::agent::run(args, client, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
