@@ -127,9 +127,12 @@ fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn drain_agent(args: crate::agent::Args) -> anyhow::Result<()> {
-    let config = kube::Config::infer()
+    let mut config = kube::Config::infer()
         .await
         .context("cannot find Kubernetes credentials (KUBECONFIG, ~/.kube/config or in-cluster service account)")?;
+    // The client's own retry of 429 would hide a PodDisruptionBudget's refusal and wait on its
+    // own schedule; the drain retries with a backoff that knows the deadline.
+    config.default_retry = false;
     let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
     crate::agent::run(args, client, shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -322,8 +322,9 @@ async fn report_drain(
     } else {
         tracing::warn!(node = %ctx.node, evicted = report.evicted.len(), blocked = ?blocked, elapsed = ?seen.elapsed(), %summary, "drain incomplete");
     }
-    // A restarted agent that found nothing left to do has nothing new to announce.
-    if marked == Marked::Already && report.evicted.is_empty() && report.blocked.is_empty() {
+    // A restarted agent announces only what it evicted itself; pods still blocked were reported
+    // by the run that started the drain.
+    if marked == Marked::Already && report.evicted.is_empty() {
         return;
     }
     let (type_, reason) = if report.complete() {
