@@ -4,6 +4,7 @@
 //! namespace); a second cluster starts on demand for tests that need two. Both are torn down
 //! when the run ends, whether tests pass or fail.
 
+mod agent;
 mod foundation;
 mod gitops;
 mod harness;
@@ -31,6 +32,7 @@ fn main() {
         .chain(timeline::TESTS)
         .chain(gitops::TESTS)
         .chain(levers::TESTS)
+        .chain(agent::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
