@@ -111,6 +111,11 @@ async fn bench(cluster: &Cluster, runs: usize, pods: usize) -> anyhow::Result<()
             .await
             .with_context(|| format!("run {run}: the node was never marked; agent log:\n{}", agent.log_text()))?;
         let lag = seen.duration_since(noticed);
+        // The agent records its own figure just after the write the watch saw.
+        eventually(Duration::from_secs(5), || async {
+            Ok(agent.metric("flashsale_drain_agent_notice_to_cordon_seconds_count")? >= 1.0)
+        })
+        .await?;
         let own = agent.metric("flashsale_drain_agent_notice_to_cordon_seconds_sum")?;
         println!("| {run} | {} | {} | {:.0} |", offset.as_millis(), lag.as_millis(), own * 1000.0);
         lags.push(lag);
@@ -155,7 +160,7 @@ async fn bench(cluster: &Cluster, runs: usize, pods: usize) -> anyhow::Result<()
     let mut agent = Agent::start(cluster, &metadata.endpoint(), "evict")?;
     agent.wait_ready().await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (idle_rss, idle_hwm) = agent.memory()?;
+    let idle = agent.memory()?;
     let release = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(300)).round(jiff::Unit::Second)?;
     let noticed = Instant::now();
     metadata.set_notice(Some(&release.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
@@ -180,7 +185,7 @@ async fn bench(cluster: &Cluster, runs: usize, pods: usize) -> anyhow::Result<()
     let replaced = Instant::now();
     let drained_own = agent.metric("flashsale_drain_agent_notice_to_drained_seconds_sum")?;
     let evicted_metric = agent.metric("flashsale_drain_agent_evictions_total{outcome=\"evicted\"}")?;
-    let (rss, hwm) = agent.memory()?;
+    let after = agent.memory()?;
     agent.ensure_alive()?;
 
     let ms = |i: Instant| i.duration_since(noticed).as_millis();
@@ -197,10 +202,13 @@ async fn bench(cluster: &Cluster, runs: usize, pods: usize) -> anyhow::Result<()
     println!("agent's evictions_total{{outcome=\"evicted\"}}: {evicted_metric}");
 
     println!("\n## agent memory ({})\n", env!("CARGO_BIN_EXE_flashsale-operator"));
-    println!("| when | VmRSS kB | VmHWM kB |");
-    println!("|------|------|------|");
-    println!("| idle, 10 s of polling | {idle_rss} | {idle_hwm} |");
-    println!("| after draining {pods} pods | {rss} | {hwm} |");
+    println!("| when | VmRSS kB | VmHWM kB | RssAnon kB | RssFile kB |");
+    println!("|------|------|------|------|------|");
+    let row = |when: &str, (rss, hwm, anon, file): (u64, u64, u64, u64)| {
+        println!("| {when} | {rss} | {hwm} | {anon} | {file} |");
+    };
+    row("idle, 10 s of polling", idle);
+    row(&format!("after draining {pods} pods"), after);
     restore(cluster)?;
     Ok(())
 }
@@ -400,8 +408,8 @@ impl Agent {
             .unwrap_or(0.0))
     }
 
-    /// VmRSS and VmHWM in kB.
-    fn memory(&self) -> anyhow::Result<(u64, u64)> {
+    /// VmRSS, VmHWM, RssAnon and RssFile in kB.
+    fn memory(&self) -> anyhow::Result<(u64, u64, u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let field = |name: &str| {
             status
@@ -410,7 +418,7 @@ impl Agent {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
                 .with_context(|| format!("no {name} in /proc/<pid>/status"))
         };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        Ok((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?, field("RssFile:")?))
     }
 
     fn log_text(&self) -> String {

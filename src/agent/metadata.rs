@@ -207,7 +207,7 @@ impl MetadataClient {
                 Ok(Some(value.to_owned()))
             }
             // The service does not hand out tokens: plain GETs in Optional mode.
-            400 | 403 | 404 | 405 if self.mode == MetadataTokenMode::Optional => {
+            400 | 403 | 404 | 405 | 501 if self.mode == MetadataTokenMode::Optional => {
                 tracing::info!(status, "the metadata service hands out no token; using plain requests");
                 self.plain_until = Some(now + PLAIN_RECHECK);
                 Ok(None)

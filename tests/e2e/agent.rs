@@ -486,6 +486,9 @@ fn agent_drains_a_noticed_node_honouring_pdbs(env: &Env) -> anyhow::Result<()> {
         .await
         .context("the drain never finished")?;
         agent.ensure_alive()?;
+        // The default Optional mode used the tokens this service hands out.
+        let counts = metadata.counts();
+        ensure!(counts.tokens_issued >= 1 && counts.gets_without_token == 0, "{counts:?}");
 
         let evicted = agent.metric("flashsale_drain_agent_evictions_total{outcome=\"evicted\"}")?;
         ensure!(evicted == 29.0, "evictions reported: {evicted}, want 29");
@@ -667,7 +670,9 @@ fn agent_drains_once_across_repeated_notices_and_restarts(env: &Env) -> anyhow::
         let ns = namespace(&client, "agent-once").await?;
         let _cleanup = Cleanup { cluster, namespace: ns.clone() };
         place_pods(&client, &ns, node, &[("web", 3)]).await?;
+        // A service without tokens: the default Optional mode falls back to plain requests.
         let metadata = MetadataServer::start()?;
+        metadata.set_tokens(Tokens::Unsupported, None);
         let args = ["--poll-interval", "300ms"];
         let mut agent = Agent::start(cluster, node, &metadata.endpoint(), &args)?;
         agent.wait_ready().await?;
@@ -691,6 +696,9 @@ fn agent_drains_once_across_repeated_notices_and_restarts(env: &Env) -> anyhow::
         metadata.set_notice(Some(&release));
         let served = metadata.counts().notices_served;
         eventually(Duration::from_secs(10), || async { Ok(metadata.counts().notices_served >= served + 3) }).await?;
+        let counts = metadata.counts();
+        ensure!(counts.gets_without_token >= 3 && counts.gets_rejected == 0, "plain polling did not work: {counts:?}");
+        ensure!(agent.metric("flashsale_drain_agent_metadata_errors_total{kind=\"token\"}")? == 0.0);
         ensure!(agent.metric("flashsale_drain_agent_drains_total")? == 1.0, "a second drain started");
         ensure!(agent.metric("flashsale_drain_agent_notices_total")? == 1.0, "the same notice was counted twice");
 
