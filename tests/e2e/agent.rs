@@ -2,10 +2,11 @@
 //! control plane and the project's metadata stand-in (`harness::metadata`).
 //!
 //! kwok nodes run no containers, so the agent runs beside the cluster with `--node-name` set to
-//! one of the spot nodes. The spot nodes are shared with the other tests: a test takes its
-//! node's lock, and a guard removes the taints and uncordons the node afterwards, pass or fail.
-//! While a test holds a node it also carries an `e2e.flashsale.dev/agent-test` taint that only
-//! this module's pods tolerate, so other tests' pods do not land there meanwhile.
+//! a kwok node. A drain evicts every pod on its node, so the tests use two nodes of their own
+//! (`agent-node-a`, `agent-node-b`, created here on first use) that carry a NoSchedule taint
+//! only this module's pods tolerate: other tests' pods never land there, and these drains never
+//! touch them. A test takes its node's lock, and a guard removes the agent's taint and uncordons
+//! the node afterwards, pass or fail.
 
 use anyhow::{Context as _, bail, ensure};
 use futures::StreamExt as _;
@@ -46,8 +47,11 @@ pub const TESTS: &[(&str, TestFn)] = &[
 ];
 
 const TEST_TAINT: &str = "e2e.flashsale.dev/agent-test";
-static SPOT_0: Mutex<()> = Mutex::new(());
-static SPOT_1: Mutex<()> = Mutex::new(());
+/// The nodes the agent tests drain, each with its lock.
+const NODE_A: &str = "agent-node-a";
+const NODE_B: &str = "agent-node-b";
+static NODE_A_LOCK: Mutex<()> = Mutex::new(());
+static NODE_B_LOCK: Mutex<()> = Mutex::new(());
 
 /// Exclusive use of a spot node; restores it on drop.
 struct NodeLease<'a> {
@@ -59,11 +63,33 @@ struct NodeLease<'a> {
 impl<'a> NodeLease<'a> {
     fn take(cluster: &'a Cluster, node: &'static str) -> anyhow::Result<NodeLease<'a>> {
         let lock = match node {
-            "spot-0" => &SPOT_0,
-            "spot-1" => &SPOT_1,
+            NODE_A => &NODE_A_LOCK,
+            NODE_B => &NODE_B_LOCK,
             other => bail!("no lock for node {other}"),
         };
         let lease = NodeLease { cluster, node, _lock: lock.lock().unwrap_or_else(|e| e.into_inner()) };
+        // Created on first use (kwok manages every node), the same as the harness's nodes but
+        // tainted for these tests only.
+        let manifest = format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n  annotations:\n    kwok.x-k8s.io/node: fake\n  labels:\n    kubernetes.io/hostname: {node}\n    kubernetes.io/os: linux\n    kubernetes.io/arch: amd64\n    type: kwok\nspec:\n  taints:\n  - {{key: {TEST_TAINT}, value: \"true\", effect: NoSchedule}}\nstatus:\n  allocatable: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}\n  capacity: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}\n"
+        );
+        if cluster.kubectl(&["get", "node", node, "-o", "name"]).is_err() {
+            cluster.kubectl_stdin(&["create", "-f", "-"], Some(&manifest))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while cluster.kubectl(&[
+            "get",
+            "node",
+            node,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])? != "True"
+        {
+            if Instant::now() > deadline {
+                bail!("node {node} not Ready after 60s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         lease.restore();
         // The previous test's namespace is being deleted; its pods must be gone from the node
         // before this test's drain, or they would be in its report.
@@ -87,15 +113,12 @@ impl<'a> NodeLease<'a> {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        cluster.kubectl(&["taint", "nodes", node, &format!("{TEST_TAINT}=true:NoSchedule"), "--overwrite"])?;
         Ok(lease)
     }
 
     fn restore(&self) {
-        for taint in [format!("{TAINT_KEY}-"), format!("{TEST_TAINT}-")] {
-            // Fails when the taint is not there, which is fine.
-            let _ = self.cluster.kubectl(&["taint", "nodes", self.node, &taint]);
-        }
+        // Fails when the taint is not there, which is fine.
+        let _ = self.cluster.kubectl(&["taint", "nodes", self.node, &format!("{TAINT_KEY}-")]);
         if let Err(err) = self.cluster.kubectl(&["uncordon", self.node]) {
             eprintln!("could not uncordon {}: {err:#}", self.node);
         }
@@ -317,7 +340,7 @@ async fn place_pods(client: &Client, ns: &str, node: &str, deployments: &[(&str,
 /// pod stays, and the pod under two PDBs is reported once, on the node and on the FlashSale.
 fn agent_drains_a_noticed_node_honouring_pdbs(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
-    let node = "spot-0";
+    let node = NODE_A;
     let _lease = NodeLease::take(cluster, node)?;
     block_on(async {
         let client = client(cluster).await?;
@@ -552,7 +575,7 @@ fn agent_drains_a_noticed_node_honouring_pdbs(env: &Env) -> anyhow::Result<()> {
 /// when the service forgets it), never asks without one, and drains when the notice comes.
 fn agent_hardened_mode_refreshes_expiring_tokens(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
-    let node = "spot-1";
+    let node = NODE_B;
     let _lease = NodeLease::take(cluster, node)?;
     block_on(async {
         let client = client(cluster).await?;
@@ -608,7 +631,7 @@ fn agent_hardened_mode_refreshes_expiring_tokens(env: &Env) -> anyhow::Result<()
 /// healthy, counts each kind of error, and drains when a notice finally comes.
 fn agent_survives_a_broken_metadata_service(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
-    let node = "spot-1";
+    let node = NODE_B;
     let _lease = NodeLease::take(cluster, node)?;
     block_on(async {
         let client = client(cluster).await?;
@@ -663,7 +686,7 @@ fn agent_survives_a_broken_metadata_service(env: &Env) -> anyhow::Result<()> {
 /// The notice seen again, a changed notice, and a restarted agent: one drain, one announcement.
 fn agent_drains_once_across_repeated_notices_and_restarts(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
-    let node = "spot-0";
+    let node = NODE_A;
     let _lease = NodeLease::take(cluster, node)?;
     block_on(async {
         let client = client(cluster).await?;
