@@ -8,10 +8,16 @@
 
 use futures::{StreamExt as _, stream};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Pod, Taint},
+        policy::v1::Eviction,
+    },
+    apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta},
+};
 use kube::{
     Api, Client, ResourceExt as _,
-    api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use std::{fmt, time::Duration};
 
@@ -324,12 +330,15 @@ async fn evict_one(
     let mut failed_attempts = 0;
     loop {
         let left = deadline.duration_since(Timestamp::now());
-        let params = EvictParams {
-            delete_options: clip_grace(grace, left)
-                .map(|secs| DeleteParams { grace_period_seconds: Some(secs as u32), ..DeleteParams::default() }),
-            ..EvictParams::default()
-        };
-        let result = api.evict(&pod.name, &params).await.map(|_| ());
+        let result = api
+            .create_subresource::<_, kube::core::Status>(
+                "eviction",
+                &pod.name,
+                &PostParams::default(),
+                &eviction(pod, clip_grace(grace, left)),
+            )
+            .await
+            .map(|_| ());
         let attempt = attempt_result(&result);
         let label = match &attempt {
             Attempt::Done(outcome) => outcome.label(),
@@ -372,6 +381,21 @@ async fn evict_one(
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// The policy/v1 Eviction for `pod`, with a grace period when one is given. (kube's `Api::evict`
+/// sends its delete options as `delete_options`, a field the API server does not know, so a grace
+/// period given there is silently dropped.)
+pub fn eviction(pod: &PodName, grace_seconds: Option<i64>) -> Eviction {
+    Eviction {
+        metadata: ObjectMeta {
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        delete_options: grace_seconds
+            .map(|secs| DeleteOptions { grace_period_seconds: Some(secs), ..DeleteOptions::default() }),
     }
 }
 
@@ -456,6 +480,23 @@ mod tests {
         assert_eq!(clip_grace(Some(30), s(2)), Some(1), "never zero (that would force-delete)");
         assert_eq!(clip_grace(Some(30), s(-5)), Some(1), "past the deadline");
         assert_eq!(clip_grace(Some(0), s(-5)), None, "a pod asking for 0 keeps it");
+    }
+
+    #[test]
+    fn eviction_body_carries_the_grace_period() {
+        let pod = PodName { namespace: "shop".into(), name: "web-1".into() };
+        let body = serde_json::to_value(eviction(&pod, Some(58))).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "apiVersion": "policy/v1",
+                "kind": "Eviction",
+                "metadata": {"name": "web-1", "namespace": "shop"},
+                "deleteOptions": {"gracePeriodSeconds": 58}
+            })
+        );
+        let body = serde_json::to_value(eviction(&pod, None)).unwrap();
+        assert!(body.get("deleteOptions").is_none(), "{body}");
     }
 
     #[test]

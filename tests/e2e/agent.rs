@@ -263,7 +263,7 @@ async fn node_events(client: &Client, node: &str, release: &str) -> anyhow::Resu
 
 /// A Deployment whose pods prefer `node` (and tolerate the test taint), with no default spread,
 /// so they all land there while it is open and elsewhere once it is cordoned.
-fn pinned_deployment(name: &str, replicas: i32, node: &str) -> anyhow::Result<Deployment> {
+fn pinned_deployment(name: &str, replicas: i32, grace: i64, node: &str) -> anyhow::Result<Deployment> {
     Ok(serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
         "spec": {
@@ -273,6 +273,7 @@ fn pinned_deployment(name: &str, replicas: i32, node: &str) -> anyhow::Result<De
                 "metadata": {"labels": {"app": name, "drain-test": "yes"}},
                 "spec": {
                     "containers": [{"name": "app", "image": "registry.example/web:1"}],
+                    "terminationGracePeriodSeconds": grace,
                     "tolerations": [{"key": TEST_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
                     "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
                         {"weight": 100, "preference": {"matchExpressions": [
@@ -313,13 +314,14 @@ fn app_of(p: &Pod) -> &str {
     p.metadata.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str).unwrap_or("")
 }
 
-/// Creates the Deployments and waits until every pod is ready on `node`.
-async fn place_pods(client: &Client, ns: &str, node: &str, deployments: &[(&str, i32)]) -> anyhow::Result<()> {
+/// Creates the Deployments (name, replicas, pod grace period in seconds) and waits until every
+/// pod is ready on `node`.
+async fn place_pods(client: &Client, ns: &str, node: &str, deployments: &[(&str, i32, i64)]) -> anyhow::Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    for (name, replicas) in deployments {
-        api.create(&PostParams::default(), &pinned_deployment(name, *replicas, node)?).await?;
+    for (name, replicas, grace) in deployments {
+        api.create(&PostParams::default(), &pinned_deployment(name, *replicas, *grace, node)?).await?;
     }
-    let want: i32 = deployments.iter().map(|(_, r)| r).sum();
+    let want: i32 = deployments.iter().map(|(_, r, _)| r).sum();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     eventually(Duration::from_secs(120), || async {
         let list = pods.list(&ListParams::default().labels("drain-test=yes")).await?;
@@ -346,7 +348,7 @@ fn agent_drains_a_noticed_node_honouring_pdbs(env: &Env) -> anyhow::Result<()> {
         let client = client(cluster).await?;
         let ns = namespace(&client, "agent-drain").await?;
         let _cleanup = Cleanup { cluster, namespace: ns.clone() };
-        let deployments = [("guarded", 8), ("plain-a", 11), ("plain-b", 10), ("two-pdbs", 1)];
+        let deployments = [("guarded", 8, 30), ("plain-a", 11, 30), ("plain-b", 10, 30), ("two-pdbs", 1, 30)];
         let guarded_replicas = 8usize;
         let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
         // The guarded PDB allows no disruption at first (as during another rollout), then one.
@@ -492,7 +494,7 @@ fn agent_drains_a_noticed_node_honouring_pdbs(env: &Env) -> anyhow::Result<()> {
             format!("the evicted pods were not all replaced elsewhere; agent log:\n{}", agent.log_text())
         })?;
         eventually(Duration::from_secs(30), || async {
-            for (name, replicas) in deployments {
+            for (name, replicas, _) in deployments {
                 let d = d_api.get(name).await?;
                 let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
                 if ready != replicas {
@@ -683,7 +685,8 @@ fn agent_survives_a_broken_metadata_service(env: &Env) -> anyhow::Result<()> {
     })
 }
 
-/// The notice seen again, a changed notice, and a restarted agent: one drain, one announcement.
+/// Grace periods clipped to the time left; then the notice seen again, gone and back, and a
+/// restarted agent: one drain, one announcement.
 fn agent_drains_once_across_repeated_notices_and_restarts(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     let node = NODE_A;
@@ -692,14 +695,34 @@ fn agent_drains_once_across_repeated_notices_and_restarts(env: &Env) -> anyhow::
         let client = client(cluster).await?;
         let ns = namespace(&client, "agent-once").await?;
         let _cleanup = Cleanup { cluster, namespace: ns.clone() };
-        place_pods(&client, &ns, node, &[("web", 3)]).await?;
+        // `slow` pods ask for 10 minutes to stop; the instance goes in one.
+        place_pods(&client, &ns, node, &[("web", 3, 30), ("slow", 2, 600)]).await?;
+        let graces = Arc::new(Mutex::new(BTreeMap::<String, (String, i64)>::new()));
+        let watch = {
+            let graces = graces.clone();
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(watcher(pods, watcher::Config::default()));
+                while let Some(event) = stream.next().await {
+                    if let Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p)) = event
+                        && let Some(grace) = p.metadata.deletion_grace_period_seconds
+                        && node_of(&p) == NODE_A
+                    {
+                        let mut graces = graces.lock().unwrap_or_else(|e| e.into_inner());
+                        graces
+                            .entry(p.metadata.name.clone().unwrap_or_default())
+                            .or_insert((app_of(&p).to_owned(), grace));
+                    }
+                }
+            })
+        };
         // A service without tokens: the default Optional mode falls back to plain requests.
         let metadata = MetadataServer::start()?;
         metadata.set_tokens(Tokens::Unsupported, None);
         let args = ["--poll-interval", "300ms"];
         let mut agent = Agent::start(cluster, node, &metadata.endpoint(), &args)?;
         agent.wait_ready().await?;
-        let (release, release_ts) = release_in(300);
+        let (release, release_ts) = release_in(60);
         metadata.set_notice(Some(&release));
         let nodes: Api<Node> = Api::all(client.clone());
         eventually(Duration::from_secs(10), || node_marked(&nodes, node, release_ts)).await?;
@@ -708,6 +731,20 @@ fn agent_drains_once_across_repeated_notices_and_restarts(env: &Env) -> anyhow::
         })
         .await
         .context("the drain never finished")?;
+        // Each grace period fits before the release: the pods' own 30 s as they are, the
+        // 600 s ones clipped to the time left less 2 s.
+        eventually(Duration::from_secs(10), || async { Ok(graces.lock().map(|g| g.len()).unwrap_or(0) == 5) })
+            .await
+            .with_context(|| format!("evictions seen: {:?}", graces.lock().map(|g| g.clone()).unwrap_or_default()))?;
+        watch.abort();
+        let graces = graces.lock().map(|g| g.clone()).unwrap_or_default();
+        for (pod, (app, grace)) in &graces {
+            let fits = match app.as_str() {
+                "web" => *grace == 30,
+                _ => (45..=58).contains(grace),
+            };
+            ensure!(fits, "{pod} ({app}) was evicted with a {grace} s grace period, release in under 60 s: {graces:?}");
+        }
 
         // The notice keeps being served, goes away and comes back: still one drain.
         let polls = agent.metric("flashsale_drain_agent_metadata_polls_total")?;
