@@ -313,6 +313,104 @@ mod tests {
         assert_eq!(backoff(two, u32::MAX), s(10), "no overflow");
     }
 
+    /// A scripted metadata service: answers each connection with the next (status, body);
+    /// status 0 hangs. Records each request as "METHOD token-or-dash".
+    async fn scripted(script: Vec<(u16, &'static str)>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            for (status, body) in script {
+                let (conn, _) = listener.accept().await.unwrap();
+                let mut buf = vec![];
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    conn.readable().await.unwrap();
+                    match conn.try_read(&mut chunk) {
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).to_lowercase();
+                let method = text.split_whitespace().next().unwrap_or_default().to_uppercase();
+                let token = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-aliyun-ecs-metadata-token:"))
+                    .map(|t| t.trim().to_owned())
+                    .unwrap_or_else(|| "-".into());
+                log.lock().unwrap().push(format!("{method} {token}"));
+                if status == 0 {
+                    // Hold the connection open without a byte, and take the next one.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        drop(conn);
+                    });
+                    continue;
+                }
+                let response =
+                    format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let mut rest = response.as_bytes();
+                while !rest.is_empty() {
+                    conn.writable().await.unwrap();
+                    match conn.try_write(rest) {
+                        Ok(n) => rest = &rest[n..],
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        });
+        (endpoint, seen)
+    }
+
+    fn client(endpoint: &str, mode: MetadataTokenMode) -> MetadataClient {
+        MetadataClient::new(endpoint, mode, Duration::from_secs(60), Duration::from_millis(300))
+    }
+
+    #[tokio::test]
+    async fn optional_mode_falls_back_to_plain_requests_when_tokens_are_refused() {
+        let (endpoint, seen) = scripted(vec![(404, ""), (404, ""), (200, "2026-11-11T00:05:00Z")]).await;
+        let mut metadata = client(&endpoint, MetadataTokenMode::Optional);
+        assert_eq!(metadata.poll().await, Ok(Answer::Nothing));
+        assert_eq!(metadata.poll().await, Ok(Answer::Notice(ts("2026-11-11T00:05:00Z"))));
+        assert_eq!(*seen.lock().unwrap(), ["PUT -", "GET -", "GET -"], "no second token request");
+    }
+
+    #[tokio::test]
+    async fn a_rejected_token_is_replaced_within_the_poll() {
+        let (endpoint, seen) =
+            scripted(vec![(200, "t1"), (404, ""), (401, ""), (200, "t2"), (200, "2026-11-11T00:05:00Z")]).await;
+        let mut metadata = client(&endpoint, MetadataTokenMode::Required);
+        assert_eq!(metadata.poll().await, Ok(Answer::Nothing));
+        assert_eq!(metadata.poll().await, Ok(Answer::Notice(ts("2026-11-11T00:05:00Z"))));
+        assert_eq!(*seen.lock().unwrap(), ["PUT -", "GET t1", "GET t1", "PUT -", "GET t2"]);
+    }
+
+    #[tokio::test]
+    async fn required_mode_never_asks_without_a_token() {
+        let (endpoint, seen) = scripted(vec![(404, "")]).await;
+        let mut metadata = client(&endpoint, MetadataTokenMode::Required);
+        assert_eq!(metadata.poll().await.map_err(|e| e.kind()), Err("token"));
+        assert_eq!(*seen.lock().unwrap(), ["PUT -"]);
+    }
+
+    #[tokio::test]
+    async fn hangs_garbage_and_refusals_are_errors_of_their_kind() {
+        let (endpoint, _) = scripted(vec![(0, ""), (200, "<html>busy</html>"), (500, "")]).await;
+        let mut metadata = client(&endpoint, MetadataTokenMode::Disabled);
+        let started = Instant::now();
+        assert_eq!(metadata.poll().await.map_err(|e| e.kind()), Err("timeout"));
+        assert!(started.elapsed() < Duration::from_secs(2), "the request timeout bounds a hang");
+        assert_eq!(metadata.poll().await.map_err(|e| e.kind()), Err("garbage"));
+        assert_eq!(metadata.poll().await.map_err(|e| e.kind()), Err("status"));
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut metadata = client(&format!("http://{closed}"), MetadataTokenMode::Disabled);
+        assert_eq!(metadata.poll().await.map_err(|e| e.kind()), Err("connect"));
+    }
+
     #[test]
     fn error_kinds_are_the_metric_labels() {
         let kinds: Vec<_> = [
