@@ -1,4 +1,5 @@
-//! The operator's HTTP endpoints: `/metrics`, `/healthz` and `/readyz`.
+//! The HTTP endpoints of the operator and of the drain agent: `/metrics`, `/healthz` and
+//! `/readyz`.
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use std::{net::SocketAddr, sync::Arc};
@@ -6,11 +7,24 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
+/// Metrics that can be served on `/metrics`.
+pub trait Exposition: Send + Sync + 'static {
+    /// The text exposition format.
+    fn render(&self) -> String;
+}
+
+impl Exposition for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+}
+
 /// Shared state of the endpoints.
 #[derive(Clone)]
 pub struct Admin {
-    pub metrics: Arc<Metrics>,
-    /// Becomes true once the controller's caches are synced.
+    pub metrics: Arc<dyn Exposition>,
+    /// Becomes true once the process can do its work (the controller's caches are synced; the
+    /// drain agent has read its node).
     pub ready: watch::Receiver<bool>,
 }
 
@@ -21,6 +35,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(listener, admin, shutdown).await
+}
+
+/// Serves on an already bound `listener` until `shutdown` resolves (so a caller can report a
+/// bind failure itself).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    admin: Admin,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -35,9 +59,5 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
-    if *admin.ready.borrow() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet")
-    }
+    if *admin.ready.borrow() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready yet") }
 }

@@ -31,7 +31,7 @@ enum Command {
     /// Run the controller against the cluster from the usual kubeconfig / in-cluster rules.
     Run(RunArgs),
     /// Run the spot-termination drain agent on one node.
-    DrainAgent,
+    DrainAgent(crate::agent::Args),
     /// Print a sale's timeline and what each phase will do, without writing to any cluster.
     Plan(PlanArgs),
     /// Print the FlashSale CustomResourceDefinition as YAML.
@@ -84,9 +84,7 @@ impl Cli {
         cli.init_logging();
         match cli.command {
             Command::Run(args) => runtime()?.block_on(run(args)),
-            Command::DrainAgent => bail!(
-                "drain-agent is not implemented in this version of flashsale-operator; spotDrain sales cannot be served by it yet"
-            ),
+            Command::DrainAgent(args) => agent_runtime()?.block_on(drain_agent(args)),
             Command::Plan(args) => {
                 let sale = plan::read(&args.file)?;
                 let now = args.now.unwrap_or_else(jiff::Timestamp::now);
@@ -125,6 +123,24 @@ impl Cli {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// The drain agent runs on every spot node: one thread is plenty and keeps it small.
+fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+async fn drain_agent(args: crate::agent::Args) -> anyhow::Result<()> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("cannot find Kubernetes credentials (KUBECONFIG, ~/.kube/config or in-cluster service account)")?;
+    // The client's own retry of 429 would hide a PodDisruptionBudget's refusal and wait on its
+    // own schedule; the drain retries with a backoff that knows the deadline.
+    config.default_retry = false;
+    let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
+    crate::agent::run(args, client, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -271,5 +287,38 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The DaemonSet the operator deploys must start the agent it ships: its arguments parse as
+    /// the `drain-agent` command line, with the node from the environment the pod spec sets.
+    #[test]
+    fn the_agent_daemonset_starts_a_valid_drain_agent() {
+        let mut drain: crate::api::SpotDrain = serde_json::from_value(serde_json::json!({
+            "metadataToken": "Required",
+            "pollInterval": "3s",
+            "metadataEndpoint": "http://169.254.169.254",
+        }))
+        .unwrap();
+        drain.node_selector.insert("pool".into(), "spot".into());
+        let ds = crate::levers::agents::daemonset("flashsale-drain-agent-x", "shop", &drain, "img:1", "shop/sale");
+        let container = &ds["spec"]["template"]["spec"]["containers"][0];
+        let mut argv = vec!["flashsale-operator".to_owned()];
+        argv.extend(container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()));
+        argv.push("--node-name=spot-0".into());
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let Command::DrainAgent(args) = cli.command else { panic!("not the drain agent: {argv:?}") };
+        let rendered = format!("{args:?}");
+        for want in ["169.254.169.254", "3s", "Required", "9102"] {
+            assert!(rendered.contains(want), "{want} missing from {rendered}");
+        }
+        let env: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+        assert_eq!(env, ["NODE_NAME", "FLASHSALE_SALE"]);
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     }
 }

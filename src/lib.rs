@@ -4,6 +4,7 @@
 //! times); durations in the spec are Kubernetes' Go-style durations.
 
 pub mod admin;
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;

@@ -250,9 +250,9 @@ pub struct SpotDrain {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1s') && duration(self) <= duration('60s')").message("spotDrain.pollInterval must be a duration between 1s and 60s, such as 2s"))]
     #[schemars(length(max = 32))]
     pub poll_interval: Duration,
-    /// Base URL of the instance metadata service.
+    /// Base URL of the instance metadata service (plain http, as the ECS metadata service is).
     #[serde(default = "default_metadata_endpoint")]
-    #[schemars(length(min = 1, max = 256), regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^http://[^\s/]+(/.*)?$"))]
     pub metadata_endpoint: String,
     /// Whether the agent asks the metadata service for a session token (ECS hardened mode).
     #[serde(default)]

@@ -392,7 +392,12 @@ pub fn daemonset(name: &str, namespace: &str, drain: &SpotDrain, image: &str, sa
                             {"name": "FLASHSALE_SALE", "value": sale},
                         ],
                         "ports": [{"name": "metrics", "containerPort": AGENT_METRICS_PORT}],
-                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10},
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 10},
+                        "livenessProbe": {
+                            "httpGet": {"path": "/healthz", "port": "metrics"},
+                            "periodSeconds": 20,
+                            "failureThreshold": 3,
+                        },
                         "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
                         "securityContext": {
                             "allowPrivilegeEscalation": false,

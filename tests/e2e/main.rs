@@ -4,6 +4,7 @@
 //! namespace); a second cluster starts on demand for tests that need two. Both are torn down
 //! when the run ends, whether tests pass or fail.
 
+mod agent;
 mod drain_agents;
 mod flags;
 mod foundation;
@@ -37,6 +38,7 @@ fn main() {
         .chain(drain_agents::TESTS)
         .chain(warmup::TESTS)
         .chain(flags::TESTS)
+        .chain(agent::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

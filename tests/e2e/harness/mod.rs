@@ -17,6 +17,7 @@ use std::{
 
 pub mod certs;
 pub mod cronhpa;
+pub mod metadata;
 
 /// The Kubernetes version the toolchain builds.
 pub const KUBERNETES_VERSION: &str = "v1.36.3";
