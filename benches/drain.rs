@@ -20,8 +20,6 @@ use kube::{
     runtime::watcher,
 };
 use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -34,7 +32,7 @@ mod support;
 
 use flashsale_operator::agent::drain::{TAINT_KEY, taint_value};
 use harness::{Cluster, ClusterOptions, metadata::MetadataServer};
-use support::{client, eventually, http_get, namespace_named as namespace};
+use support::{Agent, client, eventually, namespace_named as namespace};
 
 const NODE: &str = "spot-0";
 const POLL: Duration = Duration::from_secs(2);
@@ -96,7 +94,7 @@ async fn bench(cluster: &Cluster, runs: usize, pods: usize) -> anyhow::Result<()
     for run in 0..runs {
         restore(cluster)?;
         metadata.set_notice(None);
-        let mut agent = Agent::start(cluster, &metadata.endpoint(), &format!("cordon-{run}"))?;
+        let mut agent = Agent::start(cluster, NODE, &metadata.endpoint(), &[])?;
         agent.wait_ready().await?;
         // Let the agent settle into its cycle, then spread the notices over it.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -157,7 +155,7 @@ async fn bench(cluster: &Cluster, runs: usize, pods: usize) -> anyhow::Result<()
     println!("{pods} pods ready on {NODE} in {:.1} s", t.elapsed().as_secs_f64());
 
     let watch = PodWatch::start(pod_api.clone());
-    let mut agent = Agent::start(cluster, &metadata.endpoint(), "evict")?;
+    let mut agent = Agent::start(cluster, NODE, &metadata.endpoint(), &[])?;
     agent.wait_ready().await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = agent.memory()?;
@@ -350,87 +348,6 @@ fn is_ready(p: &Pod) -> bool {
 
 fn node_of(p: &Pod) -> &str {
     p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("")
-}
-
-/// `flashsale-operator drain-agent` (the bench-profile build) with the default poll interval.
-struct Agent {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(cluster: &Cluster, endpoint: &str, tag: &str) -> anyhow::Result<Agent> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = cluster.dir.join(format!("agent-{tag}.log"));
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
-            .arg("drain-agent")
-            .args(["--node-name", NODE, "--metadata-endpoint", endpoint])
-            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()?;
-        Ok(Agent { child, port, log })
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(http_get(self.port, "/readyz"), Ok((200, _))) {
-            self.ensure_alive()?;
-            if Instant::now() > deadline {
-                bail!("agent not ready after 30s; log:\n{}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
-    }
-
-    fn ensure_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("the agent exited with {status}; log:\n{}", self.log_text());
-        }
-        Ok(())
-    }
-
-    fn metric(&self, series: &str) -> anyhow::Result<f64> {
-        let (code, body) = http_get(self.port, "/metrics")?;
-        if code != 200 {
-            bail!("/metrics answered {code}");
-        }
-        Ok(body
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0))
-    }
-
-    /// VmRSS, VmHWM, RssAnon and RssFile in kB.
-    fn memory(&self) -> anyhow::Result<(u64, u64, u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .with_context(|| format!("no {name} in /proc/<pid>/status"))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?, field("RssFile:")?))
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn cpus() -> usize {

@@ -234,42 +234,14 @@ spec:
 
     #[test]
     fn plan_lists_drain_agents_and_flags_with_their_times() {
-        let sale: FlashSale = serde_yaml::from_str(
-            r#"
-apiVersion: flashsale.dev/v1alpha1
-kind: FlashSale
-metadata: {name: double-11, namespace: shop}
-spec:
-  window: {start: "2026-11-11T00:00:00+08:00", end: "2026-11-11T02:00:00+08:00"}
-  workloads:
-  - ref: {kind: Deployment, name: web}
-    scale: {peak: 10}
-  spotDrain: {enabled: true}
-  degradation:
-    configMapName: flags
-    prometheus: {url: "http://prometheus:9090"}
-    flags:
-    - {name: recommendations, offDuring: [Active]}
-    - name: reviews
-      autoDegrade: {query: "up", above: 0.5, for: 30s, recoverAfter: 2m}
-  cacheWarm:
-  - name: products
-    startBefore: 20m
-    required: true
-    template: {spec: {template: {spec: {containers: [{name: w, image: w}], restartPolicy: Never}}}}
-"#,
-        )
-        .unwrap();
+        let sale: FlashSale = serde_yaml::from_str(include_str!("../examples/double-11.yaml")).unwrap();
         let text = render(&sale, "2026-11-10T12:00:00Z".parse().unwrap(), &vec![]).unwrap();
         assert!(
             text.contains("drain agents on nodes matching node.kubernetes.io/instance-lifecycle=spot (poll http://100.100.100.200 every 2s"),
             "{text}"
         );
-        assert!(
-            text.contains("recommendations: off during Active (2026-11-10T16:00:00Z .. 2026-11-10T18:00:00Z"),
-            "{text}"
-        );
-        assert!(text.contains("reviews: off while up stays above 0.5 for 30s"), "{text}");
+        assert!(text.contains("recommendations: off during Preparing, Active (2026-11-10T15:30:00Z"), "{text}");
+        assert!(text.contains("reviews: off while histogram_quantile(0.99"), "{text}");
     }
 
     #[test]

@@ -23,8 +23,6 @@ use kube::{
 };
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -35,15 +33,15 @@ use crate::{
         Cluster,
         metadata::{Fault, MetadataServer, Tokens},
     },
-    support::{Env, block_on, client, eventually, http_get, namespace},
+    support::{Agent, Env, block_on, client, eventually, http_get, namespace},
 };
 use flashsale_operator::agent::drain::{TAINT_KEY, taint_value};
 
 pub const TESTS: &[(&str, TestFn)] = &[
-    ("agent_drains_a_noticed_node_honouring_pdbs", agent_drains_a_noticed_node_honouring_pdbs),
-    ("agent_hardened_mode_refreshes_expiring_tokens", agent_hardened_mode_refreshes_expiring_tokens),
-    ("agent_survives_a_broken_metadata_service", agent_survives_a_broken_metadata_service),
-    ("agent_drains_once_across_repeated_notices_and_restarts", agent_drains_once_across_repeated_notices_and_restarts),
+    ("agent::drains_a_noticed_node_honouring_pdbs", agent_drains_a_noticed_node_honouring_pdbs),
+    ("agent::hardened_mode_refreshes_expiring_tokens", agent_hardened_mode_refreshes_expiring_tokens),
+    ("agent::survives_a_broken_metadata_service", agent_survives_a_broken_metadata_service),
+    ("agent::drains_once_across_repeated_notices_and_restarts", agent_drains_once_across_repeated_notices_and_restarts),
 ];
 
 const TEST_TAINT: &str = "e2e.flashsale.dev/agent-test";
@@ -145,79 +143,6 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-/// A running `flashsale-operator drain-agent`, killed on drop.
-struct Agent {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(cluster: &Cluster, node: &str, endpoint: &str, extra: &[&str]) -> anyhow::Result<Agent> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = cluster.dir.join(format!("agent-{node}-{port}.log"));
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
-            .arg("drain-agent")
-            .args(["--node-name", node, "--metadata-endpoint", endpoint])
-            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-            .args(extra)
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info,flashsale_operator=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()?;
-        Ok(Agent { child, port, log })
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(http_get(self.port, "/readyz"), Ok((200, _))) {
-            self.ensure_alive()?;
-            if Instant::now() > deadline {
-                bail!("agent not ready after 30s; log:\n{}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
-    }
-
-    fn ensure_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("the agent exited with {status}; log:\n{}", self.log_text());
-        }
-        Ok(())
-    }
-
-    /// The value of one series on /metrics (0 when absent), e.g.
-    /// `flashsale_drain_agent_evictions_total{outcome="evicted"}`.
-    fn metric(&self, series: &str) -> anyhow::Result<f64> {
-        let (code, body) = http_get(self.port, "/metrics")?;
-        ensure!(code == 200, "/metrics answered {code}");
-        Ok(body
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0))
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// An RFC 3339 UTC time `secs` from now, whole seconds, as ECS writes it.
 fn release_in(secs: i64) -> (String, jiff::Timestamp) {
     let t = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs))
@@ -264,6 +189,7 @@ async fn node_events(client: &Client, node: &str, release: &str) -> anyhow::Resu
 /// A Deployment whose pods prefer `node` (and tolerate the test taint), with no default spread,
 /// so they all land there while it is open and elsewhere once it is cordoned.
 fn pinned_deployment(name: &str, replicas: i32, grace: i64, node: &str) -> anyhow::Result<Deployment> {
+    let other_test_nodes: Vec<&str> = [NODE_A, NODE_B].into_iter().filter(|n| *n != node).collect();
     Ok(serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
         "spec": {
@@ -275,11 +201,20 @@ fn pinned_deployment(name: &str, replicas: i32, grace: i64, node: &str) -> anyho
                     "containers": [{"name": "app", "image": "registry.example/web:1"}],
                     "terminationGracePeriodSeconds": grace,
                     "tolerations": [{"key": TEST_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
-                    "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-                        {"weight": 100, "preference": {"matchExpressions": [
-                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
-                        ]}}
-                    ]}},
+                    "affinity": {"nodeAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {"weight": 100, "preference": {"matchExpressions": [
+                                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+                            ]}}
+                        ],
+                        // Never the other test node: a drain test running there at the same time
+                        // must not find these pods (or their replacements) to evict.
+                        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                            {"matchExpressions": [
+                                {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": other_test_nodes}
+                            ]}
+                        ]},
+                    }},
                     // An explicit constraint over a single domain replaces the scheduler's default
                     // spreading by hostname, which would otherwise scatter the pods.
                     "topologySpreadConstraints": [{

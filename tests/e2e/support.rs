@@ -329,3 +329,92 @@ pub fn deployment(
         }
     }))?)
 }
+
+/// A running `flashsale-operator drain-agent`, killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(cluster: &Cluster, node: &str, endpoint: &str, extra: &[&str]) -> anyhow::Result<Agent> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = cluster.dir.join(format!("agent-{node}-{port}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+            .arg("drain-agent")
+            .args(["--node-name", node, "--metadata-endpoint", endpoint])
+            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+            .args(extra)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info,flashsale_operator=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()?;
+        Ok(Agent { child, port, log })
+    }
+
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(http_get(self.port, "/readyz"), Ok((200, _))) {
+            self.ensure_alive()?;
+            if Instant::now() > deadline {
+                bail!("agent not ready after 30s; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    pub fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the agent exited with {status}; log:\n{}", self.log_text());
+        }
+        Ok(())
+    }
+
+    /// The value of one series on /metrics (0 when absent), e.g.
+    /// `flashsale_drain_agent_evictions_total{outcome="evicted"}`.
+    pub fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let (code, body) = http_get(self.port, "/metrics")?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// VmRSS, VmHWM, RssAnon and RssFile of the agent process, in kB (for the drain benchmark).
+    #[allow(dead_code)]
+    pub fn memory(&self) -> anyhow::Result<(u64, u64, u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no {name} in /proc/<pid>/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?, field("RssFile:")?))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
