@@ -64,7 +64,7 @@ fn run() -> anyhow::Result<()> {
     let runs = env_number("FLASHSALE_BENCH_DRAIN_RUNS", 10)?;
     let pods = env_number("FLASHSALE_BENCH_DRAIN_PODS", 100)?;
     println!("machine: {} CPUs, load average {}", cpus(), loadavg());
-    println!("agent binary: {}", env!("CARGO_BIN_EXE_flashsale-operator"));
+    println!("agent binary: {}", env!("CARGO_BIN_EXE_flashsale-drain-agent"));
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("flashsale-bench-drain-{}", std::process::id()));
     let cluster =
@@ -199,7 +199,7 @@ async fn bench(cluster: &Cluster, runs: usize, pods: usize) -> anyhow::Result<()
     println!("| all {pods} replacements ready on other nodes | {} |", ms(replaced));
     println!("agent's evictions_total{{outcome=\"evicted\"}}: {evicted_metric}");
 
-    println!("\n## agent memory ({})\n", env!("CARGO_BIN_EXE_flashsale-operator"));
+    println!("\n## agent memory ({})\n", env!("CARGO_BIN_EXE_flashsale-drain-agent"));
     println!("| when | VmRSS kB | VmHWM kB | RssAnon kB | RssFile kB |");
     println!("|------|------|------|------|------|");
     let row = |when: &str, (rss, hwm, anon, file): (u64, u64, u64, u64)| {

@@ -112,13 +112,57 @@ impl Cli {
     }
 
     fn init_logging(&self) {
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-        match self.log_format {
-            LogFormat::Text => builder.init(),
-            LogFormat::Json => builder.json().init(),
+        init_logging(self.log_format);
+    }
+}
+
+/// The drain agent on its own: the `flashsale-drain-agent` binary that the agent DaemonSet runs.
+/// It is the same code and command line as `flashsale-operator drain-agent`, linked without the
+/// controller, so the process on every spot node is smaller.
+#[derive(Parser, Debug)]
+#[command(name = "flashsale-drain-agent", version, about = "Drains a spot node when the cloud announces its reclaim")]
+pub struct AgentCli {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "FLASHSALE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(flatten)]
+    args: crate::agent::Args,
+}
+
+impl AgentCli {
+    /// Parses the command line and runs the agent until SIGTERM.
+    pub fn parse_and_run() -> anyhow::Result<()> {
+        let cli = AgentCli::parse();
+        init_logging(cli.log_format);
+        agent_runtime()?.block_on(drain_agent(cli.args))
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The exit code for a command's outcome, printing an error's causes once each (kube's errors
+/// already include their sources in Display).
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    let Err(err) = result else { return std::process::ExitCode::SUCCESS };
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
         }
     }
+    eprintln!("error: {message}");
+    std::process::ExitCode::FAILURE
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -294,8 +338,9 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
 
-    /// The DaemonSet the operator deploys must start the agent it ships: its arguments parse as
-    /// the `drain-agent` command line, with the node from the environment the pod spec sets.
+    /// The DaemonSet the operator deploys must start the agent it ships: its command and
+    /// arguments parse as the agent's command line (and as `flashsale-operator drain-agent`),
+    /// with the node from the environment the pod spec sets.
     #[test]
     fn the_agent_daemonset_starts_a_valid_drain_agent() {
         let mut drain: crate::api::SpotDrain = serde_json::from_value(serde_json::json!({
@@ -307,15 +352,23 @@ mod tests {
         drain.node_selector.insert("pool".into(), "spot".into());
         let ds = crate::levers::agents::daemonset("flashsale-drain-agent-x", "shop", &drain, "img:1", "shop/sale");
         let container = &ds["spec"]["template"]["spec"]["containers"][0];
-        let mut argv = vec!["flashsale-operator".to_owned()];
-        argv.extend(container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()));
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+        };
+        let mut argv = strings(&container["command"]);
+        assert_eq!(argv, ["flashsale-drain-agent"], "the binary Cargo.toml builds for the agent");
+        argv.extend(strings(&container["args"]));
         argv.push("--node-name=spot-0".into());
-        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-        let Command::DrainAgent(args) = cli.command else { panic!("not the drain agent: {argv:?}") };
-        let rendered = format!("{args:?}");
-        for want in ["169.254.169.254", "3s", "Required", "9102"] {
+        let agent = AgentCli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let rendered = format!("{:?}", agent.args);
+        for want in ["169.254.169.254", "3s", "Required", "9102", "spot-0"] {
             assert!(rendered.contains(want), "{want} missing from {rendered}");
         }
+        let mut subcommand = vec!["flashsale-operator".to_owned(), "drain-agent".to_owned()];
+        subcommand.extend(argv.into_iter().skip(1));
+        let cli = Cli::try_parse_from(&subcommand).unwrap_or_else(|e| panic!("{subcommand:?}: {e}"));
+        let Command::DrainAgent(args) = cli.command else { panic!("not the drain agent: {subcommand:?}") };
+        assert_eq!(format!("{args:?}"), rendered, "the subcommand and the agent binary read the same flags");
         let env: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
         assert_eq!(env, ["NODE_NAME", "FLASHSALE_SALE"]);
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");

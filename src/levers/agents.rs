@@ -1,6 +1,6 @@
 //! The spot-drain lever: from Preparing until the restore, a DaemonSet of the operator's own
 //! binary (`drain-agent`) runs on every node matching `spotDrain.nodeSelector`, with the least
-//! RBAC draining needs.
+//! RBAC draining needs. The pods run `flashsale-drain-agent`, the agent alone, from the same image.
 //!
 //! Sharing: the DaemonSet is named after a hash of its configuration (selector, endpoint, poll
 //! interval, token mode, tolerations, image), so sales of one namespace that ask for the same
@@ -40,6 +40,9 @@ pub const HOLDER_PREFIX: &str = "holders.flashsale.dev/";
 /// Label selecting every agent DaemonSet the operator manages.
 pub const AGENT_SELECTOR: &str =
     "app.kubernetes.io/name=flashsale-drain-agent,app.kubernetes.io/managed-by=flashsale-operator";
+/// The agent binary in the operator's image (`flashsale-operator drain-agent` without the
+/// controller linked in).
+pub const AGENT_BINARY: &str = "flashsale-drain-agent";
 /// Port of the agent's `/healthz` and `/metrics`.
 pub const AGENT_METRICS_PORT: i32 = 9102;
 
@@ -380,8 +383,9 @@ pub fn daemonset(name: &str, namespace: &str, drain: &SpotDrain, image: &str, sa
                     "containers": [{
                         "name": "drain-agent",
                         "image": image,
+                        // The image carries both binaries; this one is the agent alone.
+                        "command": [AGENT_BINARY],
                         "args": [
-                            "drain-agent",
                             format!("--metadata-endpoint={}", drain.metadata_endpoint),
                             format!("--poll-interval={}", drain.poll_interval),
                             format!("--metadata-token={token}"),
@@ -449,7 +453,7 @@ mod tests {
         let ds = daemonset("flashsale-drain-agent-x", "shop", &d, "img:1", "shop/sale");
         let container = &ds["spec"]["template"]["spec"]["containers"][0];
         let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-        assert_eq!(args[0], "drain-agent");
+        assert_eq!(container["command"], json!(["flashsale-drain-agent"]));
         assert!(args.contains(&"--metadata-token=Required"), "{args:?}");
         assert!(args.contains(&"--poll-interval=2s"), "{args:?}");
         assert!(args.contains(&"--metadata-endpoint=http://100.100.100.200"), "{args:?}");

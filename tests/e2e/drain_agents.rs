@@ -162,7 +162,7 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
             ensure!(container.image.as_deref() == Some(IMAGE), "cluster {name}: agents run {:?}", container.image);
             let args = container.args.clone().unwrap_or_default();
             ensure!(
-                args.first().map(String::as_str) == Some("drain-agent")
+                container.command == Some(vec!["flashsale-drain-agent".to_owned()])
                     && args.iter().any(|a| a == "--metadata-endpoint=http://127.0.0.1:9")
                     && args.iter().any(|a| a == "--poll-interval=2s"),
                 "cluster {name}: agent arguments {args:?}"

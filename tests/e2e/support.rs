@@ -330,7 +330,7 @@ pub fn deployment(
     }))?)
 }
 
-/// A running `flashsale-operator drain-agent`, killed on drop.
+/// A running `flashsale-drain-agent`, killed on drop.
 pub struct Agent {
     pub child: Child,
     pub port: u16,
@@ -342,8 +342,8 @@ impl Agent {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = cluster.dir.join(format!("agent-{node}-{port}.log"));
         let file = std::fs::File::create(&log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
-            .arg("drain-agent")
+        // The binary the agent DaemonSet runs.
+        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-drain-agent"))
             .args(["--node-name", node, "--metadata-endpoint", endpoint])
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
             .args(extra)
