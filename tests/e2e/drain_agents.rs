@@ -28,10 +28,13 @@ use crate::{
     },
 };
 
-pub const TESTS: &[(&str, TestFn)] = &[(
-    "drain_agents::follow_the_timeline_shared_by_two_sales_in_two_clusters",
-    follow_the_timeline_shared_by_two_sales_in_two_clusters,
-)];
+pub const TESTS: &[(&str, TestFn)] = &[
+    (
+        "drain_agents::follow_the_timeline_shared_by_two_sales_in_two_clusters",
+        follow_the_timeline_shared_by_two_sales_in_two_clusters,
+    ),
+    ("drain_agents::move_with_the_settings_and_go_on_suspend", move_with_the_settings_and_go_on_suspend),
+];
 
 const IMAGE: &str = "e2e.local/flashsale-operator:test";
 
@@ -263,6 +266,58 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
             .await
             .with_context(|| format!("cluster {name}: agents or their RBAC left behind after both sales"))?;
         }
+        Ok(())
+    })
+}
+
+/// Changing the agents' settings mid-sale moves the sale to a DaemonSet with the new settings
+/// and removes the old one; suspending the sale removes the agents and their RBAC.
+fn move_with_the_settings_and_go_on_suspend(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on_value(async {
+        let c = client(cluster).await?;
+        let ns = namespace(&c, "agents-move").await?;
+        deployment(&c, &ns, "web").await?;
+        let _operator = Operator::start(cluster, &["--watch-namespace", &ns, "--agent-image", IMAGE])?;
+        let sales: Api<FlashSale> = Api::namespaced(c.clone(), &ns);
+        let mut s = sale("moving", &ns, "web", (&at(4), &at(600)))?;
+        s.spec.clusters = vec![];
+        sales.create(&PostParams::default(), &s).await?;
+        let holder = vec![format!("{ns}/moving")];
+        let first = wait_holders(&c, &ns, &holder, "local").await?.metadata.name.unwrap_or_default();
+
+        let patch = serde_json::json!({"spec": {"spotDrain": {"pollInterval": "5s"}}});
+        sales.patch("moving", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+        // Exactly one agent DaemonSet again, held by the sale, and not the old one.
+        eventually(Duration::from_secs(15), || async {
+            let found = agents(&c, &ns).await?;
+            Ok(found.len() == 1 && found[0].0 != first && found[0].1 == holder)
+        })
+        .await
+        .with_context(|| format!("new settings did not move the sale off DaemonSet {first}"))?;
+        let second = agents(&c, &ns).await?.remove(0).2;
+        let args = second.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].args.clone().unwrap_or_default());
+        ensure!(
+            args.as_ref().is_some_and(|a| a.iter().any(|x| x == "--poll-interval=5s")),
+            "the new DaemonSet does not poll every 5s: {args:?}"
+        );
+
+        let patch = serde_json::json!({"spec": {"suspend": true}});
+        sales.patch("moving", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+        eventually(Duration::from_secs(20), || async {
+            Ok(agents(&c, &ns).await?.is_empty()
+                && Api::<ServiceAccount>::namespaced(c.clone(), &ns).get_opt(AGENT).await?.is_none()
+                && Api::<ClusterRoleBinding>::all(c.clone()).get_opt(&format!("{AGENT}-{ns}")).await?.is_none())
+        })
+        .await
+        .context("suspending the sale left agents or their RBAC behind")?;
+        let status = sales.get("moving").await?.status.unwrap_or_default();
+        ensure!(status.phase == Some(Phase::Suspended), "phase {:?}", status.phase);
+        ensure!(
+            status.conditions.iter().any(|c| c.type_ == "DrainAgentsReady" && c.reason == "Removed"),
+            "DrainAgentsReady does not say Removed: {:?}",
+            status.conditions
+        );
         Ok(())
     })
 }
