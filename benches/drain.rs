@@ -32,25 +32,13 @@ mod support;
 
 use flashsale_operator::agent::drain::{TAINT_KEY, taint_value};
 use harness::{Cluster, ClusterOptions, metadata::MetadataServer};
-use support::{Agent, client, eventually, namespace_named as namespace};
+use support::{Agent, client, eventually, is_ready, namespace_named as namespace, node_of};
 
 const NODE: &str = "spot-0";
 const POLL: Duration = Duration::from_secs(2);
 
 fn main() {
-    // `cargo test --all-targets` runs bench binaries without `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("drain benchmark: run it with `cargo bench --bench drain`");
-        return;
-    }
-    let started = Instant::now();
-    match run() {
-        Ok(()) => println!("\ntotal run time: {:.0} s", started.elapsed().as_secs_f64()),
-        Err(err) => {
-            eprintln!("benchmark failed after {:.0} s: {err:#}", started.elapsed().as_secs_f64());
-            std::process::exit(1);
-        }
-    }
+    support::bench_main("drain", run);
 }
 
 fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
@@ -63,7 +51,7 @@ fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
 fn run() -> anyhow::Result<()> {
     let runs = env_number("FLASHSALE_BENCH_DRAIN_RUNS", 10)?;
     let pods = env_number("FLASHSALE_BENCH_DRAIN_PODS", 100)?;
-    println!("machine: {} CPUs, load average {}", cpus(), loadavg());
+    println!("machine: {}", support::machine());
     println!("agent binary: {}", env!("CARGO_BIN_EXE_flashsale-drain-agent"));
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("flashsale-bench-drain-{}", std::process::id()));
@@ -94,8 +82,8 @@ async fn bench(cluster: &Cluster, runs: usize, pods: usize) -> anyhow::Result<()
     for run in 0..runs {
         restore(cluster)?;
         metadata.set_notice(None);
-        let mut agent = Agent::start(cluster, NODE, &metadata.endpoint(), &[])?;
-        agent.wait_ready().await?;
+        let mut agent = Agent::agent(cluster, NODE, &metadata.endpoint(), &[])?;
+        agent.wait_ready(Duration::from_secs(30)).await?;
         // Let the agent settle into its cycle, then spread the notices over it.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let offset = POLL.mul_f64(run as f64 / runs as f64);
@@ -155,8 +143,8 @@ async fn bench(cluster: &Cluster, runs: usize, pods: usize) -> anyhow::Result<()
     println!("{pods} pods ready on {NODE} in {:.1} s", t.elapsed().as_secs_f64());
 
     let watch = PodWatch::start(pod_api.clone());
-    let mut agent = Agent::start(cluster, NODE, &metadata.endpoint(), &[])?;
-    agent.wait_ready().await?;
+    let mut agent = Agent::agent(cluster, NODE, &metadata.endpoint(), &[])?;
+    agent.wait_ready(Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = agent.memory()?;
     let release = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(300)).round(jiff::Unit::Second)?;
@@ -337,25 +325,4 @@ fn pinned(name: &str, replicas: usize) -> anyhow::Result<Deployment> {
             }
         }
     }))?)
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn node_of(p: &Pod) -> &str {
-    p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("")
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }

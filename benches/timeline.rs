@@ -18,8 +18,6 @@ use kube::{
 };
 use std::{
     collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -31,7 +29,7 @@ mod harness;
 mod support;
 
 use harness::{Cluster, ClusterOptions};
-use support::{client, eventually, http_get, namespace_named as namespace};
+use support::{Operator, client, eventually, namespace_named as namespace};
 
 /// The first sale's window opens this long after the sales are created.
 const LEAD: SignedDuration = SignedDuration::from_secs(15);
@@ -47,19 +45,7 @@ const SETUP_CONCURRENCY: usize = 8;
 const NUDGE_ANNOTATION: &str = "bench.flashsale.dev/nudge";
 
 fn main() {
-    // `cargo test --all-targets` runs bench binaries without `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("timeline benchmark: run it with `cargo bench --bench timeline`");
-        return;
-    }
-    let started = Instant::now();
-    match run() {
-        Ok(()) => println!("\ntotal run time: {:.0} s", started.elapsed().as_secs_f64()),
-        Err(err) => {
-            eprintln!("benchmark failed after {:.0} s: {err:#}", started.elapsed().as_secs_f64());
-            std::process::exit(1);
-        }
-    }
+    support::bench_main("timeline", run);
 }
 
 fn run() -> anyhow::Result<()> {
@@ -67,11 +53,11 @@ fn run() -> anyhow::Result<()> {
         Ok(v) => v.parse().context("FLASHSALE_BENCH_SALES must be a number")?,
         Err(_) => 100,
     };
-    println!("machine: {} CPUs, load average {}", cpus(), loadavg());
+    println!("machine: {}", support::machine());
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("flashsale-bench-{}", std::process::id()));
     let cluster = Cluster::start(&ClusterOptions { name: "bench".into(), ..ClusterOptions::default() }, &dir, false)?;
-    cluster.install_crd(&repo().join("crds/flashsale.dev_flashsales.yaml"))?;
+    cluster.install_crd(&support::repo().join("crds/flashsale.dev_flashsales.yaml"))?;
     println!("control plane up with the CRD in {:.1} s", started.elapsed().as_secs_f64());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = runtime.block_on(bench(&cluster, sales));
@@ -79,10 +65,6 @@ fn run() -> anyhow::Result<()> {
         println!("cluster directory kept: {}", cluster.dir.display());
     }
     result
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 async fn bench(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
@@ -108,7 +90,7 @@ async fn bench(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
     .context("the Deployments never became ready")?;
     println!("{n} Deployments at 1/1 ready in {:.1} s", t.elapsed().as_secs_f64());
 
-    let operator = Operator::start(cluster, &ns)?;
+    let mut operator = Operator::operator_logging(cluster, &["--watch-namespace", &ns], "info")?;
     operator.wait_ready(Duration::from_secs(60)).await?;
     let recorder = Recorder::start(client.clone(), &ns);
     let scaled = ScaleRecorder::start(client.clone(), &ns);
@@ -207,13 +189,13 @@ async fn bench(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
     print_rounds(&rounds);
     println!("Deployments (spec replicas, ready) after the rounds: {}", replica_tally(&deployments).await?);
 
-    let (rss, hwm) = operator.memory()?;
+    let (rss, hwm, _, _) = operator.memory()?;
     println!("\noperator memory with {} sales live: VmRSS {rss} kB, VmHWM {hwm} kB", 2 * n);
     let log = operator.log_text();
     let failed = log.lines().filter(|l| l.contains("reconcile failed")).count();
     let events = log.lines().filter(|l| l.contains("could not publish event")).count();
     println!("operator log: {failed} 'reconcile failed' lines, {events} 'could not publish event' lines");
-    println!("load average at the end: {}", loadavg());
+    println!("at the end: {}", support::machine());
     Ok(())
 }
 
@@ -701,44 +683,15 @@ fn delta(before: &Scrape, after: &Scrape) -> BTreeMap<String, f64> {
     requests(after).into_iter().map(|(verb, n)| (verb.clone(), n - before.get(&verb).copied().unwrap_or(0.0))).collect()
 }
 
-/// `flashsale-operator run` (the bench-profile build) against the cluster, killed on drop.
-struct Operator {
-    child: Child,
-    metrics_port: u16,
-    log: PathBuf,
+/// The benchmark's view of the operator: its metrics and memory.
+trait Observed {
+    fn scrape(&self) -> anyhow::Result<Scrape>;
+    async fn quiesce(&self, quiet: Duration, timeout: Duration) -> anyhow::Result<()>;
 }
 
-impl Operator {
-    fn start(cluster: &Cluster, ns: &str) -> anyhow::Result<Operator> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = cluster.dir.join("operator.log");
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
-            .arg("run")
-            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-            .args(["--watch-namespace", ns])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()?;
-        Ok(Operator { child, metrics_port: port, log })
-    }
-
-    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        while !matches!(http_get(self.metrics_port, "/readyz"), Ok((200, _))) {
-            if Instant::now() > deadline {
-                bail!("operator not ready after {timeout:?}; log:\n{}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
-    }
-
+impl Observed for Operator {
     fn scrape(&self) -> anyhow::Result<Scrape> {
-        match http_get(self.metrics_port, "/metrics")? {
+        match self.get("/metrics")? {
             (200, body) => Ok(parse_metrics(&body)),
             (code, body) => bail!("/metrics answered {code}: {body}"),
         }
@@ -761,38 +714,4 @@ impl Operator {
         }
         Ok(())
     }
-
-    /// VmRSS and VmHWM in kB.
-    fn memory(&self) -> anyhow::Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .with_context(|| format!("no {name} in /proc/<pid>/status"))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }

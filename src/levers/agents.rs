@@ -52,9 +52,9 @@ pub async fn run(
     sale: &Sale<'_>,
     spec: &FlashSaleSpec,
     intent: Intent,
-    agent_image: &str,
     report: &mut Report,
 ) -> Result<(), kube::Error> {
+    let agent_image = sale.agent_image;
     let wanted = spec.spot_drain.as_ref().filter(|d| d.enabled);
     // A sale that never asked for agents has nothing to hold or release, except after its
     // spec dropped them: the restore looks anyway.

@@ -151,7 +151,7 @@ pub async fn run(
 ) -> Result<Report, kube::Error> {
     let mut report = workload::run(client, sale, &spec.workloads, intent).await?;
     report.prescaled = report.ready;
-    let agents = agents::run(client, sale, spec, intent, sale.agent_image, &mut report).await;
+    let agents = agents::run(client, sale, spec, intent, &mut report).await;
     contain(&mut report, "drain agents", agents)?;
     let warmed = warmup::run(client, sale, spec, intent, &mut report).await;
     contain(&mut report, "cache warm-up", warmed)?;

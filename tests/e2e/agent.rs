@@ -33,7 +33,7 @@ use crate::{
         Cluster,
         metadata::{Fault, MetadataServer, Tokens},
     },
-    support::{Agent, Env, block_on, client, eventually, http_get, namespace},
+    support::{Agent, Env, block_on, client, eventually, is_ready, namespace, node_of},
 };
 use flashsale_operator::agent::drain::{TAINT_KEY, taint_value};
 
@@ -234,17 +234,6 @@ fn pdb(name: &str, app: &str, max_unavailable: i32) -> anyhow::Result<PodDisrupt
     }))?)
 }
 
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn node_of(p: &Pod) -> &str {
-    p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("")
-}
-
 fn app_of(p: &Pod) -> &str {
     p.metadata.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str).unwrap_or("")
 }
@@ -369,13 +358,13 @@ fn agent_drains_a_noticed_node_honouring_pdbs(env: &Env) -> anyhow::Result<()> {
         };
 
         let metadata = MetadataServer::start()?;
-        let mut agent = Agent::start(
+        let mut agent = Agent::agent(
             cluster,
             node,
             &metadata.endpoint(),
             &["--poll-interval", "500ms", "--sale", &format!("{ns}/spot-sale")],
         )?;
-        agent.wait_ready().await?;
+        agent.wait_ready(Duration::from_secs(30)).await?;
         let (release, release_ts) = release_in(300);
         let noticed = Instant::now();
         metadata.set_notice(Some(&release));
@@ -518,13 +507,13 @@ fn agent_hardened_mode_refreshes_expiring_tokens(env: &Env) -> anyhow::Result<()
         let client = client(cluster).await?;
         let metadata = MetadataServer::start()?;
         metadata.set_tokens(Tokens::Required, Some(Duration::from_secs(2)));
-        let mut agent = Agent::start(
+        let mut agent = Agent::agent(
             cluster,
             node,
             &metadata.endpoint(),
             &["--poll-interval", "500ms", "--metadata-token", "Required", "--token-ttl-seconds", "2"],
         )?;
-        agent.wait_ready().await?;
+        agent.wait_ready(Duration::from_secs(30)).await?;
         eventually(Duration::from_secs(30), || async { Ok(metadata.counts().tokens_issued >= 4) })
             .await
             .context("the agent did not renew its token")?;
@@ -574,13 +563,13 @@ fn agent_survives_a_broken_metadata_service(env: &Env) -> anyhow::Result<()> {
         let client = client(cluster).await?;
         let metadata = MetadataServer::start()?;
         metadata.set_fault(Fault::Garbage);
-        let mut agent = Agent::start(
+        let mut agent = Agent::agent(
             cluster,
             node,
             &metadata.endpoint(),
             &["--poll-interval", "500ms", "--metadata-token", "Disabled"],
         )?;
-        agent.wait_ready().await?;
+        agent.wait_ready(Duration::from_secs(30)).await?;
         let series = |kind: &str| format!("flashsale_drain_agent_metadata_errors_total{{kind=\"{kind}\"}}");
 
         let phases = [
@@ -597,7 +586,7 @@ fn agent_survives_a_broken_metadata_service(env: &Env) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("no {kind} errors counted; agent log:\n{}", agent.log_text()))?;
             agent.ensure_alive()?;
-            let (code, _) = http_get(agent.port, "/healthz")?;
+            let (code, _) = agent.get("/healthz")?;
             ensure!(code == 200, "/healthz answered {code} during {kind} errors");
             println!("{kind}: 2 errors counted in {:?}", t.elapsed());
         }
@@ -655,8 +644,8 @@ fn agent_drains_once_across_repeated_notices_and_restarts(env: &Env) -> anyhow::
         let metadata = MetadataServer::start()?;
         metadata.set_tokens(Tokens::Unsupported, None);
         let args = ["--poll-interval", "300ms"];
-        let mut agent = Agent::start(cluster, node, &metadata.endpoint(), &args)?;
-        agent.wait_ready().await?;
+        let mut agent = Agent::agent(cluster, node, &metadata.endpoint(), &args)?;
+        agent.wait_ready(Duration::from_secs(30)).await?;
         let (release, release_ts) = release_in(60);
         metadata.set_notice(Some(&release));
         let nodes: Api<Node> = Api::all(client.clone());
@@ -698,9 +687,9 @@ fn agent_drains_once_across_repeated_notices_and_restarts(env: &Env) -> anyhow::
         ensure!(agent.metric("flashsale_drain_agent_notices_total")? == 1.0, "the same notice was counted twice");
 
         // A restarted agent finds the node marked for this release time and stays quiet.
-        agent.kill();
-        let mut again = Agent::start(cluster, node, &metadata.endpoint(), &args)?;
-        again.wait_ready().await?;
+        agent.kill()?;
+        let mut again = Agent::agent(cluster, node, &metadata.endpoint(), &args)?;
+        again.wait_ready(Duration::from_secs(30)).await?;
         eventually(Duration::from_secs(30), || async {
             Ok(again.metric("flashsale_drain_agent_notice_to_drained_seconds_count")? == 1.0)
         })

@@ -129,7 +129,7 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
         }
         kubeconfig_secret(&here, &ns, "here", "kubeconfig", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
         kubeconfig_secret(&here, &ns, "there", "kubeconfig", &std::fs::read_to_string(&secondary.kubeconfig)?).await?;
-        let operator = Operator::start(primary, &["--watch-namespace", &ns, "--agent-image", IMAGE])?;
+        let operator = Operator::operator(primary, &["--watch-namespace", &ns, "--agent-image", IMAGE])?;
         let sales: Api<FlashSale> = Api::namespaced(here.clone(), &ns);
         // first: Preparing at +6 s, restoring at +19 s; second: Preparing at +11 s, restoring at +29 s.
         sales.create(&PostParams::default(), &sale("first", &ns, "web", (&at(11), &at(18)))?).await?;
@@ -278,7 +278,7 @@ fn move_with_the_settings_and_go_on_suspend(env: &Env) -> anyhow::Result<()> {
         let c = client(cluster).await?;
         let ns = namespace(&c, "agents-move").await?;
         deployment(&c, &ns, "web").await?;
-        let _operator = Operator::start(cluster, &["--watch-namespace", &ns, "--agent-image", IMAGE])?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns, "--agent-image", IMAGE])?;
         let sales: Api<FlashSale> = Api::namespaced(c.clone(), &ns);
         let mut s = sale("moving", &ns, "web", (&at(4), &at(600)))?;
         s.spec.clusters = vec![];

@@ -185,7 +185,7 @@ fn static_flags_flip_on_time_for_an_openfeature_client_even_with_the_operator_do
         let client = client(cluster).await?;
         let ns = namespace(&client, "flags-static").await?;
         web(&client, &ns).await?;
-        let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let mut operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let (start, end) = (at(20), at(30));
         let degradation = serde_json::json!({
@@ -236,7 +236,7 @@ fn static_flags_flip_on_time_for_an_openfeature_client_even_with_the_operator_do
         // Back during Active: the operator moves defaultVariant to the phase's value too.
         until(start, 300).await;
         expect(&evaluate(&published, &["recommendations"])?, &[("recommendations", false)], "Active, operator down")?;
-        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         eventually(Duration::from_secs(6), || async {
             let file = flags_file(&client, &ns, "shop-flags").await?.unwrap_or_default();
             Ok(default_variant(&file, "recommendations").as_deref() == Some("off"))
@@ -407,7 +407,7 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
         let client = client(cluster).await?;
         let ns = namespace(&client, "flags-breaker").await?;
         web(&client, &ns).await?;
-        let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let mut operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let degradation = serde_json::json!({
             "prometheus": {"url": prometheus.url()},
@@ -489,7 +489,7 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
         // A restarted operator takes the open breaker from the cluster, not from memory: with the
         // query still failing it must not start over as closed (on).
         operator.kill()?;
-        let operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         tokio::time::sleep(Duration::from_secs(4)).await;
         ensure!(
             default_variant(&file().await?, "reviews").as_deref() == Some("off"),
@@ -585,7 +585,7 @@ fn pre_existing_configmap_is_merged_and_back_byte_for_byte_in_two_clusters(env: 
         cms.create(&PostParams::default(), &original).await?;
         let before = as_written(&cms.get("shop-flags").await?);
 
-        let _operator = Operator::start(primary, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let degradation = serde_json::json!({
             "configMapName": "shop-flags",
@@ -668,7 +668,7 @@ fn featureflag_target_is_written_where_its_crd_exists_and_refused_where_not(env:
         web(&remote, &ns).await?;
         kubeconfig_secret(&client, &ns, "here", primary).await?;
         kubeconfig_secret(&client, &ns, "there", secondary).await?;
-        let _operator = Operator::start(primary, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let degradation = serde_json::json!({
             "target": "FeatureFlag",
@@ -734,7 +734,7 @@ fn a_configmap_that_is_not_a_flag_file_is_refused_and_left_alone(env: &Env) -> a
         }))?;
         cms.create(&PostParams::default(), &theirs).await?;
         let before = as_written(&cms.get("flashsale-flags").await?);
-        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let degradation = serde_json::json!({"flags": [{"name": "recommendations", "offDuring": ["Active"]}]});
         sales.create(&PostParams::default(), &sale(&ns, (&at(3600), &at(7200)), ("30m", "5m"), degradation)?).await?;

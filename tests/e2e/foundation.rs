@@ -169,7 +169,7 @@ fn kubectl_get_shows_the_printer_columns(env: &Env) -> anyhow::Result<()> {
 fn operator_becomes_ready_and_stops_on_sigterm(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     let ns = block_on_value(async { namespace(&client(cluster).await?, "lifecycle").await })?;
-    let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+    let mut operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok((200, body)) = operator.get("/readyz") {
@@ -199,7 +199,7 @@ fn operator_becomes_ready_and_stops_on_sigterm(env: &Env) -> anyhow::Result<()> 
 
 fn operator_refuses_a_cluster_without_the_crd(env: &Env) -> anyhow::Result<()> {
     let cluster = env.secondary()?;
-    let mut operator = Operator::start(cluster, &[])?;
+    let mut operator = Operator::operator(cluster, &[])?;
     let status = operator.wait_exit(Duration::from_secs(30))?;
     ensure!(!status.success(), "operator started on a cluster without the CRD");
     let log = operator.log_text();

@@ -87,7 +87,7 @@ fn kstatus_and_argo_cd_read_the_sale_as_on_call_would(env: &Env) -> anyhow::Resu
         deployments.create(&PostParams::default(), &crate::support::deployment("fits", 1, Some("100m"))?).await?;
         // 40 replicas of 20 CPUs cannot fit on the test nodes: peak is never reached.
         deployments.create(&PostParams::default(), &crate::support::deployment("too-big", 1, Some("20"))?).await?;
-        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         sales.create(&PostParams::default(), &sale("fits", &ns, &at(600), &at(1200), 2)?).await?;
         sales.create(&PostParams::default(), &sale("too-big", &ns, &at(600), &at(1200), 40)?).await?;
@@ -109,7 +109,7 @@ fn kstatus_and_argo_cd_read_the_sale_as_on_call_would(env: &Env) -> anyhow::Resu
     block_on_value(async {
         let client = client(&bare).await?;
         let ns = namespace(&client, "stalled").await?;
-        let _operator = Operator::start(&bare, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(&bare, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let mut backwards = sale("backwards", &ns, &at(600), &at(300), 2)?;
         backwards.spec.prepare_before = "5m".parse()?;

@@ -87,7 +87,7 @@ async fn setup(env: &Env, name: &str) -> anyhow::Result<(Client, String, Operato
     let cluster = env.primary()?;
     let client = client(cluster).await?;
     let ns = namespace(&client, name).await?;
-    let operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+    let operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
     Ok((client, ns, operator))
 }
 
@@ -367,7 +367,7 @@ fn cronhpa_scales_on_time_even_with_the_operator_down(_env: &Env) -> anyhow::Res
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         deployments.create(&PostParams::default(), &web("web", 2, "100m")?).await?;
         let before = as_written(&deployments.get("web").await?)?;
-        let mut operator = Operator::start(&cluster, &["--watch-namespace", &ns])?;
+        let mut operator = Operator::operator(&cluster, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         // The preparation boundary is 17 s away: room for the checks below on a loaded machine.
         let (start, end) = (at(22), at(32));
@@ -418,7 +418,7 @@ fn cronhpa_scales_on_time_even_with_the_operator_down(_env: &Env) -> anyhow::Res
         .await
         .context("the CronHPA controller did not scale up at the Preparing boundary")?;
         ensure!(phase(&sales, "flash").await? == Some(Phase::Scheduled), "status moved without an operator");
-        let _operator = Operator::start(&cluster, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(&cluster, &["--watch-namespace", &ns])?;
         wait_phase(&sales, "flash", Phase::Completed, 60).await?;
         eventually(Duration::from_secs(20), || async { Ok(as_written(&deployments.get("web").await?)? == before) })
             .await

@@ -165,35 +165,115 @@ pub async fn apply(api: &Api<DynamicObject>, obj: &DynamicObject, dry_run: bool)
     api.patch(&name, &params, &Patch::Apply(obj)).await
 }
 
-/// A running `flashsale-operator` process, killed on drop.
-pub struct Operator {
+/// A process of this project's binaries (`flashsale-operator run`, `flashsale-drain-agent`) run
+/// against a test cluster with its log in the cluster's directory and its `/metrics`,
+/// `/healthz` and `/readyz` on a free loopback port; killed on drop.
+pub struct Process {
     pub child: Child,
-    pub metrics_port: u16,
+    pub port: u16,
     pub log: PathBuf,
+    what: &'static str,
 }
 
-impl Operator {
-    /// Starts `flashsale-operator run` against `cluster`.
-    pub fn start(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Operator> {
+/// The operator (`flashsale-operator run`).
+pub type Operator = Process;
+/// The drain agent (`flashsale-drain-agent`, the binary the agent DaemonSet runs).
+pub type Agent = Process;
+
+impl Process {
+    fn spawn(
+        cluster: &Cluster,
+        what: &'static str,
+        program: &str,
+        args: &[&str],
+        rust_log: &str,
+    ) -> anyhow::Result<Process> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = cluster.dir.join(format!("operator-{port}.log"));
+        let log = cluster.dir.join(format!("{what}-{port}.log"));
         let file = std::fs::File::create(&log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
-            .arg("run")
+        let child = Command::new(program)
+            .args(args)
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-            .args(extra)
             .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info,flashsale_operator=debug")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()?;
-        Ok(Operator { child, metrics_port: port, log })
+        Ok(Process { child, port, log, what })
+    }
+
+    /// Starts `flashsale-operator run` against `cluster`, with debug logs of its own.
+    pub fn operator(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Process> {
+        Self::operator_logging(cluster, extra, "info,flashsale_operator=debug")
+    }
+
+    /// [`Process::operator`] with the given `RUST_LOG` (benchmarks log less).
+    pub fn operator_logging(cluster: &Cluster, extra: &[&str], rust_log: &str) -> anyhow::Result<Process> {
+        let args: Vec<&str> = std::iter::once("run").chain(extra.iter().copied()).collect();
+        Self::spawn(cluster, "operator", env!("CARGO_BIN_EXE_flashsale-operator"), &args, rust_log)
+    }
+
+    /// Starts the drain agent for `node`, polling the metadata service at `endpoint`.
+    pub fn agent(cluster: &Cluster, node: &str, endpoint: &str, extra: &[&str]) -> anyhow::Result<Process> {
+        let mut args = vec!["--node-name", node, "--metadata-endpoint", endpoint];
+        args.extend(extra);
+        let program = env!("CARGO_BIN_EXE_flashsale-drain-agent");
+        Self::spawn(cluster, "agent", program, &args, "info,flashsale_operator=debug")
     }
 
     /// GET `path` on the metrics address: status code and body.
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        http_get(self.metrics_port, path)
+        http_get(self.port, path)
+    }
+
+    /// Waits until `/readyz` answers 200, failing at once if the process exits.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !matches!(self.get("/readyz"), Ok((200, _))) {
+            self.ensure_alive()?;
+            if Instant::now() > deadline {
+                bail!("{} not ready after {timeout:?}; log:\n{}", self.what, self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Fails (with the log) if the process has exited.
+    pub fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the {} exited with {status}; log:\n{}", self.what, self.log_text());
+        }
+        Ok(())
+    }
+
+    /// The value of one series on /metrics (0 when absent), e.g.
+    /// `flashsale_drain_agent_evictions_total{outcome="evicted"}`.
+    pub fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let (code, body) = self.get("/metrics")?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// VmRSS, VmHWM, RssAnon and RssFile of the process, in kB (for the benchmarks).
+    #[allow(dead_code)]
+    pub fn memory(&self) -> anyhow::Result<(u64, u64, u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no {name} in /proc/<pid>/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?, field("RssFile:")?))
     }
 
     /// Kills the process outright (SIGKILL), as a crash would.
@@ -203,7 +283,7 @@ impl Operator {
         Ok(())
     }
 
-    /// Sends SIGTERM.
+    /// Asks the process to stop (SIGTERM).
     pub fn terminate(&self) -> anyhow::Result<()> {
         let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
         if !status.success() {
@@ -220,7 +300,7 @@ impl Operator {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                bail!("operator still running after {timeout:?}; log:\n{}", self.log_text());
+                bail!("{} still running after {timeout:?}; log:\n{}", self.what, self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -231,7 +311,7 @@ impl Operator {
     }
 }
 
-impl Drop for Operator {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -330,91 +410,43 @@ pub fn deployment(
     }))?)
 }
 
-/// A running `flashsale-drain-agent`, killed on drop.
-pub struct Agent {
-    pub child: Child,
-    pub port: u16,
-    pub log: PathBuf,
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-impl Agent {
-    pub fn start(cluster: &Cluster, node: &str, endpoint: &str, extra: &[&str]) -> anyhow::Result<Agent> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = cluster.dir.join(format!("agent-{node}-{port}.log"));
-        let file = std::fs::File::create(&log)?;
-        // The binary the agent DaemonSet runs.
-        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-drain-agent"))
-            .args(["--node-name", node, "--metadata-endpoint", endpoint])
-            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-            .args(extra)
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info,flashsale_operator=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()?;
-        Ok(Agent { child, port, log })
-    }
+/// The node the pod is bound to ("" while unscheduled).
+pub fn node_of(p: &k8s_openapi::api::core::v1::Pod) -> &str {
+    p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("")
+}
 
-    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(http_get(self.port, "/readyz"), Ok((200, _))) {
-            self.ensure_alive()?;
-            if Instant::now() > deadline {
-                bail!("agent not ready after 30s; log:\n{}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+/// The `main` of a benchmark: runs `run` only under `cargo bench` (`cargo test --all-targets`
+/// runs bench binaries without `--bench`), prints the total time, exits 1 on failure.
+#[allow(dead_code)]
+pub fn bench_main(name: &str, run: impl FnOnce() -> anyhow::Result<()>) {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name} benchmark: run it with `cargo bench --bench {name}`");
+        return;
+    }
+    let started = Instant::now();
+    match run() {
+        Ok(()) => println!("\ntotal run time: {:.0} s", started.elapsed().as_secs_f64()),
+        Err(err) => {
+            eprintln!("benchmark failed after {:.0} s: {err:#}", started.elapsed().as_secs_f64());
+            std::process::exit(1);
         }
-        Ok(())
-    }
-
-    pub fn ensure_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("the agent exited with {status}; log:\n{}", self.log_text());
-        }
-        Ok(())
-    }
-
-    /// The value of one series on /metrics (0 when absent), e.g.
-    /// `flashsale_drain_agent_evictions_total{outcome="evicted"}`.
-    pub fn metric(&self, series: &str) -> anyhow::Result<f64> {
-        let (code, body) = http_get(self.port, "/metrics")?;
-        if code != 200 {
-            bail!("/metrics answered {code}");
-        }
-        Ok(body
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0))
-    }
-
-    /// VmRSS, VmHWM, RssAnon and RssFile of the agent process, in kB (for the drain benchmark).
-    #[allow(dead_code)]
-    pub fn memory(&self) -> anyhow::Result<(u64, u64, u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .with_context(|| format!("no {name} in /proc/<pid>/status"))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?, field("RssFile:")?))
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The machine's CPU count and load average, for benchmark reports.
+#[allow(dead_code)]
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    format!("{cpus} CPUs, load average {load}")
 }

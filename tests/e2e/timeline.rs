@@ -146,7 +146,7 @@ fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     block_on_value(async {
         let Scene { client, ns, sales, deployments, before } = Scene::new(cluster, "timeline", 2).await?;
-        let operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         let (start, end) = (at(10), at(30));
         let phases = record_phases(client.clone(), &ns, "flash");
         sales.create(&PostParams::default(), &sale("flash", &ns, &start, &end, 4)?).await?;
@@ -266,7 +266,7 @@ fn operator_killed_while_preparing_and_active_still_restores(env: &Env) -> anyho
                 &crate::support::flash_sale("flash", &ns, (&start, &end), ("10s", "4s"), workloads)?,
             )
             .await?;
-        let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let mut operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         wait_phase(&sales, "flash", Phase::Preparing, Duration::from_secs(15)).await?;
         wait_web(&deployments, Some(3)).await?;
         operator.kill()?;
@@ -279,11 +279,11 @@ fn operator_killed_while_preparing_and_active_still_restores(env: &Env) -> anyho
         )
         .await;
         ensure!(phase_of(&sales, "flash").await? == Some(Phase::Preparing), "status moved on without an operator");
-        let mut operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let mut operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(10)).await?;
         ensure!(touched(&deployments.get("web").await?).0 == Some(3), "peak lost across the restart");
         operator.kill()?;
-        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         wait_phase(&sales, "flash", Phase::Completed, Duration::from_secs(60)).await?;
         let after = deployments.get("web").await?;
         ensure!(
@@ -306,7 +306,7 @@ fn suspend_edit_and_delete(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     block_on_value(async {
         let Scene { ns, sales, deployments, before, .. } = Scene::new(cluster, "edits", 2).await?;
-        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         let patch = |value: serde_json::Value| Patch::Merge(value);
         sales.create(&PostParams::default(), &sale("flash", &ns, &at(2), &at(600), 5)?).await?;
         wait_phase(&sales, "flash", Phase::Active, Duration::from_secs(15)).await?;
@@ -410,7 +410,7 @@ fn invalid_kubeconfigs_are_explained(env: &Env) -> anyhow::Result<()> {
         let ns = namespace(&client, "kubeconfigs").await?;
         kubeconfig_secret(&client, &ns, "garbage", "kubeconfig", "this is: [not a kubeconfig").await?;
         kubeconfig_secret(&client, &ns, "wrong-key", "config", "apiVersion: v1").await?;
-        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let clusters = [("garbage", "garbage"), ("wrong-key", "wrong-key"), ("missing", "no-such-secret")];
         sales
@@ -483,7 +483,7 @@ fn lost_cluster_never_delays_the_other(env: &Env) -> anyhow::Result<()> {
         let there_before = deployment(&remote_client, &ns, 1).await?;
         kubeconfig_secret(&client, &ns, "here", "kubeconfig", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
         kubeconfig_secret(&client, &ns, "there", "kubeconfig", &std::fs::read_to_string(&remote.kubeconfig)?).await?;
-        let _operator = Operator::start(primary, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let (start, end) = (at(8), at(20));
         let phases = record_phases(client.clone(), &ns, "flash");
@@ -567,9 +567,9 @@ fn leader_failover_hands_over_without_acting_twice(env: &Env) -> anyhow::Result<
             "--lease-duration-seconds",
             "4",
         ];
-        let mut first = Operator::start(cluster, &args)?;
+        let mut first = Operator::operator(cluster, &args)?;
         eventually(Duration::from_secs(15), || async { Ok(first.log_text().contains("became the leader")) }).await?;
-        let mut second = Operator::start(cluster, &args)?;
+        let mut second = Operator::operator(cluster, &args)?;
         eventually(Duration::from_secs(15), || async {
             Ok(second.log_text().contains("waiting to become the leader"))
         })
@@ -627,7 +627,7 @@ fn a_no_op_reconcile_writes_nothing(env: &Env) -> anyhow::Result<()> {
         let client = client(cluster).await?;
         let ns = namespace(&client, "noop").await?;
         deployment(&client, &ns, 1).await?;
-        let operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         // Active for ten minutes: scaled, Ready, nothing left to do until the end.
         sales.create(&PostParams::default(), &sale("steady", &ns, &at(1), &at(600), 2)?).await?;

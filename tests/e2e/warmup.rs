@@ -98,7 +98,7 @@ async fn setup(env: &Env, name: &str) -> anyhow::Result<(Client, String, Operato
     let client = client(cluster).await?;
     let ns = namespace(&client, name).await?;
     web(&client, &ns).await?;
-    let operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+    let operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
     Ok((client, ns, operator))
 }
 
@@ -215,7 +215,7 @@ fn jobs_run_at_their_lead_time_once_across_a_restart_and_are_gone_after_the_rest
         .context("product-cache never showed Running")?;
         operator.kill()?;
         let cluster = env.primary()?;
-        let _operator = Operator::start(cluster, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
 
         eventually(Duration::from_secs(25), || async {
             let s = sales.get("flash").await?;
@@ -465,7 +465,7 @@ fn two_clusters_warm_up_and_clean_up_at_once(env: &Env) -> anyhow::Result<()> {
         web(&remote, &ns).await?;
         kubeconfig_secret(&client, &ns, "here", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
         kubeconfig_secret(&client, &ns, "there", &std::fs::read_to_string(&secondary.kubeconfig)?).await?;
-        let _operator = Operator::start(primary, &["--watch-namespace", &ns])?;
+        let _operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let entries = json!([warm("product-cache", "4s", true, json!({RUN_FOR: "2s"}))]);
         let mut s = sale(&ns, (&at(8), &at(16)), ("4s", "2s"), entries)?;
