@@ -20,6 +20,7 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use std::{fmt, time::Duration};
+use tokio::sync::Semaphore;
 
 use super::metrics::AgentMetrics;
 
@@ -268,7 +269,7 @@ pub async fn mark_node(nodes: &Api<Node>, name: &str, release: Timestamp) -> Res
     }
 }
 
-/// Lists the node's pods and evicts those that need to go, at most [`CONCURRENCY`] at a time.
+/// Lists the node's pods and evicts those that need to go, at most [`CONCURRENCY`] requests at a time.
 pub async fn evict_pods(
     client: &Client,
     node: &str,
@@ -289,15 +290,21 @@ pub async fn evict_pods(
         }
     }
     tracing::info!(node, pods = to_evict.len(), "evicting pods");
+    // Every pod has its own retry loop; only the requests themselves share the permits, so pods a
+    // PodDisruptionBudget holds back (sleeping between retries) never delay the others.
+    let permits = Semaphore::new(CONCURRENCY);
     let outcomes: Vec<(PodName, Outcome)> = stream::iter(to_evict)
-        .map(|pod| async move {
-            let name = PodName { namespace: pod.namespace().unwrap_or_default(), name: pod.name_any() };
-            let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
-            let outcome = evict_one(client, &name, grace, deadline, metrics).await;
-            metrics.evictions.get_or_create(&outcome_labels(&outcome)).inc();
-            (name, outcome)
+        .map(|pod| {
+            let permits = &permits;
+            async move {
+                let name = PodName { namespace: pod.namespace().unwrap_or_default(), name: pod.name_any() };
+                let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
+                let outcome = evict_one(client, &name, grace, deadline, metrics, permits).await;
+                metrics.evictions.get_or_create(&outcome_labels(&outcome)).inc();
+                (name, outcome)
+            }
         })
-        .buffer_unordered(CONCURRENCY)
+        .buffer_unordered(usize::MAX)
         .collect()
         .await;
     for (pod, outcome) in outcomes {
@@ -324,21 +331,26 @@ async fn evict_one(
     grace: Option<i64>,
     deadline: Timestamp,
     metrics: &AgentMetrics,
+    permits: &Semaphore,
 ) -> Outcome {
     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
     let mut blocked_attempts = 0;
     let mut failed_attempts = 0;
     loop {
-        let left = deadline.duration_since(Timestamp::now());
-        let result = api
-            .create_subresource::<_, kube::core::Status>(
+        let result = {
+            // Held for the request only, never across a retry's sleep. The semaphore is never
+            // closed, so acquiring cannot fail.
+            let _permit = permits.acquire().await.ok();
+            let left = deadline.duration_since(Timestamp::now());
+            api.create_subresource::<_, kube::core::Status>(
                 "eviction",
                 &pod.name,
                 &PostParams::default(),
                 &eviction(pod, clip_grace(grace, left)),
             )
             .await
-            .map(|_| ());
+            .map(|_| ())
+        };
         let attempt = attempt_result(&result);
         let label = match &attempt {
             Attempt::Done(outcome) => outcome.label(),

@@ -272,8 +272,10 @@ fn agent_drains_a_noticed_node_honouring_pdbs(env: &Env) -> anyhow::Result<()> {
         let client = client(cluster).await?;
         let ns = namespace(&client, "agent-drain").await?;
         let _cleanup = Cleanup { cluster, namespace: ns.clone() };
-        let deployments = [("guarded", 8, 30), ("plain-a", 11, 30), ("plain-b", 10, 30), ("two-pdbs", 1, 30)];
-        let guarded_replicas = 8usize;
+        // More guarded pods than the agent sends requests at once: pods a PDB holds back must not
+        // keep the others waiting.
+        let deployments = [("guarded", 18, 30), ("plain-a", 6, 30), ("plain-b", 5, 30), ("two-pdbs", 1, 30)];
+        let guarded_replicas = 18usize;
         let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
         // The guarded PDB allows no disruption at first (as during another rollout), then one.
         pdbs.create(&PostParams::default(), &pdb("guarded", "guarded", 0)?).await?;
@@ -331,7 +333,7 @@ fn agent_drains_a_noticed_node_honouring_pdbs(env: &Env) -> anyhow::Result<()> {
         )?;
         sales.create(&PostParams::default(), &sale).await?;
 
-        // Watch the guarded pods throughout: healthy (ready, not terminating) never below 7.
+        // Watch the guarded pods throughout: healthy (ready, not terminating) never below 17.
         let min_healthy = Arc::new(Mutex::new(usize::MAX));
         let watch = {
             let min_healthy = min_healthy.clone();
@@ -392,6 +394,14 @@ fn agent_drains_a_noticed_node_honouring_pdbs(env: &Env) -> anyhow::Result<()> {
             .filter(|p| node_of(p) == node && p.metadata.deletion_timestamp.is_none())
             .count();
         ensure!(guarded_left == guarded_replicas, "a guarded pod went while its PDB allowed no disruption");
+        let plain_left = pods
+            .list(&ListParams::default().labels("app in (plain-a,plain-b)"))
+            .await?
+            .items
+            .iter()
+            .filter(|p| node_of(p) == node && p.metadata.deletion_timestamp.is_none())
+            .count();
+        ensure!(plain_left == 0, "{plain_left} unguarded pods still wait while the guarded ones are refused");
         ensure!(
             retries >= guarded_replicas as f64 && retries <= (guarded_replicas * 8) as f64,
             "{retries} retries of {guarded_replicas} blocked pods in {:?}: want a backoff of 0.5 s doubling to 5 s",
