@@ -45,8 +45,8 @@ struct RunArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, default_value = "0.0.0.0:8080", env = "FLASHSALE_METRICS_ADDR")]
     metrics_addr: SocketAddr,
-    /// The image of the spot-drain agents the operator deploys (its own image: the agent is
-    /// the `drain-agent` subcommand of this binary).
+    /// The image of the spot-drain agents the operator deploys (its own image, which holds the
+    /// `flashsale-drain-agent` binary).
     #[arg(long, default_value = concat!("flashsale-operator:", env!("CARGO_PKG_VERSION")), env = "FLASHSALE_AGENT_IMAGE")]
     agent_image: String,
     /// Act only on FlashSales in this namespace (default: all namespaces).

@@ -1,5 +1,5 @@
-//! The spot-termination drain agent: one per spot node (a DaemonSet of this binary's
-//! `drain-agent` subcommand). It polls the ECS metadata service and, on a termination notice,
+//! The spot-termination drain agent: one per spot node (the DaemonSet runs the
+//! `flashsale-drain-agent` binary; `flashsale-operator drain-agent` is the same code). It polls the ECS metadata service and, on a termination notice,
 //! taints and cordons its node and evicts the node's pods before the instance is released.
 //!
 //! Metadata errors of any kind are logged, counted and retried with backoff; the agent never

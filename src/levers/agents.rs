@@ -1,6 +1,6 @@
 //! The spot-drain lever: from Preparing until the restore, a DaemonSet of the operator's own
-//! binary (`drain-agent`) runs on every node matching `spotDrain.nodeSelector`, with the least
-//! RBAC draining needs. The pods run `flashsale-drain-agent`, the agent alone, from the same image.
+//! image runs the drain agent (`flashsale-drain-agent`, the agent alone) on every node matching
+//! `spotDrain.nodeSelector`, with the least RBAC draining needs.
 //!
 //! Sharing: the DaemonSet is named after a hash of its configuration (selector, endpoint, poll
 //! interval, token mode, tolerations, image), so sales of one namespace that ask for the same
@@ -69,7 +69,8 @@ pub async fn run(
             let name = daemonset_name(drain, agent_image);
             let live = ours.iter().find(|d| d.name_any() == name);
             let live = hold(client, sale, drain, agent_image, &name, &key, live, report).await?;
-            for other in ours.iter().filter(|d| d.name_any() != name) {
+            // Only DaemonSets this sale holds: the others belong to other sales' settings.
+            for other in ours.iter().filter(|d| d.name_any() != name && d.annotations().contains_key(&key)) {
                 release(client, sale, other, &key, report).await?;
             }
             observe(live.as_ref(), drain, report);
@@ -138,20 +139,23 @@ async fn hold(
     let ns = sale.namespace;
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
     let apply = PatchParams::apply(FIELD_MANAGER).force();
-    // The ClusterRole is shared by every namespace's agents; a namespace letting go of its last
-    // agents at the same moment may have just deleted it.
-    let role_missing = live.is_some() && Api::<ClusterRole>::all(client.clone()).get_opt(AGENT).await?.is_none();
+    // The RBAC is shared (the ClusterRole by every namespace's agents, the ServiceAccount and
+    // binding by this namespace's): a sale letting go of the last agents at the same moment may
+    // have just deleted some of it. Re-applying it never touches the DaemonSet.
+    if live.is_none() || !rbac_in_place(client, ns).await? {
+        // RBAC first: agents that start before their binding exists fail their first drain.
+        Api::<ClusterRole>::all(client.clone()).patch(AGENT, &apply, &Patch::Apply(cluster_role())).await?;
+        Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .patch(AGENT, &apply, &Patch::Apply(service_account(ns)))
+            .await?;
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .patch(&binding_name(ns), &apply, &Patch::Apply(cluster_role_binding(ns)))
+            .await?;
+    }
     let live = match live {
-        Some(ds) if !role_missing => ds.clone(),
-        _ => {
-            // RBAC first: agents that start before their binding exists fail their first drain.
-            Api::<ClusterRole>::all(client.clone()).patch(AGENT, &apply, &Patch::Apply(cluster_role())).await?;
-            Api::<ServiceAccount>::namespaced(client.clone(), ns)
-                .patch(AGENT, &apply, &Patch::Apply(service_account(ns)))
-                .await?;
-            Api::<ClusterRoleBinding>::all(client.clone())
-                .patch(&binding_name(ns), &apply, &Patch::Apply(cluster_role_binding(ns)))
-                .await?;
+        Some(ds) => ds.clone(),
+        None => {
+            // Created with this sale as its holder, so no other sale's release can see it unheld.
             let ds =
                 daemonsets.patch(name, &apply, &Patch::Apply(daemonset(name, ns, drain, image, sale.holder))).await?;
             report.actions.push(action(&ds, "Deploy", format!("drain agents deployed as DaemonSet {ns}/{name}")));
@@ -212,6 +216,13 @@ async fn release(
         }
     }
     Ok(true)
+}
+
+/// Whether the agents' ClusterRole, and this namespace's ServiceAccount and binding, exist.
+async fn rbac_in_place(client: &Client, ns: &str) -> Result<bool, kube::Error> {
+    Ok(Api::<ClusterRole>::all(client.clone()).get_opt(AGENT).await?.is_some()
+        && Api::<ServiceAccount>::namespaced(client.clone(), ns).get_opt(AGENT).await?.is_some()
+        && Api::<ClusterRoleBinding>::all(client.clone()).get_opt(&binding_name(ns)).await?.is_some())
 }
 
 fn ignore_missing<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
@@ -351,7 +362,8 @@ fn cluster_role_binding(namespace: &str) -> Value {
     })
 }
 
-/// The agent DaemonSet. `sale` (the first holder) is where the agents also post their events.
+/// The agent DaemonSet, held by `sale` from its creation; `sale` is also where the agents post
+/// their events (the first holder: the pod template is not rewritten when others join).
 pub fn daemonset(name: &str, namespace: &str, drain: &SpotDrain, image: &str, sale: &str) -> Value {
     let token = match drain.metadata_token {
         MetadataTokenMode::Optional => "Optional",
@@ -368,7 +380,12 @@ pub fn daemonset(name: &str, namespace: &str, drain: &SpotDrain, image: &str, sa
     json!({
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {holder_key(sale): sale},
+        },
         "spec": {
             "selector": {"matchLabels": {"flashsale.dev/agent": name}},
             "updateStrategy": {"type": "RollingUpdate"},
@@ -451,6 +468,7 @@ mod tests {
         let mut d = drain();
         d.metadata_token = MetadataTokenMode::Required;
         let ds = daemonset("flashsale-drain-agent-x", "shop", &d, "img:1", "shop/sale");
+        assert_eq!(ds["metadata"]["annotations"][holder_key("shop/sale")], "shop/sale", "held from its creation");
         let container = &ds["spec"]["template"]["spec"]["containers"][0];
         let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         assert_eq!(container["command"], json!(["flashsale-drain-agent"]));

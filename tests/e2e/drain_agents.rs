@@ -38,6 +38,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
 
 const IMAGE: &str = "e2e.local/flashsale-operator:test";
 
+/// The agents' ClusterRole is shared by the whole cluster and these tests check it is removed
+/// with the last agents: they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A one-replica Deployment the sale holds at one replica: spot drain is the lever under test.
 async fn deployment(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
     let d = crate::support::deployment(name, 1, None)?;
@@ -117,6 +121,7 @@ fn agent_can(cluster: &Cluster, ns: &str, verb: &str, resource: &str) -> anyhow:
 }
 
 fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (primary, secondary) = (env.primary()?, env.secondary()?);
     block_on_value(async {
         let here = client(primary).await?;
@@ -273,6 +278,7 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
 /// Changing the agents' settings mid-sale moves the sale to a DaemonSet with the new settings
 /// and removes the old one; suspending the sale removes the agents and their RBAC.
 fn move_with_the_settings_and_go_on_suspend(env: &Env) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = env.primary()?;
     block_on_value(async {
         let c = client(cluster).await?;
