@@ -170,6 +170,49 @@ impl Target {
     }
 }
 
+/// The breakers recorded on the published object. An entry that cannot be read (edited by hand,
+/// or written by another version) resumes from the flag as published, so an open breaker stays
+/// open rather than switching the feature back on mid-incident; the second value says so.
+fn stored_breakers(
+    annotation: Option<&str>,
+    auto_flags: &[&str],
+    live_flags: &Map<String, Value>,
+    now: Timestamp,
+) -> (BTreeMap<String, Breaker>, Option<String>) {
+    let Some(text) = annotation else { return (BTreeMap::new(), None) };
+    let entries: Option<BTreeMap<String, Value>> = serde_json::from_str(text).ok();
+    let mut unreadable = vec![];
+    let mut breakers = BTreeMap::new();
+    for name in auto_flags {
+        let stored = match &entries {
+            Some(entries) => match entries.get(*name) {
+                Some(v) => serde_json::from_value::<Breaker>(v.clone()).ok(),
+                // Not recorded yet (a flag added to the spec): it starts closed.
+                None => continue,
+            },
+            None => None,
+        };
+        let breaker = stored.unwrap_or_else(|| {
+            unreadable.push(*name);
+            resumed(live_flags.get(*name), now)
+        });
+        breakers.insert((*name).to_owned(), breaker);
+    }
+    let problem = (!unreadable.is_empty()).then(|| {
+        format!(
+            "the breaker state in annotation {BREAKERS_ANNOTATION} could not be read for {}; each resumes from its published value (off stays open)",
+            unreadable.join(", ")
+        )
+    });
+    (breakers, problem)
+}
+
+/// A breaker resumed from a published flag: open while the flag is off.
+fn resumed(flag: Option<&Value>, now: Timestamp) -> Breaker {
+    let off = flag.and_then(|f| f.get("defaultVariant")).and_then(Value::as_str) == Some("off");
+    Breaker { state: if off { State::Open } else { State::Closed }, ..Breaker::new(now) }
+}
+
 /// Reports a refusal: nothing is changed, and a person must act.
 fn refuse(report: &mut Report, intent: Intent, reason: &str, message: String) {
     report.problems.push(message.clone());
@@ -207,12 +250,21 @@ async fn publish(
 ) -> Result<(), kube::Error> {
     let now = sale.now;
     let live_annotations = live.map(|l| l.annotations().clone()).unwrap_or_default();
-    let previous_breakers: BTreeMap<String, Breaker> = if ours {
-        live_annotations.get(BREAKERS_ANNOTATION).and_then(|b| serde_json::from_str(b).ok()).unwrap_or_default()
-    } else {
-        BTreeMap::new()
-    };
     let live_flags = live.map(|l| target.live_flags(l)).unwrap_or_default();
+    let auto_flags: Vec<&str> =
+        degradation.flags.iter().filter(|f| f.auto_degrade.is_some()).map(|f| f.name.as_str()).collect();
+    let (previous_breakers, unreadable) = if ours {
+        let annotation = live_annotations.get(BREAKERS_ANNOTATION).map(String::as_str);
+        stored_breakers(annotation, &auto_flags, &live_flags, now)
+    } else {
+        (BTreeMap::new(), None)
+    };
+    if let Some(problem) = unreadable {
+        // Announced once: this pass writes the breakers back readable.
+        let mut action = target.action("FlagBreakerReset", "Resume", problem);
+        action.warning = true;
+        report.actions.push(action);
+    }
     let evaluating = intent == Intent::Hold;
     // Every breaker's query at once: a slow Prometheus costs one timeout per pass, not one per flag.
     let queries = degradation.flags.iter().filter(|_| evaluating).filter_map(|flag| {
@@ -765,5 +817,34 @@ mod tests {
             assert_eq!(serde_json::from_str::<Original>(&serde_json::to_string(&o)?)?, o);
         }
         Ok(())
+    }
+
+    #[test]
+    fn unreadable_breakers_resume_from_the_published_flags() {
+        let now: Timestamp = "2026-11-11T00:10:00Z".parse().unwrap();
+        let live: Map<String, Value> = serde_json::from_value(json!({
+            "reviews": {"defaultVariant": "off"},
+            "search": {"defaultVariant": "on"},
+        }))
+        .unwrap();
+        let auto = ["reviews", "search", "new-flag"];
+        // Garbage: every auto flag resumes from what is published, the open one stays open.
+        let (b, problem) = stored_breakers(Some("{not json"), &auto, &live, now);
+        assert_eq!(b["reviews"].state, State::Open);
+        assert_eq!(b["search"].state, State::Closed);
+        assert_eq!(b["new-flag"].state, State::Closed);
+        assert!(problem.unwrap().contains("reviews, search, new-flag"));
+        // One bad entry: only that flag resumes; a flag not recorded yet is left to start closed.
+        let open = serde_json::to_value(Breaker { state: State::Open, ..Breaker::new(now) }).unwrap();
+        let text = json!({"search": open, "reviews": {"state": "Sideways"}}).to_string();
+        let (b, problem) = stored_breakers(Some(&text), &auto, &live, now);
+        assert_eq!(b["reviews"].state, State::Open, "resumed from its published off");
+        assert_eq!(b["search"].state, State::Open, "read as recorded");
+        assert!(!b.contains_key("new-flag"));
+        assert!(problem.unwrap().contains("for reviews;"));
+        // Readable: no problem.
+        let (_, problem) = stored_breakers(Some(&json!({"search": open}).to_string()), &auto, &live, now);
+        assert_eq!(problem, None);
+        assert_eq!(stored_breakers(None, &auto, &live, now), (BTreeMap::new(), None));
     }
 }
