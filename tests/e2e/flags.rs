@@ -54,6 +54,9 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ),
 ];
 
+/// The operator's count of passes over sales.
+const RECONCILES: &str = "flashsale_reconcile_duration_seconds_count{lever=\"timeline\"}";
+
 const FLAGS_KEY: &str = "flags.flagd.json";
 
 /// The OpenFeature clients, installed and cached by the toolchain script.
@@ -427,7 +430,9 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
         // The breaker is evaluated every second; a steady signal writes nothing.
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         let version = cms.get("flashsale-flags").await?.metadata.resource_version;
+        let passes = operator.metric(RECONCILES)?;
         tokio::time::sleep(Duration::from_secs(3)).await;
+        ensure!(operator.metric(RECONCILES)? >= passes + 2.0, "the breaker was not evaluated in 3 s");
         ensure!(
             cms.get("flashsale-flags").await?.metadata.resource_version == version,
             "the flags ConfigMap was rewritten while nothing changed"
@@ -467,7 +472,12 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
         })
         .await
         .context("a failing query is not shown in FlagsPublished and the flag's reason")?;
+        let passes = operator.metric(RECONCILES)?;
         tokio::time::sleep(Duration::from_secs(7)).await;
+        ensure!(
+            operator.metric(RECONCILES)? >= passes + 2.0,
+            "the breaker was not evaluated while Prometheus was down"
+        );
         ensure!(
             default_variant(&file().await?, "reviews").as_deref() == Some("off"),
             "the flag moved while Prometheus was down"
@@ -490,7 +500,10 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
         // query still failing it must not start over as closed (on).
         operator.kill()?;
         let operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // Two passes of the new operator, each evaluating the breaker with the query failing.
+        eventually(Duration::from_secs(20), || async { Ok(operator.metric(RECONCILES)? >= 2.0) })
+            .await
+            .context("the restarted operator did not evaluate the sale")?;
         ensure!(
             default_variant(&file().await?, "reviews").as_deref() == Some("off"),
             "the restarted operator turned reviews back on while Prometheus was down"
