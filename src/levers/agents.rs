@@ -26,7 +26,7 @@ use kube::{
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-use super::{Action, Intent, LeverCondition, Report, Sale, cronhpa::fnv1a};
+use super::{Action, Intent, LeverCondition, Report, Sale, fnv1a};
 use crate::{
     api::{DrainAgentsStatus, FlashSaleSpec, MetadataTokenMode, SpotDrain},
     controller::FIELD_MANAGER,

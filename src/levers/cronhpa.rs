@@ -196,15 +196,7 @@ fn dns_safe(s: &str) -> String {
 
 /// `s` (ASCII) cut to at most `max` characters, ending in `-<8 hex digits of a hash of s>`.
 fn shorten(s: &str, max: usize) -> String {
-    let suffix = format!("-{:08x}", fnv1a(s) as u32);
-    let keep = max.saturating_sub(suffix.len()).min(s.len());
-    let prefix = s[..keep].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-    if prefix.is_empty() { suffix[1..].to_owned() } else { format!("{prefix}{suffix}") }
-}
-
-/// 64-bit FNV-1a: a hash that stays the same across Rust versions and platforms.
-pub(crate) fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    super::fit_name(s, max, super::fnv1a(s))
 }
 
 /// A valid label value (at most 63 characters, alphanumerics at both ends).

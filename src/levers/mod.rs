@@ -175,6 +175,21 @@ pub fn contain(report: &mut Report, lever: &str, result: Result<(), kube::Error>
     }
 }
 
+/// 64-bit FNV-1a: a hash that stays the same across Rust versions and platforms (std's does not),
+/// for names derived from a sale's settings.
+pub(crate) fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// `base` (ASCII) cut to fit `max` characters together with the suffix `-<8 hex digits of hash>`,
+/// ending in a letter or digit before the suffix: an object name that stays unique when cut.
+pub(crate) fn fit_name(base: &str, max: usize, hash: u64) -> String {
+    let suffix = format!("-{:08x}", hash as u32);
+    let keep = max.saturating_sub(suffix.len()).min(base.len());
+    let prefix = base[..keep].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    if prefix.is_empty() { suffix[1..].to_owned() } else { format!("{prefix}{suffix}") }
+}
+
 /// The identity of a sale as recorded on the objects it changes.
 pub fn holder(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")

@@ -76,12 +76,8 @@ pub const SKIPPED: &str = "Skipped";
 /// never creates a duplicate.
 pub fn job_name(sale: &str, uid: &str, start: Timestamp, warm: &CacheWarm) -> String {
     let template = serde_json::to_string(&warm.template).unwrap_or_default();
-    let hash = super::cronhpa::fnv1a(&format!("{uid}\n{start}\n{}\n{template}", warm.name));
-    let suffix = format!("-{:08x}", hash as u32);
-    let base = format!("{sale}-warm-{}", warm.name);
-    let keep = MAX_JOB_NAME.saturating_sub(suffix.len()).min(base.len());
-    let prefix = base[..keep].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-    format!("{prefix}{suffix}")
+    let hash = super::fnv1a(&format!("{uid}\n{}\n{}\n{template}", start.as_second(), warm.name));
+    super::fit_name(&format!("{sale}-warm-{}", warm.name), MAX_JOB_NAME, hash)
 }
 
 /// When a warm-up's Job is due: `startBefore` the window start (never after the start).
@@ -99,11 +95,12 @@ pub fn lead(warm: &CacheWarm) -> String {
 }
 
 /// `activeDeadlineSeconds` for a Job created at `now`: the template's own value, else the time
-/// left until the window start, and at least [`MIN_DEADLINE_SECS`]. A hung warm-up then fails
-/// (with reason `DeadlineExceeded`) before the sale starts, where on-call sees it in `Ready`,
-/// instead of running into the sale unnoticed.
-pub fn active_deadline(template: Option<i64>, now: Timestamp, start: Timestamp) -> i64 {
-    template.unwrap_or_else(|| start.duration_since(now).as_secs().max(MIN_DEADLINE_SECS))
+/// left until the window start. A hung warm-up then fails (with reason `DeadlineExceeded`)
+/// before the sale starts, where on-call sees it in `Ready`, instead of running into the sale
+/// unnoticed. A Job started late (a sale created late, a window moved) still gets its whole
+/// `startBefore` lead, and never less than [`MIN_DEADLINE_SECS`].
+pub fn active_deadline(template: Option<i64>, now: Timestamp, start: Timestamp, lead: SignedDuration) -> i64 {
+    template.unwrap_or_else(|| start.duration_since(now).as_secs().max(lead.as_secs()).max(MIN_DEADLINE_SECS))
 }
 
 /// What to do about a warm-up whose Job does not exist.
@@ -454,8 +451,9 @@ async fn start(
         }
         Due::Now { late } => late,
     };
-    let deadline =
-        active_deadline(warm.template.spec.as_ref().and_then(|s| s.active_deadline_seconds), sale.now, schedule.start);
+    let lead_time = timeline::signed("cacheWarm[].startBefore", &warm.start_before).unwrap_or(SignedDuration::ZERO);
+    let own = warm.template.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+    let deadline = active_deadline(own, sale.now, schedule.start, lead_time);
     let job = build_job(sale, warm, name, deadline);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
     entry.status.job = Some(name.to_owned());
@@ -651,6 +649,8 @@ mod tests {
         assert_eq!(a, job_name("double-11", "uid-1", start, &w));
         assert!(a.starts_with("double-11-warm-product-cache-"), "{a}");
         assert_eq!(a.len(), "double-11-warm-product-cache-".len() + 8);
+        // Pinned: an upgraded operator finds the Jobs an older one created (no re-run mid-sale).
+        assert_eq!(a, "double-11-warm-product-cache-4046a500");
         // A re-created sale, a moved window, a changed template: another Job.
         assert_ne!(a, job_name("double-11", "uid-2", start, &w));
         assert_ne!(a, job_name("double-11", "uid-1", ts("2026-11-11T16:00:00Z"), &w));
@@ -692,11 +692,14 @@ mod tests {
     #[test]
     fn the_deadline_ends_at_the_window_start_unless_the_template_says_otherwise() {
         let start = ts("2026-11-10T16:00:00Z");
-        assert_eq!(active_deadline(None, ts("2026-11-10T15:40:00Z"), start), 1200);
-        assert_eq!(active_deadline(None, ts("2026-11-10T15:59:30Z"), start), MIN_DEADLINE_SECS);
-        // A late start, inside the window: still bounded.
-        assert_eq!(active_deadline(None, ts("2026-11-10T16:30:00Z"), start), MIN_DEADLINE_SECS);
-        assert_eq!(active_deadline(Some(7200), ts("2026-11-10T15:40:00Z"), start), 7200);
+        let (lead, short) = (SignedDuration::from_mins(20), SignedDuration::from_secs(10));
+        assert_eq!(active_deadline(None, ts("2026-11-10T15:40:00Z"), start, lead), 1200);
+        assert_eq!(active_deadline(None, ts("2026-11-10T15:59:30Z"), start, short), MIN_DEADLINE_SECS);
+        // A late start gets its whole lead (a warm-up that takes 20 minutes still can), bounded.
+        assert_eq!(active_deadline(None, ts("2026-11-10T15:59:30Z"), start, lead), 1200);
+        assert_eq!(active_deadline(None, ts("2026-11-10T16:30:00Z"), start, lead), 1200);
+        assert_eq!(active_deadline(None, ts("2026-11-10T16:30:00Z"), start, short), MIN_DEADLINE_SECS);
+        assert_eq!(active_deadline(Some(7200), ts("2026-11-10T15:40:00Z"), start, lead), 7200);
     }
 
     #[test]
