@@ -102,7 +102,9 @@ pub fn parse(body: &[u8]) -> Sample {
     let value = match data.result_type.as_str() {
         "scalar" => data.result.get(1).cloned(),
         "vector" => match data.result.as_array().map(Vec::as_slice) {
-            Some([]) | None => return Sample::Failed("the query returned no series (empty result)".into()),
+            Some([]) | None => return Sample::Failed(
+                    "the query returned no series (empty result; a query that is empty when all is well, such as a rate of errors, can end in `or vector(0)`)".into(),
+                ),
             Some([one]) => one.pointer("/value/1").cloned(),
             Some(many) => {
                 return Sample::Failed(format!(
@@ -116,7 +118,7 @@ pub fn parse(body: &[u8]) -> Sample {
     match value.as_ref().and_then(serde_json::Value::as_str).map(str::parse::<f64>) {
         Some(Ok(v)) if v.is_nan() => Sample::Failed("the query returned NaN (no data to compute from)".into()),
         Some(Ok(v)) => Sample::Value(v),
-        _ => Sample::Failed("the answer holds no number".into()),
+        _ => Sample::Failed(format!("the answer holds no number: {}", value.unwrap_or_default())),
     }
 }
 
