@@ -317,13 +317,17 @@ fn move_with_the_settings_and_go_on_suspend(env: &Env) -> anyhow::Result<()> {
         })
         .await
         .context("suspending the sale left agents or their RBAC behind")?;
+        // The status follows the pass that removed them.
+        let removed = eventually(Duration::from_secs(10), || async {
+            let status = sales.get("moving").await?.status.unwrap_or_default();
+            Ok(status.phase == Some(Phase::Suspended)
+                && status.conditions.iter().any(|c| c.type_ == "DrainAgentsReady" && c.reason == "Removed"))
+        })
+        .await;
         let status = sales.get("moving").await?.status.unwrap_or_default();
-        ensure!(status.phase == Some(Phase::Suspended), "phase {:?}", status.phase);
-        ensure!(
-            status.conditions.iter().any(|c| c.type_ == "DrainAgentsReady" && c.reason == "Removed"),
-            "DrainAgentsReady does not say Removed: {:?}",
-            status.conditions
-        );
+        removed.with_context(|| {
+            format!("a suspended sale does not say its agents are removed: {:?} {:?}", status.phase, status.conditions)
+        })?;
         Ok(())
     })
 }
