@@ -12,6 +12,7 @@ mod gitops;
 mod harness;
 mod levers;
 mod support;
+mod tenant;
 mod timeline;
 mod warmup;
 
@@ -39,6 +40,7 @@ fn main() {
         .chain(warmup::TESTS)
         .chain(flags::TESTS)
         .chain(agent::TESTS)
+        .chain(tenant::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
