@@ -45,10 +45,9 @@ struct RunArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, default_value = "0.0.0.0:8080", env = "FLASHSALE_METRICS_ADDR")]
     metrics_addr: SocketAddr,
-    /// The image of the spot-drain agents the operator deploys (its own image, which holds the
-    /// `flashsale-drain-agent` binary).
-    #[arg(long, default_value = concat!("flashsale-operator:", env!("CARGO_PKG_VERSION")), env = "FLASHSALE_AGENT_IMAGE")]
-    agent_image: String,
+    /// What the installer decides: agents' image and placement, allowed outbound addresses.
+    #[command(flatten)]
+    installer: crate::installer::Installer,
     /// Act only on FlashSales in this namespace (default: all namespaces).
     #[arg(long, env = "FLASHSALE_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
@@ -219,7 +218,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             client,
             args.watch_namespace.clone(),
             metrics,
-            args.agent_image.clone(),
+            args.installer.clone(),
             ready_tx,
             stopped(stop_rx.clone()),
         )
@@ -277,7 +276,7 @@ async fn run_as_elected(
             _ = stop_for_controller.wait_for(|s| *s) => {}
         }
     };
-    controller::run(client, args.watch_namespace.clone(), metrics, args.agent_image.clone(), ready, shutdown).await;
+    controller::run(client, args.watch_namespace.clone(), metrics, args.installer.clone(), ready, shutdown).await;
     let still_leader = *leader.borrow();
     let stopping = *stop.borrow();
     // Closing the channel releases the Lease, so a standby takes over at once.

@@ -50,8 +50,8 @@ pub struct Context {
     pub clusters: Clusters,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// The image drain agents run.
-    pub agent_image: String,
+    /// What the installer decided (agents' image and placement, allowed addresses).
+    pub installer: crate::installer::Installer,
     /// Consecutive failures per sale, for exponential backoff (kube-runtime has none built in).
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<FlashSale>>, u32>>,
 }
@@ -92,7 +92,7 @@ pub async fn run(
     client: Client,
     namespace: Option<String>,
     metrics: Arc<Metrics>,
-    agent_image: String,
+    installer: crate::installer::Installer,
     ready: watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -106,7 +106,7 @@ pub async fn run(
         clusters: Clusters::new(client.clone(), metrics.clone()),
         client,
         metrics,
-        agent_image,
+        installer,
         failures: Mutex::new(HashMap::new()),
     });
     // Workloads held by a sale carry its name: a change in their replicas or rollout (peak
@@ -373,7 +373,7 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                         cron_zone: &target.cron_hpa_time_zone,
                         phase,
                         now: Timestamp::now(),
-                        agent_image: &ctx.agent_image,
+                        installer: &ctx.installer,
                         warmups: shown.map(|c| c.warmups.as_slice()).unwrap_or_default(),
                     };
                     levers::run(&client, &pass, &sale.spec, intent).await.map_err(|err| {

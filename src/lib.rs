@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod clusters;
 pub mod controller;
+pub mod installer;
 pub mod levers;
 pub mod metrics;
 pub mod plan;

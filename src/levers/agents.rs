@@ -54,7 +54,7 @@ pub async fn run(
     intent: Intent,
     report: &mut Report,
 ) -> Result<(), kube::Error> {
-    let agent_image = sale.agent_image;
+    let agent_image = sale.installer.agent_image.as_str();
     let wanted = spec.spot_drain.as_ref().filter(|d| d.enabled);
     // A sale that never asked for agents has nothing to hold or release, except after its
     // spec dropped them: the restore looks anyway.

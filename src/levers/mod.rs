@@ -135,8 +135,8 @@ pub struct Sale<'a> {
     /// such as static flags, read it; most only need the [`Intent`]).
     pub phase: Phase,
     pub now: jiff::Timestamp,
-    /// The image drain agents run (the operator's own).
-    pub agent_image: &'a str,
+    /// What the installer decided: agents' image and placement, allowed addresses.
+    pub installer: &'a crate::installer::Installer,
     /// This cluster's warm-ups as the last status showed them, so an outcome is announced once.
     pub warmups: &'a [WarmupStatus],
 }

@@ -608,7 +608,7 @@ mod tests {
             cron_zone: "Asia/Shanghai",
             phase: crate::api::Phase::Preparing,
             now: ts("2026-11-10T15:40:00Z"),
-            agent_image: "flashsale-operator:test",
+            installer: Box::leak(Box::new(crate::installer::Installer::defaults())),
             warmups,
         }
     }

@@ -91,8 +91,11 @@ pub async fn can(admin: &Client, user: &str, verb: &str, resource: &str, ns: Opt
     let mut spec = serde_json::json!({"user": user, "resourceAttributes": attributes});
     if let Some(rest) = user.strip_prefix("system:serviceaccount:") {
         let sa_ns = rest.split(':').next().unwrap_or_default();
-        spec["groups"] =
-            serde_json::json!(["system:serviceaccounts", format!("system:serviceaccounts:{sa_ns}"), "system:authenticated"]);
+        spec["groups"] = serde_json::json!([
+            "system:serviceaccounts",
+            format!("system:serviceaccounts:{sa_ns}"),
+            "system:authenticated"
+        ]);
     }
     let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({"spec": spec}))?;
     let answer = Api::<SubjectAccessReview>::all(admin.clone())
@@ -127,8 +130,10 @@ pub async fn widened_service_accounts(admin: &Client, ns: &str, elsewhere: &str)
     Ok(widened)
 }
 
-pub const TESTS: &[(&str, crate::TestFn)] =
-    &[("tenant::the_tenant_may_write_sales_and_secrets_in_its_namespace_only", the_tenant_may_write_sales_and_secrets_in_its_namespace_only)];
+pub const TESTS: &[(&str, crate::TestFn)] = &[(
+    "tenant::the_tenant_may_write_sales_and_secrets_in_its_namespace_only",
+    the_tenant_may_write_sales_and_secrets_in_its_namespace_only,
+)];
 
 /// The tenant every trust-boundary test acts as has exactly a sale author's rights: the checks
 /// the other tests rely on would prove nothing if the tenant could already do more.
@@ -140,10 +145,9 @@ fn the_tenant_may_write_sales_and_secrets_in_its_namespace_only(env: &crate::sup
         let other = crate::support::namespace(&admin, "tenant-other").await?;
         let tenant = tenant(cluster, &admin, &ns).await?;
         let who = user(&ns);
-        for (verb, resource, ns) in [
-            ("create", "flashsale.dev/flashsales", Some(ns.as_str())),
-            ("create", "secrets", Some(ns.as_str())),
-        ] {
+        for (verb, resource, ns) in
+            [("create", "flashsale.dev/flashsales", Some(ns.as_str())), ("create", "secrets", Some(ns.as_str()))]
+        {
             anyhow::ensure!(can(&admin, &who, verb, resource, ns).await?, "the tenant may not {verb} {resource}");
         }
         for (verb, resource, ns) in [
