@@ -13,6 +13,7 @@ help:
 	@echo "make cluster-up    start a local cluster in the background ($(KUBECONFIG_LOCAL))"
 	@echo "make cluster-down  stop it"
 	@echo "make crds          regenerate crds/ and the chart's copy from the Rust types"
+	@echo "make image         build the container image as an OCI archive (no container daemon needed)"
 
 .PHONY: toolchain
 toolchain:
@@ -21,10 +22,18 @@ toolchain:
 	@bash tests/e2e/toolchain/statuscheck/build.sh >/dev/null
 	@bash tests/e2e/toolchain/openfeature/build.sh >/dev/null
 
+IMAGE := target/image/flashsale-operator-$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1).oci.tar
+
+.PHONY: image
+image:
+	@bash scripts/image.sh $(IMAGE) >/dev/null
+
 .PHONY: test
 test: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	$(MAKE) --no-print-directory image
+	bash tests/image/check.sh $(IMAGE)
 	cargo test --lib --bins --tests
 
 .PHONY: crds
