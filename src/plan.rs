@@ -57,13 +57,19 @@ pub async fn read_live(sale: &FlashSale, client: Client) -> Live {
         let baselines = match &target.client {
             Ok(client) => {
                 let mut out = vec![];
-                for w in &sale.spec.workloads {
-                    let wns = w.target.namespace.clone().unwrap_or_else(|| ns.clone());
-                    out.push(match prescale::baseline(client, &wns, w).await {
-                        Ok(Some(replicas)) => Baseline::Replicas(replicas),
-                        Ok(None) => {
-                            Baseline::Unavailable(format!("{} {wns}/{} not found", w.target.kind, w.target.name))
+                for (i, w) in sale.spec.workloads.iter().enumerate() {
+                    // The same confinement the levers apply: nothing outside the sale's
+                    // namespace is read, not even for a plan.
+                    let target = match prescale::Target::confined(w, i, &ns) {
+                        Ok(target) => target,
+                        Err(refusal) => {
+                            out.push(Baseline::Unavailable(refusal));
+                            continue;
                         }
+                    };
+                    out.push(match prescale::baseline(client, &target).await {
+                        Ok(Some(replicas)) => Baseline::Replicas(replicas),
+                        Ok(None) => Baseline::Unavailable(format!("{} not found", target.display())),
                         Err(err) => Baseline::Unavailable(err.to_string()),
                     });
                 }
@@ -117,8 +123,17 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
         let note = if baselines.is_none() { " (baselines not read; pass --kubeconfig to read them)" } else { "" };
         writeln!(out, "cluster {cluster}:{note}")?;
         for (wi, w) in sale.spec.workloads.iter().enumerate() {
-            let wns = w.target.namespace.as_deref().unwrap_or(ns);
-            let what = format!("{} {wns}/{}", w.target.kind, w.target.name);
+            let what = match prescale::Target::confined(w, wi, ns) {
+                Ok(target) => target.display(),
+                Err(refusal) => {
+                    writeln!(
+                        out,
+                        "  {} {}: refused, left unchanged in every phase: {refusal}",
+                        w.target.kind, w.target.name
+                    )?;
+                    continue;
+                }
+            };
             let baseline = baselines.and_then(|b| b.get(wi)).cloned().unwrap_or(Baseline::Unknown);
             let from = match &baseline {
                 Baseline::Replicas(r) => r.to_string(),

@@ -263,7 +263,8 @@ pub fn render(
         },
     ];
     let spec = Spec { scale_target_ref, exclude_dates: None, jobs: Some(jobs) };
-    let namespace = workload.target.namespace.clone().unwrap_or_else(|| sale_ns.to_owned());
+    // The sale's own namespace, never the reference's: a lever creates objects only there.
+    let namespace = sale_ns;
     let labels = BTreeMap::from([(MANAGED_BY_LABEL, MANAGED_BY.to_owned()), (SALE_LABEL, label_value(sale_name))]);
     Ok(json!({
         "apiVersion": API_VERSION,
