@@ -534,9 +534,10 @@ mod tests {
             direct["spec"]["scaleTargetRef"],
             json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "cart"})
         );
-        // Both live next to the workload, under the same name, whatever they target.
+        // Both live in the sale's namespace, under the same name, whatever they target; a
+        // reference naming another namespace (refused before render) never moves them there.
         for object in [&hpa, &direct] {
-            assert_eq!(object["metadata"]["namespace"], "checkout");
+            assert_eq!(object["metadata"]["namespace"], "shop");
             assert_eq!(object["metadata"]["name"], "fs-bf-statefulset-cart");
             assert_eq!(object["metadata"]["annotations"]["flashsale.dev/sale"], "shop/bf");
         }
