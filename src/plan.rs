@@ -247,6 +247,37 @@ spec:
         assert!(!text.contains("spot drain") && !text.contains("warm-up"), "{text}");
     }
 
+    /// A sale stored before the admission rules (or read from a file `read` did not check) shows
+    /// the levers' own refusal: a workload elsewhere or of another kind is never acted on.
+    #[test]
+    fn plan_shows_a_target_outside_the_namespace_or_of_another_kind_as_refused() {
+        let sale: FlashSale = serde_yaml::from_str(
+            r#"
+apiVersion: flashsale.dev/v1alpha1
+kind: FlashSale
+metadata: {name: t, namespace: shop}
+spec:
+  window: {start: "2026-11-11T00:00:00+08:00", end: "2026-11-11T02:00:00+08:00"}
+  workloads:
+  - ref: {kind: Deployment, name: dns, namespace: kube-system}
+    scale: {peak: 1}
+  - ref: {kind: DaemonSet, name: agent}
+    scale: {peak: 1}
+  - ref: {kind: Deployment, name: web, namespace: shop}
+    scale: {peak: 4}
+"#,
+        )
+        .unwrap();
+        let text = render(&sale, "2026-11-10T12:00:00Z".parse().unwrap(), &vec![]).unwrap();
+        assert!(
+            text.contains("  Deployment dns: refused, left unchanged in every phase: spec.workloads[0].ref.namespace: Deployment kube-system/dns is outside the sale's namespace shop"),
+            "{text}"
+        );
+        assert!(text.contains("  DaemonSet agent: refused, left unchanged in every phase: spec.workloads[1].ref: apps/v1 DaemonSet is not a kind"), "{text}");
+        assert!(text.contains("  Deployment shop/web\n"), "{text}");
+        assert!(!text.contains("kube-system/dns\n"), "{text}");
+    }
+
     #[test]
     fn plan_lists_drain_agents_and_flags_with_their_times() {
         let sale: FlashSale = serde_yaml::from_str(include_str!("../examples/double-11.yaml")).unwrap();
