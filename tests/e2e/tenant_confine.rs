@@ -32,7 +32,22 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "tenant_confine::warm_up_pods_cannot_borrow_a_service_account_or_the_host",
         warm_up_pods_cannot_borrow_a_service_account_or_the_host,
     ),
+    (
+        "tenant_confine::a_service_account_the_installer_allows_runs_the_warm_up",
+        a_service_account_the_installer_allows_runs_the_warm_up,
+    ),
 ];
+
+/// The tenant of `ns` (see [`tenant`]), once the API server's authorizer has caught up with its
+/// new Role: until then a create is Forbidden, which would say nothing about the operator.
+async fn ready_tenant(cluster: &crate::harness::Cluster, admin: &Client, ns: &str) -> anyhow::Result<Client> {
+    let client = tenant(cluster, admin, ns).await?;
+    let who = user(ns);
+    eventually(Duration::from_secs(10), || can(admin, &who, "create", "flashsale.dev/flashsales", Some(ns)))
+        .await
+        .context("the tenant's Role never took effect")?;
+    Ok(client)
+}
 
 /// The victim's Deployment: 3 replicas with a liveness probe, as its owner wrote it.
 fn dns() -> anyhow::Result<Deployment> {
@@ -54,13 +69,17 @@ fn dns() -> anyhow::Result<Deployment> {
     }))?)
 }
 
-/// What of a Deployment a sale could change: replicas, pod template, annotations.
+/// What of a Deployment a sale could change: replicas, pod template (so any spec change, which
+/// the generation counts too) and the operator's bookkeeping annotations.
 fn changeable(d: &Deployment) -> Value {
     let spec = d.spec.as_ref();
+    let ours: Vec<&String> =
+        d.metadata.annotations.iter().flatten().map(|(k, _)| k).filter(|k| k.starts_with("flashsale.dev/")).collect();
     json!({
+        "generation": d.metadata.generation,
         "replicas": spec.and_then(|s| s.replicas),
         "template": spec.map(|s| &s.template),
-        "annotations": d.metadata.annotations,
+        "flashsale annotations": ours,
     })
 }
 
@@ -95,7 +114,7 @@ fn a_workload_in_another_namespace_or_of_another_kind_is_refused_and_left_alone(
         victim_deployments.create(&PostParams::default(), &dns()?).await?;
         let before = changeable(&victim_deployments.get("dns").await?);
         let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
-        let as_tenant = tenant(cluster, &admin, &ns).await?;
+        let as_tenant = ready_tenant(cluster, &admin, &ns).await?;
         let sales: Api<FlashSale> = Api::namespaced(as_tenant.clone(), &ns);
         let (start, end) = (at(4), at(120));
         let window = (start.as_str(), end.as_str());
@@ -214,7 +233,7 @@ fn warm_up_pods_cannot_borrow_a_service_account_or_the_host(env: &Env) -> anyhow
             .create(&PostParams::default(), &crate::support::deployment("web", 1, None)?)
             .await?;
         let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
-        let as_tenant = tenant(cluster, &admin, &ns).await?;
+        let as_tenant = ready_tenant(cluster, &admin, &ns).await?;
         let sales: Api<FlashSale> = Api::namespaced(as_tenant.clone(), &ns);
         let workloads =
             json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 1, "mode": "Replicas"}}]);
@@ -323,6 +342,55 @@ fn warm_up_pods_cannot_borrow_a_service_account_or_the_host(env: &Env) -> anyhow
 
         let widened = widened_service_accounts(&admin, &ns, &elsewhere).await?;
         ensure!(widened.is_empty(), "rights beyond the namespace: {widened:?}");
+        Ok(())
+    })
+}
+
+/// The installer widens what a warm-up may run as with `--warmup-service-account`: the same
+/// template the default operator refuses then runs as that account (and only that one).
+fn a_service_account_the_installer_allows_runs_the_warm_up(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    block_on(async {
+        let admin = client(cluster).await?;
+        let ns = namespace(&admin, "confine-allowed").await?;
+        for name in ["cache-reader", "other"] {
+            let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+            Api::<ServiceAccount>::namespaced(admin.clone(), &ns).create(&PostParams::default(), &sa).await?;
+        }
+        Api::<Deployment>::namespaced(admin.clone(), &ns)
+            .create(&PostParams::default(), &crate::support::deployment("web", 1, None)?)
+            .await?;
+        let _operator =
+            Operator::operator(cluster, &["--watch-namespace", &ns, "--warmup-service-account", "cache-reader"])?;
+        let as_tenant = ready_tenant(cluster, &admin, &ns).await?;
+        let sales: Api<FlashSale> = Api::namespaced(as_tenant.clone(), &ns);
+        let workloads =
+            json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 1, "mode": "Replicas"}}]);
+        let mut sale = flash_sale("flash", &ns, (&at(600), &at(1200)), ("1m", "1m"), workloads)?;
+        sale.spec.cache_warm = serde_json::from_value(json!([
+            warm("reader", true, json!({"serviceAccountName": "cache-reader", "containers": [container()]})),
+            warm("other", false, json!({"serviceAccountName": "other", "containers": [container()]})),
+        ]))?;
+        sales.create(&PostParams::default(), &sale).await?;
+        eventually(Duration::from_secs(30), || async {
+            let s = sales.get("flash").await?;
+            let reader = warmup(&s, "reader").is_some_and(|w| w.job.is_some());
+            let other = warmup(&s, "other").is_some_and(|w| w.reason.as_deref() == Some("TemplateRefused"));
+            Ok(reader && other)
+        })
+        .await
+        .context("the allowed account's warm-up never got a Job, or the other account's was not refused")?;
+        let (jobs, _) = jobs_and_pods(&admin, &ns, "reader").await?;
+        let [job] = jobs.as_slice() else { bail!("want one Job for the allowed account, found {}", jobs.len()) };
+        let pod_spec = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()).context("the Job has no pod spec")?;
+        ensure!(
+            pod_spec.service_account_name.as_deref() == Some("cache-reader"),
+            "runs as {:?}",
+            pod_spec.service_account_name
+        );
+        ensure!(pod_spec.automount_service_account_token == Some(false), "an API token is mounted");
+        let (jobs, pods) = jobs_and_pods(&admin, &ns, "other").await?;
+        ensure!(jobs.is_empty() && pods.is_empty(), "a Job or pod runs as a ServiceAccount the installer did not list");
         Ok(())
     })
 }
