@@ -10,6 +10,14 @@ pub struct Installer {
     /// `flashsale-drain-agent` binary).
     #[arg(long, default_value = concat!("flashsale-operator:", env!("CARGO_PKG_VERSION")), env = "FLASHSALE_AGENT_IMAGE")]
     pub agent_image: String,
+
+    /// A ServiceAccount (besides the namespace's `default`) that a sale's warm-up Jobs may run
+    /// as; repeat the flag, or separate names with commas. Each name widens what a sale's
+    /// author can run: a warm-up pod gets that account's rights in the sale's namespace (an
+    /// account of that name in any sale's namespace). Default: none, warm-up pods run as
+    /// `default`.
+    #[arg(long = "warmup-service-account", env = "FLASHSALE_WARMUP_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    pub warmup_service_accounts: Vec<String>,
 }
 
 impl Installer {
@@ -34,5 +42,6 @@ mod tests {
     fn defaults_parse() {
         let installer = super::Installer::defaults();
         assert!(installer.agent_image.starts_with("flashsale-operator:"));
+        assert!(installer.warmup_service_accounts.is_empty(), "warm-ups may borrow no ServiceAccount by default");
     }
 }

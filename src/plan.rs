@@ -57,13 +57,19 @@ pub async fn read_live(sale: &FlashSale, client: Client) -> Live {
         let baselines = match &target.client {
             Ok(client) => {
                 let mut out = vec![];
-                for w in &sale.spec.workloads {
-                    let wns = w.target.namespace.clone().unwrap_or_else(|| ns.clone());
-                    out.push(match prescale::baseline(client, &wns, w).await {
-                        Ok(Some(replicas)) => Baseline::Replicas(replicas),
-                        Ok(None) => {
-                            Baseline::Unavailable(format!("{} {wns}/{} not found", w.target.kind, w.target.name))
+                for (i, w) in sale.spec.workloads.iter().enumerate() {
+                    // The same confinement the levers apply: nothing outside the sale's
+                    // namespace is read, not even for a plan.
+                    let target = match prescale::Target::confined(w, i, &ns) {
+                        Ok(target) => target,
+                        Err(refusal) => {
+                            out.push(Baseline::Unavailable(refusal));
+                            continue;
                         }
+                    };
+                    out.push(match prescale::baseline(client, &target).await {
+                        Ok(Some(replicas)) => Baseline::Replicas(replicas),
+                        Ok(None) => Baseline::Unavailable(format!("{} not found", target.display())),
                         Err(err) => Baseline::Unavailable(err.to_string()),
                     });
                 }
@@ -117,8 +123,17 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
         let note = if baselines.is_none() { " (baselines not read; pass --kubeconfig to read them)" } else { "" };
         writeln!(out, "cluster {cluster}:{note}")?;
         for (wi, w) in sale.spec.workloads.iter().enumerate() {
-            let wns = w.target.namespace.as_deref().unwrap_or(ns);
-            let what = format!("{} {wns}/{}", w.target.kind, w.target.name);
+            let what = match prescale::Target::confined(w, wi, ns) {
+                Ok(target) => target.display(),
+                Err(refusal) => {
+                    writeln!(
+                        out,
+                        "  {} {}: refused, left unchanged in every phase: {refusal}",
+                        w.target.kind, w.target.name
+                    )?;
+                    continue;
+                }
+            };
             let baseline = baselines.and_then(|b| b.get(wi)).cloned().unwrap_or(Baseline::Unknown);
             let from = match &baseline {
                 Baseline::Replicas(r) => r.to_string(),
@@ -230,6 +245,37 @@ spec:
         );
         assert!(text.contains("cluster beijing:") && text.contains("preflight:  cluster unreachable"), "{text}");
         assert!(!text.contains("spot drain") && !text.contains("warm-up"), "{text}");
+    }
+
+    /// A sale stored before the admission rules (or read from a file `read` did not check) shows
+    /// the levers' own refusal: a workload elsewhere or of another kind is never acted on.
+    #[test]
+    fn plan_shows_a_target_outside_the_namespace_or_of_another_kind_as_refused() {
+        let sale: FlashSale = serde_yaml::from_str(
+            r#"
+apiVersion: flashsale.dev/v1alpha1
+kind: FlashSale
+metadata: {name: t, namespace: shop}
+spec:
+  window: {start: "2026-11-11T00:00:00+08:00", end: "2026-11-11T02:00:00+08:00"}
+  workloads:
+  - ref: {kind: Deployment, name: dns, namespace: kube-system}
+    scale: {peak: 1}
+  - ref: {kind: DaemonSet, name: agent}
+    scale: {peak: 1}
+  - ref: {kind: Deployment, name: web, namespace: shop}
+    scale: {peak: 4}
+"#,
+        )
+        .unwrap();
+        let text = render(&sale, "2026-11-10T12:00:00Z".parse().unwrap(), &vec![]).unwrap();
+        assert!(
+            text.contains("  Deployment dns: refused, left unchanged in every phase: spec.workloads[0].ref.namespace: Deployment kube-system/dns is outside the sale's namespace shop"),
+            "{text}"
+        );
+        assert!(text.contains("  DaemonSet agent: refused, left unchanged in every phase: spec.workloads[1].ref: apps/v1 DaemonSet is not a kind"), "{text}");
+        assert!(text.contains("  Deployment shop/web\n"), "{text}");
+        assert!(!text.contains("kube-system/dns\n"), "{text}");
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub struct FlashSaleSpec {
 
     /// The workloads to prepare, in every listed cluster.
     #[schemars(length(min = 1, max = 100))]
-    #[x_kube(validation = Rule::new("self.all(w, self.exists_one(x, x.ref.kind == w.ref.kind && x.ref.name == w.ref.name && (has(x.ref.__namespace__) ? x.ref.__namespace__ : '') == (has(w.ref.__namespace__) ? w.ref.__namespace__ : '')))").message("workloads[].ref must be unique: the same kind, namespace and name is listed twice"))]
+    #[x_kube(validation = Rule::new("self.all(w, self.exists_one(x, x.ref.kind == w.ref.kind && x.ref.name == w.ref.name))").message("workloads[].ref must be unique: the same kind and name is listed twice"))]
     pub workloads: Vec<Workload>,
 
     /// The spot-termination drain agent on spot nodes.
@@ -144,25 +144,40 @@ pub struct Workload {
     pub probes: Option<Probes>,
 }
 
-/// A reference to a scalable workload.
+/// A reference to a scalable workload in the FlashSale's own namespace.
+///
+/// A sale acts only where its author may create it: the workload is always looked up in the
+/// sale's namespace (in every cluster). `namespace` stays in the schema only so that a sale that
+/// sets it is refused with a message for every client; a removed field would be pruned in
+/// silence by clients that do not ask for strict field validation, and the sale would then act
+/// on a same-named workload of its own namespace instead.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.__namespace__)").message("workloads[].ref.namespace may not be set: a sale acts only on workloads in its own namespace; create the FlashSale in the workload's namespace instead").field_path(".namespace"))]
 pub struct WorkloadRef {
-    /// API group and version of the workload.
+    /// API group and version of the workload: apps/v1, the group of the kinds the levers know.
     #[serde(default = "default_workload_api_version")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("enum" = ["apps/v1"]))]
     pub api_version: String,
-    /// Kind of the workload, e.g. Deployment or StatefulSet.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Z][A-Za-z0-9]*$"))]
+    /// Kind of the workload: Deployment or StatefulSet (the kinds whose replicas and pod
+    /// template the levers know how to change and put back).
+    #[schemars(extend("enum" = ["Deployment", "StatefulSet"]))]
     pub kind: String,
     /// Name of the workload.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
-    /// Namespace of the workload; defaults to the FlashSale's namespace.
+    /// Not allowed (refused at admission): the workload is always in the FlashSale's namespace.
+    /// Kept in the schema so that setting it is an error rather than silently dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub namespace: Option<String>,
 }
+
+/// The workload kinds the levers know, with their resource plurals (`apps/v1`).
+pub const WORKLOAD_KINDS: [(&str, &str); 2] = [("Deployment", "deployments"), ("StatefulSet", "statefulsets")];
+
+/// The `apiVersion` of every workload kind the levers know.
+pub const WORKLOAD_API_VERSION: &str = "apps/v1";
 
 /// Peak capacity and the mechanism that provides it.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -380,8 +395,163 @@ pub struct CacheWarm {
     /// A failed required warm-up keeps the sale not Ready.
     #[serde(default = "default_true")]
     pub required: bool,
-    /// The Job to run (batch/v1 JobTemplateSpec).
+    /// The Job to run (batch/v1 JobTemplateSpec). Its pods run as plain pods of the sale's
+    /// namespace: no host namespaces, `hostPath` volumes, host ports, privileged containers,
+    /// added capabilities or unconfined profiles (the Pod Security Standards' baseline profile,
+    /// refused at admission), and only a ServiceAccount the installer allows (checked when the
+    /// Job is due).
+    #[schemars(transform = confine_warmup_template)]
     pub template: JobTemplateSpec,
+}
+
+/// Where the pod spec sits in a `JobTemplateSpec` schema.
+const POD_SPEC: &str = "/properties/spec/properties/template/properties/spec";
+
+/// Upper bounds put on the lists of the warm-up pod template that the admission rules look
+/// into: the API server refuses a CRD whose rules could cost too much on an object as large as
+/// a request may be, and an unbounded list counts as that large. They are far above what a
+/// warm-up Job needs.
+const WARMUP_LIST_BOUNDS: [(&str, u64); 6] = [
+    ("/properties/containers", 16),
+    ("/properties/initContainers", 16),
+    ("/properties/volumes", 64),
+    ("/properties/securityContext/properties/sysctls", 32),
+    ("/properties/containers/items/properties/ports", 64),
+    ("/properties/initContainers/items/properties/ports", 64),
+];
+
+/// The sysctls the Pod Security Standards' baseline profile allows (all namespaced and safe).
+const SAFE_SYSCTLS: &str = "['kernel.shm_rmid_forced', 'net.ipv4.ip_local_port_range', 'net.ipv4.ip_unprivileged_port_start', 'net.ipv4.tcp_syncookies', 'net.ipv4.ping_group_range', 'net.ipv4.ip_local_reserved_ports', 'net.ipv4.tcp_keepalive_time', 'net.ipv4.tcp_fin_timeout', 'net.ipv4.tcp_keepalive_intvl', 'net.ipv4.tcp_keepalive_probes']";
+
+/// The SELinux types the baseline profile allows.
+const SELINUX_TYPES: &str = "['container_t', 'container_init_t', 'container_kvm_t', 'container_engine_t']";
+
+/// Adds the admission rules that keep a warm-up pod a plain pod (see [`CacheWarm::template`])
+/// to the embedded Kubernetes schema, each rule on the object it checks so that the error names
+/// the field and each rule's cost stays small.
+fn confine_warmup_template(schema: &mut schemars::Schema) {
+    use serde_json::json;
+    let rule = |rule: &str, message: &str, field: &str| json!({"rule": rule, "message": message, "fieldPath": field});
+    let pod_level = [
+        rule(
+            "!has(self.hostNetwork) || !self.hostNetwork",
+            "a warm-up pod may not use the host's network (hostNetwork)",
+            ".hostNetwork",
+        ),
+        rule(
+            "!has(self.hostPID) || !self.hostPID",
+            "a warm-up pod may not share the host's process namespace (hostPID)",
+            ".hostPID",
+        ),
+        rule(
+            "!has(self.hostIPC) || !self.hostIPC",
+            "a warm-up pod may not share the host's IPC namespace (hostIPC)",
+            ".hostIPC",
+        ),
+        rule(
+            "!has(self.ephemeralContainers)",
+            "a warm-up pod template may not list ephemeralContainers",
+            ".ephemeralContainers",
+        ),
+        rule(
+            "!has(self.serviceAccount)",
+            "serviceAccount is the deprecated alias of serviceAccountName; use serviceAccountName (which ServiceAccounts a warm-up may use is the installer's choice)",
+            ".serviceAccount",
+        ),
+    ];
+    // What the pod-level and the container-level security contexts share.
+    let profiles = |what: &str| {
+        vec![
+            rule(
+                &format!(
+                    "!has(self.seLinuxOptions) || (!has(self.seLinuxOptions.user) && !has(self.seLinuxOptions.role) && (!has(self.seLinuxOptions.type) || self.seLinuxOptions.type in {SELINUX_TYPES}))"
+                ),
+                &format!(
+                    "a warm-up {what} may not set seLinuxOptions.user or .role, and seLinuxOptions.type only to one of {SELINUX_TYPES}"
+                ),
+                ".seLinuxOptions",
+            ),
+            rule(
+                "!has(self.seccompProfile) || self.seccompProfile.type != 'Unconfined'",
+                &format!("a warm-up {what} may not run without a seccomp profile (seccompProfile.type: Unconfined)"),
+                ".seccompProfile.type",
+            ),
+            rule(
+                "!has(self.appArmorProfile) || self.appArmorProfile.type != 'Unconfined'",
+                &format!("a warm-up {what} may not run without an AppArmor profile (appArmorProfile.type: Unconfined)"),
+                ".appArmorProfile.type",
+            ),
+            rule(
+                "!has(self.windowsOptions) || !has(self.windowsOptions.hostProcess) || !self.windowsOptions.hostProcess",
+                &format!("a warm-up {what} may not run as a Windows host process (windowsOptions.hostProcess)"),
+                ".windowsOptions.hostProcess",
+            ),
+        ]
+    };
+    let mut pod_security = profiles("pod");
+    pod_security.push(rule(
+        &format!("!has(self.sysctls) || self.sysctls.all(s, s.name in {SAFE_SYSCTLS})"),
+        &format!("a warm-up pod may set only the safe sysctls {SAFE_SYSCTLS}"),
+        ".sysctls",
+    ));
+    let mut container_security = profiles("container");
+    container_security.extend([
+        rule("!has(self.privileged) || !self.privileged", "a warm-up container may not be privileged", ".privileged"),
+        rule(
+            "!has(self.capabilities) || !has(self.capabilities.add) || self.capabilities.add.size() == 0",
+            "a warm-up container may not add capabilities (capabilities.add)",
+            ".capabilities.add",
+        ),
+        rule(
+            "!has(self.procMount) || self.procMount == 'Default'",
+            "a warm-up container may not unmask /proc (procMount must be Default)",
+            ".procMount",
+        ),
+    ]);
+    let add = |schema: &mut schemars::Schema, at: &str, rules: Vec<serde_json::Value>| {
+        if let Some(object) = schema.pointer_mut(at).and_then(serde_json::Value::as_object_mut) {
+            let list = object.entry("x-kubernetes-validations").or_insert_with(|| json!([]));
+            if let Some(list) = list.as_array_mut() {
+                list.extend(rules);
+            }
+        }
+    };
+    add(
+        schema,
+        "/properties/spec",
+        vec![rule(
+            "!has(self.manualSelector) || !self.manualSelector",
+            "a warm-up Job may not use manualSelector (its selector could then take over other pods of the namespace)",
+            ".manualSelector",
+        )],
+    );
+    add(schema, POD_SPEC, pod_level.to_vec());
+    add(schema, &format!("{POD_SPEC}/properties/securityContext"), pod_security);
+    add(
+        schema,
+        &format!("{POD_SPEC}/properties/volumes/items"),
+        vec![rule("!has(self.hostPath)", "a warm-up pod may not mount a hostPath volume", ".hostPath")],
+    );
+    for containers in ["containers", "initContainers"] {
+        let container = format!("{POD_SPEC}/properties/{containers}/items/properties");
+        add(schema, &format!("{container}/securityContext"), container_security.clone());
+        add(
+            schema,
+            &format!("{container}/ports/items"),
+            vec![rule(
+                "!has(self.hostPort) || self.hostPort == 0",
+                "a warm-up container may not bind a host port (hostPort)",
+                ".hostPort",
+            )],
+        );
+    }
+    for (list, max) in WARMUP_LIST_BOUNDS {
+        if let Some(object) =
+            schema.pointer_mut(&format!("{POD_SPEC}{list}")).and_then(serde_json::Value::as_object_mut)
+        {
+            object.insert("maxItems".into(), json!(max));
+        }
+    }
 }
 
 fn default_cron_hpa_time_zone() -> String {
@@ -425,4 +595,87 @@ fn default_degrade_for() -> Duration {
 }
 fn default_poll_interval() -> Duration {
     std::time::Duration::from_secs(2).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale_with(workload_ref: &str, pod: serde_json::Value) -> FlashSale {
+        let mut sale: FlashSale = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: flashsale.dev/v1alpha1
+kind: FlashSale
+metadata: {{name: t, namespace: shop}}
+spec:
+  window: {{start: "2026-11-11T00:00:00+08:00", end: "2026-11-11T02:00:00+08:00"}}
+  workloads:
+  - ref: {workload_ref}
+    scale: {{peak: 10}}
+"#
+        ))
+        .unwrap();
+        let template = serde_json::json!({"spec": {"template": {"spec": pod}}});
+        sale.spec.cache_warm = vec![CacheWarm {
+            name: "w".into(),
+            start_before: default_warm_start_before(),
+            required: true,
+            template: serde_json::from_value(template).unwrap(),
+        }];
+        sale
+    }
+
+    fn refusal(workload_ref: &str, pod: serde_json::Value) -> Option<String> {
+        kube::core::cel::validate_cel(&sale_with(workload_ref, pod)).err().map(|e| e.to_string())
+    }
+
+    /// The rules sit deep in an embedded Kubernetes schema, at paths a k8s-openapi upgrade
+    /// could move: each must still fire (the client-side validation `plan` uses walks the same
+    /// generated schema the CRD carries).
+    #[test]
+    fn warm_up_pods_that_would_be_more_than_plain_pods_are_refused() {
+        let own = "{kind: Deployment, name: web}";
+        let plain = serde_json::json!({"containers": [{"name": "w", "image": "w:1",
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]});
+        assert_eq!(refusal(own, plain.clone()), None);
+        let container = |security: serde_json::Value| serde_json::json!({"containers": [{"name": "w", "image": "w:1", "securityContext": security}]});
+        let cases = [
+            (serde_json::json!({"hostNetwork": true, "containers": plain["containers"]}), "hostNetwork"),
+            (serde_json::json!({"hostPID": true, "containers": plain["containers"]}), "hostPID"),
+            (serde_json::json!({"hostIPC": true, "containers": plain["containers"]}), "hostIPC"),
+            (
+                serde_json::json!({"containers": plain["containers"], "volumes": [{"name": "r", "hostPath": {"path": "/"}}]}),
+                "hostPath volume",
+            ),
+            (container(serde_json::json!({"privileged": true})), "may not be privileged"),
+            (container(serde_json::json!({"capabilities": {"add": ["NET_ADMIN"]}})), "may not add capabilities"),
+            (container(serde_json::json!({"procMount": "Unmasked"})), "procMount must be Default"),
+            (container(serde_json::json!({"seccompProfile": {"type": "Unconfined"}})), "seccomp"),
+            (
+                serde_json::json!({"initContainers": [{"name": "i", "image": "w:1", "securityContext": {"privileged": true}}],
+                    "containers": plain["containers"]}),
+                "may not be privileged",
+            ),
+            (
+                serde_json::json!({"containers": [{"name": "w", "image": "w:1", "ports": [{"containerPort": 80, "hostPort": 80}]}]}),
+                "host port",
+            ),
+            (serde_json::json!({"serviceAccount": "x", "containers": plain["containers"]}), "use serviceAccountName"),
+            (
+                serde_json::json!({"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}, "containers": plain["containers"]}),
+                "safe sysctls",
+            ),
+        ];
+        for (pod, expected) in cases {
+            let message = refusal(own, pod.clone()).unwrap_or_else(|| panic!("accepted: {pod}"));
+            assert!(message.contains(expected), "{pod}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_workload_in_another_namespace_is_refused() {
+        let plain = serde_json::json!({"containers": [{"name": "w", "image": "w:1"}]});
+        let message = refusal("{kind: Deployment, name: dns, namespace: victim}", plain).unwrap();
+        assert!(message.contains("workloads[].ref.namespace may not be set"), "{message}");
+    }
 }

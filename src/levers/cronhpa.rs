@@ -263,7 +263,8 @@ pub fn render(
         },
     ];
     let spec = Spec { scale_target_ref, exclude_dates: None, jobs: Some(jobs) };
-    let namespace = workload.target.namespace.clone().unwrap_or_else(|| sale_ns.to_owned());
+    // The sale's own namespace, never the reference's: a lever creates objects only there.
+    let namespace = sale_ns;
     let labels = BTreeMap::from([(MANAGED_BY_LABEL, MANAGED_BY.to_owned()), (SALE_LABEL, label_value(sale_name))]);
     Ok(json!({
         "apiVersion": API_VERSION,
@@ -533,9 +534,10 @@ mod tests {
             direct["spec"]["scaleTargetRef"],
             json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "cart"})
         );
-        // Both live next to the workload, under the same name, whatever they target.
+        // Both live in the sale's namespace, under the same name, whatever they target; a
+        // reference naming another namespace (refused before render) never moves them there.
         for object in [&hpa, &direct] {
-            assert_eq!(object["metadata"]["namespace"], "checkout");
+            assert_eq!(object["metadata"]["namespace"], "shop");
             assert_eq!(object["metadata"]["name"], "fs-bf-statefulset-cart");
             assert_eq!(object["metadata"]["annotations"]["flashsale.dev/sale"], "shop/bf");
         }

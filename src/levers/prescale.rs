@@ -24,13 +24,42 @@ use crate::{
 /// Annotation recording the replicas a workload had before the sale scaled it.
 pub const ORIGINAL_REPLICAS: &str = "flashsale.dev/original-replicas";
 
-/// A workload resolved against the sale's namespace.
+/// A workload resolved against the sale's namespace: the only namespace a lever acts in.
 pub struct Target<'a> {
     pub workload: &'a Workload,
+    /// Always the sale's namespace (see [`Target::confined`]).
     pub namespace: String,
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
+    /// The workload `spec.workloads[index]` of a sale in `sale_namespace`, or why the levers
+    /// leave it alone: a reference to another namespace, or a kind the levers do not know.
+    ///
+    /// Admission refuses both; this is the defence behind it, for a sale stored before those
+    /// rules existed (an update that leaves a field unchanged passes CRD validation ratcheting)
+    /// or written by a client that went around them. Nothing is read or written for a refused
+    /// workload, in any cluster.
+    pub fn confined(workload: &'a Workload, index: usize, sale_namespace: &str) -> Result<Target<'a>, String> {
+        let target = &workload.target;
+        if let Some(other) = target.namespace.as_deref().filter(|ns| *ns != sale_namespace) {
+            return Err(format!(
+                "spec.workloads[{index}].ref.namespace: {} {other}/{} is outside the sale's namespace {sale_namespace}; a sale acts only on workloads in its own namespace, so it is left unchanged",
+                target.kind, target.name
+            ));
+        }
+        if target.api_version != crate::api::WORKLOAD_API_VERSION || plural(&target.kind).is_none() {
+            let known: Vec<&str> = crate::api::WORKLOAD_KINDS.iter().map(|(k, _)| *k).collect();
+            return Err(format!(
+                "spec.workloads[{index}].ref: {} {} is not a kind the levers know ({} of {}); it is left unchanged",
+                target.api_version,
+                target.kind,
+                known.join(" or "),
+                crate::api::WORKLOAD_API_VERSION
+            ));
+        }
+        Ok(Target { workload, namespace: sale_namespace.to_owned() })
+    }
+
     pub fn display(&self) -> String {
         format!("{} {}/{}", self.workload.target.kind, self.namespace, self.workload.target.name)
     }
@@ -47,15 +76,18 @@ impl Target<'_> {
     }
 }
 
-/// The API resource of a workload reference.
+/// The resource plural of a workload kind the levers know.
+fn plural(kind: &str) -> Option<&'static str> {
+    crate::api::WORKLOAD_KINDS.iter().find(|(k, _)| *k == kind).map(|(_, p)| *p)
+}
+
+/// The API resource of a workload reference (`apps/v1`; a kind outside
+/// [`crate::api::WORKLOAD_KINDS`] never gets this far, see [`Target::confined`]).
 pub fn api_resource(workload: &Workload) -> ApiResource {
-    let (group, version) = match workload.target.api_version.split_once('/') {
-        Some((g, v)) => (g.to_owned(), v.to_owned()),
-        None => (String::new(), workload.target.api_version.clone()),
-    };
-    let gvk = GroupVersionKind::gvk(&group, &version, &workload.target.kind);
-    // Kubernetes' plural for every scalable kind in practice: lower-case kind plus "s".
-    ApiResource::from_gvk_with_plural(&gvk, &format!("{}s", workload.target.kind.to_ascii_lowercase()))
+    let kind = &workload.target.kind;
+    let gvk = GroupVersionKind::gvk("apps", "v1", kind);
+    let fallback = format!("{}s", kind.to_ascii_lowercase());
+    ApiResource::from_gvk_with_plural(&gvk, plural(kind).unwrap_or(&fallback))
 }
 
 /// Annotation on an HPA recording its bounds (and the workload's replicas) before the sale.
@@ -463,12 +495,47 @@ async fn hpa_plan(
 
 /// The replicas a sale would record for `workload` now: the recorded original where a sale
 /// already holds it, else its current replicas; `None` when it does not exist. Read-only.
-pub async fn baseline(client: &Client, namespace: &str, workload: &Workload) -> Result<Option<i32>, kube::Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &api_resource(workload));
+pub async fn baseline(client: &Client, target: &Target<'_>) -> Result<Option<i32>, kube::Error> {
+    let workload = target.workload;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &target.namespace, &api_resource(workload));
     let Some(live) = api.get_opt(&workload.target.name).await? else {
         return Ok(None);
     };
     let recorded = live.annotations().get(ORIGINAL_REPLICAS).and_then(|v| v.parse().ok());
     let current = live.data.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(1) as i32;
     Ok(Some(recorded.unwrap_or(current)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(reference: serde_json::Value) -> Workload {
+        serde_json::from_value(json!({"ref": reference, "scale": {"peak": 3}})).unwrap()
+    }
+
+    #[test]
+    fn a_target_is_always_in_the_sales_namespace() {
+        let own = workload(json!({"kind": "Deployment", "name": "web"}));
+        let target = Target::confined(&own, 0, "shop").unwrap();
+        assert_eq!((target.namespace.as_str(), target.display()), ("shop", "Deployment shop/web".to_owned()));
+        let explicit = workload(json!({"kind": "StatefulSet", "name": "db", "namespace": "shop"}));
+        assert_eq!(Target::confined(&explicit, 0, "shop").unwrap().namespace, "shop");
+        assert_eq!(api_resource(&explicit).plural, "statefulsets");
+    }
+
+    #[test]
+    fn a_reference_elsewhere_or_of_an_unknown_kind_is_refused_naming_the_field() {
+        let elsewhere = workload(json!({"kind": "Deployment", "name": "dns", "namespace": "kube-system"}));
+        let refusal = Target::confined(&elsewhere, 2, "shop").err().unwrap();
+        assert!(
+            refusal.starts_with("spec.workloads[2].ref.namespace: Deployment kube-system/dns is outside"),
+            "{refusal}"
+        );
+        let daemonset = workload(json!({"kind": "DaemonSet", "name": "agent"}));
+        let refusal = Target::confined(&daemonset, 0, "shop").err().unwrap();
+        assert!(refusal.starts_with("spec.workloads[0].ref: apps/v1 DaemonSet is not a kind"), "{refusal}");
+        let other_group = workload(json!({"apiVersion": "example.com/v1", "kind": "Deployment", "name": "web"}));
+        assert!(Target::confined(&other_group, 0, "shop").is_err());
+    }
 }

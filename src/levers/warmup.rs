@@ -176,7 +176,7 @@ fn labels(sale: &Sale<'_>, warm: &str) -> BTreeMap<String, String> {
 /// Beyond the template: the sale's labels (on the Job and its pods) and annotation, an
 /// `activeDeadlineSeconds` when the template sets none (see [`active_deadline`]),
 /// `restartPolicy: Never` when the pod template sets none (the Pod default, Always, is not
-/// allowed in a Job), and no `ttlSecondsAfterFinished`: a finished Job is what says the
+/// allowed in a Job), `automountServiceAccountToken: false` when it sets none, and no `ttlSecondsAfterFinished`: a finished Job is what says the
 /// warm-up is done, so it stays until the restore removes it (were it deleted earlier, the
 /// operator would run it again).
 pub fn build_job(sale: &Sale<'_>, warm: &CacheWarm, name: &str, deadline: i64) -> Job {
@@ -191,10 +191,13 @@ pub fn build_job(sale: &Sale<'_>, warm: &CacheWarm, name: &str, deadline: i64) -
     spec.ttl_seconds_after_finished = None;
     let pod_meta = spec.template.metadata.get_or_insert_with(ObjectMeta::default);
     pod_meta.labels.get_or_insert_with(BTreeMap::new).extend(ours);
-    if let Some(pod) = spec.template.spec.as_mut()
-        && pod.restart_policy.is_none()
-    {
-        pod.restart_policy = Some("Never".to_owned());
+    if let Some(pod) = spec.template.spec.as_mut() {
+        if pod.restart_policy.is_none() {
+            pod.restart_policy = Some("Never".to_owned());
+        }
+        // A warm-up reads caches, not the API: its pod gets no API token unless the template
+        // asks for one.
+        pod.automount_service_account_token.get_or_insert(false);
     }
     Job {
         metadata: ObjectMeta {
@@ -207,6 +210,171 @@ pub fn build_job(sale: &Sale<'_>, warm: &CacheWarm, name: &str, deadline: i64) -
         spec: Some(spec),
         status: None,
     }
+}
+
+/// The `WarmupStatus.reason` of a warm-up whose template the operator refuses to run.
+pub const TEMPLATE_REFUSED: &str = "TemplateRefused";
+
+/// Why the template of `spec.cacheWarm[index]` may not run, naming the field, or `None` when
+/// its pods would be plain pods of the sale's namespace.
+///
+/// The ServiceAccount check lives only here, because the accounts allowed are the installer's
+/// choice (`--warmup-service-account`): the namespace's `default` (or none named) always, others
+/// only when listed. The host-access checks repeat the admission rules (the Pod Security
+/// Standards' baseline profile, see [`CacheWarm::template`]) for a sale stored before those
+/// rules existed, which CRD validation ratcheting lets keep its template unchanged; they also
+/// cover the AppArmor annotations, which admission cannot check at a reasonable cost.
+pub fn refusal(warm: &CacheWarm, index: usize, installer: &crate::installer::Installer) -> Option<String> {
+    let job = format!("spec.cacheWarm[{index}].template.spec");
+    let at = format!("{job}.template.spec");
+    let job_spec = warm.template.spec.as_ref()?;
+    if job_spec.manual_selector == Some(true) {
+        return Some(format!("{job}.manualSelector: a warm-up Job may not choose its own selector"));
+    }
+    let pod = job_spec.template.spec.as_ref()?;
+    for (field, account) in
+        [("serviceAccountName", &pod.service_account_name), ("serviceAccount", &pod.service_account)]
+    {
+        let Some(account) = account.as_deref().filter(|a| !a.is_empty() && *a != "default") else {
+            continue;
+        };
+        if !installer.warmup_service_accounts.iter().any(|allowed| allowed == account) {
+            let allowed = if installer.warmup_service_accounts.is_empty() {
+                "only the namespace's default".to_owned()
+            } else {
+                format!("default and {}", installer.warmup_service_accounts.join(", "))
+            };
+            return Some(format!(
+                "{at}.{field}: ServiceAccount {account} is not one the operator's installer allows warm-up pods to run as (allowed: {allowed}); the Job is not created"
+            ));
+        }
+    }
+    let flag = |set: Option<bool>, field: &str, what: &str| {
+        (set == Some(true)).then(|| format!("{at}.{field}: a warm-up pod may not {what}"))
+    };
+    let host = [
+        flag(pod.host_network, "hostNetwork", "use the host's network"),
+        flag(pod.host_pid, "hostPID", "share the host's process namespace"),
+        flag(pod.host_ipc, "hostIPC", "share the host's IPC namespace"),
+    ];
+    if let Some(refused) = host.into_iter().flatten().next() {
+        return Some(refused);
+    }
+    if pod.ephemeral_containers.as_ref().is_some_and(|e| !e.is_empty()) {
+        return Some(format!("{at}.ephemeralContainers: a warm-up pod template may not list ephemeral containers"));
+    }
+    for (i, volume) in pod.volumes.iter().flatten().enumerate() {
+        if volume.host_path.is_some() {
+            return Some(format!("{at}.volumes[{i}].hostPath: a warm-up pod may not mount a host path"));
+        }
+    }
+    if let Some(security) = &pod.security_context {
+        let profiles = profile_refusal(
+            security.se_linux_options.as_ref(),
+            security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            security.app_armor_profile.as_ref().map(|p| p.type_.as_str()),
+            security.windows_options.as_ref().and_then(|w| w.host_process),
+        );
+        if let Some(refused) = profiles {
+            return Some(format!("{at}.securityContext.{refused}"));
+        }
+        for (i, sysctl) in security.sysctls.iter().flatten().enumerate() {
+            if !SAFE_SYSCTLS.contains(&sysctl.name.as_str()) {
+                return Some(format!(
+                    "{at}.securityContext.sysctls[{i}]: {} is not one of the safe sysctls a warm-up pod may set",
+                    sysctl.name
+                ));
+            }
+        }
+    }
+    let annotations = job_spec.template.metadata.as_ref().and_then(|m| m.annotations.as_ref());
+    for (key, value) in annotations.into_iter().flatten() {
+        if key.starts_with("container.apparmor.security.beta.kubernetes.io/") && value == "unconfined" {
+            return Some(format!(
+                "{job}.template.metadata.annotations[{key}]: a warm-up container may not run without an AppArmor profile"
+            ));
+        }
+    }
+    let containers = [("containers", Some(&pod.containers)), ("initContainers", pod.init_containers.as_ref())];
+    for (list, containers) in containers {
+        for (i, container) in containers.into_iter().flatten().enumerate() {
+            let here = format!("{at}.{list}[{i}]");
+            for (p, port) in container.ports.iter().flatten().enumerate() {
+                if port.host_port.is_some_and(|h| h != 0) {
+                    return Some(format!("{here}.ports[{p}].hostPort: a warm-up container may not bind a host port"));
+                }
+            }
+            let Some(security) = &container.security_context else {
+                continue;
+            };
+            if security.privileged == Some(true) {
+                return Some(format!("{here}.securityContext.privileged: a warm-up container may not be privileged"));
+            }
+            if security.capabilities.as_ref().and_then(|c| c.add.as_ref()).is_some_and(|a| !a.is_empty()) {
+                return Some(format!(
+                    "{here}.securityContext.capabilities.add: a warm-up container may not add capabilities"
+                ));
+            }
+            if security.proc_mount.as_deref().is_some_and(|m| m != "Default") {
+                return Some(format!("{here}.securityContext.procMount: a warm-up container may not unmask /proc"));
+            }
+            let profiles = profile_refusal(
+                security.se_linux_options.as_ref(),
+                security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+                security.app_armor_profile.as_ref().map(|p| p.type_.as_str()),
+                security.windows_options.as_ref().and_then(|w| w.host_process),
+            );
+            if let Some(refused) = profiles {
+                return Some(format!("{here}.securityContext.{refused}"));
+            }
+        }
+    }
+    None
+}
+
+/// The sysctls the Pod Security Standards' baseline profile allows.
+const SAFE_SYSCTLS: [&str; 10] = [
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
+/// The SELinux types the baseline profile allows.
+const SELINUX_TYPES: [&str; 4] = ["container_t", "container_init_t", "container_kvm_t", "container_engine_t"];
+
+/// The baseline profile's checks shared by pod and container security contexts: the field
+/// (relative to the security context) and why, when one fails.
+fn profile_refusal(
+    se_linux: Option<&k8s_openapi::api::core::v1::SELinuxOptions>,
+    seccomp: Option<&str>,
+    app_armor: Option<&str>,
+    host_process: Option<bool>,
+) -> Option<String> {
+    if let Some(options) = se_linux {
+        if options.user.is_some() || options.role.is_some() {
+            return Some("seLinuxOptions: a warm-up pod may not set an SELinux user or role".to_owned());
+        }
+        if let Some(type_) = options.type_.as_deref().filter(|t| !SELINUX_TYPES.contains(t)) {
+            return Some(format!("seLinuxOptions.type: {type_} is not one of {}", SELINUX_TYPES.join(", ")));
+        }
+    }
+    if seccomp == Some("Unconfined") {
+        return Some("seccompProfile.type: a warm-up pod may not run without a seccomp profile".to_owned());
+    }
+    if app_armor == Some("Unconfined") {
+        return Some("appArmorProfile.type: a warm-up pod may not run without an AppArmor profile".to_owned());
+    }
+    if host_process == Some(true) {
+        return Some("windowsOptions.hostProcess: a warm-up pod may not run as a Windows host process".to_owned());
+    }
+    None
 }
 
 /// One warm-up's state in this pass.
@@ -356,18 +524,24 @@ pub async fn run(
     let Some(schedule) = sale.schedule else {
         return Ok(());
     };
-    let wanted: Vec<(String, &CacheWarm)> =
-        spec.cache_warm.iter().map(|w| (job_name(sale.name, sale.uid, schedule.start, w), w)).collect();
-    let wanted_names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
+    let wanted: Vec<(String, &CacheWarm, Option<String>)> = spec
+        .cache_warm
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (job_name(sale.name, sale.uid, schedule.start, w), w, refusal(w, i, sale.installer)))
+        .collect();
+    // A refused template's Job is not kept either (one left from before the rules existed).
+    let wanted_names: Vec<&str> = wanted.iter().filter(|w| w.2.is_none()).map(|(n, _, _)| n.as_str()).collect();
     // Jobs of this sale under another name: an entry removed, a template fixed, the window moved.
     clean_up(&jobs, &live, &wanted_names, report).await?;
 
     let mut entries = vec![];
-    for (name, warm) in &wanted {
+    for (name, warm, refused) in &wanted {
         let existing = live.iter().find(|j| j.name_any() == *name);
-        let entry = match existing {
-            Some(job) => tracked(warm, name, job, schedule),
-            None => start(&jobs, sale, warm, name, schedule, report).await?,
+        let entry = match (refused, existing) {
+            (Some(why), _) => refused_entry(warm, why),
+            (None, Some(job)) => tracked(warm, name, job, schedule),
+            (None, None) => start(&jobs, sale, warm, name, schedule, report).await?,
         };
         announce(sale, &entry, name, report);
         if entry.state() == FAILED {
@@ -397,6 +571,24 @@ pub async fn run(
     report.conditions.push(condition(&entries));
     report.warmups = entries.into_iter().map(|e| e.status).collect();
     Ok(())
+}
+
+/// A warm-up whose template is refused: no Job, failed from the start (so a required one keeps
+/// the sale not Ready), with the refusal as its message. It is announced once, like any failure.
+fn refused_entry(warm: &CacheWarm, why: &str) -> Entry {
+    Entry {
+        name: warm.name.clone(),
+        required: warm.required,
+        status: WarmupStatus {
+            name: warm.name.clone(),
+            state: FAILED.to_owned(),
+            reason: Some(TEMPLATE_REFUSED.to_owned()),
+            ..WarmupStatus::default()
+        },
+        message: Some(why.to_owned()),
+        due_at: None,
+        late: false,
+    }
 }
 
 /// A warm-up whose Job exists.
@@ -829,5 +1021,130 @@ mod tests {
             done.actions.iter().map(|a| (a.reason, a.warning)).collect::<Vec<_>>(),
             [("WarmupSucceeded", false)]
         );
+    }
+
+    fn warm_with_pod(pod: serde_json::Value) -> CacheWarm {
+        let mut w = warm("product-cache", "20m", true);
+        w.template.spec.as_mut().unwrap().template.spec = Some(serde_json::from_value(pod).unwrap());
+        w
+    }
+
+    fn installer(allowed: &[&str]) -> crate::installer::Installer {
+        let mut installer = crate::installer::Installer::defaults();
+        installer.warmup_service_accounts = allowed.iter().map(|a| (*a).to_owned()).collect();
+        installer
+    }
+
+    #[test]
+    fn only_default_or_an_installer_allowed_service_account_runs_a_warm_up() {
+        let as_account = |field: &str, account: &str| {
+            warm_with_pod(serde_json::json!({field: account, "containers": [{"name": "w", "image": "w:1"}]}))
+        };
+        let none = installer(&[]);
+        assert_eq!(refusal(&warm("plain", "20m", true), 0, &none), None);
+        assert_eq!(refusal(&as_account("serviceAccountName", "default"), 0, &none), None);
+        let refused = refusal(&as_account("serviceAccountName", "flashsale-drain-agent"), 3, &none).unwrap();
+        assert!(
+            refused.starts_with("spec.cacheWarm[3].template.spec.template.spec.serviceAccountName: ServiceAccount flashsale-drain-agent is not one"),
+            "{refused}"
+        );
+        assert!(refused.contains("allowed: only the namespace's default"), "{refused}");
+        // The deprecated alias is the same account by another field.
+        let alias = refusal(&as_account("serviceAccount", "flashsale-drain-agent"), 0, &none).unwrap();
+        assert!(alias.contains(".spec.serviceAccount: ServiceAccount flashsale-drain-agent"), "{alias}");
+        let cache_reader = installer(&["cache-reader"]);
+        assert_eq!(refusal(&as_account("serviceAccountName", "cache-reader"), 0, &cache_reader), None);
+        let other = refusal(&as_account("serviceAccountName", "admin"), 0, &cache_reader).unwrap();
+        assert!(other.contains("allowed: default and cache-reader"), "{other}");
+    }
+
+    #[test]
+    fn host_access_is_refused_at_reconcile_too_naming_the_field() {
+        let none = installer(&[]);
+        let plain = serde_json::json!([{"name": "w", "image": "w:1"}]);
+        let with_security = |security: serde_json::Value| {
+            warm_with_pod(
+                serde_json::json!({"containers": [{"name": "w", "image": "w:1", "securityContext": security}]}),
+            )
+        };
+        let cases = [
+            (warm_with_pod(serde_json::json!({"hostNetwork": true, "containers": plain})), ".spec.hostNetwork:"),
+            (warm_with_pod(serde_json::json!({"hostPID": true, "containers": plain})), ".spec.hostPID:"),
+            (
+                warm_with_pod(
+                    serde_json::json!({"containers": plain, "volumes": [{"name": "r", "hostPath": {"path": "/"}}]}),
+                ),
+                ".spec.volumes[0].hostPath:",
+            ),
+            (with_security(serde_json::json!({"privileged": true})), ".containers[0].securityContext.privileged:"),
+            (
+                with_security(serde_json::json!({"capabilities": {"add": ["SYS_ADMIN"]}})),
+                ".containers[0].securityContext.capabilities.add:",
+            ),
+            (with_security(serde_json::json!({"procMount": "Unmasked"})), ".securityContext.procMount:"),
+            (with_security(serde_json::json!({"seccompProfile": {"type": "Unconfined"}})), ".seccompProfile.type:"),
+            (with_security(serde_json::json!({"seLinuxOptions": {"type": "spc_t"}})), ".seLinuxOptions.type: spc_t"),
+            (
+                warm_with_pod(serde_json::json!({"containers": plain,
+                    "initContainers": [{"name": "i", "image": "w:1", "securityContext": {"privileged": true}}]})),
+                ".initContainers[0].securityContext.privileged:",
+            ),
+            (
+                warm_with_pod(
+                    serde_json::json!({"containers": [{"name": "w", "image": "w:1", "ports": [{"containerPort": 80, "hostPort": 80}]}]}),
+                ),
+                ".containers[0].ports[0].hostPort:",
+            ),
+            (
+                warm_with_pod(serde_json::json!({"containers": plain,
+                    "securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}})),
+                ".securityContext.sysctls[0]: kernel.msgmax",
+            ),
+        ];
+        for (w, field) in cases {
+            let refused = refusal(&w, 0, &none).unwrap_or_else(|| panic!("accepted {field}"));
+            assert!(refused.contains(field), "{field}: {refused}");
+        }
+        let mut unconfined = warm("product-cache", "20m", true);
+        unconfined.template.spec.as_mut().unwrap().template.metadata = Some(ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                "container.apparmor.security.beta.kubernetes.io/w".to_owned(),
+                "unconfined".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        });
+        assert!(refusal(&unconfined, 0, &none).unwrap().contains("template.metadata.annotations["));
+        // What the baseline profile allows passes: dropped capabilities, a safe sysctl, RuntimeDefault.
+        let allowed = warm_with_pod(serde_json::json!({
+            "securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}], "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "w", "image": "w:1", "securityContext": {"capabilities": {"drop": ["ALL"]}, "allowPrivilegeEscalation": false}}],
+        }));
+        assert_eq!(refusal(&allowed, 0, &none), None);
+    }
+
+    #[test]
+    fn a_warm_up_pod_gets_no_api_token_unless_its_template_asks_for_one() {
+        let job = build_job(&sale(&[]), &warm("product-cache", "20m", true), "j", 1200);
+        assert_eq!(job.spec.unwrap().template.spec.unwrap().automount_service_account_token, Some(false));
+        let asks = warm_with_pod(
+            serde_json::json!({"automountServiceAccountToken": true, "containers": [{"name": "w", "image": "w:1"}]}),
+        );
+        let job = build_job(&sale(&[]), &asks, "j", 1200);
+        assert_eq!(job.spec.unwrap().template.spec.unwrap().automount_service_account_token, Some(true));
+    }
+
+    #[test]
+    fn a_refused_template_fails_the_warm_up_and_blocks_ready_when_required() {
+        let refused = refused_entry(
+            &warm("product-cache", "20m", true),
+            "spec.cacheWarm[0].template.spec.template.spec.serviceAccountName: no",
+        );
+        assert_eq!(
+            (refused.state(), refused.status.reason.as_deref(), refused.status.job.as_deref()),
+            (FAILED, Some(TEMPLATE_REFUSED), None)
+        );
+        let condition = condition(&[refused]);
+        assert!(!condition.ready && condition.blocking, "{condition:?}");
+        assert!(condition.message.contains("serviceAccountName: no"), "{}", condition.message);
     }
 }

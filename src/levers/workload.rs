@@ -24,10 +24,20 @@ pub async fn run(
     let sale_ns = sale.namespace;
     let mut report = Report { ready: true, restored: true, ..Report::default() };
     let mut at_peak = vec![];
-    for workload in workloads {
-        let target = prescale::Target {
-            workload,
-            namespace: workload.target.namespace.clone().unwrap_or_else(|| sale_ns.to_owned()),
+    for (index, workload) in workloads.iter().enumerate() {
+        let target = match prescale::Target::confined(workload, index, sale_ns) {
+            Ok(target) => target,
+            Err(refusal) => {
+                // Never read nor written, so there is nothing of the sale's on it to restore.
+                report.ready = false;
+                report.problems.push(refusal.clone());
+                report.workloads.push(WorkloadStatus {
+                    name: format!("{} {}", workload.target.kind, workload.target.name),
+                    message: Some(refusal),
+                    ..WorkloadStatus::default()
+                });
+                continue;
+            }
         };
         let one = pass(client, &target, sale, intent).await?;
         report.ready &= one.ready;
