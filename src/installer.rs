@@ -10,6 +10,14 @@ pub struct Installer {
     /// `flashsale-drain-agent` binary).
     #[arg(long, default_value = concat!("flashsale-operator:", env!("CARGO_PKG_VERSION")), env = "FLASHSALE_AGENT_IMAGE")]
     pub agent_image: String,
+
+    /// Lets kubeconfig Secrets of sales use exec credential plugins (a managed cluster's IAM
+    /// plugin). Off by default, and a real widening: whoever may write a kubeconfig Secret in a
+    /// namespace with sales then runs any command inside the operator, with the operator's
+    /// filesystem (its own ServiceAccount token), network and environment. Token files and other
+    /// file paths stay refused either way.
+    #[arg(long, env = "FLASHSALE_ALLOW_KUBECONFIG_EXEC")]
+    pub allow_kubeconfig_exec: bool,
 }
 
 impl Installer {
@@ -34,5 +42,6 @@ mod tests {
     fn defaults_parse() {
         let installer = super::Installer::defaults();
         assert!(installer.agent_image.starts_with("flashsale-operator:"));
+        assert!(!installer.allow_kubeconfig_exec, "exec plugins are an opt-in");
     }
 }
