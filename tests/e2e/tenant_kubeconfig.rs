@@ -192,6 +192,23 @@ fn token_files_exec_plugins_and_key_paths_are_refused_before_any_request(env: &E
         ensure!(told == 3, "KubeconfigRefused {told} times for 3 refusals: {all:?}");
         let status = serde_json::to_string(&sales.get("borrowed").await?.status)?;
         ensure!(!status.contains(&operator_token) && !format!("{all:?}").contains(&operator_token), "token leaked");
+        // `plan --kubeconfig` on a reviewer's machine reads the same Secrets by the same rules.
+        let file = cluster.dir.join(format!("plan-{ns}.yaml"));
+        std::fs::write(&file, serde_yaml::to_string(&sale("borrowed", &ns, &clusters, 600)?)?)?;
+        let plan = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+            .args(["plan", "-f"])
+            .arg(&file)
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .output()?;
+        let printed = String::from_utf8_lossy(&plan.stdout);
+        ensure!(plan.status.success(), "plan failed: {}", String::from_utf8_lossy(&plan.stderr));
+        for (secret, field) in [("token-file", "tokenFile"), ("exec", "exec"), ("key-path", "client-key")] {
+            let want = format!("preflight:  kubeconfig Secret {ns}/{secret}: users[0].user.{field} is not allowed");
+            ensure!(printed.contains(&want), "plan does not say {want:?}:\n{printed}");
+        }
+        ensure!(!marker.exists(), "plan ran the kubeconfig's exec command");
+        ensure!(tenants_server.accepted.load(Ordering::SeqCst) == 0, "plan connected to the tenant's server");
         let widened = widened_service_accounts(&admin, &ns, &elsewhere).await?;
         ensure!(widened.is_empty(), "rights beyond the namespace: {widened:?}");
         drop(operator);
