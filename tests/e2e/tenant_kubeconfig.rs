@@ -1,8 +1,14 @@
-//! Kubeconfig Secrets are data, tried as a tenant: a Secret that names a file on the operator's
-//! disk or a command to run is refused before any client exists (no request leaves the
-//! operator, no command runs), the refusal names the field in status and in an Event; with the
-//! installer's `--allow-kubeconfig-exec`, a failing plugin's output stays out of status and
-//! events, and a plugin or a server that never answers holds up no other sale.
+//! What a tenant's Secrets and URLs can make the operator reach, tried as the tenant.
+//!
+//! Kubeconfig Secrets are data: a Secret that names a file on the operator's disk or a command
+//! to run is refused before any client exists (no request leaves the operator, no command runs),
+//! the refusal names the field in status and in an Event; with the installer's
+//! `--allow-kubeconfig-exec`, a failing plugin's output stays out of status and events, and a
+//! plugin or a server that never answers holds up no other sale.
+//!
+//! Prometheus URLs go only where the installer allows; a real Prometheus behind TLS and basic
+//! auth flips a breaker with the sale's credentials and CA, and a wrong password or an
+//! untrusted certificate shows in general terms only.
 
 use anyhow::{Context as _, ensure};
 use flashsale_operator::api::{FlashSale, Phase};
@@ -29,6 +35,10 @@ pub const TESTS: &[(&str, crate::TestFn)] = &[
     (
         "tenant_kubeconfig::allowed_exec_plugins_leak_no_output_and_hung_clusters_block_no_other_sale",
         allowed_exec_plugins_leak_no_output_and_hung_clusters_block_no_other_sale,
+    ),
+    (
+        "tenant_kubeconfig::prometheus_is_queried_only_where_the_installer_allows_with_the_sales_auth_and_ca",
+        prometheus_is_queried_only_where_the_installer_allows_with_the_sales_auth_and_ca,
     ),
 ];
 
@@ -270,6 +280,151 @@ fn allowed_exec_plugins_leak_no_output_and_hung_clusters_block_no_other_sale(env
         ensure!(!status.contains(&leak), "the plugin's output is in status: {status}");
         ensure!(!notes.contains(&leak), "the plugin's output is in events: {notes}");
         ensure!(!operator.log_text().contains(&format!("{leak}-stderr")), "the plugin wrote to the operator's stderr");
+        operator.ensure_alive()?;
+        drop(operator);
+        Ok(())
+    })
+}
+
+/// bcrypt of `right-password` (Prometheus' `basic_auth_users` wants bcrypt; made once with
+/// Python's `crypt.crypt("right-password", crypt.mksalt(crypt.METHOD_BLOWFISH))`).
+const RIGHT_PASSWORD_BCRYPT: &str = "$2b$12$q.UpwmjLIY/buq/o0hwoweFJ3BIW7KIplUUfl1YP3CXZEES9Z1odC";
+
+/// A CA of the test's own (no system root trusts it) and a serving certificate for 127.0.0.1:
+/// (CA PEM, certificate PEM, key PEM).
+fn tls_for_loopback() -> anyhow::Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "tenant-prometheus-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_pem = ca.self_signed(&ca_key)?.pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &issuer)?;
+    Ok((ca_pem, cert.pem(), key.serialize_pem()))
+}
+
+/// A sale `name` whose one flag `reviews` opens when `shop_latency_seconds` stays above 0.5 for
+/// 2s, querying `prometheus`; Preparing 2s from now.
+fn breaker_sale(name: &str, ns: &str, prometheus: serde_json::Value) -> anyhow::Result<FlashSale> {
+    let mut sale = sale(name, ns, &[], 6)?;
+    sale.spec.degradation = Some(serde_json::from_value(serde_json::json!({
+        "configMapName": format!("{name}-flags"),
+        "prometheus": prometheus,
+        "flags": [{"name": "reviews", "autoDegrade": {"query": "shop_latency_seconds", "above": 0.5, "for": "2s"}}],
+    }))?);
+    Ok(sale)
+}
+
+/// The outbound half of the issue: a sale's Prometheus URL was a request to any address the
+/// tenant named, with the answer echoed into status. Now only in-cluster names and the
+/// installer's entries are queried; a real Prometheus with TLS (a CA of its own) and basic auth
+/// flips the breaker with the sale's Secrets; a wrong password shows as "HTTP 401", a CA that is
+/// not given as an untrusted certificate, a URL outside the list as the installer's list by
+/// flag name, told once in an Event, and that address never sees a connection.
+fn prometheus_is_queried_only_where_the_installer_allows_with_the_sales_auth_and_ca(env: &Env) -> anyhow::Result<()> {
+    use crate::flags::{Exporter, Prometheus, flag_status, web};
+    let cluster = env.primary()?;
+    let exporter = Exporter::start(0.9)?;
+    let scratch = tempfile::tempdir()?;
+    let (ca, cert, key) = tls_for_loopback()?;
+    std::fs::write(scratch.path().join("server.crt"), &cert)?;
+    std::fs::write(scratch.path().join("server.key"), &key)?;
+    let web_config = scratch.path().join("web.yml");
+    std::fs::write(
+        &web_config,
+        format!(
+            "tls_server_config: {{cert_file: {}, key_file: {}}}\nbasic_auth_users: {{shop: '{RIGHT_PASSWORD_BCRYPT}'}}\n",
+            scratch.path().join("server.crt").display(),
+            scratch.path().join("server.key").display()
+        ),
+    )?;
+    let prometheus = Prometheus::start_with(&scratch.path().join("prometheus"), exporter.port, Some(web_config))?;
+    let url = prometheus.url();
+    ensure!(url.starts_with("https://"), "{url}");
+    let internal = listener()?;
+    let internal_url = format!("http://127.0.0.1:{}", internal.port);
+    block_on(async {
+        let admin = client(cluster).await?;
+        let ns = namespace(&admin, "tenant-prometheus").await?;
+        let as_tenant = tenant(cluster, &admin, &ns).await?;
+        web(&admin, &ns).await?;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(as_tenant.clone(), &ns);
+        for (name, data) in [
+            ("prom-basic", serde_json::json!({"username": "shop", "password": "right-password"})),
+            ("prom-wrong", serde_json::json!({"username": "shop", "password": "wrong-password"})),
+            ("prom-ca", serde_json::json!({"ca.crt": ca})),
+        ] {
+            let secret = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "stringData": data}))?;
+            secrets.create(&PostParams::default(), &secret).await?;
+        }
+        let mut operator =
+            Operator::operator(cluster, &["--watch-namespace", &ns, "--prometheus-url-allow", url.as_str()])?;
+        operator.wait_ready(Duration::from_secs(30)).await?;
+        let sales: Api<FlashSale> = Api::namespaced(as_tenant.clone(), &ns);
+        let ca_ref = serde_json::json!({"name": "prom-ca", "key": "ca.crt"});
+        for (name, prometheus) in [
+            (
+                "guarded",
+                serde_json::json!({"url": url, "auth": {"basicAuthSecretRef": {"name": "prom-basic"}}, "caSecretRef": ca_ref}),
+            ),
+            (
+                "wrong",
+                serde_json::json!({"url": url, "auth": {"basicAuthSecretRef": {"name": "prom-wrong"}}, "caSecretRef": ca_ref}),
+            ),
+            ("untrusted", serde_json::json!({"url": url, "auth": {"basicAuthSecretRef": {"name": "prom-basic"}}})),
+            ("internal", serde_json::json!({"url": internal_url})),
+        ] {
+            sales.create(&PostParams::default(), &breaker_sale(name, &ns, prometheus)?).await?;
+        }
+
+        let reason = |name: &'static str| {
+            let sales = sales.clone();
+            async move {
+                let sale = sales.get(name).await?;
+                anyhow::Ok(flag_status(&sale, "local", "reviews").map(|f| (f.enabled, f.reason)))
+            }
+        };
+        let want_wrong =
+            format!("QueryFailed: Prometheus at {url} answered HTTP 401 (check degradation.prometheus.auth)");
+        let want_untrusted = format!(
+            "QueryFailed: cannot reach Prometheus at {url}: TLS handshake failed: its certificate is not trusted or not valid for the host (see degradation.prometheus.caSecretRef)"
+        );
+        let want_internal = format!(
+            "QueryFailed: degradation.prometheus.url {internal_url} is not allowed by the installer's list (--prometheus-url-allow): only in-cluster Service names, http(s)://<service>.<namespace>[.svc[.cluster.local]][:port], and the origins the installer lists there may be queried"
+        );
+        let all = || async {
+            anyhow::Ok([
+                reason("guarded").await?,
+                reason("wrong").await?,
+                reason("untrusted").await?,
+                reason("internal").await?,
+            ])
+        };
+        let waited = eventually(Duration::from_secs(40), || async {
+            let [guarded, wrong, untrusted, internal] = all().await?;
+            Ok(guarded == Some((false, "BreakerOpen".into()))
+                && wrong.is_some_and(|(_, r)| r == want_wrong)
+                && untrusted.is_some_and(|(_, r)| r == want_untrusted)
+                && internal.is_some_and(|(_, r)| r == want_internal))
+        })
+        .await;
+        if let Err(err) = waited {
+            anyhow::bail!("{err:#}; flags shown: {:?}", all().await?);
+        }
+        // A few evaluations later: the address outside the list never saw a connection, and the
+        // tenant was told once.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ensure!(internal.accepted.load(Ordering::SeqCst) == 0, "the operator connected to {internal_url}");
+        let told = events(&as_tenant, &ns, "internal").await?;
+        let failures: Vec<_> = told.iter().filter(|(reason, _)| reason == "FlagQueryFailed").collect();
+        ensure!(failures.len() == 1, "FlagQueryFailed events for the refused URL: {told:?}");
+        ensure!(failures[0].1.contains("--prometheus-url-allow"), "{told:?}");
+        // Prometheus answers 401 with a body of its own; none of it is shown.
+        let wrong = serde_json::to_string(&sales.get("wrong").await?.status)?;
+        ensure!(!wrong.to_ascii_lowercase().contains("unauthorized"), "the 401 body is in status: {wrong}");
         operator.ensure_alive()?;
         drop(operator);
         Ok(())
