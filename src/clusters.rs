@@ -55,10 +55,17 @@ pub struct Target {
     pub cron_hpa_time_zone: String,
 }
 
+/// How long a client that could not be built (an exec plugin that failed or hung, say) stays
+/// failed before it is tried again with the same Secret. Refusals and malformed Secrets stay
+/// until the Secret changes: trying again cannot change their verdict.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 struct Cached {
     resource_version: String,
     client: Result<Client, ClusterError>,
+    /// When a failure to build may be tried again (None: until the Secret changes).
+    retry_at: Option<std::time::Instant>,
 }
 
 /// Builds and caches clients for sale clusters.
@@ -123,16 +130,26 @@ impl Clusters {
             return cached;
         }
         let source = Source { namespace, name, key };
-        let client = build_client(&secret, &source, self.allow_exec, &self.metrics, BUILD_TIMEOUT).await;
+        let (client, transient) =
+            match build_client(&secret, &source, self.allow_exec, &self.metrics, BUILD_TIMEOUT).await {
+                Err(Built::Failed(err)) => (Err(err), true),
+                Err(Built::Final(err)) => (Err(err), false),
+                Ok(client) => (Ok(client), false),
+            };
+        let retry_at = transient.then(|| std::time::Instant::now() + RETRY_AFTER);
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(cache_key, Cached { resource_version, client: client.clone() });
+            cache.insert(cache_key, Cached { resource_version, client: client.clone(), retry_at });
         }
         client
     }
 
     fn cached(&self, key: &(String, String, String), resource_version: &str) -> Option<Result<Client, ClusterError>> {
         let cache = self.cache.lock().ok()?;
-        cache.get(key).filter(|c| c.resource_version == resource_version).map(|c| c.client.clone())
+        cache
+            .get(key)
+            .filter(|c| c.resource_version == resource_version)
+            .filter(|c| c.retry_at.is_none_or(|at| std::time::Instant::now() < at))
+            .map(|c| c.client.clone())
     }
 }
 
@@ -234,6 +251,19 @@ fn sanitise(kubeconfig: &mut Kubeconfig) {
     }
 }
 
+/// Why [`build_client`] gave no client: a verdict on the Secret itself, or a failure while
+/// building that may pass (an exec plugin, a timeout).
+enum Built {
+    Final(ClusterError),
+    Failed(ClusterError),
+}
+
+impl From<ClusterError> for Built {
+    fn from(err: ClusterError) -> Built {
+        Built::Final(err)
+    }
+}
+
 /// Reads, checks and turns into a client the kubeconfig under `source.key` of `secret`.
 async fn build_client(
     secret: &Secret,
@@ -241,7 +271,7 @@ async fn build_client(
     allow_exec: bool,
     metrics: &std::sync::Arc<Metrics>,
     timeout: Duration,
-) -> Result<Client, ClusterError> {
+) -> Result<Client, Built> {
     let key = source.key;
     let data = secret.data.as_ref();
     let Some(bytes) = data.and_then(|d| d.get(key)) else {
@@ -249,7 +279,8 @@ async fn build_client(
         return Err(ClusterError::Unavailable(format!(
             "kubeconfig Secret {source} has no key {key:?} (it has: {})",
             if keys.is_empty() { "no keys".to_owned() } else { keys.join(", ") }
-        )));
+        ))
+        .into());
     };
     let text = std::str::from_utf8(&bytes.0)
         .map_err(|_| ClusterError::Unavailable(format!("key {key:?} of Secret {source} is not text")))?;
@@ -273,14 +304,13 @@ async fn build_client(
             .map_err(|_| "building the client failed")?
             .map_err(|err| client_failure(&err))
     };
+    let failed = |why: String| {
+        Built::Failed(ClusterError::Unavailable(format!("the kubeconfig in Secret {source} cannot be used: {why}")))
+    };
     match tokio::time::timeout(timeout, build).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(why)) => {
-            Err(ClusterError::Unavailable(format!("the kubeconfig in Secret {source} cannot be used: {why}")))
-        }
-        Err(_) => Err(ClusterError::Unavailable(format!(
-            "the kubeconfig in Secret {source} cannot be used: building its client took longer than {timeout:?}"
-        ))),
+        Ok(Err(why)) => Err(failed(why.to_owned())),
+        Err(_) => Err(failed(format!("building its client took longer than {timeout:?}"))),
     }
 }
 
@@ -447,7 +477,11 @@ mod tests {
     }
 
     async fn build_within(text: &str, allow_exec: bool, timeout: Duration) -> Result<Client, ClusterError> {
-        build_client(&secret(text), &SOURCE, allow_exec, &std::sync::Arc::new(Metrics::default()), timeout).await
+        build_client(&secret(text), &SOURCE, allow_exec, &std::sync::Arc::new(Metrics::default()), timeout)
+            .await
+            .map_err(|built| match built {
+                Built::Final(err) | Built::Failed(err) => err,
+            })
     }
 
     fn exec_kubeconfig(script: &str) -> String {
@@ -504,5 +538,27 @@ mod tests {
         );
         let Err(ClusterError::Unavailable(message)) = build("users: [SECRETISH", false).await else { panic!() };
         assert!(!message.contains("SECRETISH"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn failed_builds_are_tried_again_and_verdicts_are_kept_until_the_secret_changes() {
+        let local = Client::try_from(Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+        let clusters = Clusters::new(local, std::sync::Arc::new(Metrics::default()), false);
+        let key = |name: &str| ("shop".to_owned(), name.to_owned(), "kubeconfig".to_owned());
+        let past = std::time::Instant::now() - Duration::from_secs(1);
+        let later = std::time::Instant::now() + RETRY_AFTER;
+        let entries = [
+            ("refused", None, ClusterError::Refused("r".into())),
+            ("plugin-failed", Some(past), ClusterError::Unavailable("f".into())),
+            ("plugin-failed-recently", Some(later), ClusterError::Unavailable("f".into())),
+        ];
+        for (name, retry_at, err) in entries {
+            let cached = Cached { resource_version: "1".into(), client: Err(err), retry_at };
+            clusters.cache.lock().unwrap().insert(key(name), cached);
+        }
+        assert!(clusters.cached(&key("refused"), "1").is_some());
+        assert!(clusters.cached(&key("refused"), "2").is_none(), "a changed Secret is read again");
+        assert!(clusters.cached(&key("plugin-failed"), "1").is_none(), "a failed build is tried again");
+        assert!(clusters.cached(&key("plugin-failed-recently"), "1").is_some(), "but not at every pass");
     }
 }
