@@ -537,6 +537,59 @@ mod tests {
         assert!(Origin::parse("http://u:p@host").is_err());
     }
 
+    /// A one-shot HTTP server on loopback: answers `response` (None: never answers) and hands
+    /// back the request head it got.
+    fn server(response: Option<String>) -> (u16, std::sync::mpsc::Receiver<String>) {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 8192];
+            let n = stream.read(&mut buf).unwrap();
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            match response {
+                Some(text) => stream.write_all(text.as_bytes()).unwrap(),
+                None => std::thread::sleep(Duration::from_secs(10)),
+            }
+        });
+        (port, rx)
+    }
+
+    fn access(port: u16, authorization: Option<&'static str>) -> Access {
+        Access {
+            base: format!("http://127.0.0.1:{port}"),
+            uri: format!("http://127.0.0.1:{port}/prefix/").parse().unwrap(),
+            authorization: authorization.map(http::HeaderValue::from_static),
+            client: None,
+            allowed: vec![Origin::parse(&format!("http://127.0.0.1:{port}")).unwrap()],
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_are_sent_and_an_error_answer_shows_only_its_status() {
+        let body = "{\"status\":\"error\",\"error\":\"internal-secret-detail\"}";
+        let answer =
+            format!("HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let (port, request) = server(Some(answer));
+        let message = failed(query(&access(port, Some("Bearer t0k")), "up").await);
+        assert_eq!(
+            message,
+            format!("Prometheus at http://127.0.0.1:{port} answered HTTP 401 (check degradation.prometheus.auth)")
+        );
+        let request = request.recv().unwrap().to_ascii_lowercase();
+        assert!(request.starts_with("get /prefix/api/v1/query?query=up http/1.1"), "{request}");
+        assert!(request.contains("authorization: bearer t0k"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn a_prometheus_that_never_answers_is_a_timeout() {
+        let (port, _request) = server(None);
+        let message = failed(query(&access(port, None), "up").await);
+        assert_eq!(message, format!("Prometheus at http://127.0.0.1:{port} did not answer within 2.5s"));
+    }
+
     #[tokio::test]
     async fn failures_are_told_in_general_terms() {
         // Nothing listens on a port just released.
