@@ -71,7 +71,9 @@ struct PlanArgs {
     #[arg(long)]
     now: Option<jiff::Timestamp>,
     /// Read live workloads (and the sale's kubeconfig Secrets) through this kubeconfig to show
-    /// baselines. Nothing is written.
+    /// baselines. Nothing is written. This kubeconfig is the reviewer's own and may use exec
+    /// plugins; the sale's kubeconfig Secrets get the operator's rules (no exec, token files or
+    /// paths), since the sale's author wrote them.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
 }

@@ -1,13 +1,19 @@
 //! Clients for the clusters a sale spans: the operator's own cluster, or one per
 //! `spec.clusters[]` entry built from its kubeconfig Secret.
 //!
+//! A kubeconfig Secret is written by the sale's author, so it is data and nothing else: before
+//! kube sees it ([`Config::from_custom_kubeconfig`] would read files and run commands), [`check`]
+//! refuses every field that reads a file on the operator's disk or runs code in the operator
+//! (exec plugins only when the installer opts in). Messages about a kubeconfig are fixed texts
+//! chosen by the kind of failure, never text from kube, a plugin or the file.
+//!
 //! Clients are cached per Secret and rebuilt when the Secret's resourceVersion changes, so a
 //! rotated kubeconfig takes effect at the next reconcile. Kubeconfig contents are never logged.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Config,
-    config::{KubeConfigOptions, Kubeconfig},
+    config::{ExecInteractiveMode, KubeConfigOptions, Kubeconfig},
 };
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -21,19 +27,45 @@ pub const LOCAL: &str = "local";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// The longest building one client may take. Only an exec plugin (when the installer allows
+/// them) can make it slow; past this the sale's cluster shows as unusable and the reconcile
+/// goes on (the plugin's thread is left to finish on its own).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a sale's kubeconfig Secret may hold besides the cluster's address and CA data.
+const CREDENTIALS_POLICY: &str = "kubeconfig Secrets may hold only inline credentials (token, client-certificate-data/client-key-data, username/password)";
+
+/// Why a cluster of a sale has no client.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ClusterError {
+    /// The kubeconfig holds something a sale's Secret may not: a file path or a command.
+    #[error("{0}")]
+    Refused(String),
+    /// The Secret is missing or unusable, or no client could be built from it.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// One cluster of a sale, with a client or the reason there is none.
 #[derive(Clone)]
 pub struct Target {
     pub name: String,
-    pub client: Result<Client, String>,
+    pub client: Result<Client, ClusterError>,
     /// The IANA zone the cluster's CronHPA controller runs in.
     pub cron_hpa_time_zone: String,
 }
 
+/// How long a client that could not be built (an exec plugin that failed or hung, say) stays
+/// failed before it is tried again with the same Secret. Refusals and malformed Secrets stay
+/// until the Secret changes: trying again cannot change their verdict.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 struct Cached {
     resource_version: String,
-    client: Result<Client, String>,
+    client: Result<Client, ClusterError>,
+    /// When a failure to build may be tried again (None: until the Secret changes).
+    retry_at: Option<std::time::Instant>,
 }
 
 /// Builds and caches clients for sale clusters.
@@ -41,11 +73,13 @@ pub struct Clusters {
     local: Client,
     cache: Mutex<HashMap<(String, String, String), Cached>>,
     metrics: std::sync::Arc<Metrics>,
+    /// Whether kubeconfig Secrets may use exec plugins (the installer's `--allow-kubeconfig-exec`).
+    allow_exec: bool,
 }
 
 impl Clusters {
-    pub fn new(local: Client, metrics: std::sync::Arc<Metrics>) -> Self {
-        Clusters { local, cache: Mutex::new(HashMap::new()), metrics }
+    pub fn new(local: Client, metrics: std::sync::Arc<Metrics>, allow_exec: bool) -> Self {
+        Clusters { local, cache: Mutex::new(HashMap::new()), metrics, allow_exec }
     }
 
     /// The operator's own cluster's client.
@@ -77,13 +111,17 @@ impl Clusters {
         targets
     }
 
-    async fn client_for(&self, namespace: &str, name: &str, key: &str) -> Result<Client, String> {
+    async fn client_for(&self, namespace: &str, name: &str, key: &str) -> Result<Client, ClusterError> {
         let secrets: Api<Secret> = Api::namespaced(self.local.clone(), namespace);
         let secret = match secrets.get_opt(name).await {
             Ok(Some(secret)) => secret,
-            Ok(None) => return Err(format!("kubeconfig Secret {namespace}/{name} not found")),
+            Ok(None) => {
+                return Err(ClusterError::Unavailable(format!("kubeconfig Secret {namespace}/{name} not found")));
+            }
             Err(err) => {
-                return Err(format!("cannot read kubeconfig Secret {namespace}/{name}: {err}"));
+                return Err(ClusterError::Unavailable(format!(
+                    "cannot read kubeconfig Secret {namespace}/{name}: {err}"
+                )));
             }
         };
         let resource_version = secret.metadata.resource_version.clone().unwrap_or_default();
@@ -91,44 +129,436 @@ impl Clusters {
         if let Some(cached) = self.cached(&cache_key, &resource_version) {
             return cached;
         }
-        let client = build_client(&secret, namespace, name, key, &self.metrics).await;
+        let source = Source { namespace, name, key };
+        let (client, transient) =
+            match build_client(&secret, &source, self.allow_exec, &self.metrics, BUILD_TIMEOUT).await {
+                Err(Built::Failed(err)) => (Err(err), true),
+                Err(Built::Final(err)) => (Err(err), false),
+                Ok(client) => (Ok(client), false),
+            };
+        let retry_at = transient.then(|| std::time::Instant::now() + RETRY_AFTER);
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(cache_key, Cached { resource_version, client: client.clone() });
+            cache.insert(cache_key, Cached { resource_version, client: client.clone(), retry_at });
         }
         client
     }
 
-    fn cached(&self, key: &(String, String, String), resource_version: &str) -> Option<Result<Client, String>> {
+    fn cached(&self, key: &(String, String, String), resource_version: &str) -> Option<Result<Client, ClusterError>> {
         let cache = self.cache.lock().ok()?;
-        cache.get(key).filter(|c| c.resource_version == resource_version).map(|c| c.client.clone())
+        cache
+            .get(key)
+            .filter(|c| c.resource_version == resource_version)
+            .filter(|c| c.retry_at.is_none_or(|at| std::time::Instant::now() < at))
+            .map(|c| c.client.clone())
     }
 }
 
+/// Where a kubeconfig came from, for messages.
+struct Source<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    key: &'a str,
+}
+
+impl std::fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A field of a kubeconfig that a sale's Secret may not hold, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The field's path in the kubeconfig, e.g. `users[0].user.exec`.
+    pub field: String,
+    /// Why the field is refused.
+    pub why: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is not allowed: {}", self.field, self.why)
+    }
+}
+
+/// Checks a kubeconfig from a sale's Secret before kube may use it, returning the first field
+/// that would make the operator read a file or run a command.
+///
+/// Refused: `exec` (unless `allow_exec`), `auth-provider` (kube's gcp provider runs `cmd-path`,
+/// and oidc refreshes against an issuer the file names), `tokenFile` / `token-file`, and the path
+/// forms `certificate-authority`, `client-certificate`, `client-key`; also `proxy-url` (the
+/// operator connects to a sale's clusters directly; a proxy is not the installer's choice).
+/// Allowed, because they are inert data: `server`, `certificate-authority-data`,
+/// `insecure-skip-tls-verify`, `tls-server-name`, `token`, `client-*-data`, `username` /
+/// `password`, `impersonate*` (bounded by the credential's own rights in that cluster) and
+/// `extensions` (kube only ever passes a cluster's exec extension to an exec plugin).
+pub fn check(kubeconfig: &Kubeconfig, allow_exec: bool) -> Result<(), Refusal> {
+    let credentials = if allow_exec {
+        format!("{CREDENTIALS_POLICY} or an exec plugin (the installer allows them with --allow-kubeconfig-exec)")
+    } else {
+        CREDENTIALS_POLICY.to_owned()
+    };
+    let refuse = |field: String, why: &str| Err(Refusal { field, why: why.to_owned() });
+    for (i, named) in kubeconfig.clusters.iter().enumerate() {
+        let Some(cluster) = &named.cluster else { continue };
+        if cluster.certificate_authority.is_some() {
+            return refuse(
+                format!("clusters[{i}].cluster.certificate-authority"),
+                "a kubeconfig Secret holds its CA inline as certificate-authority-data, never as a file path",
+            );
+        }
+        if cluster.proxy_url.is_some() {
+            return refuse(
+                format!("clusters[{i}].cluster.proxy-url"),
+                "the operator connects to a sale's clusters directly, not through a proxy",
+            );
+        }
+    }
+    for (i, named) in kubeconfig.auth_infos.iter().enumerate() {
+        let Some(user) = &named.auth_info else { continue };
+        let path = |field: &str| format!("users[{i}].user.{field}");
+        if user.exec.is_some() && !allow_exec {
+            return refuse(path("exec"), &credentials);
+        }
+        if user.auth_provider.is_some() {
+            return refuse(path("auth-provider"), &credentials);
+        }
+        if user.token_file.is_some() {
+            return refuse(path("tokenFile"), &credentials);
+        }
+        // kube reads only `tokenFile`, but client-go tools accept the dashed spelling too: a
+        // Secret written for them must not look usable here.
+        if user.other.contains_key("token-file") {
+            return refuse(path("token-file"), &credentials);
+        }
+        if user.client_certificate.is_some() {
+            return refuse(path("client-certificate"), &credentials);
+        }
+        if user.client_key.is_some() {
+            return refuse(path("client-key"), &credentials);
+        }
+    }
+    Ok(())
+}
+
+/// Makes an allowed exec plugin unable to reach the operator's terminal: it never inherits the
+/// operator's stdin or stderr (kube inherits them unless the mode is `Never`).
+fn sanitise(kubeconfig: &mut Kubeconfig) {
+    for user in kubeconfig.auth_infos.iter_mut().filter_map(|u| u.auth_info.as_mut()) {
+        if let Some(exec) = user.exec.as_mut() {
+            exec.interactive_mode = Some(ExecInteractiveMode::Never);
+        }
+    }
+}
+
+/// Why [`build_client`] gave no client: a verdict on the Secret itself, or a failure while
+/// building that may pass (an exec plugin, a timeout).
+enum Built {
+    Final(ClusterError),
+    Failed(ClusterError),
+}
+
+impl From<ClusterError> for Built {
+    fn from(err: ClusterError) -> Built {
+        Built::Final(err)
+    }
+}
+
+/// Reads, checks and turns into a client the kubeconfig under `source.key` of `secret`.
 async fn build_client(
     secret: &Secret,
-    namespace: &str,
-    name: &str,
-    key: &str,
+    source: &Source<'_>,
+    allow_exec: bool,
     metrics: &std::sync::Arc<Metrics>,
-) -> Result<Client, String> {
+    timeout: Duration,
+) -> Result<Client, Built> {
+    let key = source.key;
     let data = secret.data.as_ref();
     let Some(bytes) = data.and_then(|d| d.get(key)) else {
         let keys: Vec<&str> = data.map(|d| d.keys().map(String::as_str).collect()).unwrap_or_default();
-        return Err(format!(
-            "kubeconfig Secret {namespace}/{name} has no key {key:?} (it has: {})",
+        return Err(ClusterError::Unavailable(format!(
+            "kubeconfig Secret {source} has no key {key:?} (it has: {})",
             if keys.is_empty() { "no keys".to_owned() } else { keys.join(", ") }
-        ));
+        ))
+        .into());
     };
-    let text =
-        std::str::from_utf8(&bytes.0).map_err(|_| format!("key {key:?} of Secret {namespace}/{name} is not text"))?;
+    let text = std::str::from_utf8(&bytes.0)
+        .map_err(|_| ClusterError::Unavailable(format!("key {key:?} of Secret {source} is not text")))?;
     // Parse errors can quote the input; only the error's kind is reported, never the contents.
-    let kubeconfig = Kubeconfig::from_yaml(text)
-        .map_err(|_| format!("key {key:?} of Secret {namespace}/{name} is not a valid kubeconfig"))?;
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|err| format!("the kubeconfig in Secret {namespace}/{name} cannot be used: {err}"))?;
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    config.read_timeout = Some(READ_TIMEOUT);
-    crate::client::counted(config, metrics.clone())
-        .map_err(|err| format!("cannot build a client from Secret {namespace}/{name}: {err}"))
+    let mut kubeconfig = Kubeconfig::from_yaml(text)
+        .map_err(|_| ClusterError::Unavailable(format!("key {key:?} of Secret {source} is not a valid kubeconfig")))?;
+    check(&kubeconfig, allow_exec)
+        .map_err(|refusal| ClusterError::Refused(format!("kubeconfig Secret {source}: {refusal}")))?;
+    sanitise(&mut kubeconfig);
+    let metrics = metrics.clone();
+    let build = async move {
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|err| unusable(&err))?;
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.read_timeout = Some(READ_TIMEOUT);
+        // An allowed exec plugin runs while the client is built, synchronously: off the
+        // reconcile's worker thread.
+        tokio::task::spawn_blocking(move || crate::client::counted(config, metrics))
+            .await
+            .map_err(|_| "building the client failed")?
+            .map_err(|err| client_failure(&err))
+    };
+    let failed = |why: String| {
+        Built::Failed(ClusterError::Unavailable(format!("the kubeconfig in Secret {source} cannot be used: {why}")))
+    };
+    match tokio::time::timeout(timeout, build).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(why)) => Err(failed(why.to_owned())),
+        Err(_) => Err(failed(format!("building its client took longer than {timeout:?}"))),
+    }
+}
+
+/// A fixed description of why kube could not read a (checked) kubeconfig. kube's own messages
+/// can quote the file's contents, so only the kind is told.
+fn unusable(err: &kube::config::KubeconfigError) -> &'static str {
+    use kube::config::KubeconfigError as E;
+    match err {
+        E::CurrentContextNotSet | E::LoadContext(_) => "its current-context names no context in the file",
+        E::LoadClusterOfContext(_) => "its context names no cluster in the file",
+        E::MissingClusterUrl => "its cluster has no server",
+        E::ParseClusterUrl(_) => "its server is not a URL",
+        E::LoadCertificateAuthority(_) | E::ParseCertificates(_) => {
+            "its certificate-authority-data is not base64-encoded PEM certificates"
+        }
+        E::LoadClientCertificate(_) => "its client-certificate-data is not base64-encoded PEM",
+        E::LoadClientKey(_) => "its client-key-data is not base64-encoded PEM",
+        _ => "kube cannot load it",
+    }
+}
+
+/// A fixed description of why no client could be built. What an exec plugin printed (kube puts
+/// it into the error) must not reach status or events, so only the kind is told.
+fn client_failure(err: &kube::Error) -> &'static str {
+    match err {
+        kube::Error::Auth(kube::client::AuthError::AuthExecStart(_)) => "its exec plugin could not be started",
+        kube::Error::Auth(kube::client::AuthError::AuthExecRun { .. }) => "its exec plugin failed",
+        kube::Error::Auth(
+            kube::client::AuthError::AuthExecParse(_)
+            | kube::client::AuthError::ExecPluginFailed
+            | kube::client::AuthError::MalformedTokenExpirationDate(_),
+        ) => "its exec plugin did not print a usable ExecCredential",
+        kube::Error::Auth(_) => "its credentials are not usable",
+        _ => "its TLS settings or credentials are not usable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    /// A kubeconfig with one cluster and one user, each given as a YAML flow mapping.
+    fn kubeconfig(cluster: &str, user: &str) -> Kubeconfig {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: k, cluster: {cluster}}}]\n\
+             users: [{{name: u, user: {user}}}]\n\
+             contexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n"
+        );
+        Kubeconfig::from_yaml(&text).unwrap()
+    }
+
+    const SERVER: &str = "{server: 'https://127.0.0.1:6443', certificate-authority-data: 'Q0E='}";
+
+    #[test]
+    fn only_inline_data_passes() {
+        // (cluster, user, refused field without exec allowed, refused field with exec allowed)
+        let table: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+            (SERVER, "{token: abc}", None, None),
+            (SERVER, "{username: a, password: b}", None, None),
+            (SERVER, "{client-certificate-data: Q0VSVA==, client-key-data: S0VZ}", None, None),
+            (SERVER, "{token: abc, as: someone}", None, None),
+            (
+                "{server: 'https://x:6443', insecure-skip-tls-verify: true, tls-server-name: x}",
+                "{token: a}",
+                None,
+                None,
+            ),
+            (
+                "{server: 'https://x', extensions: [{name: client.authentication.k8s.io/exec, extension: {a: b}}]}",
+                "{token: a}",
+                None,
+                None,
+            ),
+            (
+                SERVER,
+                "{exec: {apiVersion: client.authentication.k8s.io/v1, command: sh}}",
+                Some("users[0].user.exec"),
+                None,
+            ),
+            (
+                SERVER,
+                "{auth-provider: {name: gcp, config: {cmd-path: /bin/sh}}}",
+                Some("users[0].user.auth-provider"),
+                Some("users[0].user.auth-provider"),
+            ),
+            (
+                SERVER,
+                "{tokenFile: /var/run/secrets/token}",
+                Some("users[0].user.tokenFile"),
+                Some("users[0].user.tokenFile"),
+            ),
+            (
+                SERVER,
+                "{token-file: /var/run/secrets/token}",
+                Some("users[0].user.token-file"),
+                Some("users[0].user.token-file"),
+            ),
+            (SERVER, "{token: a, tokenFile: /t}", Some("users[0].user.tokenFile"), Some("users[0].user.tokenFile")),
+            (
+                SERVER,
+                "{client-certificate: /c.pem, client-key-data: S0VZ}",
+                Some("users[0].user.client-certificate"),
+                Some("users[0].user.client-certificate"),
+            ),
+            (
+                SERVER,
+                "{client-certificate-data: Q0VSVA==, client-key: /k.pem}",
+                Some("users[0].user.client-key"),
+                Some("users[0].user.client-key"),
+            ),
+            (
+                "{server: 'https://x', certificate-authority: /etc/ca.crt}",
+                "{token: a}",
+                Some("clusters[0].cluster.certificate-authority"),
+                Some("clusters[0].cluster.certificate-authority"),
+            ),
+            (
+                "{server: 'https://x', proxy-url: 'http://10.0.0.1:3128'}",
+                "{token: a}",
+                Some("clusters[0].cluster.proxy-url"),
+                Some("clusters[0].cluster.proxy-url"),
+            ),
+            // An exec plugin that also names a token file: the file is refused even when exec is allowed.
+            (
+                SERVER,
+                "{exec: {command: sh}, tokenFile: /t}",
+                Some("users[0].user.exec"),
+                Some("users[0].user.tokenFile"),
+            ),
+        ];
+        for (cluster, user, refused, refused_with_exec) in table {
+            let config = kubeconfig(cluster, user);
+            for (allow_exec, expected) in [(false, refused), (true, refused_with_exec)] {
+                let verdict = check(&config, allow_exec).err().map(|r| r.field);
+                assert_eq!(verdict.as_deref(), *expected, "cluster {cluster}, user {user}, allow_exec {allow_exec}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_user_is_checked_not_only_the_current_one() {
+        let mut config = kubeconfig(SERVER, "{token: a}");
+        let mut second = config.auth_infos[0].clone();
+        second.name = "spare".into();
+        second.auth_info.as_mut().unwrap().token_file = Some("/t".into());
+        config.auth_infos.push(second);
+        let refusal = check(&config, false).unwrap_err();
+        assert_eq!(refusal.to_string(), format!("users[1].user.tokenFile is not allowed: {CREDENTIALS_POLICY}"));
+    }
+
+    fn secret(kubeconfig: &str) -> Secret {
+        Secret {
+            data: Some([("kubeconfig".to_owned(), ByteString(kubeconfig.as_bytes().to_vec()))].into()),
+            ..Secret::default()
+        }
+    }
+
+    const SOURCE: Source<'static> = Source { namespace: "shop", name: "ack-hangzhou", key: "kubeconfig" };
+
+    async fn build(text: &str, allow_exec: bool) -> Result<Client, ClusterError> {
+        build_within(text, allow_exec, BUILD_TIMEOUT).await
+    }
+
+    async fn build_within(text: &str, allow_exec: bool, timeout: Duration) -> Result<Client, ClusterError> {
+        build_client(&secret(text), &SOURCE, allow_exec, &std::sync::Arc::new(Metrics::default()), timeout)
+            .await
+            .map_err(|built| match built {
+                Built::Final(err) | Built::Failed(err) => err,
+            })
+    }
+
+    fn exec_kubeconfig(script: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: k, cluster: {{server: 'https://127.0.0.1:1'}}}}]\n\
+             users: [{{name: u, user: {{exec: {{apiVersion: client.authentication.k8s.io/v1, command: sh, args: ['-c', {script:?}]}}}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_refused_kubeconfig_names_secret_and_field_and_runs_nothing() {
+        let marker = std::env::temp_dir().join(format!("flashsale-exec-marker-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let text = exec_kubeconfig(&format!("touch {}", marker.display()));
+        let Err(ClusterError::Refused(message)) = build(&text, false).await else { panic!("exec was not refused") };
+        assert_eq!(
+            message,
+            format!("kubeconfig Secret shop/ack-hangzhou: users[0].user.exec is not allowed: {CREDENTIALS_POLICY}")
+        );
+        assert!(!marker.exists(), "the exec plugin ran");
+    }
+
+    #[tokio::test]
+    async fn an_allowed_exec_plugin_that_fails_shows_none_of_its_output() {
+        let text = exec_kubeconfig("echo plugin-secret-stdout; echo plugin-secret-stderr >&2; exit 3");
+        let Err(ClusterError::Unavailable(message)) = build(&text, true).await else { panic!("expected a failure") };
+        assert_eq!(message, "the kubeconfig in Secret shop/ack-hangzhou cannot be used: its exec plugin failed");
+    }
+
+    #[tokio::test]
+    async fn an_allowed_exec_plugin_that_never_returns_is_cut_off() {
+        let text = exec_kubeconfig("sleep 3");
+        let started = std::time::Instant::now();
+        let within = Duration::from_millis(300);
+        let Err(ClusterError::Unavailable(message)) = build_within(&text, true, within).await else {
+            panic!("expected a failure")
+        };
+        assert!(message.ends_with("building its client took longer than 300ms"), "{message}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn kube_errors_are_told_by_kind_never_by_content() {
+        let text = "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{name: k, cluster: {server: 'https://x', certificate-authority-data: 'not-base64-SECRETISH'}}]\n\
+             users: [{name: u, user: {token: a}}]\n\
+             contexts: [{name: c, context: {cluster: k, user: u}}]\n";
+        let Err(ClusterError::Unavailable(message)) = build(text, false).await else { panic!("expected a failure") };
+        assert_eq!(
+            message,
+            "the kubeconfig in Secret shop/ack-hangzhou cannot be used: its certificate-authority-data is not base64-encoded PEM certificates"
+        );
+        let Err(ClusterError::Unavailable(message)) = build("users: [SECRETISH", false).await else { panic!() };
+        assert!(!message.contains("SECRETISH"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn failed_builds_are_tried_again_and_verdicts_are_kept_until_the_secret_changes() {
+        let local = Client::try_from(Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+        let clusters = Clusters::new(local, std::sync::Arc::new(Metrics::default()), false);
+        let key = |name: &str| ("shop".to_owned(), name.to_owned(), "kubeconfig".to_owned());
+        let past = std::time::Instant::now() - Duration::from_secs(1);
+        let later = std::time::Instant::now() + RETRY_AFTER;
+        let entries = [
+            ("refused", None, ClusterError::Refused("r".into())),
+            ("plugin-failed", Some(past), ClusterError::Unavailable("f".into())),
+            ("plugin-failed-recently", Some(later), ClusterError::Unavailable("f".into())),
+        ];
+        for (name, retry_at, err) in entries {
+            let cached = Cached { resource_version: "1".into(), client: Err(err), retry_at };
+            clusters.cache.lock().unwrap().insert(key(name), cached);
+        }
+        assert!(clusters.cached(&key("refused"), "1").is_some());
+        assert!(clusters.cached(&key("refused"), "2").is_none(), "a changed Secret is read again");
+        assert!(clusters.cached(&key("plugin-failed"), "1").is_none(), "a failed build is tried again");
+        assert!(clusters.cached(&key("plugin-failed-recently"), "1").is_some(), "but not at every pass");
+    }
 }

@@ -32,7 +32,7 @@ use tracing::{info, instrument, warn};
 
 use crate::{
     api::{FlashSale, FlashSaleStatus, Phase},
-    clusters::Clusters,
+    clusters::{ClusterError, Clusters},
     levers::{self, Intent},
     metrics::{ConditionLabels, ErrorLabels, FlagLabels, Metrics, PhaseLabels, SaleLabels},
     status::{self, ClusterObservation, ConditionSet},
@@ -103,7 +103,7 @@ pub async fn run(
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
-        clusters: Clusters::new(client.clone(), metrics.clone()),
+        clusters: Clusters::new(client.clone(), metrics.clone(), installer.allow_kubeconfig_exec),
         client,
         metrics,
         installer,
@@ -358,12 +358,12 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
     let passes = targets.into_iter().map(|target| {
         let (ns, holder) = (ns.clone(), holder.clone());
         async move {
+            let shown = sale.status.as_ref().and_then(|s| s.clusters.iter().find(|c| c.name == target.name));
             let report = match target.client {
                 Ok(client) => {
                     let _timer = ctx.metrics.time("prescale");
                     let name = sale.name_any();
                     let uid = sale.uid().unwrap_or_default();
-                    let shown = sale.status.as_ref().and_then(|s| s.clusters.iter().find(|c| c.name == target.name));
                     let pass = levers::Sale {
                         name: &name,
                         namespace: &ns,
@@ -384,7 +384,17 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                         describe(&err)
                     })
                 }
-                Err(message) => Err(message),
+                Err(err) => {
+                    let message = err.to_string();
+                    // Once per refusal: while the status already shows it, the sale was told.
+                    if matches!(err, ClusterError::Refused(_))
+                        && shown.and_then(|c| c.message.as_deref()) != Some(message.as_str())
+                    {
+                        let note = format!("cluster {}: {message}", target.name);
+                        publish(ctx, sale, EventType::Warning, "KubeconfigRefused", note, "Connect").await;
+                    }
+                    Err(message)
+                }
             };
             ClusterObservation { name: target.name, report }
         }
@@ -522,6 +532,8 @@ fn kube_category(err: &kube::Error) -> &'static str {
 fn describe(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status) => format!("the API server refused: {}", status.message),
+        // Refreshing a credential can run an exec plugin; what it printed stays out of status.
+        kube::Error::Auth(_) => "cannot reach the API server: its credentials could not be refreshed".to_owned(),
         other => format!("cannot reach the API server: {other}"),
     }
 }

@@ -18,6 +18,27 @@ pub struct Installer {
     /// `default`.
     #[arg(long = "warmup-service-account", env = "FLASHSALE_WARMUP_SERVICE_ACCOUNTS", value_delimiter = ',')]
     pub warmup_service_accounts: Vec<String>,
+
+    /// Lets kubeconfig Secrets of sales use exec credential plugins (a managed cluster's IAM
+    /// plugin). Off by default, and a real widening: whoever may write a kubeconfig Secret in a
+    /// namespace with sales then runs any command inside the operator, with the operator's
+    /// filesystem (its own ServiceAccount token), network and environment. Token files and other
+    /// file paths stay refused either way.
+    #[arg(long, env = "FLASHSALE_ALLOW_KUBECONFIG_EXEC")]
+    pub allow_kubeconfig_exec: bool,
+
+    /// Prometheus origins sales may query besides in-cluster Service names (always allowed:
+    /// `http(s)://<service>.<namespace>[.svc[.cluster.local]][:port]`). Each entry is an exact
+    /// origin, `http(s)://host[:port]`, repeatable or comma-separated. Listing one widens what a
+    /// sale's author can make the operator call: IP literals, loopback, link-local (the cloud
+    /// metadata address) and outside names are reachable only when listed here.
+    #[arg(
+        long = "prometheus-url-allow",
+        env = "FLASHSALE_PROMETHEUS_URL_ALLOW",
+        value_delimiter = ',',
+        value_parser = crate::levers::flags::prometheus::Origin::parse,
+    )]
+    pub prometheus_url_allow: Vec<crate::levers::flags::prometheus::Origin>,
 }
 
 impl Installer {
@@ -43,5 +64,7 @@ mod tests {
         let installer = super::Installer::defaults();
         assert!(installer.agent_image.starts_with("flashsale-operator:"));
         assert!(installer.warmup_service_accounts.is_empty(), "warm-ups may borrow no ServiceAccount by default");
+        assert!(!installer.allow_kubeconfig_exec, "exec plugins are an opt-in");
+        assert!(installer.prometheus_url_allow.is_empty(), "only in-cluster Prometheus names by default");
     }
 }

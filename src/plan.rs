@@ -49,9 +49,12 @@ pub type Live = Vec<(String, Vec<Baseline>)>;
 
 /// Reads baselines from every cluster of the sale through `client` (the cluster holding the
 /// sale and its kubeconfig Secrets). Read-only.
+///
+/// `client` is the reviewer's own (their kubeconfig may use exec plugins); the sale's Secrets are
+/// the sale author's, so they get the operator's rules: no exec plugins, token files or paths.
 pub async fn read_live(sale: &FlashSale, client: Client) -> Live {
     let ns = sale.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let clusters = Clusters::new(client, std::sync::Arc::new(crate::metrics::Metrics::default()));
+    let clusters = Clusters::new(client, std::sync::Arc::new(crate::metrics::Metrics::default()), false);
     let mut live = vec![];
     for target in clusters.targets(sale, &ns).await {
         let baselines = match &target.client {
@@ -75,7 +78,7 @@ pub async fn read_live(sale: &FlashSale, client: Client) -> Live {
                 }
                 out
             }
-            Err(message) => vec![Baseline::Unavailable(message.clone()); sale.spec.workloads.len()],
+            Err(err) => vec![Baseline::Unavailable(err.to_string()); sale.spec.workloads.len()],
         };
         live.push((target.name, baselines));
     }

@@ -322,12 +322,72 @@ pub enum FlagTarget {
     FeatureFlag,
 }
 
-/// A Prometheus server.
+/// A Prometheus server. The operator queries only URLs its installer allows (by default
+/// in-cluster Service names, `http(s)://<service>.<namespace>[.svc[.cluster.local]][:port]`).
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.caSecretRef) || self.url.startsWith('https://')").message("degradation.prometheus.caSecretRef needs an https:// url").field_path(".caSecretRef"))]
 pub struct Prometheus {
-    /// Base URL, e.g. http://prometheus.monitoring:9090.
-    #[schemars(length(min = 1, max = 256), regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+    /// Base URL, e.g. http://prometheus.monitoring:9090. Credentials go in `auth`, never in the URL.
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^https?://[^\s/@]+(/.*)?$"))]
     pub url: String,
+    /// Credentials sent with every query (managed Prometheus services need them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PrometheusAuth>,
+    /// A Secret key (in the FlashSale's namespace) holding the PEM CA bundle that signs an https
+    /// url's certificate, in place of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<PrometheusSecretKeyRef>,
+}
+
+/// How the operator authenticates to Prometheus: exactly one of a bearer token or basic auth,
+/// read from a Secret in the FlashSale's namespace (of the cluster the flags are published in).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.bearerTokenSecretRef) != has(self.basicAuthSecretRef)").message("degradation.prometheus.auth sets exactly one of bearerTokenSecretRef or basicAuthSecretRef"))]
+pub struct PrometheusAuth {
+    /// The Secret key holding a bearer token (sent as `Authorization: Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_secret_ref: Option<PrometheusSecretKeyRef>,
+    /// The Secret holding a username and a password (sent as `Authorization: Basic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth_secret_ref: Option<BasicAuthSecretRef>,
+}
+
+/// One key of a Secret in the FlashSale's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+pub struct PrometheusSecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// The key in the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// A Secret in the FlashSale's namespace holding basic-auth credentials.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuthSecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// The key holding the username.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub username_key: String,
+    /// The key holding the password.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
 }
 
 /// One degradation flag: static by phase, or a circuit breaker over a live signal.

@@ -266,13 +266,25 @@ async fn publish(
         report.actions.push(action);
     }
     let evaluating = intent == Intent::Hold;
+    // Checked (and its Secrets read) once per pass, and only while breakers are evaluated: a URL
+    // the installer does not allow is never queried.
+    let access = match (&degradation.prometheus, evaluating && !auto_flags.is_empty()) {
+        (Some(p), true) => {
+            let client = api.clone().into_client();
+            Some(prometheus::Access::load(&client, sale.namespace, p, &sale.installer.prometheus_url_allow).await)
+        }
+        (None, true) => Some(Err("degradation.prometheus.url is not set".to_owned())),
+        (_, false) => None,
+    };
     // Every breaker's query at once: a slow Prometheus costs one timeout per pass, not one per flag.
     let queries = degradation.flags.iter().filter(|_| evaluating).filter_map(|flag| {
         let auto = flag.auto_degrade.as_ref()?;
+        let access = access.as_ref();
         Some(async move {
-            let sample = match &degradation.prometheus {
-                Some(p) => prometheus::query(&p.url, &auto.query).await,
-                None => Sample::Failed("degradation.prometheus.url is not set".into()),
+            let sample = match access {
+                Some(Ok(access)) => prometheus::query(access, &auto.query).await,
+                Some(Err(message)) => Sample::Failed(message.clone()),
+                None => Sample::Failed("not queried".into()),
             };
             (flag.name.as_str(), sample)
         })

@@ -129,7 +129,7 @@ fn default_variant(file: &str, flag: &str) -> Option<String> {
     v["flags"][flag]["defaultVariant"].as_str().map(str::to_owned)
 }
 
-async fn web(client: &Client, ns: &str) -> anyhow::Result<()> {
+pub(crate) async fn web(client: &Client, ns: &str) -> anyhow::Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let d: Deployment = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web", "labels": {"app": "web"}},
@@ -161,7 +161,7 @@ fn condition(sale: &FlashSale, type_: &str) -> Option<(String, String, String)> 
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-fn flag_status(sale: &FlashSale, cluster: &str, flag: &str) -> Option<FlagStatus> {
+pub(crate) fn flag_status(sale: &FlashSale, cluster: &str, flag: &str) -> Option<FlagStatus> {
     sale.status.as_ref()?.clusters.iter().find(|c| c.name == cluster)?.flags.iter().find(|f| f.name == flag).cloned()
 }
 
@@ -295,13 +295,13 @@ fn static_flags_flip_on_time_for_an_openfeature_client_even_with_the_operator_do
 }
 
 /// A tiny exporter the test controls: `/metrics` answers `shop_latency_seconds <value>`.
-struct Exporter {
-    port: u16,
+pub(crate) struct Exporter {
+    pub(crate) port: u16,
     value: Arc<Mutex<f64>>,
 }
 
 impl Exporter {
-    fn start(value: f64) -> anyhow::Result<Exporter> {
+    pub(crate) fn start(value: f64) -> anyhow::Result<Exporter> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let value = Arc::new(Mutex::new(value));
@@ -323,30 +323,46 @@ impl Exporter {
         Ok(Exporter { port, value })
     }
 
-    fn set(&self, v: f64) {
+    pub(crate) fn set(&self, v: f64) {
         *self.value.lock().unwrap_or_else(|p| p.into_inner()) = v;
     }
 }
 
 /// A real Prometheus process scraping the exporter every second, killed on drop.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
     dir: PathBuf,
     exporter_port: u16,
     starts: u32,
+    /// Prometheus' `--web.config.file` (TLS and basic auth), if any.
+    web_config: Option<PathBuf>,
 }
 
 impl Prometheus {
-    fn start(dir: &Path, exporter_port: u16) -> anyhow::Result<Prometheus> {
+    pub(crate) fn start(dir: &Path, exporter_port: u16) -> anyhow::Result<Prometheus> {
+        Self::start_with(dir, exporter_port, None)
+    }
+
+    /// [`Prometheus::start`] behind a web config (its `tls_server_config` makes the URL https).
+    pub(crate) fn start_with(
+        dir: &Path,
+        exporter_port: u16,
+        web_config: Option<PathBuf>,
+    ) -> anyhow::Result<Prometheus> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut p = Prometheus { child: None, port, dir: dir.to_owned(), exporter_port, starts: 0 };
+        let mut p = Prometheus { child: None, port, dir: dir.to_owned(), exporter_port, starts: 0, web_config };
         p.restart()?;
         Ok(p)
     }
 
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+    pub(crate) fn url(&self) -> String {
+        let tls = self
+            .web_config
+            .as_ref()
+            .and_then(|c| std::fs::read_to_string(c).ok())
+            .is_some_and(|c| c.contains("tls_server_config"));
+        format!("{}://127.0.0.1:{}", if tls { "https" } else { "http" }, self.port)
     }
 
     fn restart(&mut self) -> anyhow::Result<()> {
@@ -365,6 +381,7 @@ impl Prometheus {
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", self.dir.join(format!("data-{}", self.starts)).display()))
             .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
+            .args(self.web_config.iter().map(|c| format!("--web.config.file={}", c.display())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -374,8 +391,8 @@ impl Prometheus {
         Ok(())
     }
 
-    /// Waits until a query for the exporter's series answers a number.
-    async fn wait_scraping(&self) -> anyhow::Result<()> {
+    /// Waits until a query for the exporter's series answers a number (plain http only).
+    pub(crate) async fn wait_scraping(&self) -> anyhow::Result<()> {
         let port = self.port;
         eventually(Duration::from_secs(20), || async move {
             let (code, body) = support::http_get(port, "/api/v1/query?query=shop_latency_seconds")?;
@@ -385,7 +402,7 @@ impl Prometheus {
         .context("prometheus never scraped the exporter")
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -410,7 +427,8 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
         let client = client(cluster).await?;
         let ns = namespace(&client, "flags-breaker").await?;
         web(&client, &ns).await?;
-        let mut operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
+        let mut operator =
+            Operator::operator(cluster, &["--watch-namespace", &ns, "--prometheus-url-allow", &prometheus.url()])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let degradation = serde_json::json!({
             "prometheus": {"url": prometheus.url()},
@@ -499,7 +517,8 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
         // A restarted operator takes the open breaker from the cluster, not from memory: with the
         // query still failing it must not start over as closed (on).
         operator.kill()?;
-        let operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
+        let operator =
+            Operator::operator(cluster, &["--watch-namespace", &ns, "--prometheus-url-allow", &prometheus.url()])?;
         // Two passes of the new operator, each evaluating the breaker with the query failing.
         eventually(Duration::from_secs(20), || async { Ok(operator.metric(RECONCILES)? >= 2.0) })
             .await

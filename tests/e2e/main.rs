@@ -14,6 +14,7 @@ mod levers;
 mod support;
 mod tenant;
 mod tenant_confine;
+mod tenant_kubeconfig;
 mod timeline;
 mod warmup;
 
@@ -43,6 +44,7 @@ fn main() {
         .chain(agent::TESTS)
         .chain(tenant::TESTS)
         .chain(tenant_confine::TESTS)
+        .chain(tenant_kubeconfig::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
