@@ -10,6 +10,14 @@ pub struct Installer {
     /// `flashsale-drain-agent` binary).
     #[arg(long, default_value = concat!("flashsale-operator:", env!("CARGO_PKG_VERSION")), env = "FLASHSALE_AGENT_IMAGE")]
     pub agent_image: String,
+
+    /// The namespaces whose Secrets the operator reads (the kubeconfig Secrets of sales'
+    /// `spec.clusters`), comma-separated. Empty (the default) means every namespace, which needs
+    /// a cluster-wide right to read Secrets; listing the namespaces sales live in narrows it to
+    /// those (the chart's `saleNamespaces` sets this flag and grants a Role in each).
+    /// `--watch-namespace` narrows it to that one namespace.
+    #[arg(long, env = "FLASHSALE_SECRET_NAMESPACES", value_delimiter = ',')]
+    pub secret_namespaces: Vec<String>,
 }
 
 impl Installer {
@@ -34,5 +42,6 @@ mod tests {
     fn defaults_parse() {
         let installer = super::Installer::defaults();
         assert!(installer.agent_image.starts_with("flashsale-operator:"));
+        assert!(installer.secret_namespaces.is_empty(), "Secrets of every namespace by default");
     }
 }
