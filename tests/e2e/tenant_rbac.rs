@@ -27,6 +27,10 @@ use flashsale_operator::api::FlashSale;
 
 pub const TESTS: &[(&str, TestFn)] = &[
     (
+        "tenant_rbac::the_chart_renders_both_modes_and_refuses_what_it_cannot_bind",
+        the_chart_renders_both_modes_and_refuses_what_it_cannot_bind,
+    ),
+    (
         "tenant_rbac::the_chart_without_watch_namespace_grants_no_cluster_takeover",
         the_chart_without_watch_namespace_grants_no_cluster_takeover,
     ),
@@ -357,4 +361,55 @@ fn a_remote_identity_lacking_a_right_is_named_while_scheduled(env: &Env) -> anyh
         .context("the missing right is still reported after it was granted")?;
         Ok(())
     })
+}
+
+/// The chart in both modes: lint-clean, `mode: remote` renders no operator (no Deployment, no
+/// operator ServiceAccount, no aggregated user roles) and refuses to render without a subject
+/// or with an unknown mode, naming the value; every rendered object passes the API server's
+/// validation (server-side dry run).
+fn the_chart_renders_both_modes_and_refuses_what_it_cannot_bind(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    let chart = support::repo().join("charts/flashsale-operator").display().to_string();
+    let remote = ["mode=remote", "remote.subjects[0].kind=Group", "remote.subjects[0].name=flashsale-operators"];
+    let mut lint = vec!["lint", "--strict", chart.as_str()];
+    for set in remote {
+        lint.extend(["--set", set]);
+    }
+    cluster.helm(&lint)?;
+    let rendered = support::render_chart(cluster, "modes", support::AGENT_NAMESPACE, &remote, &[])?;
+    for kind in ["Deployment", "ServiceAccount", "Service"] {
+        ensure!(!rendered.contains(&format!("\nkind: {kind}\n")), "mode remote renders a {kind}");
+    }
+    ensure!(!rendered.contains("aggregate-to-"), "mode remote renders the user roles of a cluster without the CRD");
+    for kind in ["Namespace", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
+        ensure!(rendered.contains(&format!("\nkind: {kind}\n")), "mode remote renders no {kind}");
+    }
+    ensure!(
+        rendered
+            .contains("  - kind: Group\n    name: \"flashsale-operators\"\n    apiGroup: rbac.authorization.k8s.io"),
+        "{rendered}"
+    );
+    // A dry run creates nothing, so the namespaced objects need their namespace to exist.
+    let agent_namespace = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n", support::AGENT_NAMESPACE);
+    support::apply_manifests(cluster, &agent_namespace)?;
+    cluster
+        .kubectl_stdin(&["apply", "--server-side", "--dry-run=server", "-f", "-"], Some(&rendered))
+        .context("the API server rejected the rendered mode remote")?;
+    let with_watch = support::render_chart(cluster, "modes", support::AGENT_NAMESPACE, &["watchNamespace=shop"], &[])?;
+    ensure!(with_watch.contains("--watch-namespace=shop"), "the Deployment does not watch the namespace");
+    let refusals: [(&[&str], &str); 3] = [
+        (&["mode=remote"], "mode remote needs remote.subjects"),
+        (&["mode=cluster"], "mode must be operator or remote, not \"cluster\""),
+        (
+            &["mode=remote", "remote.subjects[0].kind=ServiceAccount", "remote.subjects[0].name=op"],
+            "remote.subjects[].namespace of a ServiceAccount",
+        ),
+    ];
+    for (sets, message) in refusals {
+        match support::render_chart(cluster, "modes", support::AGENT_NAMESPACE, sets, &[]) {
+            Err(err) if format!("{err:#}").contains(message) => {}
+            other => anyhow::bail!("rendering with {sets:?}: expected a refusal naming {message:?}, got {other:?}"),
+        }
+    }
+    Ok(())
 }
