@@ -74,7 +74,9 @@ remote ones alike). Each rule names the lever that needs it. */}}
   verbs: ["list", "create", "delete"]
 {{- end -}}
 
-{{/* Cluster-scoped reads, in any cluster: nothing cluster-scoped is ever written. */}}
+{{/* Cluster-scoped reads, in any cluster: nothing cluster-scoped is ever written. Preflight
+also asks the authorizer whether each right the levers need is held (SelfSubjectAccessReview);
+every authenticated user may ask that (the built-in system:basic-user), so no rule grants it. */}}
 {{- define "flashsale.clusterRules" -}}
 # Preflight compares peak requests with the nodes' allocatable capacity; spot drain counts
 # the nodes its selector matches. List only: nodes are never written by the operator.
