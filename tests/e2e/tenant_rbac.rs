@@ -27,6 +27,10 @@ use flashsale_operator::api::FlashSale;
 
 pub const TESTS: &[(&str, TestFn)] = &[
     (
+        "tenant_rbac::the_remote_rights_are_exactly_what_the_levers_need",
+        the_remote_rights_are_exactly_what_the_levers_need,
+    ),
+    (
         "tenant_rbac::the_chart_renders_both_modes_and_refuses_what_it_cannot_bind",
         the_chart_renders_both_modes_and_refuses_what_it_cannot_bind,
     ),
@@ -411,5 +415,114 @@ fn the_chart_renders_both_modes_and_refuses_what_it_cannot_bind(env: &Env) -> an
             other => anyhow::bail!("rendering with {sets:?}: expected a refusal naming {message:?}, got {other:?}"),
         }
     }
+    Ok(())
+}
+
+/// One granted or needed right, as comparable text: `verb group/resource[/sub] [name] where`.
+type RightText = String;
+
+/// Every right the Roles and ClusterRoles in `rendered` grant, one entry per verb, resource and
+/// name, scoped to the Role's namespace or `(cluster-wide)`, in the form
+/// [`flashsale_operator::levers::preflight::Right`] prints.
+fn granted_rights(rendered: &str) -> anyhow::Result<std::collections::BTreeSet<RightText>> {
+    use serde::Deserialize as _;
+    let mut granted = std::collections::BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(rendered) {
+        let value = serde_json::Value::deserialize(doc)?;
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        if kind != "Role" && kind != "ClusterRole" {
+            continue;
+        }
+        let ns = value.pointer("/metadata/namespace").and_then(|n| n.as_str());
+        for rule in value.get("rules").and_then(|r| r.as_array()).into_iter().flatten() {
+            let list = |field: &str| -> Vec<String> {
+                rule.get(field)
+                    .and_then(|v| v.as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            };
+            let names = list("resourceNames");
+            let names: Vec<Option<String>> =
+                if names.is_empty() { vec![None] } else { names.into_iter().map(Some).collect() };
+            for group in list("apiGroups") {
+                for resource in list("resources") {
+                    for verb in list("verbs") {
+                        for name in &names {
+                            let mut text = format!("{verb} ");
+                            if !group.is_empty() {
+                                text.push_str(&format!("{group}/"));
+                            }
+                            text.push_str(&resource);
+                            if let Some(name) = name {
+                                text.push_str(&format!(" {name}"));
+                            }
+                            match ns {
+                                Some(ns) => text.push_str(&format!(" in namespace {ns}")),
+                                None => text.push_str(" (cluster-wide)"),
+                            }
+                            granted.insert(text);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(granted)
+}
+
+/// The union of the rights the levers need, for sales in `ns` with agents in `agents`, over
+/// sales that between them use every lever in every mode.
+fn every_lever_needs(ns: &str, agents: &str) -> anyhow::Result<std::collections::BTreeSet<RightText>> {
+    use flashsale_operator::levers::preflight::{ClusterFacts, needed_rights};
+    let warm = json!([{"name": "c", "startBefore": "5m", "template": {"spec": {"template": {"spec": {
+        "containers": [{"name": "w", "image": "w"}], "restartPolicy": "Never"}}}}}]);
+    let flags = |target: &str| json!({"target": target, "flags": [{"name": "f", "offDuring": ["Active"]}]});
+    let mut needed = std::collections::BTreeSet::new();
+    for (mode, kind, degradation) in [
+        ("Auto", "Deployment", flags("ConfigMap")),
+        ("CronHPA", "StatefulSet", flags("FeatureFlag")),
+        ("HPA", "StatefulSet", flags("ConfigMap")),
+        ("Auto", "StatefulSet", flags("ConfigMap")),
+        ("CronHPA", "Deployment", flags("ConfigMap")),
+    ] {
+        let mut sale = support::flash_sale(
+            "all",
+            ns,
+            (&at(3600), &at(7200)),
+            ("30m", "5m"),
+            json!([{"ref": {"kind": kind, "name": "w"}, "scale": {"peak": 2, "mode": mode}}]),
+        )?;
+        sale.spec.spot_drain = Some(serde_json::from_value(json!({"enabled": true}))?);
+        sale.spec.cache_warm = serde_json::from_value(warm.clone())?;
+        sale.spec.degradation = Some(serde_json::from_value(degradation)?);
+        for cronhpa_installed in [false, true] {
+            let rights = needed_rights(&sale.spec, ns, agents, ClusterFacts { cronhpa_installed });
+            needed.extend(rights.iter().map(ToString::to_string));
+        }
+    }
+    Ok(needed)
+}
+
+/// The remote identity's rights are exactly what the levers' preflight derivation says they
+/// need (plus the DaemonSet get/watch the drain-agent contract grants), nothing more: every
+/// rule of the rendered mode remote matched against `preflight::needed_rights`.
+fn the_remote_rights_are_exactly_what_the_levers_need(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    let sets =
+        ["mode=remote", "remote.subjects[0].kind=User", "remote.subjects[0].name=op", "remote.namespaces={shop}"];
+    let rendered = support::render_chart(cluster, "exact", support::AGENT_NAMESPACE, &sets, &[])?;
+    let granted = granted_rights(&rendered)?;
+    let mut wanted = every_lever_needs("shop", support::AGENT_NAMESPACE)?;
+    for verb in ["get", "watch"] {
+        wanted.insert(format!("{verb} apps/daemonsets in namespace {}", support::AGENT_NAMESPACE));
+    }
+    let beyond: Vec<_> = granted.difference(&wanted).collect();
+    let short: Vec<_> = wanted.difference(&granted).collect();
+    ensure!(
+        beyond.is_empty() && short.is_empty(),
+        "mode remote grants more than the levers use: {beyond:#?}\nand lacks what they use: {short:#?}"
+    );
     Ok(())
 }
