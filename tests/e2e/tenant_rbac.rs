@@ -31,6 +31,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         the_remote_rights_are_exactly_what_the_levers_need,
     ),
     (
+        "tenant_rbac::the_operators_rights_are_exactly_what_the_levers_and_the_controller_use",
+        the_operators_rights_are_exactly_what_the_levers_and_the_controller_use,
+    ),
+    (
         "tenant_rbac::the_chart_renders_both_modes_and_refuses_what_it_cannot_bind",
         the_chart_renders_both_modes_and_refuses_what_it_cannot_bind,
     ),
@@ -424,13 +428,14 @@ type RightText = String;
 /// Every right the Roles and ClusterRoles in `rendered` grant, one entry per verb, resource and
 /// name, scoped to the Role's namespace or `(cluster-wide)`, in the form
 /// [`flashsale_operator::levers::preflight::Right`] prints.
-fn granted_rights(rendered: &str) -> anyhow::Result<std::collections::BTreeSet<RightText>> {
+fn granted_rights(rendered: &str, skip: &[&str]) -> anyhow::Result<std::collections::BTreeSet<RightText>> {
     use serde::Deserialize as _;
     let mut granted = std::collections::BTreeSet::new();
     for doc in serde_yaml::Deserializer::from_str(rendered) {
         let value = serde_json::Value::deserialize(doc)?;
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
-        if kind != "Role" && kind != "ClusterRole" {
+        let name = value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default();
+        if (kind != "Role" && kind != "ClusterRole") || skip.contains(&name) {
             continue;
         }
         let ns = value.pointer("/metadata/namespace").and_then(|n| n.as_str());
@@ -513,7 +518,7 @@ fn the_remote_rights_are_exactly_what_the_levers_need(env: &Env) -> anyhow::Resu
     let sets =
         ["mode=remote", "remote.subjects[0].kind=User", "remote.subjects[0].name=op", "remote.namespaces={shop}"];
     let rendered = support::render_chart(cluster, "exact", support::AGENT_NAMESPACE, &sets, &[])?;
-    let granted = granted_rights(&rendered)?;
+    let granted = granted_rights(&rendered, &[])?;
     let mut wanted = every_lever_needs("shop", support::AGENT_NAMESPACE)?;
     for verb in ["get", "watch"] {
         wanted.insert(format!("{verb} apps/daemonsets in namespace {}", support::AGENT_NAMESPACE));
@@ -523,6 +528,46 @@ fn the_remote_rights_are_exactly_what_the_levers_need(env: &Env) -> anyhow::Resu
     ensure!(
         beyond.is_empty() && short.is_empty(),
         "mode remote grants more than the levers use: {beyond:#?}\nand lacks what they use: {short:#?}"
+    );
+    Ok(())
+}
+
+/// The operator's own rights with watchNamespace: exactly the levers' (the same derivation as
+/// preflight's) plus what the controller itself does, each listed here with its reason;
+/// nothing else. (The aggregated user roles are for people, not the operator.)
+fn the_operators_rights_are_exactly_what_the_levers_and_the_controller_use(env: &Env) -> anyhow::Result<()> {
+    let cluster = env.primary()?;
+    let release_ns = support::AGENT_NAMESPACE;
+    let rendered = support::render_chart(cluster, "exact", release_ns, &["watchNamespace=shop"], OPERATOR_RBAC)?;
+    let granted = granted_rights(&rendered, &["exact-flashsale-operator-view", "exact-flashsale-operator-edit"])?;
+    let mut wanted = every_lever_needs("shop", release_ns)?;
+    let controller: [(&str, &[&str], &str); 9] = [
+        // The sales: watched, finalizer patched, status written.
+        ("flashsale.dev/flashsales", &["get", "list", "watch", "patch"], "shop"),
+        ("flashsale.dev/flashsales/status", &["get", "patch"], "shop"),
+        // Events on the sale; the recorder patches repeats.
+        ("events.k8s.io/events", &["create", "patch"], "shop"),
+        // Watches that reconcile a sale when what it holds changes.
+        ("apps/deployments", &["list", "watch"], "shop"),
+        ("apps/statefulsets", &["list", "watch"], "shop"),
+        ("batch/jobs", &["watch"], "shop"),
+        // Kubeconfig Secrets: read, and watched so a rotated one rebuilds its client.
+        ("secrets", &["get", "list", "watch"], "shop"),
+        // The contract's DaemonSet rights beyond what the lever's pass uses.
+        ("apps/daemonsets", &["get", "watch"], release_ns),
+        // Leader election.
+        ("coordination.k8s.io/leases", &["get", "create", "patch", "update"], release_ns),
+    ];
+    for (resource, verbs, ns) in controller {
+        for verb in verbs {
+            wanted.insert(format!("{verb} {resource} in namespace {ns}"));
+        }
+    }
+    let beyond: Vec<_> = granted.difference(&wanted).collect();
+    let short: Vec<_> = wanted.difference(&granted).collect();
+    ensure!(
+        beyond.is_empty() && short.is_empty(),
+        "the operator is granted more than it uses: {beyond:#?}\nand lacks what it uses: {short:#?}"
     );
     Ok(())
 }
