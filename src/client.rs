@@ -20,7 +20,10 @@ pub fn counted(config: Config, metrics: Arc<Metrics>) -> Result<Client, kube::Er
 /// The Kubernetes verb of a request, as far as the method and query tell it.
 fn verb<B>(request: &http::Request<B>) -> &'static str {
     let watch = request.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true"));
+    // An access review is a question to the authorizer, created but never stored: not a write.
+    let review = request.uri().path().starts_with("/apis/authorization.k8s.io/");
     match *request.method() {
+        http::Method::POST if review => "review",
         http::Method::GET if watch => "watch",
         http::Method::GET => "get",
         http::Method::POST => "create",
@@ -46,6 +49,9 @@ mod tests {
         assert_eq!(verb(&req(http::Method::GET, "/apis/x/v1/things?watch=true&resourceVersion=1")), "watch");
         assert_eq!(verb(&req(http::Method::GET, "/apis/x/v1/things?limit=500")), "get");
         assert_eq!(verb(&req(http::Method::PATCH, "/apis/x/v1/things/a/status?fieldManager=f")), "patch");
-        assert!(is_write("patch") && !is_write("watch"));
+        let review = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+        assert_eq!(verb(&req(http::Method::POST, review)), "review");
+        assert_eq!(verb(&req(http::Method::POST, "/apis/batch/v1/namespaces/a/jobs")), "create");
+        assert!(is_write("patch") && !is_write("watch") && !is_write("review"));
     }
 }

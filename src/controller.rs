@@ -111,8 +111,10 @@ pub async fn run(
     });
     // Workloads held by a sale carry its name: a change in their replicas or rollout (peak
     // reached, pods lost) reconciles the sale at once instead of at the next recheck.
-    let deployments = Api::<PartialObjectMeta<Deployment>>::all(ctx.client.clone());
-    let statefulsets = Api::<PartialObjectMeta<StatefulSet>>::all(ctx.client.clone());
+    // A namespaced operator watches only its namespace: its chart grants Roles there, and no
+    // cluster-wide read of workloads or Secrets.
+    let deployments = scoped::<PartialObjectMeta<Deployment>>(&ctx.client, namespace.as_deref());
+    let statefulsets = scoped::<PartialObjectMeta<StatefulSet>>(&ctx.client, namespace.as_deref());
     // Drain agent DaemonSets name their holders: agents becoming ready reconcile those sales.
     let agents = Api::<PartialObjectMeta<DaemonSet>>::all(ctx.client.clone());
     // Warm-up Jobs carry the same annotation: a Job finishing reconciles its sale at once. They
@@ -126,9 +128,9 @@ pub async fn run(
     let store = controller.store();
     // A changed kubeconfig Secret rebuilds its cluster's client at once (metadata only: the
     // contents are read when the sale is reconciled, never cached in a watch).
-    let secrets = Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone());
     let referencing = store.clone();
-    let controller = controller
+    let secret_mapper = move |secret: PartialObjectMeta<Secret>| sales_using_secret(&referencing, &secret);
+    let mut controller = controller
         .watches(deployments, every(), |d| holding_sale(d.annotations()))
         .watches(statefulsets, every(), |s| holding_sale(s.annotations()))
         .watches(agents, watcher::Config::default().labels(levers::agents::AGENT_SELECTOR).any_semantic(), |d| {
@@ -136,9 +138,13 @@ pub async fn run(
                 .filter_map(|h| h.split_once('/').map(|(ns, name)| ObjectRef::new(name).within(ns)))
                 .collect::<Vec<_>>()
         })
-        .watches(jobs, every(), |j| holding_sale(j.annotations()))
-        .watches(secrets, every(), move |secret| sales_using_secret(&referencing, &secret))
-        .graceful_shutdown_on(shutdown);
+        .watches(jobs, every(), |j| holding_sale(j.annotations()));
+    // Secrets are watched only where the operator may read them (one watch per namespace when
+    // the installer lists them).
+    for secrets in secret_watches(&ctx.client, namespace.as_deref(), &ctx.installer.secret_namespaces) {
+        controller = controller.watches(secrets, every(), secret_mapper.clone());
+    }
+    let controller = controller.graceful_shutdown_on(shutdown);
     tokio::spawn(async move {
         // The store's readiness future wakes only one waiter (the controller's own), so poll it
         // again periodically rather than waiting on it once.
@@ -162,6 +168,32 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// An Api over `namespace`, or over every namespace when there is none.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The Secret watches: the watched namespace's, else each namespace the installer lists, else
+/// every namespace's.
+fn secret_watches(
+    client: &Client,
+    namespace: Option<&str>,
+    secret_namespaces: &[String],
+) -> Vec<Api<PartialObjectMeta<Secret>>> {
+    match (namespace, secret_namespaces) {
+        (Some(ns), _) => vec![Api::namespaced(client.clone(), ns)],
+        (None, []) => vec![Api::all(client.clone())],
+        (None, listed) => listed.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect(),
+    }
 }
 
 /// The sales whose `spec.clusters[]` name this Secret.

@@ -39,6 +39,14 @@ pub struct Installer {
         value_parser = crate::levers::flags::prometheus::Origin::parse,
     )]
     pub prometheus_url_allow: Vec<crate::levers::flags::prometheus::Origin>,
+
+    /// The namespaces whose Secrets the operator reads (the kubeconfig Secrets of sales'
+    /// `spec.clusters`), comma-separated. Empty (the default) means every namespace, which needs
+    /// a cluster-wide right to read Secrets; listing the namespaces sales live in narrows it to
+    /// those (the chart's `saleNamespaces` sets this flag and grants a Role in each).
+    /// `--watch-namespace` narrows it to that one namespace.
+    #[arg(long, env = "FLASHSALE_SECRET_NAMESPACES", value_delimiter = ',')]
+    pub secret_namespaces: Vec<String>,
 }
 
 impl Installer {
@@ -66,5 +74,6 @@ mod tests {
         assert!(installer.warmup_service_accounts.is_empty(), "warm-ups may borrow no ServiceAccount by default");
         assert!(!installer.allow_kubeconfig_exec, "exec plugins are an opt-in");
         assert!(installer.prometheus_url_allow.is_empty(), "only in-cluster Prometheus names by default");
+        assert!(installer.secret_namespaces.is_empty(), "Secrets of every namespace by default");
     }
 }

@@ -57,7 +57,7 @@ pub const ORIGINAL_ANNOTATION: &str = "flashsale.dev/original-flags";
 pub const BREAKERS_ANNOTATION: &str = "flashsale.dev/flag-breakers";
 
 /// The OpenFeature operator's FeatureFlag.
-const FEATURE_FLAG_CRD: &str = "featureflags.core.openfeature.dev";
+pub(crate) const FEATURE_FLAG_CRD: &str = "featureflags.core.openfeature.dev";
 
 /// `FlagStatus.reason` prefix of a flag whose query failed in this pass.
 pub const QUERY_FAILED: &str = "QueryFailed";

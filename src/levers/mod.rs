@@ -149,6 +149,16 @@ pub async fn run(
     spec: &FlashSaleSpec,
     intent: Intent,
 ) -> Result<Report, kube::Error> {
+    if intent == Intent::Preflight {
+        // A missing right would otherwise surface as a bare "forbidden" from whichever lever
+        // meets it first; the rights are the problem to show, so the levers wait for them.
+        let mut rights = Report::default();
+        let checked = check_rights(client, sale, spec, &mut rights).await;
+        contain(&mut rights, "preflight", checked)?;
+        if !rights.problems.is_empty() {
+            return Ok(rights);
+        }
+    }
     let mut report = workload::run(client, sale, &spec.workloads, intent).await?;
     report.prescaled = report.ready;
     let agents = agents::run(client, sale, spec, intent, &mut report).await;
@@ -158,6 +168,29 @@ pub async fn run(
     let flagged = flags::run(client, sale, spec, intent, &mut report).await;
     contain(&mut report, "degradation flags", flagged)?;
     Ok(report)
+}
+
+/// Preflight: every right the sale's levers will need in this cluster that the operator's
+/// identity here lacks is a problem naming the verb and resource, days ahead of Preparing.
+async fn check_rights(
+    client: &Client,
+    sale: &Sale<'_>,
+    spec: &FlashSaleSpec,
+    report: &mut Report,
+) -> Result<(), kube::Error> {
+    // Without the right to look the CRD up it counts as absent; that right is reported itself.
+    let cronhpa_installed = cronhpa::installed(client).await.unwrap_or(false);
+    let facts = preflight::ClusterFacts { cronhpa_installed };
+    let wanted = preflight::needed_rights(spec, sale.namespace, agent_namespace(sale), facts);
+    let missing = preflight::missing_rights(client, &wanted).await?;
+    report.problems.extend(missing.iter().map(preflight::missing_right_problem));
+    Ok(())
+}
+
+/// The namespace the sale's drain agents run in, in every cluster: the sale's own namespace
+/// until the installer's agent namespace (the drain-agent contract) replaces it.
+fn agent_namespace<'a>(sale: &Sale<'a>) -> &'a str {
+    sale.namespace
 }
 
 /// Folds one lever's result into the report: an API refusal (RBAC, a webhook, a conflict)

@@ -1,9 +1,15 @@
 //! Preflight: risks an SRE wants to know days ahead, reported while the sale is Scheduled.
 //! Warnings, not blockers: a workload with no PodDisruptionBudget, or a peak whose resource
 //! requests exceed what the cluster's nodes can allocate (a cluster autoscaler may add nodes).
+//! One blocker: a right the sale's levers will need in a cluster that the operator's identity
+//! there does not hold, found days ahead instead of as "forbidden" at Preparing.
 
-use k8s_openapi::api::{core::v1::Node, policy::v1::PodDisruptionBudget};
-use kube::{Api, Client};
+use k8s_openapi::api::{
+    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
+    core::v1::Node,
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{Api, Client, api::PostParams};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -147,6 +153,177 @@ pub fn capacity_warning(per_workload: &[(Resources, i32)], allocatable: Resource
     ))
 }
 
+/// One API right: a verb on a resource (with its group and subresource), in a namespace or
+/// cluster-wide, optionally limited to one object name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Right {
+    pub verb: &'static str,
+    /// The API group ("" for the core group).
+    pub group: &'static str,
+    pub resource: String,
+    pub subresource: Option<&'static str>,
+    /// `None` for a cluster-scoped resource.
+    pub namespace: Option<String>,
+    pub name: Option<&'static str>,
+}
+
+impl std::fmt::Display for Right {
+    /// `patch apps/deployments/scale in namespace shop`, `list nodes (cluster-wide)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ", self.verb)?;
+        if !self.group.is_empty() {
+            write!(f, "{}/", self.group)?;
+        }
+        write!(f, "{}", self.resource)?;
+        if let Some(sub) = self.subresource {
+            write!(f, "/{sub}")?;
+        }
+        if let Some(name) = self.name {
+            write!(f, " {name}")?;
+        }
+        match &self.namespace {
+            Some(ns) => write!(f, " in namespace {ns}"),
+            None => write!(f, " (cluster-wide)"),
+        }
+    }
+}
+
+/// Facts about a cluster that decide which rights a sale needs there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// Alibaba's CronHPA CRD is installed (`Auto` then renders CronHPA objects).
+    pub cronhpa_installed: bool,
+}
+
+/// The CRDs the levers look up by name (nothing else of `customresourcedefinitions` is read).
+const CRONHPA_CRD: &str = super::cronhpa::CRD_NAME;
+const FEATURE_FLAG_CRD: &str = super::flags::FEATURE_FLAG_CRD;
+/// The drain agents' ServiceAccount the installer pre-installs in the agent namespace.
+pub const AGENT_SERVICE_ACCOUNT: &str = "flashsale-drain-agent";
+
+/// Every right the levers of `spec` use in one cluster, for a sale in `namespace` whose drain
+/// agents live in `agent_namespace`: what the operator's identity there must hold. Sorted and
+/// without duplicates. Pure, so the table of what each lever needs is tested without a cluster.
+pub fn needed_rights(
+    spec: &crate::api::FlashSaleSpec,
+    namespace: &str,
+    agent_namespace: &str,
+    facts: ClusterFacts,
+) -> Vec<Right> {
+    use crate::api::{FlagTarget, ScaleMode};
+    let mut rights = vec![];
+    let mut add = |verbs: &[&'static str],
+                   group: &'static str,
+                   resource: &str,
+                   subresource: Option<&'static str>,
+                   ns: Option<&str>,
+                   name: Option<&'static str>| {
+        for verb in verbs {
+            rights.push(Right {
+                verb,
+                group,
+                resource: resource.to_owned(),
+                subresource,
+                namespace: ns.map(str::to_owned),
+                name,
+            });
+        }
+    };
+    let ns = Some(namespace);
+    if !spec.workloads.is_empty() {
+        // Preflight: PodDisruptionBudgets covering the workloads, and the nodes' capacity.
+        add(&["list"], "policy", "poddisruptionbudgets", None, ns, None);
+        add(&["list"], "", "nodes", None, None, None);
+        // Every workload pass looks up the HPA governing it and whether CronHPA is installed.
+        add(&["list"], "autoscaling", "horizontalpodautoscalers", None, ns, None);
+        add(&["get"], "apiextensions.k8s.io", "customresourcedefinitions", None, None, Some(CRONHPA_CRD));
+    }
+    for workload in &spec.workloads {
+        let group = match workload.target.api_version.split_once('/') {
+            Some(("apps", _)) => "apps",
+            // Admission allows only apps/v1 kinds; anything else needs no right we can name.
+            _ => continue,
+        };
+        let plural = format!("{}s", workload.target.kind.to_ascii_lowercase());
+        // Read the workload; replicas, probe timings and bookkeeping annotations in one apply.
+        add(&["get", "patch"], group, &plural, None, ns, None);
+        // CronHPA mode and the HPA restore set replicas through the scale subresource.
+        add(&["patch"], group, &plural, Some("scale"), ns, None);
+        let mode = workload.scale.mode;
+        if matches!(mode, ScaleMode::Auto | ScaleMode::Hpa) {
+            add(&["patch"], "autoscaling", "horizontalpodautoscalers", None, ns, None);
+        }
+        if mode == ScaleMode::CronHpa || (mode == ScaleMode::Auto && facts.cronhpa_installed) {
+            add(
+                &["get", "create", "patch", "delete"],
+                "autoscaling.alibabacloud.com",
+                "cronhorizontalpodautoscalers",
+                None,
+                ns,
+                None,
+            );
+        }
+    }
+    if spec.spot_drain.as_ref().is_some_and(|d| d.enabled) {
+        // Which nodes match the selector, and the agents' DaemonSet in the agent namespace,
+        // run as the ServiceAccount the installer pre-installed there.
+        add(&["list"], "", "nodes", None, None, None);
+        add(&["list", "create", "patch", "delete"], "apps", "daemonsets", None, Some(agent_namespace), None);
+        add(&["get"], "", "serviceaccounts", None, Some(agent_namespace), Some(AGENT_SERVICE_ACCOUNT));
+    }
+    if !spec.cache_warm.is_empty() {
+        add(&["list", "create", "delete"], "batch", "jobs", None, ns, None);
+    }
+    if let Some(degradation) = &spec.degradation {
+        match degradation.target {
+            FlagTarget::ConfigMap => add(&["get", "create", "patch", "delete"], "", "configmaps", None, ns, None),
+            FlagTarget::FeatureFlag => {
+                add(&["get"], "apiextensions.k8s.io", "customresourcedefinitions", None, None, Some(FEATURE_FLAG_CRD));
+                add(&["get", "create", "patch", "delete"], "core.openfeature.dev", "featureflags", None, ns, None);
+            }
+        }
+    }
+    rights.sort();
+    rights.dedup();
+    rights
+}
+
+/// The rights of `wanted` that the client's own identity lacks, asked of the cluster's
+/// authorizer with one SelfSubjectAccessReview each (the authorizer's own answer, whatever
+/// authorizers the cluster runs, rather than RBAC rules re-evaluated here).
+pub async fn missing_rights(client: &Client, wanted: &[Right]) -> Result<Vec<Right>, kube::Error> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let asks = wanted.iter().map(|right| {
+        let reviews = reviews.clone();
+        async move {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(right.verb.to_owned()),
+                        group: Some(right.group.to_owned()),
+                        resource: Some(right.resource.clone()),
+                        subresource: right.subresource.map(str::to_owned),
+                        namespace: right.namespace.clone(),
+                        name: right.name.map(str::to_owned),
+                        ..ResourceAttributes::default()
+                    }),
+                    ..SelfSubjectAccessReviewSpec::default()
+                },
+                ..SelfSubjectAccessReview::default()
+            };
+            let answer = reviews.create(&PostParams::default(), &review).await?;
+            Ok::<_, kube::Error>((right, answer.status.is_some_and(|s| s.allowed)))
+        }
+    });
+    let answers = futures::future::try_join_all(asks).await?;
+    Ok(answers.into_iter().filter(|(_, allowed)| !allowed).map(|(right, _)| right.clone()).collect())
+}
+
+/// The preflight problem for a missing right, naming the verb and resource.
+pub fn missing_right_problem(right: &Right) -> String {
+    format!("missing right: {right}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +370,145 @@ mod tests {
         let warning =
             capacity_warning(&[(small, 100), (Resources { cpu_millis: 1000, memory_bytes: 0 }, 20)], alloc).unwrap();
         assert!(warning.contains("70 CPU requested against 64 allocatable"), "{warning}");
+    }
+
+    fn sale(extra: serde_json::Value) -> crate::api::FlashSaleSpec {
+        let mut spec = json!({
+            "window": {"start": "2026-11-11T00:00:00+08:00", "end": "2026-11-11T02:00:00+08:00"},
+            "workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 10}}],
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        serde_json::from_value(spec).unwrap()
+    }
+
+    fn shown(rights: &[Right]) -> Vec<String> {
+        let mut shown: Vec<String> = rights.iter().map(ToString::to_string).collect();
+        shown.sort();
+        shown
+    }
+
+    #[test]
+    fn rights_are_named_by_verb_resource_and_namespace() {
+        let scale = Right {
+            verb: "patch",
+            group: "apps",
+            resource: "deployments".into(),
+            subresource: Some("scale"),
+            namespace: Some("shop".into()),
+            name: None,
+        };
+        assert_eq!(missing_right_problem(&scale), "missing right: patch apps/deployments/scale in namespace shop");
+        let nodes =
+            Right { verb: "list", group: "", resource: "nodes".into(), subresource: None, namespace: None, name: None };
+        assert_eq!(nodes.to_string(), "list nodes (cluster-wide)");
+    }
+
+    #[test]
+    fn needed_rights_follow_the_levers_a_sale_uses() {
+        let base = [
+            "get apiextensions.k8s.io/customresourcedefinitions cronhorizontalpodautoscalers.autoscaling.alibabacloud.com (cluster-wide)",
+            "get apps/deployments in namespace shop",
+            "list autoscaling/horizontalpodautoscalers in namespace shop",
+            "list nodes (cluster-wide)",
+            "list policy/poddisruptionbudgets in namespace shop",
+            "patch apps/deployments in namespace shop",
+            "patch apps/deployments/scale in namespace shop",
+        ];
+        let no_cron = ClusterFacts { cronhpa_installed: false };
+        let cron = ClusterFacts { cronhpa_installed: true };
+        let hpa_patch = "patch autoscaling/horizontalpodautoscalers in namespace shop";
+        let cron_rights = [
+            "create autoscaling.alibabacloud.com/cronhorizontalpodautoscalers in namespace shop",
+            "delete autoscaling.alibabacloud.com/cronhorizontalpodautoscalers in namespace shop",
+            "get autoscaling.alibabacloud.com/cronhorizontalpodautoscalers in namespace shop",
+            "patch autoscaling.alibabacloud.com/cronhorizontalpodautoscalers in namespace shop",
+        ];
+        let replicas = json!({"workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 10, "mode": "Replicas"}}]});
+        let cron_mode = json!({"workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 10, "mode": "CronHPA"}}]});
+        let statefulset = json!({"workloads": [{"ref": {"kind": "StatefulSet", "name": "db"}, "scale": {"peak": 3, "mode": "Replicas"}}]});
+        // (what the sale uses, cluster facts, rights beyond `base` it needs, rights it must not ask for)
+        type Row<'a> = (&'a str, serde_json::Value, ClusterFacts, Vec<&'a str>, Vec<&'a str>);
+        let table: Vec<Row> = vec![
+            ("Auto without CronHPA: HPA bounds", json!({}), no_cron, vec![hpa_patch], cron_rights.to_vec()),
+            ("Auto with CronHPA installed", json!({}), cron, [&[hpa_patch][..], &cron_rights].concat(), vec![]),
+            ("Replicas: no HPA writes", replicas.clone(), cron, vec![], [&[hpa_patch][..], &cron_rights].concat()),
+            ("CronHPA mode, even before the CRD exists", cron_mode, no_cron, cron_rights.to_vec(), vec![hpa_patch]),
+            (
+                "spot drain: DaemonSets and the agents' ServiceAccount in the agent namespace only",
+                json!({"spotDrain": {"enabled": true}}),
+                no_cron,
+                vec![
+                    hpa_patch,
+                    "create apps/daemonsets in namespace flashsale-system",
+                    "delete apps/daemonsets in namespace flashsale-system",
+                    "get serviceaccounts flashsale-drain-agent in namespace flashsale-system",
+                    "list apps/daemonsets in namespace flashsale-system",
+                    "patch apps/daemonsets in namespace flashsale-system",
+                ],
+                vec!["create apps/daemonsets in namespace shop", "patch nodes (cluster-wide)"],
+            ),
+            (
+                "spot drain switched off: nothing for agents",
+                json!({"spotDrain": {"enabled": false}}),
+                no_cron,
+                vec![hpa_patch],
+                vec!["list apps/daemonsets in namespace flashsale-system"],
+            ),
+            (
+                "warm-up Jobs",
+                json!({"cacheWarm": [{"name": "c", "startBefore": "5m", "template": {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "w"}], "restartPolicy": "Never"}}}}}]}),
+                no_cron,
+                vec![
+                    hpa_patch,
+                    "create batch/jobs in namespace shop",
+                    "delete batch/jobs in namespace shop",
+                    "list batch/jobs in namespace shop",
+                ],
+                vec!["create pods in namespace shop"],
+            ),
+            (
+                "flags in a ConfigMap",
+                json!({"degradation": {"flags": [{"name": "reviews", "offDuring": ["Active"]}]}}),
+                no_cron,
+                vec![
+                    hpa_patch,
+                    "create configmaps in namespace shop",
+                    "delete configmaps in namespace shop",
+                    "get configmaps in namespace shop",
+                    "patch configmaps in namespace shop",
+                ],
+                vec!["get core.openfeature.dev/featureflags in namespace shop"],
+            ),
+            (
+                "flags as a FeatureFlag",
+                json!({"degradation": {"target": "FeatureFlag", "flags": [{"name": "reviews", "offDuring": ["Active"]}]}}),
+                no_cron,
+                vec![
+                    hpa_patch,
+                    "create core.openfeature.dev/featureflags in namespace shop",
+                    "delete core.openfeature.dev/featureflags in namespace shop",
+                    "get apiextensions.k8s.io/customresourcedefinitions featureflags.core.openfeature.dev (cluster-wide)",
+                    "get core.openfeature.dev/featureflags in namespace shop",
+                    "patch core.openfeature.dev/featureflags in namespace shop",
+                ],
+                vec!["get configmaps in namespace shop"],
+            ),
+        ];
+        for (what, extra, facts, more, never) in table {
+            let got = shown(&needed_rights(&sale(extra), "shop", "flashsale-system", facts));
+            let mut want: Vec<String> = base.iter().chain(&more).map(|s| (*s).to_owned()).collect();
+            want.sort();
+            want.dedup();
+            assert_eq!(got, want, "{what}");
+            for right in never {
+                assert!(!got.iter().any(|g| g == right), "{what}: asks for {right}");
+            }
+        }
+        // A StatefulSet's rights name statefulsets, not deployments.
+        let got = shown(&needed_rights(&sale(statefulset), "db", "flashsale-system", no_cron));
+        assert!(got.contains(&"patch apps/statefulsets/scale in namespace db".to_owned()), "{got:?}");
+        assert!(!got.iter().any(|g| g.contains("deployments")), "{got:?}");
     }
 }

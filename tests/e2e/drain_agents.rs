@@ -133,7 +133,9 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
             deployment(c, &ns, "api").await?;
         }
         kubeconfig_secret(&here, &ns, "here", "kubeconfig", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
-        kubeconfig_secret(&here, &ns, "there", "kubeconfig", &std::fs::read_to_string(&secondary.kubeconfig)?).await?;
+        // The operator is a plain user there, with only the rights the chart's mode remote grants.
+        let (_, there_kubeconfig) = crate::support::remote_identity(secondary, &[&ns])?;
+        kubeconfig_secret(&here, &ns, "there", "kubeconfig", &there_kubeconfig).await?;
         let operator = Operator::operator(primary, &["--watch-namespace", &ns, "--agent-image", IMAGE])?;
         let sales: Api<FlashSale> = Api::namespaced(here.clone(), &ns);
         // first: Preparing at +6 s, restoring at +19 s; second: Preparing at +11 s, restoring at +29 s.

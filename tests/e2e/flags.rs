@@ -26,8 +26,7 @@ use std::{
 };
 
 use crate::{
-    TestFn,
-    harness::{self, Cluster},
+    TestFn, harness,
     support::{self, Env, Operator, at, block_on_value, client, eventually, namespace},
 };
 
@@ -573,11 +572,12 @@ fn auto_degrade_opens_closes_and_holds_while_prometheus_is_down(env: &Env) -> an
     })
 }
 
-async fn kubeconfig_secret(client: &Client, ns: &str, name: &str, cluster: &Cluster) -> anyhow::Result<()> {
+/// A kubeconfig Secret `name` holding `kubeconfig`.
+async fn kubeconfig_secret(client: &Client, ns: &str, name: &str, kubeconfig: &str) -> anyhow::Result<()> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
-        "stringData": {"kubeconfig": std::fs::read_to_string(&cluster.kubeconfig)?},
+        "stringData": {"kubeconfig": kubeconfig},
     }))?;
     secrets.create(&PostParams::default(), &secret).await?;
     Ok(())
@@ -604,8 +604,9 @@ fn pre_existing_configmap_is_merged_and_back_byte_for_byte_in_two_clusters(env: 
         support::namespace_named(&remote, &ns).await?;
         web(&client, &ns).await?;
         web(&remote, &ns).await?;
-        kubeconfig_secret(&client, &ns, "here", primary).await?;
-        kubeconfig_secret(&client, &ns, "there", secondary).await?;
+        kubeconfig_secret(&client, &ns, "here", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
+        // The operator is a plain user there, with only the rights the chart's mode remote grants.
+        kubeconfig_secret(&client, &ns, "there", &support::remote_identity(secondary, &[&ns])?.1).await?;
 
         // The app team's own flag file, with odd spacing and a flag of the same name as ours.
         let owners_file = "{\n  \"flags\": {\n    \"dark-mode\": {\"state\": \"ENABLED\", \"variants\": {\"on\": true, \"off\": false}, \"defaultVariant\": \"on\"},\n    \"recommendations\": {\"state\": \"ENABLED\", \"variants\": {\"on\": true, \"off\": false}, \"defaultVariant\": \"on\"}\n  }\n}\n";
@@ -698,8 +699,9 @@ fn featureflag_target_is_written_where_its_crd_exists_and_refused_where_not(env:
         support::namespace_named(&remote, &ns).await?;
         web(&client, &ns).await?;
         web(&remote, &ns).await?;
-        kubeconfig_secret(&client, &ns, "here", primary).await?;
-        kubeconfig_secret(&client, &ns, "there", secondary).await?;
+        kubeconfig_secret(&client, &ns, "here", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
+        // The operator is a plain user there, with only the rights the chart's mode remote grants.
+        kubeconfig_secret(&client, &ns, "there", &support::remote_identity(secondary, &[&ns])?.1).await?;
         let _operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let degradation = serde_json::json!({

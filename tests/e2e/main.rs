@@ -15,6 +15,7 @@ mod support;
 mod tenant;
 mod tenant_confine;
 mod tenant_kubeconfig;
+mod tenant_rbac;
 mod timeline;
 mod warmup;
 
@@ -45,6 +46,7 @@ fn main() {
         .chain(tenant::TESTS)
         .chain(tenant_confine::TESTS)
         .chain(tenant_kubeconfig::TESTS)
+        .chain(tenant_rbac::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

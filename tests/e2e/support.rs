@@ -450,3 +450,55 @@ pub fn machine() -> String {
         .unwrap_or_default();
     format!("{cpus} CPUs, load average {load}")
 }
+
+/// The namespace the chart's drain agents (and, in mode remote, their RBAC) live in, as the
+/// tests install it.
+pub const AGENT_NAMESPACE: &str = "flashsale-system";
+
+/// Renders the chart (`helm template`) as release `release` in `namespace` with `--set` values
+/// `sets`, keeping only the templates in `only` (all when empty).
+pub fn render_chart(
+    cluster: &Cluster,
+    release: &str,
+    namespace: &str,
+    sets: &[&str],
+    only: &[&str],
+) -> anyhow::Result<String> {
+    let chart = repo().join("charts/flashsale-operator").display().to_string();
+    let mut args = vec!["template", release, chart.as_str(), "--namespace", namespace];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    for template in only {
+        args.extend(["--show-only", template]);
+    }
+    cluster.helm(&args)
+}
+
+/// Applies rendered manifests to `cluster` (server-side, as the tests' field manager).
+pub fn apply_manifests(cluster: &Cluster, manifests: &str) -> anyhow::Result<()> {
+    cluster
+        .kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "--field-manager=e2e", "-f", "-"],
+            Some(manifests),
+        )
+        .map(drop)
+}
+
+/// The operator's identity in a remote cluster as an installer sets it up: a plain user (a
+/// client certificate, no groups) holding only what the chart's `mode: remote` grants it for
+/// sales in `namespaces`. Applies that rendering to `cluster` and returns the user's name and
+/// a kubeconfig for it, to put in a sale's kubeconfig Secret instead of the admin's.
+pub fn remote_identity(cluster: &Cluster, namespaces: &[&str]) -> anyhow::Result<(String, String)> {
+    let first = namespaces.first().context("a remote identity needs a namespace")?;
+    let user = format!("flashsale-remote-{first}");
+    let release = format!("remote-{first}");
+    let subject_kind = "remote.subjects[0].kind=User".to_owned();
+    let subject_name = format!("remote.subjects[0].name={user}");
+    let listed = format!("remote.namespaces={{{}}}", namespaces.join(","));
+    let sets = ["mode=remote", subject_kind.as_str(), subject_name.as_str(), listed.as_str()];
+    let rendered = render_chart(cluster, &release, AGENT_NAMESPACE, &sets, &[])?;
+    apply_manifests(cluster, &rendered).context("applying the chart's mode remote")?;
+    let kubeconfig = cluster.user_kubeconfig(&user)?;
+    Ok((user, kubeconfig))
+}

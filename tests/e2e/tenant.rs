@@ -72,7 +72,7 @@ pub async fn as_user(cluster: &Cluster, user: &str) -> anyhow::Result<Client> {
 /// `/subresource`) in `ns` (None: cluster-wide), as the API server's authorizer answers.
 pub async fn can(admin: &Client, user: &str, verb: &str, resource: &str, ns: Option<&str>) -> anyhow::Result<bool> {
     let (group, resource) = match resource.split_once('/') {
-        Some((group, rest)) if group.contains('.') || group == "apps" || group == "batch" || group == "policy" => {
+        Some((group, rest)) if group.contains('.') || matches!(group, "apps" | "autoscaling" | "batch" | "policy") => {
             (group, rest)
         }
         _ => ("", resource),

@@ -482,7 +482,9 @@ fn lost_cluster_never_delays_the_other(env: &Env) -> anyhow::Result<()> {
         let here_before = deployment(&client, &ns, 1).await?;
         let there_before = deployment(&remote_client, &ns, 1).await?;
         kubeconfig_secret(&client, &ns, "here", "kubeconfig", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
-        kubeconfig_secret(&client, &ns, "there", "kubeconfig", &std::fs::read_to_string(&remote.kubeconfig)?).await?;
+        // The operator is a plain user there, with only the rights the chart's mode remote grants.
+        let (_, there) = crate::support::remote_identity(&remote, &[&ns])?;
+        kubeconfig_secret(&client, &ns, "there", "kubeconfig", &there).await?;
         let _operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let (start, end) = (at(8), at(20));

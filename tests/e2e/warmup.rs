@@ -464,7 +464,9 @@ fn two_clusters_warm_up_and_clean_up_at_once(env: &Env) -> anyhow::Result<()> {
         web(&client, &ns).await?;
         web(&remote, &ns).await?;
         kubeconfig_secret(&client, &ns, "here", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
-        kubeconfig_secret(&client, &ns, "there", &std::fs::read_to_string(&secondary.kubeconfig)?).await?;
+        // The operator is a plain user there, with only the rights the chart's mode remote grants.
+        let (_, there) = crate::support::remote_identity(secondary, &[&ns])?;
+        kubeconfig_secret(&client, &ns, "there", &there).await?;
         let _operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let entries = json!([warm("product-cache", "4s", true, json!({RUN_FOR: "2s"}))]);

@@ -254,6 +254,31 @@ impl Cluster {
         }
     }
 
+    /// A kubeconfig for the plain user `user` (no group beyond `system:authenticated`): it may
+    /// do only what RBAC in this cluster binds to that name.
+    pub fn user_kubeconfig(&self, user: &str) -> anyhow::Result<String> {
+        certs::Pki::user_kubeconfig(&self.dir.join("pki"), &self.server, &self.name, user, &[])
+    }
+
+    /// Runs the toolchain's helm with its state kept in this cluster's directory; its stdout.
+    pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(self.tool("helm"))
+            .args(args)
+            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.join("helm/data"))
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "helm {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The path of a toolchain binary (helm, kubectl, ...).
     pub fn tool(&self, name: &str) -> PathBuf {
         self.bin.join(name)
