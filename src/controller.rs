@@ -114,7 +114,8 @@ pub async fn run(
     let deployments = Api::<PartialObjectMeta<Deployment>>::all(ctx.client.clone());
     let statefulsets = Api::<PartialObjectMeta<StatefulSet>>::all(ctx.client.clone());
     // Drain agent DaemonSets name their holders: agents becoming ready reconcile those sales.
-    let agents = Api::<PartialObjectMeta<DaemonSet>>::all(ctx.client.clone());
+    // They live in the agent namespace only.
+    let agents = Api::<PartialObjectMeta<DaemonSet>>::namespaced(ctx.client.clone(), &ctx.installer.agent_namespace);
     // Warm-up Jobs carry the same annotation: a Job finishing reconciles its sale at once. They
     // live in their sale's namespace, so a namespaced operator watches only that one.
     let jobs = match &namespace {
@@ -365,6 +366,7 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                     let uid = sale.uid().unwrap_or_default();
                     let shown = sale.status.as_ref().and_then(|s| s.clusters.iter().find(|c| c.name == target.name));
                     let pass = levers::Sale {
+                        cluster: &target.name,
                         name: &name,
                         namespace: &ns,
                         holder: &holder,
