@@ -13,6 +13,7 @@ mod harness;
 mod levers;
 mod support;
 mod tenant;
+mod tenant_agents;
 mod timeline;
 mod warmup;
 
@@ -41,6 +42,7 @@ fn main() {
         .chain(flags::TESTS)
         .chain(agent::TESTS)
         .chain(tenant::TESTS)
+        .chain(tenant_agents::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

@@ -78,6 +78,32 @@ fn install_crd(cluster: &Cluster) -> anyhow::Result<()> {
     cluster.install_crd(&repo().join("crds/flashsale.dev_flashsales.yaml"))
 }
 
+/// The agent namespace the operator uses in these tests (no `POD_NAMESPACE`: its default).
+pub const AGENT_NAMESPACE: &str = "flashsale-system";
+
+/// Installs the drain agents' identity and rights into `namespace` of `cluster` exactly as the
+/// chart renders them (`templates/agent-rbac.yaml`), as the installer does before any sale
+/// runs agents there. Idempotent; serialised, since tests share the clusters.
+pub fn install_agent_rbac(cluster: &Cluster, namespace: &str) -> anyhow::Result<()> {
+    static APPLYING: Mutex<()> = Mutex::new(());
+    let _one = APPLYING.lock().unwrap_or_else(|e| e.into_inner());
+    let chart = repo().join("charts/flashsale-operator");
+    let out = Command::new(cluster.tool("helm"))
+        .args(["template", "flashsale", &chart.to_string_lossy(), "--namespace", namespace])
+        .args(["--show-only", "templates/agent-rbac.yaml"])
+        .output()
+        .context("running helm template")?;
+    if !out.status.success() {
+        bail!("helm template of the agent RBAC failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let docs = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&docs))?;
+    Ok(())
+}
+
 /// Runs an async test body on its own runtime (kube clients are bound to the runtime that
 /// made them).
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
