@@ -263,6 +263,7 @@ pub struct SpotDrain {
     /// (`--agent-toleration`). Empty means every taint the installer lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(t, (!has(t.operator) || t.operator in ['Exists', 'Equal']) && (!has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute']) && (!has(t.operator) || t.operator != 'Exists' || !has(t.value) || t.value == ''))").message("spotDrain.tolerations: each operator must be Exists or Equal, each effect NoSchedule, PreferNoSchedule or NoExecute, and an Exists toleration has no value"))]
     pub tolerations: Vec<Toleration>,
 }
 

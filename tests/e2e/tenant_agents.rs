@@ -33,8 +33,8 @@ use crate::{
 
 pub const TESTS: &[(&str, TestFn)] = &[
     (
-        "tenant_agents::every_node_and_a_foreign_metadata_endpoint_are_refused",
-        every_node_and_a_foreign_metadata_endpoint_are_refused,
+        "tenant_agents::every_node_a_foreign_endpoint_and_every_taint_are_refused",
+        every_node_a_foreign_endpoint_and_every_taint_are_refused,
     ),
     (
         "tenant_agents::allowed_agents_run_in_the_agent_namespace_and_lend_nothing",
@@ -117,10 +117,10 @@ async fn refused(tenant: &Client, ns: &str, name: &str, reason: &str, words: &[&
     })
 }
 
-/// `spotDrain: {nodeSelector: {}}` (every node) and a metadata endpoint the installer does not
-/// list are refused in what the tenant reads, through Preparing, and no DaemonSet appears
+/// `spotDrain: {nodeSelector: {}}` (every node), a metadata endpoint the installer does not
+/// list and a toleration of every taint are refused in what the tenant reads, through Preparing, and no DaemonSet appears
 /// anywhere for them.
-fn every_node_and_a_foreign_metadata_endpoint_are_refused(env: &Env) -> anyhow::Result<()> {
+fn every_node_a_foreign_endpoint_and_every_taint_are_refused(env: &Env) -> anyhow::Result<()> {
     let cluster = env.primary()?;
     block_on(async {
         let admin = client(cluster).await?;
@@ -135,6 +135,9 @@ fn every_node_and_a_foreign_metadata_endpoint_are_refused(env: &Env) -> anyhow::
         sales
             .create(&PostParams::default(), &sale("elsewhere", &ns, 5, json!({"metadataEndpoint": "http://10.9.8.7"}))?)
             .await?;
+        // Well-formed, so admission takes it; tolerating every taint is the installer's call.
+        let everything = json!({"tolerations": [{"operator": "Exists"}]});
+        sales.create(&PostParams::default(), &sale("tolerate-all", &ns, 5, everything)?).await?;
         refused(
             &tenant,
             &ns,
@@ -149,6 +152,14 @@ fn every_node_and_a_foreign_metadata_endpoint_are_refused(env: &Env) -> anyhow::
             "elsewhere",
             "NotAllowed",
             &["spotDrain.metadataEndpoint \"http://10.9.8.7\" is not allowed", "--agent-metadata-endpoint"],
+        )
+        .await?;
+        refused(
+            &tenant,
+            &ns,
+            "tolerate-all",
+            "NotAllowed",
+            &["spotDrain.tolerations[0] is not allowed", "--agent-toleration"],
         )
         .await?;
         // Past the sales' Preparing: still nothing deployed for them, in any namespace.
