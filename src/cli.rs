@@ -351,7 +351,8 @@ mod tests {
         }))
         .unwrap();
         drain.node_selector.insert("pool".into(), "spot".into());
-        let ds = crate::levers::agents::daemonset("flashsale-drain-agent-x", "shop", &drain, "img:1", "shop/sale");
+        let installer = crate::installer::Installer::defaults();
+        let ds = crate::levers::agents::daemonset("flashsale-drain-agent-x", &drain, &installer, "shop/sale");
         let container = &ds["spec"]["template"]["spec"]["containers"][0];
         let strings = |v: &serde_json::Value| -> Vec<String> {
             v.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()

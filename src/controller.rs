@@ -116,7 +116,8 @@ pub async fn run(
     let deployments = scoped::<PartialObjectMeta<Deployment>>(&ctx.client, namespace.as_deref());
     let statefulsets = scoped::<PartialObjectMeta<StatefulSet>>(&ctx.client, namespace.as_deref());
     // Drain agent DaemonSets name their holders: agents becoming ready reconcile those sales.
-    let agents = Api::<PartialObjectMeta<DaemonSet>>::all(ctx.client.clone());
+    // They live in the agent namespace only.
+    let agents = Api::<PartialObjectMeta<DaemonSet>>::namespaced(ctx.client.clone(), &ctx.installer.agent_namespace);
     // Warm-up Jobs carry the same annotation: a Job finishing reconciles its sale at once. They
     // live in their sale's namespace, so a namespaced operator watches only that one.
     let jobs = match &namespace {
@@ -397,6 +398,7 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                     let name = sale.name_any();
                     let uid = sale.uid().unwrap_or_default();
                     let pass = levers::Sale {
+                        cluster: &target.name,
                         name: &name,
                         namespace: &ns,
                         holder: &holder,

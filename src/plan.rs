@@ -208,7 +208,7 @@ fn spot_drain(out: &mut String, sale: &FlashSale) -> std::fmt::Result {
             drain.poll_interval,
             drain.metadata_token
         )?;
-        writeln!(out, "    Restoring:  agents and their RBAC removed (unless another sale still uses them)")?;
+        writeln!(out, "    Restoring:  agents removed (unless another sale still uses them)")?;
     }
     Ok(())
 }

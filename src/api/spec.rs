@@ -256,7 +256,8 @@ pub struct SpotDrain {
     /// Run the agent from Preparing until the restore.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Nodes the agent runs on.
+    /// Nodes the agent runs on: must contain one of the selectors the operator's installer
+    /// allows (`--agent-node-selector`; by default the spot label).
     #[serde(default = "default_spot_node_selector")]
     #[schemars(extend("maxProperties" = 16))]
     pub node_selector: BTreeMap<String, String>,
@@ -265,17 +266,19 @@ pub struct SpotDrain {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1s') && duration(self) <= duration('60s')").message("spotDrain.pollInterval must be a duration between 1s and 60s, such as 2s"))]
     #[schemars(length(max = 32))]
     pub poll_interval: Duration,
-    /// Base URL of the instance metadata service (plain http, as the ECS metadata service is).
+    /// Base URL of the instance metadata service (plain http, as the ECS metadata service is):
+    /// one the operator's installer allows (`--agent-metadata-endpoint`; by default the ECS one).
     #[serde(default = "default_metadata_endpoint")]
     #[schemars(length(min = 1, max = 256), regex(pattern = r"^http://[^\s/]+(/.*)?$"))]
     pub metadata_endpoint: String,
     /// Whether the agent asks the metadata service for a session token (ECS hardened mode).
     #[serde(default)]
     pub metadata_token: MetadataTokenMode,
-    /// Tolerations for the agent's pods. Empty means tolerate every taint, so the agent runs on
-    /// every matching node whatever it is tainted with.
+    /// Tolerations for the agent's pods, each one of those the operator's installer lists
+    /// (`--agent-toleration`). Empty means every taint the installer lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(t, (!has(t.operator) || t.operator in ['Exists', 'Equal']) && (!has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute']) && (!has(t.operator) || t.operator != 'Exists' || !has(t.value) || t.value == ''))").message("spotDrain.tolerations: each operator must be Exists or Equal, each effect NoSchedule, PreferNoSchedule or NoExecute, and an Exists toleration has no value"))]
     pub tolerations: Vec<Toleration>,
 }
 

@@ -1,23 +1,30 @@
 //! The spot-drain lever: from Preparing until the restore, a DaemonSet of the operator's own
 //! image runs the drain agent (`flashsale-drain-agent`, the agent alone) on every node matching
-//! `spotDrain.nodeSelector`, with the least RBAC draining needs.
+//! `spotDrain.nodeSelector`.
+//!
+//! The agents are the operator's, not the sale author's: they run in the installer's agent
+//! namespace (`--agent-namespace`, the same in every cluster) under the ServiceAccount the
+//! installer pre-installed there with the chart (`templates/agent-rbac.yaml`: the ClusterRole,
+//! its binding, and a ValidatingAdmissionPolicy that lets an agent change only the node its
+//! token is bound to). The operator creates only the DaemonSet. What a sale may ask for (node
+//! selector, metadata endpoint, tolerations) is checked against the installer's lists before
+//! anything is deployed; a sale asking for more is refused in status, naming the field and
+//! the flag that would allow it.
 //!
 //! Sharing: the DaemonSet is named after a hash of its configuration (selector, endpoint, poll
-//! interval, token mode, tolerations, image), so sales of one namespace that ask for the same
-//! agents share one DaemonSet and sales that ask for different ones never rewrite each other's.
-//! Each sale holding a DaemonSet has its own annotation on it (`holders.flashsale.dev/<hash>:
-//! namespace/name`, added and removed with merge patches that touch nothing else); the last
-//! holder to let go deletes it, with a resourceVersion precondition so a sale that joined in
-//! the meantime is never left without agents. The ServiceAccount and ClusterRoleBinding of a
-//! namespace go with its last agent DaemonSet, the ClusterRole with the cluster's last one.
+//! interval, token mode, tolerations, image, priority class, pull secrets), so sales of any
+//! namespace that ask for the same agents share one DaemonSet and sales that ask for different
+//! ones never rewrite each other's. Each sale holding a DaemonSet has its own annotation on it
+//! (`holders.flashsale.dev/<hash>: namespace/name`, added and removed with merge patches that
+//! touch nothing else); the last holder to let go deletes it, with a resourceVersion
+//! precondition so a sale that joined in the meantime is never left without agents.
 //!
-//! Two namespaces asking for agents on the same nodes get one DaemonSet each; the agent's drain
-//! is idempotent per node (the taint records the notice), so two agents on a node do not fight.
+//! Two DaemonSets asking for agents on the same nodes put two agents there; the agent's drain
+//! is idempotent per node (the taint records the notice), so they do not fight.
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
-    core::v1::{Node, ObjectReference, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+    core::v1::{Node, ObjectReference, ServiceAccount, Toleration},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -30,10 +37,12 @@ use super::{Action, Intent, LeverCondition, Report, Sale, fnv1a};
 use crate::{
     api::{DrainAgentsStatus, FlashSaleSpec, MetadataTokenMode, SpotDrain},
     controller::FIELD_MANAGER,
+    installer::Installer,
     status::DRAIN_AGENTS_READY,
 };
 
-/// Name of the ServiceAccount and ClusterRole, and prefix of the DaemonSets and bindings.
+/// Name of the agents' ServiceAccount, ClusterRole and binding (pre-installed by the chart),
+/// and prefix of the DaemonSets.
 pub const AGENT: &str = "flashsale-drain-agent";
 /// Prefix of the per-sale holder annotations on an agent DaemonSet.
 pub const HOLDER_PREFIX: &str = "holders.flashsale.dev/";
@@ -54,31 +63,63 @@ pub async fn run(
     intent: Intent,
     report: &mut Report,
 ) -> Result<(), kube::Error> {
-    let agent_image = sale.installer.agent_image.as_str();
+    let installer = sale.installer;
     let wanted = spec.spot_drain.as_ref().filter(|d| d.enabled);
     // A sale that never asked for agents has nothing to hold or release, except after its
     // spec dropped them: the restore looks anyway.
     if wanted.is_none() && intent != Intent::Restore {
         return Ok(());
     }
-    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), sale.namespace);
+    let agent_ns = installer.agent_namespace.as_str();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), agent_ns);
     let ours = daemonsets.list(&ListParams::default().labels(AGENT_SELECTOR)).await?.items;
     let key = holder_key(sale.holder);
+    let held = || ours.iter().filter(|d| d.annotations().contains_key(&key));
+    if let (Intent::Hold | Intent::Preflight, Some(drain)) = (intent, wanted) {
+        // Checked before anything is deployed, in every phase: the installer may have narrowed
+        // its lists since the sale started, and agents it no longer allows must go.
+        let refused = match refusal(drain, installer) {
+            Some(why) => Some(("NotAllowed", why)),
+            None if !agent_rbac_installed(client, agent_ns).await? => Some((
+                "AgentRbacMissing",
+                format!(
+                    "drain-agent RBAC is not installed in cluster {} (namespace {agent_ns}): install the chart there (mode: remote)",
+                    sale.cluster
+                ),
+            )),
+            None => None,
+        };
+        if let Some((reason, message)) = refused {
+            for ds in held() {
+                release(client, sale, ds, &key, report).await?;
+            }
+            report.ready = false;
+            report.problems.push(message.clone());
+            report.conditions.push(LeverCondition {
+                type_: DRAIN_AGENTS_READY,
+                ready: false,
+                reason: reason.into(),
+                message,
+                blocking: true,
+            });
+            return Ok(());
+        }
+    }
     match (intent, wanted) {
         (Intent::Hold, Some(drain)) => {
-            let name = daemonset_name(drain, agent_image);
+            let name = daemonset_name(drain, installer);
             let live = ours.iter().find(|d| d.name_any() == name);
-            let live = hold(client, sale, drain, agent_image, &name, &key, live, report).await?;
+            let live = hold(client, sale, drain, &name, &key, live, report).await?;
             // Only DaemonSets this sale holds: the others belong to other sales' settings.
-            for other in ours.iter().filter(|d| d.name_any() != name && d.annotations().contains_key(&key)) {
+            for other in held().filter(|d| d.name_any() != name) {
                 release(client, sale, other, &key, report).await?;
             }
             observe(live.as_ref(), drain, report);
         }
         (Intent::Preflight, Some(drain)) => {
-            for held in ours.iter().filter(|d| d.annotations().contains_key(&key)) {
+            for ds in held() {
                 // Moved back before Preparing: agents go until the sale prepares again.
-                release(client, sale, held, &key, report).await?;
+                release(client, sale, ds, &key, report).await?;
             }
             let selector = labels_selector(&drain.node_selector);
             let nodes =
@@ -101,8 +142,8 @@ pub async fn run(
         }
         _ => {
             let mut released = true;
-            for held in ours.iter().filter(|d| d.annotations().contains_key(&key)) {
-                released &= release(client, sale, held, &key, report).await?;
+            for ds in held() {
+                released &= release(client, sale, ds, &key, report).await?;
             }
             if wanted.is_some() || !released {
                 report.restored &= released;
@@ -123,41 +164,141 @@ pub async fn run(
     Ok(())
 }
 
-/// Puts the agents' RBAC and DaemonSet in place and marks this sale as a holder. Returns the
-/// DaemonSet as last seen.
-#[allow(clippy::too_many_arguments)]
+/// Why the installer does not allow a sale's spot-drain settings, naming the field, what is
+/// allowed and the flag that would allow more; `None` when it does.
+pub fn refusal(drain: &SpotDrain, installer: &Installer) -> Option<String> {
+    let selectors: Vec<BTreeMap<String, String>> =
+        installer.agent_node_selectors.iter().filter_map(|s| parse_selector(s).ok()).collect();
+    // Containing an allowed selector only narrows it: the agents run on fewer of those nodes.
+    let contained =
+        |allowed: &BTreeMap<String, String>| allowed.iter().all(|(k, v)| drain.node_selector.get(k) == Some(v));
+    if !selectors.iter().any(contained) {
+        return Some(format!(
+            "spotDrain.nodeSelector {} is not allowed: it must contain one of the selectors the installer allows ({}); the operator flag --agent-node-selector allows more",
+            show_selector(&drain.node_selector),
+            list(selectors.iter().map(show_selector)),
+        ));
+    }
+    let endpoint = drain.metadata_endpoint.trim_end_matches('/');
+    if !installer.agent_metadata_endpoints.iter().any(|e| e.trim_end_matches('/') == endpoint) {
+        return Some(format!(
+            "spotDrain.metadataEndpoint {:?} is not allowed: the installer allows {}; the operator flag --agent-metadata-endpoint allows more",
+            drain.metadata_endpoint,
+            list(installer.agent_metadata_endpoints.iter().map(|e| format!("{e:?}"))),
+        ));
+    }
+    let allowed = installer_tolerations(installer);
+    if let Some((i, _)) =
+        drain.tolerations.iter().enumerate().find(|(_, t)| !allowed.iter().any(|a| same_toleration(a, t)))
+    {
+        return Some(format!(
+            "spotDrain.tolerations[{i}] is not allowed: agents may tolerate only the taints the installer lists ({}); the operator flag --agent-toleration allows more",
+            list(installer.agent_tolerations.iter().cloned()),
+        ));
+    }
+    None
+}
+
+fn list(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+}
+
+fn show_selector(selector: &BTreeMap<String, String>) -> String {
+    if selector.is_empty() { "{} (every node)".to_owned() } else { labels_selector(selector) }
+}
+
+/// Parses a `--agent-node-selector` value, `k=v,k2=v2` (empty: the empty selector).
+pub fn parse_selector(value: &str) -> Result<BTreeMap<String, String>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => Err(format!("{pair:?} is not key=value (a node selector is k=v,k2=v2)")),
+        })
+        .collect()
+}
+
+/// Parses a `--agent-toleration` value: `*` (every taint), or `key[=value][:Effect]`.
+pub fn parse_toleration(value: &str) -> Result<Toleration, String> {
+    let value = value.trim();
+    if value == "*" {
+        return Ok(Toleration { operator: Some("Exists".into()), ..Toleration::default() });
+    }
+    let (rest, effect) = match value.rsplit_once(':') {
+        Some((rest, effect)) => (rest, Some(effect)),
+        None => (value, None),
+    };
+    if let Some(effect) = effect.filter(|e| !matches!(*e, "NoSchedule" | "PreferNoSchedule" | "NoExecute")) {
+        return Err(format!("{value:?}: the effect {effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"));
+    }
+    let (key, val) = match rest.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (rest, None),
+    };
+    if key.is_empty() {
+        return Err(format!("{value:?} has no taint key (key[=value][:Effect], or * for every taint)"));
+    }
+    Ok(Toleration {
+        key: Some(key.to_owned()),
+        operator: Some(if val.is_some() { "Equal" } else { "Exists" }.into()),
+        value: val.map(str::to_owned),
+        effect: effect.map(str::to_owned),
+        toleration_seconds: None,
+    })
+}
+
+/// The tolerations the installer lists (flags are checked when the operator starts).
+pub fn installer_tolerations(installer: &Installer) -> Vec<Toleration> {
+    installer.agent_tolerations.iter().filter_map(|t| parse_toleration(t).ok()).collect()
+}
+
+/// Whether `asked` tolerates no more than `allowed` (a missing operator is `Equal`; the
+/// seconds only shorten a NoExecute toleration).
+fn same_toleration(allowed: &Toleration, asked: &Toleration) -> bool {
+    let operator = |t: &Toleration| t.operator.clone().unwrap_or_else(|| "Equal".into());
+    let blank = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+    blank(&allowed.key) == blank(&asked.key)
+        && operator(allowed) == operator(asked)
+        && blank(&allowed.value) == blank(&asked.value)
+        && blank(&allowed.effect) == blank(&asked.effect)
+}
+
+/// The tolerations the agents get: the sale's when it lists some (each one the installer
+/// allows), else every one the installer lists.
+fn tolerations(drain: &SpotDrain, installer: &Installer) -> Vec<Toleration> {
+    if drain.tolerations.is_empty() { installer_tolerations(installer) } else { drain.tolerations.clone() }
+}
+
+/// Whether the installer pre-installed the agents' ServiceAccount in the agent namespace (its
+/// ClusterRole and binding come with it from the same chart template).
+async fn agent_rbac_installed(client: &Client, namespace: &str) -> Result<bool, kube::Error> {
+    Ok(Api::<ServiceAccount>::namespaced(client.clone(), namespace).get_opt(AGENT).await?.is_some())
+}
+
+/// Puts the DaemonSet in place and marks this sale as a holder. Returns the DaemonSet as last
+/// seen.
 async fn hold(
     client: &Client,
     sale: &Sale<'_>,
     drain: &SpotDrain,
-    image: &str,
     name: &str,
     key: &str,
     live: Option<&DaemonSet>,
     report: &mut Report,
 ) -> Result<Option<DaemonSet>, kube::Error> {
-    let ns = sale.namespace;
+    let ns = sale.installer.agent_namespace.as_str();
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
     let apply = PatchParams::apply(FIELD_MANAGER).force();
-    // The RBAC is shared (the ClusterRole by every namespace's agents, the ServiceAccount and
-    // binding by this namespace's): a sale letting go of the last agents at the same moment may
-    // have just deleted some of it. Re-applying it never touches the DaemonSet.
-    if live.is_none() || !rbac_in_place(client, ns).await? {
-        // RBAC first: agents that start before their binding exists fail their first drain.
-        Api::<ClusterRole>::all(client.clone()).patch(AGENT, &apply, &Patch::Apply(cluster_role())).await?;
-        Api::<ServiceAccount>::namespaced(client.clone(), ns)
-            .patch(AGENT, &apply, &Patch::Apply(service_account(ns)))
-            .await?;
-        Api::<ClusterRoleBinding>::all(client.clone())
-            .patch(&binding_name(ns), &apply, &Patch::Apply(cluster_role_binding(ns)))
-            .await?;
-    }
     let live = match live {
         Some(ds) => ds.clone(),
         None => {
             // Created with this sale as its holder, so no other sale's release can see it unheld.
-            let ds =
-                daemonsets.patch(name, &apply, &Patch::Apply(daemonset(name, ns, drain, image, sale.holder))).await?;
+            let ds = daemonsets
+                .patch(name, &apply, &Patch::Apply(daemonset(name, drain, sale.installer, sale.holder)))
+                .await?;
             report.actions.push(action(&ds, "Deploy", format!("drain agents deployed as DaemonSet {ns}/{name}")));
             ds
         }
@@ -170,8 +311,8 @@ async fn hold(
     Ok(Some(ds))
 }
 
-/// Removes this sale's hold on an agent DaemonSet, deleting it (and, with the last one, the
-/// RBAC) when no sale holds it any more. Returns whether the sale's hold is gone.
+/// Removes this sale's hold on an agent DaemonSet, deleting it when no sale holds it any more.
+/// Returns whether the sale's hold is gone.
 async fn release(
     client: &Client,
     sale: &Sale<'_>,
@@ -179,7 +320,7 @@ async fn release(
     key: &str,
     report: &mut Report,
 ) -> Result<bool, kube::Error> {
-    let ns = sale.namespace;
+    let ns = sale.installer.agent_namespace.as_str();
     let name = ds.name_any();
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
     let others = ds.annotations().keys().filter(|k| k.starts_with(HOLDER_PREFIX) && *k != key).count();
@@ -201,36 +342,7 @@ async fn release(
         Err(e) => return Err(e),
     }
     report.actions.push(action(ds, "Remove", format!("drain agents removed (DaemonSet {ns}/{name})")));
-    let left_here = daemonsets.list_metadata(&ListParams::default().labels(AGENT_SELECTOR)).await?;
-    if left_here.items.iter().all(|d| d.name_any() == name) {
-        ignore_missing(
-            Api::<ClusterRoleBinding>::all(client.clone()).delete(&binding_name(ns), &DeleteParams::default()).await,
-        )?;
-        ignore_missing(
-            Api::<ServiceAccount>::namespaced(client.clone(), ns).delete(AGENT, &DeleteParams::default()).await,
-        )?;
-        let left_anywhere =
-            Api::<DaemonSet>::all(client.clone()).list_metadata(&ListParams::default().labels(AGENT_SELECTOR)).await?;
-        if left_anywhere.items.iter().all(|d| d.name_any() == name && d.namespace().as_deref() == Some(ns)) {
-            ignore_missing(Api::<ClusterRole>::all(client.clone()).delete(AGENT, &DeleteParams::default()).await)?;
-        }
-    }
     Ok(true)
-}
-
-/// Whether the agents' ClusterRole, and this namespace's ServiceAccount and binding, exist.
-async fn rbac_in_place(client: &Client, ns: &str) -> Result<bool, kube::Error> {
-    Ok(Api::<ClusterRole>::all(client.clone()).get_opt(AGENT).await?.is_some()
-        && Api::<ServiceAccount>::namespaced(client.clone(), ns).get_opt(AGENT).await?.is_some()
-        && Api::<ClusterRoleBinding>::all(client.clone()).get_opt(&binding_name(ns)).await?.is_some())
-}
-
-fn ignore_missing<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Reports the DaemonSet's agents: ready when every node the DaemonSet controller schedules an
@@ -293,20 +405,18 @@ pub fn holders(annotations: &BTreeMap<String, String>) -> impl Iterator<Item = &
 }
 
 /// The DaemonSet for a configuration: the same settings give the same name.
-pub fn daemonset_name(drain: &SpotDrain, image: &str) -> String {
+pub fn daemonset_name(drain: &SpotDrain, installer: &Installer) -> String {
     let config = json!({
         "nodeSelector": drain.node_selector,
         "pollInterval": drain.poll_interval,
         "metadataEndpoint": drain.metadata_endpoint,
         "metadataToken": drain.metadata_token,
-        "tolerations": drain.tolerations,
-        "image": image,
+        "tolerations": tolerations(drain, installer),
+        "image": installer.agent_image,
+        "priorityClass": installer.agent_priority_class,
+        "imagePullSecrets": installer.agent_image_pull_secrets,
     });
     format!("{AGENT}-{:010x}", fnv1a(&config.to_string()) & 0xff_ffff_ffff)
-}
-
-fn binding_name(namespace: &str) -> String {
-    format!("{AGENT}-{namespace}")
 }
 
 fn labels_selector(labels: &BTreeMap<String, String>) -> String {
@@ -321,113 +431,76 @@ fn common_labels() -> Value {
     })
 }
 
-/// Exactly what draining needs, each rule with its reason.
-pub fn cluster_role() -> Value {
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {
-            "name": AGENT,
-            "labels": common_labels(),
-            "annotations": {
-                "flashsale.dev/rules": "nodes get/patch: taint and cordon the agent's own node; pods list: find what runs on it; pods/eviction create: evict through the Eviction API so PodDisruptionBudgets hold; poddisruptionbudgets get/list: explain a blocked eviction; events create/patch: report each step; flashsales get: relate events to the sale"
-            }
-        },
-        "rules": [
-            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-            {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
-            {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "list"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-            {"apiGroups": ["flashsale.dev"], "resources": ["flashsales"], "verbs": ["get"]},
-        ],
-    })
-}
-
-fn service_account(namespace: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": {"name": AGENT, "namespace": namespace, "labels": common_labels()},
-    })
-}
-
-fn cluster_role_binding(namespace: &str) -> Value {
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": binding_name(namespace), "labels": common_labels()},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AGENT},
-        "subjects": [{"kind": "ServiceAccount", "name": AGENT, "namespace": namespace}],
-    })
-}
-
-/// The agent DaemonSet, held by `sale` from its creation; `sale` is also where the agents post
-/// their events (the first holder: the pod template is not rewritten when others join).
-pub fn daemonset(name: &str, namespace: &str, drain: &SpotDrain, image: &str, sale: &str) -> Value {
+/// The agent DaemonSet in the installer's agent namespace, held by `sale` from its creation;
+/// `sale` is also where the agents post their events (the first holder: the pod template is not
+/// rewritten when others join).
+pub fn daemonset(name: &str, drain: &SpotDrain, installer: &Installer, sale: &str) -> Value {
     let token = match drain.metadata_token {
         MetadataTokenMode::Optional => "Optional",
         MetadataTokenMode::Required => "Required",
         MetadataTokenMode::Disabled => "Disabled",
     };
-    let tolerations = if drain.tolerations.is_empty() {
-        json!([{"operator": "Exists"}])
-    } else {
-        serde_json::to_value(&drain.tolerations).unwrap_or_else(|_| json!([]))
-    };
     let mut labels = common_labels();
     labels["flashsale.dev/agent"] = json!(name);
+    let mut pod = json!({
+        "serviceAccountName": AGENT,
+        "nodeSelector": drain.node_selector,
+        "tolerations": tolerations(drain, installer),
+        "terminationGracePeriodSeconds": 5,
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "drain-agent",
+            "image": installer.agent_image,
+            // The image carries both binaries; this one is the agent alone.
+            "command": [AGENT_BINARY],
+            "args": [
+                format!("--metadata-endpoint={}", drain.metadata_endpoint),
+                format!("--poll-interval={}", drain.poll_interval),
+                format!("--metadata-token={token}"),
+                format!("--metrics-addr=0.0.0.0:{AGENT_METRICS_PORT}"),
+            ],
+            "env": [
+                {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "FLASHSALE_SALE", "value": sale},
+            ],
+            "ports": [{"name": "metrics", "containerPort": AGENT_METRICS_PORT}],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 10},
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": "metrics"},
+                "periodSeconds": 20,
+                "failureThreshold": 3,
+            },
+            "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }],
+    });
+    // A spot node full of sale pods still runs its agent: it preempts them if it must.
+    if !installer.agent_priority_class.is_empty() {
+        pod["priorityClassName"] = json!(installer.agent_priority_class);
+    }
+    // The chart's empty list arrives as one empty value.
+    let pull: Vec<Value> =
+        installer.agent_image_pull_secrets.iter().filter(|n| !n.is_empty()).map(|name| json!({"name": name})).collect();
+    if !pull.is_empty() {
+        pod["imagePullSecrets"] = json!(pull);
+    }
     json!({
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
         "metadata": {
             "name": name,
-            "namespace": namespace,
+            "namespace": installer.agent_namespace,
             "labels": labels,
             "annotations": {holder_key(sale): sale},
         },
         "spec": {
             "selector": {"matchLabels": {"flashsale.dev/agent": name}},
             "updateStrategy": {"type": "RollingUpdate"},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "serviceAccountName": AGENT,
-                    "nodeSelector": drain.node_selector,
-                    "tolerations": tolerations,
-                    "terminationGracePeriodSeconds": 5,
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "drain-agent",
-                        "image": image,
-                        // The image carries both binaries; this one is the agent alone.
-                        "command": [AGENT_BINARY],
-                        "args": [
-                            format!("--metadata-endpoint={}", drain.metadata_endpoint),
-                            format!("--poll-interval={}", drain.poll_interval),
-                            format!("--metadata-token={token}"),
-                            format!("--metrics-addr=0.0.0.0:{AGENT_METRICS_PORT}"),
-                        ],
-                        "env": [
-                            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                            {"name": "FLASHSALE_SALE", "value": sale},
-                        ],
-                        "ports": [{"name": "metrics", "containerPort": AGENT_METRICS_PORT}],
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 10},
-                        "livenessProbe": {
-                            "httpGet": {"path": "/healthz", "port": "metrics"},
-                            "periodSeconds": 20,
-                            "failureThreshold": 3,
-                        },
-                        "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
-                    }],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     })
 }
@@ -440,15 +513,24 @@ mod tests {
         serde_json::from_value(json!({})).unwrap()
     }
 
+    fn installer() -> Installer {
+        Installer { agent_image: "img:1".into(), agent_namespace: "flashsale-system".into(), ..Installer::defaults() }
+    }
+
     #[test]
     fn the_same_settings_share_a_daemonset_and_different_ones_do_not() {
-        let a = daemonset_name(&drain(), "img:1");
-        assert_eq!(a, daemonset_name(&drain(), "img:1"));
+        let a = daemonset_name(&drain(), &installer());
+        assert_eq!(a, daemonset_name(&drain(), &installer()));
         assert!(a.starts_with("flashsale-drain-agent-") && a.len() == AGENT.len() + 11, "{a}");
         let mut slower = drain();
         slower.poll_interval = "5s".parse().unwrap();
-        assert_ne!(a, daemonset_name(&slower, "img:1"));
-        assert_ne!(a, daemonset_name(&drain(), "img:2"));
+        assert_ne!(a, daemonset_name(&slower, &installer()));
+        let other_image = Installer { agent_image: "img:2".into(), ..installer() };
+        assert_ne!(a, daemonset_name(&drain(), &other_image));
+        let other_class = Installer { agent_priority_class: String::new(), ..installer() };
+        assert_ne!(a, daemonset_name(&drain(), &other_class));
+        let pull = Installer { agent_image_pull_secrets: vec!["regcred".into()], ..installer() };
+        assert_ne!(a, daemonset_name(&drain(), &pull));
     }
 
     #[test]
@@ -463,20 +545,203 @@ mod tests {
         assert_eq!(holders(&annotations).collect::<Vec<_>>(), ["shop/double-11"]);
     }
 
+    /// Which spot-drain settings the installer's lists allow, and what a refused sale is told.
     #[test]
-    fn the_daemonset_passes_the_settings_to_the_agent() {
+    fn the_installer_decides_selectors_endpoints_and_tolerations() {
+        let spot = "node.kubernetes.io/instance-lifecycle=spot";
+        let with = |patch: Value| -> SpotDrain {
+            let mut d = serde_json::to_value(drain()).unwrap();
+            for (k, v) in patch.as_object().unwrap() {
+                d[k] = v.clone();
+            }
+            serde_json::from_value(d).unwrap()
+        };
+        let lists = |selectors: &[&str], endpoints: &[&str], tolerations: &[&str]| Installer {
+            agent_node_selectors: selectors.iter().map(|s| s.to_string()).collect(),
+            agent_metadata_endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+            agent_tolerations: tolerations.iter().map(|s| s.to_string()).collect(),
+            ..installer()
+        };
+        let defaults = installer();
+        let ecs = "http://100.100.100.200";
+        // (installer, sale's settings, refused naming this field and flag)
+        type Row = (Installer, SpotDrain, Option<(&'static str, &'static str)>);
+        let table: Vec<Row> = vec![
+            (defaults.clone(), drain(), None),
+            (defaults.clone(), with(json!({"metadataEndpoint": "http://100.100.100.200/"})), None),
+            // A superset of an allowed selector only narrows it.
+            (
+                defaults.clone(),
+                with(json!({"nodeSelector": {"node.kubernetes.io/instance-lifecycle": "spot", "pool": "a"}})),
+                None,
+            ),
+            (
+                defaults.clone(),
+                with(json!({"nodeSelector": {}})),
+                Some(("spotDrain.nodeSelector {} (every node)", "--agent-node-selector")),
+            ),
+            (
+                defaults.clone(),
+                with(json!({"nodeSelector": {"pool": "a"}})),
+                Some(("spotDrain.nodeSelector pool=a", "--agent-node-selector")),
+            ),
+            (
+                defaults.clone(),
+                with(json!({"nodeSelector": {"node.kubernetes.io/instance-lifecycle": "on-demand"}})),
+                Some(("spotDrain.nodeSelector", "--agent-node-selector")),
+            ),
+            // The empty selector only when the installer lists it.
+            (lists(&["", spot], &[ecs], &[]), with(json!({"nodeSelector": {}})), None),
+            (
+                lists(&["pool=a,zone=b"], &[ecs], &[]),
+                with(json!({"nodeSelector": {"pool": "a"}})),
+                Some(("spotDrain.nodeSelector", "pool=a,zone=b")),
+            ),
+            (lists(&["pool=a,zone=b"], &[ecs], &[]), with(json!({"nodeSelector": {"pool": "a", "zone": "b"}})), None),
+            (lists(&[], &[ecs], &[]), drain(), Some(("spotDrain.nodeSelector", "(none)"))),
+            (
+                defaults.clone(),
+                with(json!({"metadataEndpoint": "http://10.0.0.1"})),
+                Some(("spotDrain.metadataEndpoint \"http://10.0.0.1\"", "--agent-metadata-endpoint")),
+            ),
+            (
+                defaults.clone(),
+                with(json!({"metadataEndpoint": "http://100.100.100.200/latest"})),
+                Some(("spotDrain.metadataEndpoint", "--agent-metadata-endpoint")),
+            ),
+            (
+                lists(&[spot], &[ecs, "http://127.0.0.1:9"], &[]),
+                with(json!({"metadataEndpoint": "http://127.0.0.1:9"})),
+                None,
+            ),
+            (
+                defaults.clone(),
+                with(
+                    json!({"tolerations": [{"key": "flashsale.dev/spot-termination", "operator": "Exists", "effect": "NoSchedule"}]}),
+                ),
+                None,
+            ),
+            (
+                defaults.clone(),
+                with(json!({"tolerations": [{"operator": "Exists"}]})),
+                Some(("spotDrain.tolerations[0]", "--agent-toleration")),
+            ),
+            (
+                defaults.clone(),
+                with(json!({"tolerations": [{"key": "flashsale.dev/spot-termination", "operator": "Exists"}]})),
+                Some(("spotDrain.tolerations[0]", "--agent-toleration")),
+            ),
+            (lists(&[spot], &[ecs], &["*"]), with(json!({"tolerations": [{"operator": "Exists"}]})), None),
+            (
+                lists(&[spot], &[ecs], &["dedicated=spot:NoSchedule"]),
+                with(json!({"tolerations": [{"key": "dedicated", "value": "spot", "effect": "NoSchedule"}]})),
+                None,
+            ),
+            (
+                lists(&[spot], &[ecs], &["dedicated=spot:NoSchedule"]),
+                with(json!({"tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]})),
+                Some(("spotDrain.tolerations[0]", "dedicated=spot:NoSchedule")),
+            ),
+        ];
+        for (i, (installer, drain, want)) in table.into_iter().enumerate() {
+            let got = refusal(&drain, &installer);
+            match (want, &got) {
+                (None, None) => {}
+                (Some((field, flag)), Some(message)) => {
+                    assert!(message.starts_with(field), "row {i}: {message:?} does not start with {field:?}");
+                    assert!(message.contains(flag), "row {i}: {message:?} does not name {flag:?}");
+                }
+                _ => panic!("row {i}: wanted {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn flag_values_parse_or_say_what_is_wrong() {
+        assert_eq!(
+            parse_selector("a=1, b=2").unwrap(),
+            BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())])
+        );
+        assert!(parse_selector("").unwrap().is_empty());
+        assert!(parse_selector("a").unwrap_err().contains("key=value"));
+        let t = |s: &str| serde_json::to_value(parse_toleration(s).unwrap()).unwrap();
+        assert_eq!(t("*"), json!({"operator": "Exists"}));
+        assert_eq!(t("k"), json!({"key": "k", "operator": "Exists"}));
+        assert_eq!(t("k:NoExecute"), json!({"key": "k", "operator": "Exists", "effect": "NoExecute"}));
+        assert_eq!(t("k=v:NoSchedule"), json!({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}));
+        assert!(parse_toleration("k:Sometimes").unwrap_err().contains("Sometimes"));
+        assert!(parse_toleration("=v").is_err());
+    }
+
+    /// The rendered DaemonSet for each installer setting: where it lives, what it tolerates,
+    /// its priority class and pull secrets, and the agent's arguments.
+    #[test]
+    fn the_daemonset_runs_in_the_agent_namespace_with_the_installers_settings() {
         let mut d = drain();
         d.metadata_token = MetadataTokenMode::Required;
-        let ds = daemonset("flashsale-drain-agent-x", "shop", &d, "img:1", "shop/sale");
-        assert_eq!(ds["metadata"]["annotations"][holder_key("shop/sale")], "shop/sale", "held from its creation");
-        let container = &ds["spec"]["template"]["spec"]["containers"][0];
-        let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-        assert_eq!(container["command"], json!(["flashsale-drain-agent"]));
-        assert!(args.contains(&"--metadata-token=Required"), "{args:?}");
-        assert!(args.contains(&"--poll-interval=2s"), "{args:?}");
-        assert!(args.contains(&"--metadata-endpoint=http://100.100.100.200"), "{args:?}");
-        assert_eq!(ds["spec"]["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-lifecycle"], "spot");
-        assert_eq!(ds["spec"]["template"]["spec"]["tolerations"], json!([{"operator": "Exists"}]));
-        assert_eq!(container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+        let pulls = Installer {
+            agent_image_pull_secrets: vec!["regcred".into(), "mirror".into()],
+            agent_priority_class: "spot-agents".into(),
+            agent_namespace: "ops".into(),
+            ..installer()
+        };
+        let no_class = Installer { agent_priority_class: String::new(), ..installer() };
+        let mut own = drain();
+        own.tolerations = serde_json::from_value(
+            json!([{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]),
+        )
+        .unwrap();
+        let defaults_tolerations = json!([
+            {"key": "flashsale.dev/spot-termination", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"},
+        ]);
+        // (installer, sale, namespace, tolerations, priority class, pull secrets)
+        let table = [
+            (
+                installer(),
+                d.clone(),
+                "flashsale-system",
+                defaults_tolerations.clone(),
+                json!("system-node-critical"),
+                Value::Null,
+            ),
+            (
+                pulls,
+                d.clone(),
+                "ops",
+                defaults_tolerations,
+                json!("spot-agents"),
+                json!([{"name": "regcred"}, {"name": "mirror"}]),
+            ),
+            (
+                no_class,
+                own.clone(),
+                "flashsale-system",
+                serde_json::to_value(&own.tolerations).unwrap(),
+                Value::Null,
+                Value::Null,
+            ),
+        ];
+        for (i, (installer, drain, ns, tolerations, class, pulls)) in table.into_iter().enumerate() {
+            let ds = daemonset("flashsale-drain-agent-x", &drain, &installer, "shop/sale");
+            let pod = &ds["spec"]["template"]["spec"];
+            assert_eq!(ds["metadata"]["namespace"], ns, "row {i}");
+            assert_eq!(pod["tolerations"], tolerations, "row {i}");
+            assert_eq!(pod["priorityClassName"], class, "row {i}");
+            assert_eq!(pod["imagePullSecrets"], pulls, "row {i}");
+            assert_eq!(pod["serviceAccountName"], AGENT, "row {i}");
+            assert_eq!(ds["metadata"]["annotations"][holder_key("shop/sale")], "shop/sale", "held from its creation");
+            let container = &pod["containers"][0];
+            assert_eq!(container["image"], "img:1");
+            let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+            assert_eq!(container["command"], json!(["flashsale-drain-agent"]));
+            assert!(args.contains(&"--poll-interval=2s"), "{args:?}");
+            assert!(args.contains(&"--metadata-endpoint=http://100.100.100.200"), "{args:?}");
+            assert_eq!(pod["nodeSelector"]["node.kubernetes.io/instance-lifecycle"], "spot");
+            assert_eq!(container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+        }
+        let ds = daemonset("x", &d, &installer(), "shop/sale");
+        let args = ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(args.contains("--metadata-token=Required"), "{args}");
     }
 }

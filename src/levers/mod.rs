@@ -120,6 +120,8 @@ pub struct Action {
 /// What a lever pass knows of the sale beyond its workloads.
 #[derive(Clone, Copy, Debug)]
 pub struct Sale<'a> {
+    /// The cluster this pass runs in, as the sale names it (`local` for the operator's own).
+    pub cluster: &'a str,
     pub name: &'a str,
     pub namespace: &'a str,
     /// `namespace/name`, as recorded on the objects the sale changes.

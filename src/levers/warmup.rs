@@ -792,6 +792,7 @@ mod tests {
 
     fn sale<'a>(warmups: &'a [WarmupStatus]) -> Sale<'a> {
         Sale {
+            cluster: "local",
             name: "double-11",
             namespace: "shop",
             holder: "shop/double-11",

@@ -1,6 +1,6 @@
-//! The operator's side of spot drain: the agents' DaemonSet and RBAC follow the sale's
-//! timeline in every cluster, are shared by sales that want the same agents, and are gone when
-//! no sale needs them. (kwok runs no containers, so the agent pods are kwok's; the agent process
+//! The operator's side of spot drain: the agents' DaemonSet follows the sale's timeline in the
+//! agent namespace of every cluster (where the installer pre-installed the agents' RBAC), is
+//! shared by sales that want the same agents, and is gone when no sale needs it. (kwok runs no containers, so the agent pods are kwok's; the agent process
 //! itself is tested in `agent`.)
 
 use anyhow::{Context as _, ensure};
@@ -11,7 +11,6 @@ use flashsale_operator::{
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
     core::v1::ServiceAccount,
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use kube::{
     Client,
@@ -23,8 +22,8 @@ use crate::{
     TestFn,
     harness::Cluster,
     support::{
-        Env, Operator, at, block_on_value, client, event_notes, eventually, flash_sale, kubeconfig_secret, namespace,
-        namespace_named,
+        AGENT_NAMESPACE, Env, Operator, at, block_on_value, client, event_notes, eventually, flash_sale,
+        install_agent_rbac, kubeconfig_secret, namespace, namespace_named,
     },
 };
 
@@ -38,9 +37,14 @@ pub const TESTS: &[(&str, TestFn)] = &[
 
 const IMAGE: &str = "e2e.local/flashsale-operator:test";
 
-/// The agents' ClusterRole is shared by the whole cluster and these tests check it is removed
-/// with the last agents: they run one at a time.
+/// The agent namespace is shared by the whole cluster: these tests run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The operator of these tests: the sales' namespace, the test image, and the test's metadata
+/// address allowed besides the ECS one.
+fn operator_flags(ns: &str) -> [&str; 6] {
+    ["--watch-namespace", ns, "--agent-image", IMAGE, "--agent-metadata-endpoint", "http://127.0.0.1:9"]
+}
 
 /// A one-replica Deployment the sale holds at one replica: spot drain is the lever under test.
 async fn deployment(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
@@ -68,10 +72,13 @@ fn sale(name: &str, ns: &str, workload: &str, (start, end): (&str, &str)) -> any
     Ok(sale)
 }
 
-/// The agent DaemonSets in `ns`, with the sales holding each.
+/// The agent DaemonSets (in the agent namespace) held by sales of `ns`, with the sales holding
+/// each.
 async fn agents(client: &Client, ns: &str) -> anyhow::Result<Vec<(String, Vec<String>, DaemonSet)>> {
-    let list =
-        Api::<DaemonSet>::namespaced(client.clone(), ns).list(&ListParams::default().labels(AGENT_SELECTOR)).await?;
+    let list = Api::<DaemonSet>::namespaced(client.clone(), AGENT_NAMESPACE)
+        .list(&ListParams::default().labels(AGENT_SELECTOR))
+        .await?;
+    let ours = format!("{ns}/");
     Ok(list
         .items
         .into_iter()
@@ -88,6 +95,7 @@ async fn agents(client: &Client, ns: &str) -> anyhow::Result<Vec<(String, Vec<St
             holders.sort();
             (d.metadata.name.clone().unwrap_or_default(), holders, d)
         })
+        .filter(|(_, holders, _)| holders.iter().any(|h| h.starts_with(&ours)))
         .collect())
 }
 
@@ -107,8 +115,8 @@ async fn wait_holders(client: &Client, ns: &str, want: &[String], cluster: &str)
 }
 
 /// Whether the agents' ServiceAccount may `verb` `resource` (kubectl auth can-i).
-fn agent_can(cluster: &Cluster, ns: &str, verb: &str, resource: &str) -> anyhow::Result<bool> {
-    let who = format!("--as=system:serviceaccount:{ns}:{AGENT}");
+fn agent_can(cluster: &Cluster, verb: &str, resource: &str) -> anyhow::Result<bool> {
+    let who = format!("--as=system:serviceaccount:{AGENT_NAMESPACE}:{AGENT}");
     let mut args = vec!["auth", "can-i", verb, resource, &who];
     let sub;
     if let Some((resource, subresource)) = resource.split_once('/') {
@@ -128,6 +136,9 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
         let there = client(secondary).await?;
         let ns = namespace(&here, "agents").await?;
         namespace_named(&there, &ns).await?;
+        // The installer's part, in both clusters: the agents' RBAC from the chart.
+        install_agent_rbac(primary, AGENT_NAMESPACE)?;
+        install_agent_rbac(secondary, AGENT_NAMESPACE)?;
         for c in [&here, &there] {
             deployment(c, &ns, "web").await?;
             deployment(c, &ns, "api").await?;
@@ -136,7 +147,7 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
         // The operator is a plain user there, with only the rights the chart's mode remote grants.
         let (_, there_kubeconfig) = crate::support::remote_identity(secondary, &[&ns])?;
         kubeconfig_secret(&here, &ns, "there", "kubeconfig", &there_kubeconfig).await?;
-        let operator = Operator::operator(primary, &["--watch-namespace", &ns, "--agent-image", IMAGE])?;
+        let operator = Operator::operator(primary, &operator_flags(&ns))?;
         let sales: Api<FlashSale> = Api::namespaced(here.clone(), &ns);
         // first: Preparing at +6 s, restoring at +19 s; second: Preparing at +11 s, restoring at +29 s.
         sales.create(&PostParams::default(), &sale("first", &ns, "web", (&at(11), &at(18)))?).await?;
@@ -157,7 +168,7 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
             ensure!(agents(c, &ns).await?.is_empty(), "cluster {name}: agents deployed before Preparing");
         }
 
-        // The first sale prepares: agents, with their RBAC, in both clusters.
+        // The first sale prepares: agents in the agent namespace of both clusters.
         let mut names = vec![];
         for (c, name, spot_nodes) in [(&here, "here", 2), (&there, "there", 1)] {
             let ds = wait_holders(c, &ns, std::slice::from_ref(&first), name).await?;
@@ -179,13 +190,28 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
             );
             ensure!(pod.service_account_name.as_deref() == Some(AGENT), "cluster {name}: agents' ServiceAccount");
             ensure!(
-                Api::<ServiceAccount>::namespaced(c.clone(), &ns).get_opt(AGENT).await?.is_some()
-                    && Api::<ClusterRoleBinding>::all(c.clone()).get_opt(&format!("{AGENT}-{ns}")).await?.is_some()
-                    && Api::<ClusterRole>::all(c.clone()).get_opt(AGENT).await?.is_some(),
-                "cluster {name}: the agents' RBAC is missing"
+                ds.metadata.namespace.as_deref() == Some(AGENT_NAMESPACE),
+                "cluster {name}: agents in {:?}, not the agent namespace",
+                ds.metadata.namespace
             );
-            // kwok runs the agent pods on the spot nodes: the DaemonSet reports them ready.
-            let dss: Api<DaemonSet> = Api::namespaced(c.clone(), &ns);
+            ensure!(
+                pod.priority_class_name.as_deref() == Some("system-node-critical"),
+                "cluster {name}: agents' priority class {:?}",
+                pod.priority_class_name
+            );
+            // Nothing of the agents lands in the sale's namespace.
+            ensure!(
+                Api::<ServiceAccount>::namespaced(c.clone(), &ns).get_opt(AGENT).await?.is_none()
+                    && Api::<DaemonSet>::namespaced(c.clone(), &ns)
+                        .list(&ListParams::default())
+                        .await?
+                        .items
+                        .is_empty(),
+                "cluster {name}: the operator put agent objects in the sale's namespace"
+            );
+            // kwok runs the agent pods on the spot nodes (critical priority outside kube-system
+            // is admitted): the DaemonSet reports them ready.
+            let dss: Api<DaemonSet> = Api::namespaced(c.clone(), AGENT_NAMESPACE);
             let ds_name = ds.metadata.name.clone().unwrap_or_default();
             eventually(Duration::from_secs(20), || async {
                 let s = dss.get(&ds_name).await?.status.context("no status")?;
@@ -209,7 +235,7 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
             ("delete", "nodes", false),
             ("patch", "deployments.apps", false),
         ] {
-            let can = agent_can(primary, &ns, verb, resource)?;
+            let can = agent_can(primary, verb, resource)?;
             ensure!(can == allowed, "the drain agent {} {verb} {resource}", if can { "may" } else { "may not" });
         }
 
@@ -257,7 +283,7 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
             let ds = wait_holders(c, &ns, std::slice::from_ref(&second), name).await?;
             ensure!(ds.metadata.deletion_timestamp.is_none(), "cluster {name}: agents deleted while a sale holds them");
         }
-        // The second completes: agents and RBAC are gone from both clusters.
+        // The second completes: agents are gone from both clusters; the installer's RBAC stays.
         eventually(Duration::from_secs(25), || async {
             Ok(sales.get("second").await?.status.and_then(|s| s.phase) == Some(Phase::Completed))
         })
@@ -266,19 +292,17 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
         for (c, name) in [(&here, "here"), (&there, "there")] {
             eventually(Duration::from_secs(10), || async {
                 Ok(agents(c, &ns).await?.is_empty()
-                    && Api::<ServiceAccount>::namespaced(c.clone(), &ns).get_opt(AGENT).await?.is_none()
-                    && Api::<ClusterRoleBinding>::all(c.clone()).get_opt(&format!("{AGENT}-{ns}")).await?.is_none()
-                    && Api::<ClusterRole>::all(c.clone()).get_opt(AGENT).await?.is_none())
+                    && Api::<ServiceAccount>::namespaced(c.clone(), AGENT_NAMESPACE).get_opt(AGENT).await?.is_some())
             })
             .await
-            .with_context(|| format!("cluster {name}: agents or their RBAC left behind after both sales"))?;
+            .with_context(|| format!("cluster {name}: agents left behind after both sales (or the agent RBAC gone)"))?;
         }
         Ok(())
     })
 }
 
 /// Changing the agents' settings mid-sale moves the sale to a DaemonSet with the new settings
-/// and removes the old one; suspending the sale removes the agents and their RBAC.
+/// and removes the old one; suspending the sale removes the agents.
 fn move_with_the_settings_and_go_on_suspend(env: &Env) -> anyhow::Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = env.primary()?;
@@ -286,7 +310,8 @@ fn move_with_the_settings_and_go_on_suspend(env: &Env) -> anyhow::Result<()> {
         let c = client(cluster).await?;
         let ns = namespace(&c, "agents-move").await?;
         deployment(&c, &ns, "web").await?;
-        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns, "--agent-image", IMAGE])?;
+        install_agent_rbac(cluster, AGENT_NAMESPACE)?;
+        let _operator = Operator::operator(cluster, &operator_flags(&ns))?;
         let sales: Api<FlashSale> = Api::namespaced(c.clone(), &ns);
         let mut s = sale("moving", &ns, "web", (&at(4), &at(600)))?;
         s.spec.clusters = vec![];
@@ -312,13 +337,9 @@ fn move_with_the_settings_and_go_on_suspend(env: &Env) -> anyhow::Result<()> {
 
         let patch = serde_json::json!({"spec": {"suspend": true}});
         sales.patch("moving", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
-        eventually(Duration::from_secs(20), || async {
-            Ok(agents(&c, &ns).await?.is_empty()
-                && Api::<ServiceAccount>::namespaced(c.clone(), &ns).get_opt(AGENT).await?.is_none()
-                && Api::<ClusterRoleBinding>::all(c.clone()).get_opt(&format!("{AGENT}-{ns}")).await?.is_none())
-        })
-        .await
-        .context("suspending the sale left agents or their RBAC behind")?;
+        eventually(Duration::from_secs(20), || async { Ok(agents(&c, &ns).await?.is_empty()) })
+            .await
+            .context("suspending the sale left agents behind")?;
         // The status follows the pass that removed them.
         let removed = eventually(Duration::from_secs(10), || async {
             let status = sales.get("moving").await?.status.unwrap_or_default();

@@ -16,6 +16,7 @@ mod tenant;
 mod tenant_confine;
 mod tenant_kubeconfig;
 mod tenant_rbac;
+mod tenant_agents;
 mod timeline;
 mod warmup;
 
@@ -47,6 +48,7 @@ fn main() {
         .chain(tenant_confine::TESTS)
         .chain(tenant_kubeconfig::TESTS)
         .chain(tenant_rbac::TESTS)
+        .chain(tenant_agents::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

@@ -78,6 +78,106 @@ fn install_crd(cluster: &Cluster) -> anyhow::Result<()> {
     cluster.install_crd(&repo().join("crds/flashsale.dev_flashsales.yaml"))
 }
 
+/// The agent namespace the operator uses in these tests (no `POD_NAMESPACE`: its default).
+pub const AGENT_NAMESPACE: &str = "flashsale-system";
+
+/// Installs the drain agents' identity and rights into `namespace` of `cluster` exactly as the
+/// chart renders them (`templates/agent-rbac.yaml`), as the installer does before any sale
+/// runs agents there. Idempotent; serialised, since tests share the clusters.
+pub fn install_agent_rbac(cluster: &Cluster, namespace: &str) -> anyhow::Result<()> {
+    static APPLYING: Mutex<()> = Mutex::new(());
+    let _one = APPLYING.lock().unwrap_or_else(|e| e.into_inner());
+    let chart = repo().join("charts/flashsale-operator");
+    let out = Command::new(cluster.tool("helm"))
+        .args(["template", "flashsale", &chart.to_string_lossy(), "--namespace", namespace])
+        .args(["--show-only", "templates/agent-rbac.yaml"])
+        .output()
+        .context("running helm template")?;
+    if !out.status.success() {
+        bail!("helm template of the agent RBAC failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let docs = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&docs))?;
+    Ok(())
+}
+
+/// A kubeconfig of `cluster` whose only credential is a token of the agents' ServiceAccount
+/// bound to a pod on `node` (a DaemonSet's, as the agents' own pods are, so a drain leaves it
+/// alone): an agent run with it has exactly the rights the chart's agent RBAC gives, under the
+/// own-node admission policy.
+pub fn agent_kubeconfig(cluster: &Cluster, node: &str) -> anyhow::Result<PathBuf> {
+    install_agent_rbac(cluster, AGENT_NAMESPACE)?;
+    let agent = flashsale_operator::levers::agents::AGENT;
+    let name = format!("agent-identity-{node}");
+    let ds = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": AGENT_NAMESPACE},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "serviceAccountName": agent,
+                    "nodeSelector": {"kubernetes.io/hostname": node},
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{"name": "identity", "image": "e2e.local/identity:1"}],
+                },
+            },
+        },
+    });
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&ds.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pod = loop {
+        let running = cluster.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            AGENT_NAMESPACE,
+            "-l",
+            &format!("app={name}"),
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])?;
+        if let Some(pod) = running.split_whitespace().next() {
+            break pod.to_owned();
+        }
+        if Instant::now() > deadline {
+            bail!("the agent identity pod never ran on {node}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let token = cluster.kubectl(&[
+        "create",
+        "token",
+        agent,
+        "-n",
+        AGENT_NAMESPACE,
+        "--bound-object-kind=Pod",
+        &format!("--bound-object-name={pod}"),
+        "--duration=2h",
+    ])?;
+    let path = cluster.dir.join(format!("agent-{node}.kubeconfig"));
+    std::fs::copy(&cluster.kubeconfig, &path)?;
+    let kubectl = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new(cluster.tool("kubectl"))
+            .arg(format!("--kubeconfig={}", path.display()))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    kubectl(&["config", "set-credentials", "drain-agent", &format!("--token={}", token.trim())])?;
+    kubectl(&["config", "set-context", "--current", "--user=drain-agent"])?;
+    Ok(path)
+}
+
 /// Runs an async test body on its own runtime (kube clients are bound to the runtime that
 /// made them).
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
@@ -187,6 +287,7 @@ impl Process {
         program: &str,
         args: &[&str],
         rust_log: &str,
+        kubeconfig: &Path,
     ) -> anyhow::Result<Process> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = cluster.dir.join(format!("{what}-{port}.log"));
@@ -194,7 +295,7 @@ impl Process {
         let child = Command::new(program)
             .args(args)
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
@@ -211,15 +312,17 @@ impl Process {
     /// [`Process::operator`] with the given `RUST_LOG` (benchmarks log less).
     pub fn operator_logging(cluster: &Cluster, extra: &[&str], rust_log: &str) -> anyhow::Result<Process> {
         let args: Vec<&str> = std::iter::once("run").chain(extra.iter().copied()).collect();
-        Self::spawn(cluster, "operator", env!("CARGO_BIN_EXE_flashsale-operator"), &args, rust_log)
+        Self::spawn(cluster, "operator", env!("CARGO_BIN_EXE_flashsale-operator"), &args, rust_log, &cluster.kubeconfig)
     }
 
-    /// Starts the drain agent for `node`, polling the metadata service at `endpoint`.
+    /// Starts the drain agent for `node`, polling the metadata service at `endpoint`, with the
+    /// identity the agents get in a cluster ([`agent_kubeconfig`]).
     pub fn agent(cluster: &Cluster, node: &str, endpoint: &str, extra: &[&str]) -> anyhow::Result<Process> {
+        let kubeconfig = agent_kubeconfig(cluster, node)?;
         let mut args = vec!["--node-name", node, "--metadata-endpoint", endpoint];
         args.extend(extra);
         let program = env!("CARGO_BIN_EXE_flashsale-drain-agent");
-        Self::spawn(cluster, "agent", program, &args, "info,flashsale_operator=debug")
+        Self::spawn(cluster, "agent", program, &args, "info,flashsale_operator=debug", &kubeconfig)
     }
 
     /// GET `path` on the metrics address: status code and body.
