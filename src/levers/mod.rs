@@ -183,16 +183,10 @@ async fn check_rights(
     // Without the right to look the CRD up it counts as absent; that right is reported itself.
     let cronhpa_installed = cronhpa::installed(client).await.unwrap_or(false);
     let facts = preflight::ClusterFacts { cronhpa_installed };
-    let wanted = preflight::needed_rights(spec, sale.namespace, agent_namespace(sale), facts);
+    let wanted = preflight::needed_rights(spec, sale.namespace, &sale.installer.agent_namespace, facts);
     let missing = preflight::missing_rights(client, &wanted).await?;
     report.problems.extend(missing.iter().map(preflight::missing_right_problem));
     Ok(())
-}
-
-/// The namespace the sale's drain agents run in, in every cluster: the sale's own namespace
-/// until the installer's agent namespace (the drain-agent contract) replaces it.
-fn agent_namespace<'a>(sale: &Sale<'a>) -> &'a str {
-    sale.namespace
 }
 
 /// Folds one lever's result into the report: an API refusal (RBAC, a webhook, a conflict)

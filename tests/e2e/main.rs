@@ -13,10 +13,10 @@ mod harness;
 mod levers;
 mod support;
 mod tenant;
+mod tenant_agents;
 mod tenant_confine;
 mod tenant_kubeconfig;
 mod tenant_rbac;
-mod tenant_agents;
 mod timeline;
 mod warmup;
 

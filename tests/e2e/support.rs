@@ -554,10 +554,6 @@ pub fn machine() -> String {
     format!("{cpus} CPUs, load average {load}")
 }
 
-/// The namespace the chart's drain agents (and, in mode remote, their RBAC) live in, as the
-/// tests install it.
-pub const AGENT_NAMESPACE: &str = "flashsale-system";
-
 /// Renders the chart (`helm template`) as release `release` in `namespace` with `--set` values
 /// `sets`, keeping only the templates in `only` (all when empty).
 pub fn render_chart(

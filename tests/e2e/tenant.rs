@@ -48,7 +48,14 @@ pub async fn tenant(cluster: &Cluster, admin: &Client, ns: &str) -> anyhow::Resu
         "subjects": [{"kind": "ServiceAccount", "name": TENANT, "namespace": ns}],
     }))?;
     Api::<RoleBinding>::namespaced(admin.clone(), ns).create(&PostParams::default(), &binding).await?;
-    as_user(cluster, &user(ns)).await
+    // The authorizer sees a new binding a moment later: act as the tenant only once it does.
+    let who = user(ns);
+    crate::support::eventually(std::time::Duration::from_secs(10), || {
+        can(admin, &who, "create", "flashsale.dev/flashsales", Some(ns))
+    })
+    .await
+    .context("the tenant's Role never took effect")?;
+    as_user(cluster, &who).await
 }
 
 /// A client of `cluster` that impersonates `user` (with the groups of a ServiceAccount when

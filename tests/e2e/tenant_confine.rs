@@ -38,17 +38,6 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ),
 ];
 
-/// The tenant of `ns` (see [`tenant`]), once the API server's authorizer has caught up with its
-/// new Role: until then a create is Forbidden, which would say nothing about the operator.
-async fn ready_tenant(cluster: &crate::harness::Cluster, admin: &Client, ns: &str) -> anyhow::Result<Client> {
-    let client = tenant(cluster, admin, ns).await?;
-    let who = user(ns);
-    eventually(Duration::from_secs(10), || can(admin, &who, "create", "flashsale.dev/flashsales", Some(ns)))
-        .await
-        .context("the tenant's Role never took effect")?;
-    Ok(client)
-}
-
 /// The victim's Deployment: 3 replicas with a liveness probe, as its owner wrote it.
 fn dns() -> anyhow::Result<Deployment> {
     Ok(serde_json::from_value(json!({
@@ -114,7 +103,7 @@ fn a_workload_in_another_namespace_or_of_another_kind_is_refused_and_left_alone(
         victim_deployments.create(&PostParams::default(), &dns()?).await?;
         let before = changeable(&victim_deployments.get("dns").await?);
         let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
-        let as_tenant = ready_tenant(cluster, &admin, &ns).await?;
+        let as_tenant = tenant(cluster, &admin, &ns).await?;
         let sales: Api<FlashSale> = Api::namespaced(as_tenant.clone(), &ns);
         let (start, end) = (at(4), at(120));
         let window = (start.as_str(), end.as_str());
@@ -233,7 +222,7 @@ fn warm_up_pods_cannot_borrow_a_service_account_or_the_host(env: &Env) -> anyhow
             .create(&PostParams::default(), &crate::support::deployment("web", 1, None)?)
             .await?;
         let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
-        let as_tenant = ready_tenant(cluster, &admin, &ns).await?;
+        let as_tenant = tenant(cluster, &admin, &ns).await?;
         let sales: Api<FlashSale> = Api::namespaced(as_tenant.clone(), &ns);
         let workloads =
             json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 1, "mode": "Replicas"}}]);
@@ -362,7 +351,7 @@ fn a_service_account_the_installer_allows_runs_the_warm_up(env: &Env) -> anyhow:
             .await?;
         let _operator =
             Operator::operator(cluster, &["--watch-namespace", &ns, "--warmup-service-account", "cache-reader"])?;
-        let as_tenant = ready_tenant(cluster, &admin, &ns).await?;
+        let as_tenant = tenant(cluster, &admin, &ns).await?;
         let sales: Api<FlashSale> = Api::namespaced(as_tenant.clone(), &ns);
         let workloads =
             json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 1, "mode": "Replicas"}}]);

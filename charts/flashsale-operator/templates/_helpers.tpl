@@ -26,7 +26,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The agent namespace (the drain-agent contract): drain agents and their RBAC live here, under
 the same name in every cluster. It is the release's namespace in both modes. */}}
 {{- define "flashsale.agentNamespace" -}}
-{{- .Release.Namespace -}}
+{{- default .Release.Namespace .Values.agents.namespace -}}
 {{- end -}}
 
 {{- define "flashsale.checkMode" -}}
