@@ -410,7 +410,7 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                         installer: &ctx.installer,
                         warmups: shown.map(|c| c.warmups.as_slice()).unwrap_or_default(),
                     };
-                    levers::run(&client, &pass, &sale.spec, intent).await.map_err(|err| {
+                    levers::run(&client, &ctx.client, &pass, &sale.spec, intent).await.map_err(|err| {
                         ctx.metrics
                             .reconcile_errors
                             .get_or_create(&ErrorLabels { lever: "prescale", category: kube_category(&err) })

@@ -79,6 +79,7 @@ struct Original {
 /// Runs the flags lever for one cluster. A sale without `degradation` is left alone entirely.
 pub async fn run(
     client: &Client,
+    local: &Client,
     sale: &Sale<'_>,
     spec: &FlashSaleSpec,
     intent: Intent,
@@ -110,7 +111,7 @@ pub async fn run(
     match (intent, sale.schedule) {
         (Intent::Restore, _) | (_, None) => restore(&api, &target, live.as_ref(), ours, report).await,
         (_, Some(schedule)) => {
-            publish(&api, &target, live.as_ref(), ours, degradation, sale, &schedule, intent, report).await
+            publish(&api, local, &target, live.as_ref(), ours, degradation, sale, &schedule, intent, report).await
         }
     }
 }
@@ -239,6 +240,7 @@ struct Wanted {
 #[allow(clippy::too_many_arguments)]
 async fn publish(
     api: &Api<DynamicObject>,
+    local: &Client,
     target: &Target,
     live: Option<&DynamicObject>,
     ours: bool,
@@ -269,9 +271,10 @@ async fn publish(
     // Checked (and its Secrets read) once per pass, and only while breakers are evaluated: a URL
     // the installer does not allow is never queried.
     let access = match (&degradation.prometheus, evaluating && !auto_flags.is_empty()) {
+        // The credentials are Secrets the sale's author wrote next to the sale, in the
+        // operator's own cluster, whichever cluster the flags are published in.
         (Some(p), true) => {
-            let client = api.clone().into_client();
-            Some(prometheus::Access::load(&client, sale.namespace, p, &sale.installer.prometheus_url_allow).await)
+            Some(prometheus::Access::load(local, sale.namespace, p, &sale.installer.prometheus_url_allow).await)
         }
         (None, true) => Some(Err("degradation.prometheus.url is not set".to_owned())),
         (_, false) => None,

@@ -145,8 +145,10 @@ pub struct Sale<'a> {
 
 /// Runs every lever of a sale in one cluster. An API refusal in one lever is that lever's
 /// problem (reported, the others still run); an unreachable cluster fails the whole pass.
+/// `local` is the operator's own cluster, where the sale and the Secrets its author wrote live.
 pub async fn run(
     client: &Client,
+    local: &Client,
     sale: &Sale<'_>,
     spec: &FlashSaleSpec,
     intent: Intent,
@@ -167,7 +169,7 @@ pub async fn run(
     contain(&mut report, "drain agents", agents)?;
     let warmed = warmup::run(client, sale, spec, intent, &mut report).await;
     contain(&mut report, "cache warm-up", warmed)?;
-    let flagged = flags::run(client, sale, spec, intent, &mut report).await;
+    let flagged = flags::run(client, local, sale, spec, intent, &mut report).await;
     contain(&mut report, "degradation flags", flagged)?;
     Ok(report)
 }

@@ -118,3 +118,14 @@ run as the ServiceAccount the chart pre-installs there, which the operator only 
   {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* The operator's image (the drain agents run the same): registry/repository, then @digest or :tag. */}}
+{{- define "flashsale.image" -}}
+{{- $repo := .Values.image.repository -}}
+{{- with .Values.image.registry }}{{ $repo = printf "%s/%s" (trimSuffix "/" .) $repo }}{{ end -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
