@@ -385,9 +385,12 @@ fn the_chart_renders_both_modes_and_refuses_what_it_cannot_bind(env: &Env) -> an
     }
     cluster.helm(&lint)?;
     let rendered = support::render_chart(cluster, "modes", support::AGENT_NAMESPACE, &remote, &[])?;
-    for kind in ["Deployment", "ServiceAccount", "Service"] {
+    for kind in ["Deployment", "Service"] {
         ensure!(!rendered.contains(&format!("\nkind: {kind}\n")), "mode remote renders a {kind}");
     }
+    // The only ServiceAccount is the drain agents' identity (the installer's, in both modes).
+    let accounts = rendered_names(&rendered, "ServiceAccount")?;
+    ensure!(accounts == ["flashsale-drain-agent"], "mode remote renders the ServiceAccounts {accounts:?}");
     ensure!(!rendered.contains("aggregate-to-"), "mode remote renders the user roles of a cluster without the CRD");
     for kind in ["Namespace", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
         ensure!(rendered.contains(&format!("\nkind: {kind}\n")), "mode remote renders no {kind}");
@@ -420,6 +423,19 @@ fn the_chart_renders_both_modes_and_refuses_what_it_cannot_bind(env: &Env) -> an
         }
     }
     Ok(())
+}
+
+/// The names of the objects of `kind` in `rendered`.
+fn rendered_names(rendered: &str, kind: &str) -> anyhow::Result<Vec<String>> {
+    use serde::Deserialize as _;
+    let mut names = vec![];
+    for doc in serde_yaml::Deserializer::from_str(rendered) {
+        let value = serde_json::Value::deserialize(doc)?;
+        if value.get("kind").and_then(|k| k.as_str()) == Some(kind) {
+            names.push(value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_owned());
+        }
+    }
+    Ok(names)
 }
 
 /// One granted or needed right, as comparable text: `verb group/resource[/sub] [name] where`.
@@ -518,7 +534,8 @@ fn the_remote_rights_are_exactly_what_the_levers_need(env: &Env) -> anyhow::Resu
     let sets =
         ["mode=remote", "remote.subjects[0].kind=User", "remote.subjects[0].name=op", "remote.namespaces={shop}"];
     let rendered = support::render_chart(cluster, "exact", support::AGENT_NAMESPACE, &sets, &[])?;
-    let granted = granted_rights(&rendered, &[])?;
+    // The drain agents' own ClusterRole is bound to their ServiceAccount, not to the remote identity.
+    let granted = granted_rights(&rendered, &["flashsale-drain-agent"])?;
     let mut wanted = every_lever_needs("shop", support::AGENT_NAMESPACE)?;
     for verb in ["get", "watch"] {
         wanted.insert(format!("{verb} apps/daemonsets in namespace {}", support::AGENT_NAMESPACE));
