@@ -409,7 +409,8 @@ fn cronhpa_scales_on_time_even_with_the_operator_down(_env: &Env) -> anyhow::Res
                 && job["runOnce"] == true)),
             "scale-up job is not `{shanghai}` to 4: {jobs}"
         );
-        ensure!(phase(&sales, "flash").await? == Some(Phase::Scheduled), "not Scheduled any more");
+        // The status write follows the pass that created the CronHPA.
+        wait_phase(&sales, "flash", Phase::Scheduled, 10).await.context("not Scheduled any more")?;
 
         // The operator goes down before the boundary; the real CronHPA controller scales anyway.
         operator.kill()?;

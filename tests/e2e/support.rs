@@ -87,21 +87,11 @@ pub const AGENT_NAMESPACE: &str = "flashsale-system";
 pub fn install_agent_rbac(cluster: &Cluster, namespace: &str) -> anyhow::Result<()> {
     static APPLYING: Mutex<()> = Mutex::new(());
     let _one = APPLYING.lock().unwrap_or_else(|e| e.into_inner());
-    let chart = repo().join("charts/flashsale-operator");
-    let out = Command::new(cluster.tool("helm"))
-        .args(["template", "flashsale", &chart.to_string_lossy(), "--namespace", namespace])
-        .args(["--show-only", "templates/agent-rbac.yaml"])
-        .output()
-        .context("running helm template")?;
-    if !out.status.success() {
-        bail!("helm template of the agent RBAC failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let docs = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&docs))?;
-    Ok(())
+    let rendered = render_chart(cluster, "flashsale", namespace, &[], &["templates/agent-rbac.yaml"])?;
+    apply_manifests(
+        cluster,
+        &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\n{rendered}"),
+    )
 }
 
 /// A kubeconfig of `cluster` whose only credential is a token of the agents' ServiceAccount

@@ -404,7 +404,7 @@ fn the_chart_renders_both_modes_and_refuses_what_it_cannot_bind(env: &Env) -> an
     let agent_namespace = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n", support::AGENT_NAMESPACE);
     support::apply_manifests(cluster, &agent_namespace)?;
     cluster
-        .kubectl_stdin(&["apply", "--server-side", "--dry-run=server", "-f", "-"], Some(&rendered))
+        .kubectl_stdin(&["apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", "-"], Some(&rendered))
         .context("the API server rejected the rendered mode remote")?;
     let with_watch = support::render_chart(cluster, "modes", support::AGENT_NAMESPACE, &["watchNamespace=shop"], &[])?;
     ensure!(with_watch.contains("--watch-namespace=shop"), "the Deployment does not watch the namespace");
