@@ -24,7 +24,7 @@ pub fn read(path: &Path) -> anyhow::Result<FlashSale> {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
     };
     let value: serde_json::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
+        serde_saphyr::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
     let sale: FlashSale =
         serde_json::from_value(value).with_context(|| format!("{} is not a valid FlashSale", path.display()))?;
     if let Err(errors) = kube::core::cel::validate_cel(&sale) {
@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn plan_shows_both_clocks_every_cluster_and_live_baselines() {
-        let sale: FlashSale = serde_yaml::from_str(
+        let sale: FlashSale = serde_saphyr::from_str(
             r#"
 apiVersion: flashsale.dev/v1alpha1
 kind: FlashSale
@@ -254,7 +254,7 @@ spec:
     /// the levers' own refusal: a workload elsewhere or of another kind is never acted on.
     #[test]
     fn plan_shows_a_target_outside_the_namespace_or_of_another_kind_as_refused() {
-        let sale: FlashSale = serde_yaml::from_str(
+        let sale: FlashSale = serde_saphyr::from_str(
             r#"
 apiVersion: flashsale.dev/v1alpha1
 kind: FlashSale
@@ -283,7 +283,7 @@ spec:
 
     #[test]
     fn plan_lists_drain_agents_and_flags_with_their_times() {
-        let sale: FlashSale = serde_yaml::from_str(include_str!("../examples/double-11.yaml")).unwrap();
+        let sale: FlashSale = serde_saphyr::from_str(include_str!("../examples/double-11.yaml")).unwrap();
         let text = render(&sale, "2026-11-10T12:00:00Z".parse().unwrap(), &vec![]).unwrap();
         assert!(
             text.contains("drain agents on nodes matching node.kubernetes.io/instance-lifecycle=spot (poll http://100.100.100.200 every 2s"),
@@ -295,7 +295,7 @@ spec:
 
     #[test]
     fn plan_shows_when_each_warm_up_runs() {
-        let sale: FlashSale = serde_yaml::from_str(
+        let sale: FlashSale = serde_saphyr::from_str(
             r#"
 apiVersion: flashsale.dev/v1alpha1
 kind: FlashSale

@@ -34,8 +34,11 @@ pub fn crd() -> CustomResourceDefinition {
 }
 
 /// The CRD as the YAML document checked in under `crds/` and shipped in the chart.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&crd()).map(|body| format!("---\n{body}"))
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    // CEL rules and messages stay on one line each, as a reader of the CRD searches for them.
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.prefer_block_scalars = false;
+    serde_saphyr::to_string_with_options(&crd(), options).map(|body| format!("---\n{body}"))
 }
 
 fn child<'a>(schema: impl Into<Option<&'a mut JSONSchemaProps>>, name: &str) -> Option<&'a mut JSONSchemaProps> {
@@ -76,7 +79,7 @@ mod tests {
     use super::*;
 
     fn sale(yaml: &str) -> FlashSale {
-        serde_yaml::from_str(yaml).expect("test YAML parses")
+        serde_saphyr::from_str(yaml).expect("test YAML parses")
     }
 
     const BASE: &str = r#"

@@ -665,7 +665,7 @@ mod tests {
     use super::*;
 
     fn sale_with(workload_ref: &str, pod: serde_json::Value) -> FlashSale {
-        let mut sale: FlashSale = serde_yaml::from_str(&format!(
+        let mut sale: FlashSale = serde_saphyr::from_str(&format!(
             r#"
 apiVersion: flashsale.dev/v1alpha1
 kind: FlashSale

@@ -101,7 +101,7 @@ fn kstatus_and_argo_cd_read_the_sale_as_on_call_would(env: &Env) -> anyhow::Resu
     let dir = std::env::temp_dir().join(format!("flashsale-e2e-{}-nocel", std::process::id()));
     let mut bare = Cluster::start(&ClusterOptions { name: "nocel".into(), nodes: 1, spot_nodes: 0 }, &dir, false)?;
     let mut crd: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(repo().join("crds/flashsale.dev_flashsales.yaml"))?)?;
+        serde_saphyr::from_str(&std::fs::read_to_string(repo().join("crds/flashsale.dev_flashsales.yaml"))?)?;
     strip_cel(&mut crd);
     let crd_path = bare.dir.join("crd-without-cel.json");
     std::fs::write(&crd_path, serde_json::to_string(&crd)?)?;

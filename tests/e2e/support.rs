@@ -232,7 +232,7 @@ where
 pub fn read_object(path: &Path) -> anyhow::Result<DynamicObject> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let value: serde_json::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     Ok(serde_json::from_value(value)?)
 }
 

@@ -204,7 +204,7 @@ fn token_files_exec_plugins_and_key_paths_are_refused_before_any_request(env: &E
         ensure!(!status.contains(&operator_token) && !format!("{all:?}").contains(&operator_token), "token leaked");
         // `plan --kubeconfig` on a reviewer's machine reads the same Secrets by the same rules.
         let file = cluster.dir.join(format!("plan-{ns}.yaml"));
-        std::fs::write(&file, serde_yaml::to_string(&sale("borrowed", &ns, &clusters, 600)?)?)?;
+        std::fs::write(&file, serde_saphyr::to_string(&sale("borrowed", &ns, &clusters, 600)?)?)?;
         let plan = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
             .args(["plan", "-f"])
             .arg(&file)

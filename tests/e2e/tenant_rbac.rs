@@ -427,10 +427,8 @@ fn the_chart_renders_both_modes_and_refuses_what_it_cannot_bind(env: &Env) -> an
 
 /// The names of the objects of `kind` in `rendered`.
 fn rendered_names(rendered: &str, kind: &str) -> anyhow::Result<Vec<String>> {
-    use serde::Deserialize as _;
     let mut names = vec![];
-    for doc in serde_yaml::Deserializer::from_str(rendered) {
-        let value = serde_json::Value::deserialize(doc)?;
+    for value in serde_saphyr::from_multiple::<serde_json::Value>(rendered)? {
         if value.get("kind").and_then(|k| k.as_str()) == Some(kind) {
             names.push(value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_owned());
         }
@@ -445,10 +443,8 @@ type RightText = String;
 /// name, scoped to the Role's namespace or `(cluster-wide)`, in the form
 /// [`flashsale_operator::levers::preflight::Right`] prints.
 fn granted_rights(rendered: &str, skip: &[&str]) -> anyhow::Result<std::collections::BTreeSet<RightText>> {
-    use serde::Deserialize as _;
     let mut granted = std::collections::BTreeSet::new();
-    for doc in serde_yaml::Deserializer::from_str(rendered) {
-        let value = serde_json::Value::deserialize(doc)?;
+    for value in serde_saphyr::from_multiple::<serde_json::Value>(rendered)? {
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
         let name = value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default();
         if (kind != "Role" && kind != "ClusterRole") || skip.contains(&name) {
