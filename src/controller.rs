@@ -304,7 +304,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     let decided = status::decide(sale, &schedule, position, &observations, now);
 
     report_events(ctx, sale, &previous, &decided, &observations).await;
-    record_phase_metrics(ctx, sale, &decided, now);
+    record_phase_metrics(ctx, sale, &decided);
     // Remote clusters have no watch here: while a sale holds its changes, look at them again
     // periodically so a lost cluster (or drift) shows within seconds.
     let remote_hold = !sale.spec.clusters.is_empty() && Intent::for_phase(position.phase) == Intent::Hold;
@@ -592,7 +592,7 @@ fn forget_metrics(ctx: &Context, sale: &FlashSale) {
         let labels = ConditionLabels { namespace: namespace.clone(), name: name.clone(), condition: condition.into() };
         ctx.metrics.condition.remove(&labels);
     }
-    ctx.metrics.seconds_to_next_transition.remove(&SaleLabels { namespace, name });
+    ctx.metrics.next_transition_timestamp.remove(&SaleLabels { namespace, name });
     forget_flag_metrics(ctx, sale);
 }
 
@@ -685,7 +685,7 @@ async fn publish_with(
     }
 }
 
-fn record_phase_metrics(ctx: &Context, sale: &FlashSale, status: &FlashSaleStatus, now: Timestamp) {
+fn record_phase_metrics(ctx: &Context, sale: &FlashSale, status: &FlashSaleStatus) {
     let (namespace, name) = (sale.namespace().unwrap_or_default(), sale.name_any());
     for phase in Phase::ALL {
         let on = status.phase == Some(phase);
@@ -698,9 +698,16 @@ fn record_phase_metrics(ctx: &Context, sale: &FlashSale, status: &FlashSaleStatu
         let labels = ConditionLabels { namespace: namespace.clone(), name: name.clone(), condition: c.type_.clone() };
         ctx.metrics.condition.get_or_create(&labels).set(i64::from(c.status == "True"));
     }
-    if let Some(next) = &status.next_transition_time {
-        let secs = next.0.duration_since(now).as_secs_f64();
-        ctx.metrics.seconds_to_next_transition.get_or_create(&SaleLabels { namespace, name }).set(secs);
+    let labels = SaleLabels { namespace, name };
+    match &status.next_transition_time {
+        Some(next) => {
+            let at = next.0.as_millisecond() as f64 / 1000.0;
+            ctx.metrics.next_transition_timestamp.get_or_create(&labels).set(at);
+        }
+        // Nothing scheduled any more (Completed, Suspended): no countdown to show.
+        None => {
+            ctx.metrics.next_transition_timestamp.remove(&labels);
+        }
     }
 }
 

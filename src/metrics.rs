@@ -65,7 +65,9 @@ pub struct Metrics {
     pub reconcile_duration: Family<LeverLabels, Histogram>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub phase: Family<PhaseLabels, Gauge>,
-    pub seconds_to_next_transition: Family<SaleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Unix time of the sale's next scheduled phase change: a countdown is `... - time()` in
+    /// PromQL, right between reconciles (a "seconds until" gauge would freeze between them).
+    pub next_transition_timestamp: Family<SaleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub api_requests: Family<RequestLabels, Counter>,
     pub condition: Family<ConditionLabels, Gauge>,
     pub flag_enabled: Family<FlagLabels, Gauge>,
@@ -91,11 +93,11 @@ impl Default for Metrics {
         );
         let phase = Family::<PhaseLabels, Gauge>::default();
         registry.register("sale_phase", "1 for the phase each sale is in, 0 for the others", phase.clone());
-        let seconds_to_next_transition = Family::default();
+        let next_transition_timestamp = Family::default();
         registry.register(
-            "sale_seconds_to_next_transition",
-            "Seconds until the sale's next scheduled phase change (negative once past)",
-            seconds_to_next_transition.clone(),
+            "sale_next_transition_timestamp_seconds",
+            "Unix time of the sale's next scheduled phase change (countdown: this - time())",
+            next_transition_timestamp.clone(),
         );
         let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -126,7 +128,7 @@ impl Default for Metrics {
             reconcile_duration,
             reconcile_errors,
             phase,
-            seconds_to_next_transition,
+            next_transition_timestamp,
             api_requests,
             condition,
             flag_enabled,

@@ -169,6 +169,16 @@ fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
             "Prescaled: {:?}",
             condition(&live, "Prescaled")
         );
+        // The countdown a dashboard shows is `next_transition_timestamp - time()`: the gauge
+        // holds the instant status names, not a number of seconds frozen at the last reconcile.
+        let next = live.status.as_ref().and_then(|s| s.next_transition_time.as_ref()).context("no next transition")?;
+        let series = format!("flashsale_sale_next_transition_timestamp_seconds{{namespace=\"{ns}\",name=\"flash\"}}");
+        let shown = operator.metric(&series)?;
+        ensure!(
+            (shown - next.0.as_millisecond() as f64 / 1000.0).abs() < 0.001,
+            "{series} is {shown}, status says {}",
+            next.0
+        );
         let table = cluster.kubectl(&["get", "fs", "-n", &ns])?;
         ensure!(
             table.lines().nth(1).is_some_and(|row| row.contains("True")),
