@@ -234,10 +234,57 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
     let chart_path = chart.display().to_string();
     run(&["lint", "--strict", &chart_path])?;
     let rendered = run(&["template", "flashsale", &chart_path, "--namespace", "flashsale-system", "--include-crds"])?;
-    for kind in
-        ["CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"]
-    {
+    for kind in [
+        "CustomResourceDefinition",
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "PodDisruptionBudget",
+    ] {
         ensure!(rendered.contains(&format!("kind: {kind}")), "the chart renders no {kind}");
+    }
+    // One replica too is elected, and an upgrade starts the new pod (a standby) before the old
+    // one stops: two pods for a moment, one leader always.
+    ensure!(rendered.contains("- --leader-elect\n"), "the default install does not elect a leader");
+    ensure!(
+        rendered.contains("maxSurge: 1\n      maxUnavailable: 0\n"),
+        "the update strategy can stop the leader first"
+    );
+    // values.schema.json: helm refuses a wrong value, naming it, before anything is rendered.
+    for (set, says) in [
+        ("replicaCount=two", "/replicaCount"),
+        ("replicas=2", "additional properties 'replicas' not allowed"),
+        ("image.digest=latest", "/image/digest"),
+        ("agents.metadataEndpoints={https://169.254.169.254}", "/agents/metadataEndpoints/0"),
+        ("logFormat=xml", "/logFormat"),
+    ] {
+        let refused = run(&["template", "flashsale", &chart_path, "--set", set]);
+        ensure!(
+            refused.as_ref().is_err_and(|e| e.to_string().contains(says)),
+            "helm template --set {set}: want a schema error naming {says}, got {refused:?}"
+        );
+    }
+    let extra = run(&[
+        "template",
+        "flashsale",
+        &chart_path,
+        "--set",
+        "extraArgs={--lease-duration-seconds=30}",
+        "--set",
+        "podLabels.team=sre",
+        "--set",
+        "image.registry=registry.example.com",
+        "--set",
+        "image.digest=sha256:4587139eea952fad39a519013ba04248f003a9bf4322c20772b6b27933aa68f0",
+    ])?;
+    for want in [
+        "- \"--lease-duration-seconds=30\"",
+        "team: sre",
+        "image: \"registry.example.com/flashsale-operator@sha256:4587139eea952fad39a519013ba04248f003a9bf4322c20772b6b27933aa68f0\"",
+    ] {
+        ensure!(extra.contains(want), "the chart does not render {want}");
     }
     cluster.kubectl_stdin(
         &["apply", "--server-side", "-f", "-"],
@@ -246,7 +293,8 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
     // Server-side dry run: every rendered object passes the real API server's validation.
     cluster
         .kubectl_stdin(
-            &["apply", "--server-side", "--dry-run=server", "-n", "flashsale-system", "-f", "-"],
+            // Other tests own the shared agent RBAC objects (as the e2e field manager).
+            &["apply", "--server-side", "--force-conflicts", "--dry-run=server", "-n", "flashsale-system", "-f", "-"],
             Some(&rendered),
         )
         .context("the API server rejected the rendered chart")?;
