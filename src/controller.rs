@@ -576,8 +576,8 @@ fn forget_metrics(ctx: &Context, sale: &FlashSale) {
     let (namespace, name) = (sale.namespace().unwrap_or_default(), sale.name_any());
     for phase in Phase::ALL {
         ctx.metrics.phase.remove(&PhaseLabels {
-            namespace: namespace.clone(),
-            name: name.clone(),
+            sale_namespace: namespace.clone(),
+            sale: name.clone(),
             phase: phase.as_str(),
         });
     }
@@ -589,10 +589,11 @@ fn forget_metrics(ctx: &Context, sale: &FlashSale) {
         status::CACHE_WARMED,
         status::FLAGS_PUBLISHED,
     ] {
-        let labels = ConditionLabels { namespace: namespace.clone(), name: name.clone(), condition: condition.into() };
+        let labels =
+            ConditionLabels { sale_namespace: namespace.clone(), sale: name.clone(), condition: condition.into() };
         ctx.metrics.condition.remove(&labels);
     }
-    ctx.metrics.next_transition_timestamp.remove(&SaleLabels { namespace, name });
+    ctx.metrics.next_transition_timestamp.remove(&SaleLabels { sale_namespace: namespace, sale: name });
     forget_flag_metrics(ctx, sale);
 }
 
@@ -607,8 +608,8 @@ fn forget_flag_metrics(ctx: &Context, sale: &FlashSale) {
     for flag in flags {
         for cluster in &clusters {
             let labels = FlagLabels {
-                namespace: namespace.clone(),
-                name: name.clone(),
+                sale_namespace: namespace.clone(),
+                sale: name.clone(),
                 cluster: cluster.clone(),
                 flag: flag.clone(),
             };
@@ -624,8 +625,8 @@ fn record_flag_metrics(ctx: &Context, sale: &FlashSale, observations: &[ClusterO
     for obs in observations {
         for flag in obs.report.iter().flat_map(|r| r.flags.iter()) {
             let labels = FlagLabels {
-                namespace: namespace.clone(),
-                name: name.clone(),
+                sale_namespace: namespace.clone(),
+                sale: name.clone(),
                 cluster: obs.name.clone(),
                 flag: flag.name.clone(),
             };
@@ -691,14 +692,19 @@ fn record_phase_metrics(ctx: &Context, sale: &FlashSale, status: &FlashSaleStatu
         let on = status.phase == Some(phase);
         ctx.metrics
             .phase
-            .get_or_create(&PhaseLabels { namespace: namespace.clone(), name: name.clone(), phase: phase.as_str() })
+            .get_or_create(&PhaseLabels {
+                sale_namespace: namespace.clone(),
+                sale: name.clone(),
+                phase: phase.as_str(),
+            })
             .set(i64::from(on));
     }
     for c in status.conditions.iter().filter(|c| c.type_ != status::RECONCILING && c.type_ != status::STALLED) {
-        let labels = ConditionLabels { namespace: namespace.clone(), name: name.clone(), condition: c.type_.clone() };
+        let labels =
+            ConditionLabels { sale_namespace: namespace.clone(), sale: name.clone(), condition: c.type_.clone() };
         ctx.metrics.condition.get_or_create(&labels).set(i64::from(c.status == "True"));
     }
-    let labels = SaleLabels { namespace, name };
+    let labels = SaleLabels { sale_namespace: namespace, sale: name };
     match &status.next_transition_time {
         Some(next) => {
             let at = next.0.as_millisecond() as f64 / 1000.0;

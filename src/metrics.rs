@@ -1,4 +1,7 @@
 //! Prometheus metrics of the operator, with bounded labels only: lever, error category, phase.
+//!
+//! A sale is named by `sale_namespace` and `sale`, never `namespace` / `name`: those are target
+//! labels Prometheus sets on every scraped series (they would come out as `exported_*`).
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -23,23 +26,23 @@ pub struct ErrorLabels {
 /// Labels of a sale's phase (one series per sale and phase, 1 for the current phase).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
-    pub namespace: String,
-    pub name: String,
+    pub sale_namespace: String,
+    pub sale: String,
     pub phase: &'static str,
 }
 
 /// Labels of one sale.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SaleLabels {
-    pub namespace: String,
-    pub name: String,
+    pub sale_namespace: String,
+    pub sale: String,
 }
 
 /// Labels of one of a sale's lever conditions (`Ready`, `Prescaled`, `DrainAgentsReady`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConditionLabels {
-    pub namespace: String,
-    pub name: String,
+    pub sale_namespace: String,
+    pub sale: String,
     pub condition: String,
 }
 
@@ -47,8 +50,8 @@ pub struct ConditionLabels {
 /// named in the spec, so the series stay bounded).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FlagLabels {
-    pub namespace: String,
-    pub name: String,
+    pub sale_namespace: String,
+    pub sale: String,
     pub cluster: String,
     pub flag: String,
 }
@@ -165,5 +168,44 @@ impl Drop for DurationGuard<'_> {
             .reconcile_duration
             .get_or_create(&LeverLabels { lever: self.lever })
             .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No series carries a label Prometheus sets itself on scraped targets (`namespace`, `name`,
+    /// `job`, `instance`, `pod`, `service`, `container`): a dashboard would see `exported_*`.
+    #[test]
+    fn sale_series_do_not_collide_with_target_labels() {
+        let metrics = Metrics::default();
+        let (sale_namespace, sale) = ("shop".to_owned(), "double-11".to_owned());
+        metrics
+            .phase
+            .get_or_create(&PhaseLabels { sale_namespace: sale_namespace.clone(), sale: sale.clone(), phase: "Active" })
+            .set(1);
+        metrics
+            .next_transition_timestamp
+            .get_or_create(&SaleLabels { sale_namespace: sale_namespace.clone(), sale: sale.clone() })
+            .set(1.0);
+        let condition =
+            ConditionLabels { sale_namespace: sale_namespace.clone(), sale: sale.clone(), condition: "Ready".into() };
+        metrics.condition.get_or_create(&condition).set(1);
+        let flag = FlagLabels { sale_namespace, sale, cluster: "local".into(), flag: "reviews".into() };
+        metrics.flag_enabled.get_or_create(&flag).set(1);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"flashsale_sale_phase{sale_namespace="shop",sale="double-11",phase="Active"} 1"#),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((_, labels)) = line.split_once('{') else { continue };
+            for reserved in ["namespace", "name", "job", "instance", "pod", "service", "container"] {
+                let starts = labels.starts_with(&format!("{reserved}="));
+                let inside = labels.contains(&format!(",{reserved}="));
+                assert!(!starts && !inside, "{reserved} label in {line}");
+            }
+        }
     }
 }

@@ -260,8 +260,9 @@ fn follow_the_timeline_shared_by_two_sales_in_two_clusters(env: &Env) -> anyhow:
             })
         })?;
         let (_, metrics) = operator.get("/metrics")?;
-        let series =
-            format!("flashsale_sale_condition{{namespace=\"{ns}\",name=\"first\",condition=\"DrainAgentsReady\"}} 1");
+        let series = format!(
+            "flashsale_sale_condition{{sale_namespace=\"{ns}\",sale=\"first\",condition=\"DrainAgentsReady\"}} 1"
+        );
         ensure!(metrics.contains(&series), "/metrics has no {series}");
         let notes = event_notes(&here, &ns, "first").await?;
         ensure!(

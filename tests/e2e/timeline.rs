@@ -172,7 +172,8 @@ fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
         // The countdown a dashboard shows is `next_transition_timestamp - time()`: the gauge
         // holds the instant status names, not a number of seconds frozen at the last reconcile.
         let next = live.status.as_ref().and_then(|s| s.next_transition_time.as_ref()).context("no next transition")?;
-        let series = format!("flashsale_sale_next_transition_timestamp_seconds{{namespace=\"{ns}\",name=\"flash\"}}");
+        let series =
+            format!("flashsale_sale_next_transition_timestamp_seconds{{sale_namespace=\"{ns}\",sale=\"flash\"}}");
         let shown = operator.metric(&series)?;
         ensure!(
             (shown - next.0.as_millisecond() as f64 / 1000.0).abs() < 0.001,
