@@ -34,6 +34,8 @@ test: toolchain
 	cargo clippy --all-targets -- -D warnings
 	$(MAKE) --no-print-directory image
 	bash tests/image/check.sh $(IMAGE)
+	promtool check rules charts/flashsale-operator/alerts/flashsale-operator.rules.yaml
+	cd tests/alerts && promtool test rules flashsale-operator.test.yaml
 	cargo test --lib --bins --tests
 
 .PHONY: crds

@@ -34,7 +34,7 @@ use crate::{
     api::{FlashSale, FlashSaleStatus, Phase},
     clusters::{ClusterError, Clusters},
     levers::{self, Intent},
-    metrics::{ConditionLabels, ErrorLabels, FlagLabels, Metrics, PhaseLabels, SaleLabels},
+    metrics::{ClusterLabels, ConditionLabels, ErrorLabels, FlagLabels, Metrics, PhaseLabels, SaleLabels},
     status::{self, ClusterObservation, ConditionSet},
     timeline::{self, Schedule},
 };
@@ -294,6 +294,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     // phase change lands on time however long the lever pass takes.
     let written = announce_phase(api, sale, &previous, clock, now).await?.unwrap_or_else(|| previous.clone());
     let observations = observe(sale, ctx, Some(schedule), clock.phase).await;
+    record_cluster_metrics(ctx, sale, &observations);
     if Intent::for_phase(clock.phase) == Intent::Restore {
         forget_flag_metrics(ctx, sale);
     } else {
@@ -593,18 +594,27 @@ fn forget_metrics(ctx: &Context, sale: &FlashSale) {
             ConditionLabels { sale_namespace: namespace.clone(), sale: name.clone(), condition: condition.into() };
         ctx.metrics.condition.remove(&labels);
     }
+    for cluster in sale_clusters(sale) {
+        let labels = ClusterLabels { sale_namespace: namespace.clone(), sale: name.clone(), cluster };
+        ctx.metrics.cluster_reachable.remove(&labels);
+    }
     ctx.metrics.next_transition_timestamp.remove(&SaleLabels { sale_namespace: namespace, sale: name });
     forget_flag_metrics(ctx, sale);
+}
+
+/// The names the sale's clusters appear under in status and metrics.
+fn sale_clusters(sale: &FlashSale) -> Vec<String> {
+    match sale.spec.clusters.as_slice() {
+        [] => vec![crate::clusters::LOCAL.to_owned()],
+        listed => listed.iter().map(|c| c.name.clone()).collect(),
+    }
 }
 
 /// Drops a sale's flag series (after its restore nothing of its flags is published any more).
 fn forget_flag_metrics(ctx: &Context, sale: &FlashSale) {
     let (namespace, name) = (sale.namespace().unwrap_or_default(), sale.name_any());
     let flags = sale.spec.degradation.iter().flat_map(|d| d.flags.iter().map(|f| f.name.clone()));
-    let clusters: Vec<String> = match sale.spec.clusters.as_slice() {
-        [] => vec![crate::clusters::LOCAL.to_owned()],
-        listed => listed.iter().map(|c| c.name.clone()).collect(),
-    };
+    let clusters = sale_clusters(sale);
     for flag in flags {
         for cluster in &clusters {
             let labels = FlagLabels {
@@ -616,6 +626,15 @@ fn forget_flag_metrics(ctx: &Context, sale: &FlashSale) {
             ctx.metrics.flag_enabled.remove(&labels);
             ctx.metrics.flag_query_errors.remove(&labels);
         }
+    }
+}
+
+/// Whether each cluster was reached in this pass.
+fn record_cluster_metrics(ctx: &Context, sale: &FlashSale, observations: &[ClusterObservation]) {
+    let (namespace, name) = (sale.namespace().unwrap_or_default(), sale.name_any());
+    for obs in observations {
+        let labels = ClusterLabels { sale_namespace: namespace.clone(), sale: name.clone(), cluster: obs.name.clone() };
+        ctx.metrics.cluster_reachable.get_or_create(&labels).set(i64::from(obs.report.is_ok()));
     }
 }
 

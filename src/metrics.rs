@@ -56,6 +56,14 @@ pub struct FlagLabels {
     pub flag: String,
 }
 
+/// Labels of one cluster of one sale (clusters are at most 20 per sale, named in the spec).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub sale_namespace: String,
+    pub sale: String,
+    pub cluster: String,
+}
+
 /// Labels of API requests the operator sent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -74,6 +82,8 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     pub condition: Family<ConditionLabels, Gauge>,
     pub flag_enabled: Family<FlagLabels, Gauge>,
+    /// 1 while the sale's last pass reached the cluster, 0 when it could not.
+    pub cluster_reachable: Family<ClusterLabels, Gauge>,
     pub flag_query_errors: Family<FlagLabels, Counter>,
 }
 
@@ -126,8 +136,15 @@ impl Default for Metrics {
             "Auto-degrade queries that failed or returned no number (the flag kept its value)",
             flag_query_errors.clone(),
         );
+        let cluster_reachable = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_reachable",
+            "1 when the sale's last pass reached the cluster, 0 when it could not (transport, credentials)",
+            cluster_reachable.clone(),
+        );
         Metrics {
             registry,
+            cluster_reachable,
             reconcile_duration,
             reconcile_errors,
             phase,

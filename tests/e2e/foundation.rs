@@ -286,6 +286,25 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
     ] {
         ensure!(extra.contains(want), "the chart does not render {want}");
     }
+    // The PrometheusRule carries exactly the rules file promtool tests, with the chart's job name.
+    ensure!(!rendered.contains("kind: PrometheusRule"), "the PrometheusRule is not off by default");
+    let rule = run(&[
+        "template",
+        "flashsale",
+        &chart_path,
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "prometheusRule.operatorJob=fso",
+        "--show-only",
+        "templates/prometheusrule.yaml",
+    ])?;
+    let rule: serde_json::Value = serde_saphyr::from_str(&rule)?;
+    let file = std::fs::read_to_string(chart.join("alerts/flashsale-operator.rules.yaml"))?
+        .replace(r#"job="flashsale-operator""#, r#"job="fso""#);
+    let file: serde_json::Value = serde_saphyr::from_str(&file)?;
+    ensure!(rule["kind"] == "PrometheusRule", "not a PrometheusRule: {}", rule["kind"]);
+    ensure!(rule["spec"]["groups"] == file["groups"], "the PrometheusRule's groups differ from the rules file");
     cluster.kubectl_stdin(
         &["apply", "--server-side", "-f", "-"],
         Some("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: flashsale-system\n"),

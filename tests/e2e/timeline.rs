@@ -496,7 +496,7 @@ fn lost_cluster_never_delays_the_other(env: &Env) -> anyhow::Result<()> {
         // The operator is a plain user there, with only the rights the chart's mode remote grants.
         let (_, there) = crate::support::remote_identity(&remote, &[&ns])?;
         kubeconfig_secret(&client, &ns, "there", "kubeconfig", &there).await?;
-        let _operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
+        let operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let (start, end) = (at(8), at(20));
         let phases = record_phases(client.clone(), &ns, "flash");
@@ -519,6 +519,12 @@ fn lost_cluster_never_delays_the_other(env: &Env) -> anyhow::Result<()> {
         .await
         .context("the lost cluster is not named in status within 10s")?;
         let noticed = Timestamp::now().duration_since(lost_at);
+        // What the FlashSaleClusterUnreachable alert reads: 0 for the lost cluster, 1 for the other.
+        let reachable = |cluster: &str| {
+            format!("flashsale_cluster_reachable{{sale_namespace=\"{ns}\",sale=\"flash\",cluster=\"{cluster}\"}}")
+        };
+        ensure!(operator.metric(&reachable("there"))? == 0.0, "the lost cluster still counts as reachable");
+        ensure!(operator.metric(&reachable("here"))? == 1.0, "the reachable cluster counts as lost");
         wait_phase(&sales, "flash", Phase::CoolingDown, Duration::from_secs(20)).await?;
         let seen = phases.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let end_ts: Timestamp = end.parse()?;
