@@ -10,6 +10,14 @@ kubectl=$dir/kubectl
 cargo build --quiet --bin flashsale-operator
 # The CRD may be newer than the one a running local cluster was started with.
 target/debug/flashsale-operator crd | $kubectl apply --server-side --force-conflicts -f - >/dev/null
+# What an installer does once with the chart: the drain agents' identity and rights in the agent
+# namespace (flashsale-system, the operator's default outside a pod). The operator only deploys
+# the agents' DaemonSet there.
+helm=$(bash tests/e2e/toolchain/build.sh 2>/dev/null | tail -1)/helm
+{
+  printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: flashsale-system}\n---\n'
+  $helm template flashsale charts/flashsale-operator --namespace flashsale-system --show-only templates/agent-rbac.yaml
+} | $kubectl apply --server-side --force-conflicts -f - >/dev/null
 operator_log=$dir/operator.log
 target/debug/flashsale-operator run --metrics-addr 127.0.0.1:0 >"$operator_log" 2>&1 &
 operator=$!
@@ -69,7 +77,8 @@ while ((SECONDS < deadline)); do
     shown_active=1
     echo
     echo "during the sale: drain agents, the warm-up Job, and the published flag"
-    $kubectl -n shop get daemonsets,jobs 2>/dev/null || true
+    $kubectl -n flashsale-system get daemonsets 2>/dev/null || true
+    $kubectl -n shop get jobs 2>/dev/null || true
     $kubectl -n shop get configmap sneaker-drop-flags -o jsonpath='{.data.flags\.flagd\.json}' 2>/dev/null | head -c 600 || true
     echo
     echo
@@ -81,7 +90,8 @@ echo
 $kubectl -n shop get events --field-selector involvedObject.name=sneaker-drop --sort-by=.metadata.creationTimestamp
 echo
 echo "after the sale: no agents, Jobs or flags left"
-$kubectl -n shop get daemonsets,jobs,configmaps 2>&1 | grep -v kube-root-ca || true
+$kubectl -n flashsale-system get daemonsets 2>&1 || true
+$kubectl -n shop get jobs,configmaps 2>&1 | grep -v kube-root-ca || true
 echo
 echo "storefront after the sale (replicas, readiness probe period):"
 $kubectl -n shop get deployment storefront -o jsonpath='{.spec.replicas} {.spec.template.spec.containers[0].readinessProbe.periodSeconds}{"\n"}' 
