@@ -269,13 +269,7 @@ pub fn refusal(warm: &CacheWarm, index: usize, installer: &crate::installer::Ins
         }
     }
     if let Some(security) = &pod.security_context {
-        let profiles = profile_refusal(
-            security.se_linux_options.as_ref(),
-            security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
-            security.app_armor_profile.as_ref().map(|p| p.type_.as_str()),
-            security.windows_options.as_ref().and_then(|w| w.host_process),
-        );
-        if let Some(refused) = profiles {
+        if let Some(refused) = profiles!(security) {
             return Some(format!("{at}.securityContext.{refused}"));
         }
         for (i, sysctl) in security.sysctls.iter().flatten().enumerate() {
@@ -318,13 +312,7 @@ pub fn refusal(warm: &CacheWarm, index: usize, installer: &crate::installer::Ins
             if security.proc_mount.as_deref().is_some_and(|m| m != "Default") {
                 return Some(format!("{here}.securityContext.procMount: a warm-up container may not unmask /proc"));
             }
-            let profiles = profile_refusal(
-                security.se_linux_options.as_ref(),
-                security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
-                security.app_armor_profile.as_ref().map(|p| p.type_.as_str()),
-                security.windows_options.as_ref().and_then(|w| w.host_process),
-            );
-            if let Some(refused) = profiles {
+            if let Some(refused) = profiles!(security) {
                 return Some(format!("{here}.securityContext.{refused}"));
             }
         }
@@ -348,6 +336,20 @@ const SAFE_SYSCTLS: [&str; 10] = [
 
 /// The SELinux types the baseline profile allows.
 const SELINUX_TYPES: [&str; 4] = ["container_t", "container_init_t", "container_kvm_t", "container_engine_t"];
+
+/// [`profile_refusal`] of a pod's or a container's security context (two k8s types with the same
+/// profile fields).
+macro_rules! profiles {
+    ($security:expr) => {
+        profile_refusal(
+            $security.se_linux_options.as_ref(),
+            $security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            $security.app_armor_profile.as_ref().map(|p| p.type_.as_str()),
+            $security.windows_options.as_ref().and_then(|w| w.host_process),
+        )
+    };
+}
+use profiles;
 
 /// The baseline profile's checks shared by pod and container security contexts: the field
 /// (relative to the security context) and why, when one fails.
