@@ -253,19 +253,24 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
         "the update strategy can stop the leader first"
     );
     // values.schema.json: helm refuses a wrong value, naming it, before anything is rendered.
-    for (set, says) in [
-        ("replicaCount=two", "/replicaCount"),
-        ("replicas=2", "additional properties 'replicas' not allowed"),
-        ("image.digest=latest", "/image/digest"),
-        ("agents.metadataEndpoints={https://169.254.169.254}", "/agents/metadataEndpoints/0"),
-        ("logFormat=xml", "/logFormat"),
+    for (how, set, says) in [
+        ("--set", "replicaCount=two", "/replicaCount"),
+        ("--set", "replicas=2", "additional properties 'replicas' not allowed"),
+        ("--set", "image.digest=latest", "/image/digest"),
+        ("--set", "agents.metadataEndpoints={https://169.254.169.254}", "/agents/metadataEndpoints/0"),
+        ("--set", "logFormat=xml", "/logFormat"),
+        // No allowed selector at all is not "none allowed": say so instead of guessing.
+        ("--set-json", "agents.nodeSelectors=[]", "/agents/nodeSelectors': minItems"),
     ] {
-        let refused = run(&["template", "flashsale", &chart_path, "--set", set]);
+        let refused = run(&["template", "flashsale", &chart_path, how, set]);
         ensure!(
             refused.as_ref().is_err_and(|e| e.to_string().contains(says)),
-            "helm template --set {set}: want a schema error naming {says}, got {refused:?}"
+            "helm template {how} {set}: want a schema error naming {says}, got {refused:?}"
         );
     }
+    // A list removed from the values leaves the operator's default, never an empty selector.
+    let unset = run(&["template", "flashsale", &chart_path, "--set", "agents.nodeSelectors=null"])?;
+    ensure!(!unset.contains("FLASHSALE_AGENT_NODE_SELECTORS"), "an unset agents.nodeSelectors reaches the operator");
     let extra = run(&[
         "template",
         "flashsale",
