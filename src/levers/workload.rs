@@ -39,7 +39,13 @@ pub async fn run(
                 continue;
             }
         };
-        let one = pass(client, &target, sale, intent).await?;
+        // A refused request (RBAC, an admission policy, a conflict) is this workload's problem:
+        // the sale's other workloads and levers go on. Only a transport failure fails the pass.
+        let one = match pass(client, &target, sale, intent).await {
+            Ok(one) => one,
+            Err(kube::Error::Api(status)) => refused(&target, intent, &status.message),
+            Err(other) => return Err(other),
+        };
         report.ready &= one.ready;
         report.restored &= one.restored;
         if workload.probes.is_some() {
@@ -53,10 +59,36 @@ pub async fn run(
         at_peak.extend(one.requests.map(|r| (r, workload.scale.peak)));
     }
     if intent == Intent::Preflight && !at_peak.is_empty() {
-        let allocatable = preflight::allocatable(client).await?;
-        report.warnings.extend(preflight::capacity_warning(&at_peak, allocatable));
+        match preflight::allocatable(client).await {
+            Ok(allocatable) => report.warnings.extend(preflight::capacity_warning(&at_peak, allocatable)),
+            // Node capacity is a warning's input; without the right to read nodes it is skipped.
+            Err(kube::Error::Api(status)) => {
+                report.warnings.push(format!("node capacity not checked: the API server refused: {}", status.message))
+            }
+            Err(other) => return Err(other),
+        }
     }
     Ok(report)
+}
+
+/// The outcome for a workload whose read or write the API server refused: not ready, and not
+/// known to be restored (an earlier pass may have changed it), with the refusal named on it.
+fn refused(target: &prescale::Target<'_>, intent: Intent, message: &str) -> Outcome {
+    let what = match intent {
+        Intent::Preflight => "checking",
+        Intent::Hold => "changing",
+        Intent::Restore => "restoring",
+    };
+    let problem = format!("{}: the API server refused {what} it: {message}", target.display());
+    Outcome {
+        ready: false,
+        restored: false,
+        problems: vec![problem.clone()],
+        warnings: vec![],
+        requests: None,
+        actions: vec![],
+        status: WorkloadStatus { name: target.display(), message: Some(problem), ..WorkloadStatus::default() },
+    }
 }
 
 /// `WorkloadStatus.probes` values.
