@@ -389,6 +389,7 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
     let ns = sale.namespace().unwrap_or_default();
     let holder = levers::holder(&ns, &sale.name_any());
     let targets = ctx.clusters.targets(sale, &ns).await;
+    let deadline = pass_deadline(sale, schedule, Timestamp::now());
     let passes = targets.into_iter().map(|target| {
         let (ns, holder) = (ns.clone(), holder.clone());
         async move {
@@ -411,13 +412,25 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                         installer: &ctx.installer,
                         warmups: shown.map(|c| c.warmups.as_slice()).unwrap_or_default(),
                     };
-                    levers::run(&client, &ctx.client, &pass, &sale.spec, intent).await.map_err(|err| {
-                        ctx.metrics
-                            .reconcile_errors
-                            .get_or_create(&ErrorLabels { lever: "prescale", category: kube_category(&err) })
-                            .inc();
-                        describe(&err)
-                    })
+                    let run = levers::run(&client, &ctx.client, &pass, &sale.spec, intent);
+                    match tokio::time::timeout(deadline, run).await {
+                        Ok(result) => result.map_err(|err| {
+                            ctx.metrics
+                                .reconcile_errors
+                                .get_or_create(&ErrorLabels { lever: "prescale", category: kube_category(&err) })
+                                .inc();
+                            describe(&err)
+                        }),
+                        Err(_) => {
+                            ctx.metrics
+                                .reconcile_errors
+                                .get_or_create(&ErrorLabels { lever: "prescale", category: "deadline" })
+                                .inc();
+                            Err(format!(
+                                "cannot reach the API server: it did not answer within {deadline:?} (the pass was cut so that the sale's other clusters and its timeline go on)"
+                            ))
+                        }
+                    }
                 }
                 Err(err) => {
                     let message = err.to_string();
@@ -435,6 +448,26 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
         }
     });
     futures::future::join_all(passes).await
+}
+
+/// The longest one cluster's lever pass may take. A server that accepts connections and then
+/// answers slowly or not at all (overloaded, paused, trickling bytes) holds a pass only this
+/// long: each request's own timeouts bound one request, not the many a pass sends.
+const PASS_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The least time a pass gets when a phase boundary is near.
+const PASS_FLOOR: Duration = Duration::from_millis(750);
+
+/// How long this reconcile's cluster passes may run: [`PASS_DEADLINE`], cut short so that the
+/// reconcile ends by the sale's next boundary (the controller runs one reconcile of a sale at
+/// a time, so a pass held open across a boundary would delay the phase change behind it), but
+/// never below [`PASS_FLOOR`], which a healthy cluster's pass fits in.
+fn pass_deadline(sale: &FlashSale, schedule: Option<Schedule>, now: Timestamp) -> Duration {
+    let next = schedule.and_then(|s| timeline::position(&s, sale.spec.suspend, false, now).next);
+    match next {
+        Some(at) => until(now, at).clamp(PASS_FLOOR, PASS_DEADLINE),
+        None => PASS_DEADLINE,
+    }
 }
 
 /// Annotation listing clusters whose restore a deletion may skip.

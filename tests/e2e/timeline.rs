@@ -32,6 +32,7 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ("timeline::suspend_edit_and_delete", suspend_edit_and_delete),
     ("timeline::invalid_kubeconfigs_are_explained", invalid_kubeconfigs_are_explained),
     ("timeline::lost_cluster_never_delays_the_other", lost_cluster_never_delays_the_other),
+    ("timeline::paused_cluster_never_delays_the_other", paused_cluster_never_delays_the_other),
     ("timeline::leader_failover_hands_over_without_acting_twice", leader_failover_hands_over_without_acting_twice),
     ("timeline::a_no_op_reconcile_writes_nothing", a_no_op_reconcile_writes_nothing),
 ];
@@ -571,6 +572,115 @@ fn lost_cluster_never_delays_the_other(env: &Env) -> anyhow::Result<()> {
     })?;
     remote.stop();
     Ok(())
+}
+
+/// Sends a signal to a process (`STOP` pauses it: its sockets still accept connections and
+/// nothing answers, the way an overloaded API server looks from outside).
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status()?;
+    ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
+}
+
+/// Records when `web` is first seen at `replicas` in its spec.
+fn record_scale(api: Api<Deployment>, replicas: i32) -> Arc<Mutex<Option<Timestamp>>> {
+    let seen = Arc::new(Mutex::new(None));
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let config = watcher::Config::default().fields("metadata.name=web");
+        let mut stream = watcher(api, config).applied_objects().boxed();
+        while let Some(Ok(d)) = stream.next().await {
+            if touched(&d).0 == Some(replicas) {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(Timestamp::now);
+            }
+        }
+    });
+    seen
+}
+
+/// A remote API server that is paused (SIGSTOP: connections accepted, nothing answered) just
+/// before Preparing: the other cluster's scale-up and every phase change stay on time, and the
+/// paused cluster shows in status within 10 s. Resumed, it is scaled and restored.
+fn paused_cluster_never_delays_the_other(env: &Env) -> anyhow::Result<()> {
+    /// How late the other cluster's scale-up and each phase change may be.
+    const ON_TIME: SignedDuration = SignedDuration::from_secs(1);
+    let primary = env.primary()?;
+    let dir = std::env::temp_dir().join(format!("flashsale-e2e-{}-paused", std::process::id()));
+    let remote = Cluster::start(&ClusterOptions { name: "paused".into(), nodes: 1, spot_nodes: 0 }, &dir, false)?;
+    let pid = remote.pid_of("kube-apiserver").context("no kube-apiserver")?;
+    let result = block_on_value(async {
+        let client = client(primary).await?;
+        let remote_client = crate::support::client(&remote).await?;
+        let ns = namespace(&client, "paused").await?;
+        crate::support::namespace_named(&remote_client, &ns).await?;
+        deployment(&client, &ns, 1).await?;
+        deployment(&remote_client, &ns, 1).await?;
+        kubeconfig_secret(&client, &ns, "here", "kubeconfig", &std::fs::read_to_string(&primary.kubeconfig)?).await?;
+        let (_, there) = crate::support::remote_identity(&remote, &[&ns])?;
+        kubeconfig_secret(&client, &ns, "there", "kubeconfig", &there).await?;
+        let _operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        // Preparing at +9 s (prepareBefore 5 s), Active at +14 s, CoolingDown at +20 s.
+        let (start, end) = (at(14), at(20));
+        let (start_ts, end_ts): (Timestamp, Timestamp) = (start.parse()?, end.parse()?);
+        let prepare_ts = start_ts - SignedDuration::from_secs(5);
+        let phases = record_phases(client.clone(), &ns, "flash");
+        let here_scaled = record_scale(Api::namespaced(client.clone(), &ns), 2);
+        let clusters = [("here", "here"), ("there", "there")];
+        sales.create(&PostParams::default(), &multi_cluster_sale("flash", &ns, &start, &end, &clusters, 2)?).await?;
+        eventually(Duration::from_secs(8), || async {
+            let s = sales.get("flash").await?;
+            Ok(s.status.is_some_and(|st| st.phase == Some(Phase::Scheduled) && st.clusters.iter().all(|c| c.reachable)))
+        })
+        .await
+        .context("the sale was never Scheduled with both clusters reachable")?;
+        let pause_at = prepare_ts - SignedDuration::from_secs(2);
+        tokio::time::sleep(Duration::try_from(pause_at.duration_since(Timestamp::now())).unwrap_or_default()).await;
+        signal(pid, "STOP")?;
+        let paused_at = Timestamp::now();
+
+        eventually(Duration::from_secs(12), || async {
+            let s = sales.get("flash").await?;
+            Ok(s.status.is_some_and(|st| st.clusters.iter().any(|c| c.name == "there" && !c.reachable)))
+        })
+        .await
+        .context("the paused cluster never showed as unreachable")?;
+        let shown = Timestamp::now().duration_since(paused_at);
+        ensure!(shown <= SignedDuration::from_secs(10), "the paused cluster showed in status only after {shown}");
+        wait_phase(&sales, "flash", Phase::CoolingDown, Duration::from_secs(20)).await?;
+        let scaled = here_scaled.lock().unwrap_or_else(|p| p.into_inner()).context("the other cluster never scaled")?;
+        ensure!(
+            scaled.duration_since(prepare_ts) <= ON_TIME,
+            "the other cluster's scale-up came {} after Preparing",
+            scaled.duration_since(prepare_ts)
+        );
+        let seen = phases.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (phase, boundary) in
+            [(Phase::Preparing, prepare_ts), (Phase::Active, start_ts), (Phase::CoolingDown, end_ts)]
+        {
+            let at =
+                seen.iter().find(|(p, _)| *p == phase).map(|(_, t)| *t).with_context(|| format!("{phase} not seen"))?;
+            let late = at.duration_since(boundary);
+            ensure!(late <= ON_TIME, "{phase} came {late} late with a cluster paused (phases {seen:?})");
+        }
+
+        // Resumed: the cluster is reached again, and the sale restores both and completes.
+        signal(pid, "CONT")?;
+        eventually(Duration::from_secs(60), || async {
+            Ok(sales.get("flash").await?.status.and_then(|s| s.phase) == Some(Phase::Completed))
+        })
+        .await
+        .context("the sale never completed after the cluster resumed")?;
+        let remote_web = Api::<Deployment>::namespaced(remote_client, &ns).get("web").await?;
+        let here_web = Api::<Deployment>::namespaced(client, &ns).get("web").await?;
+        for (cluster, web) in [("here", &here_web), ("there", &remote_web)] {
+            ensure!(touched(web) == (Some(1), BTreeMap::new()), "{cluster} not restored: {:?}", touched(web));
+        }
+        Ok(())
+    });
+    // Never leave it paused, whatever happened.
+    let _ = signal(pid, "CONT");
+    result
 }
 
 fn leader_failover_hands_over_without_acting_twice(env: &Env) -> anyhow::Result<()> {
