@@ -17,7 +17,13 @@ use kube::{
 };
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use crate::{api::FlashSale, metrics::Metrics};
+use crate::{
+    api::FlashSale,
+    metrics::Metrics,
+    view::{Changed, View, ViewId},
+};
+use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// The name under which the operator's own cluster appears in status.
 pub const LOCAL: &str = "local";
@@ -25,7 +31,6 @@ pub const LOCAL: &str = "local";
 /// Timeouts for remote clusters: an unreachable cluster must show in status within seconds and
 /// never hold up the others for long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const READ_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The longest building one client may take. Only an exec plugin (when the installer allows
 /// them) can make it slow; past this the sale's cluster shows as unusable and the reconcile
@@ -51,6 +56,9 @@ pub enum ClusterError {
 pub struct Target {
     pub name: String,
     pub client: Result<Client, ClusterError>,
+    /// The watch caches of the cluster the client reaches (one per client, shared by the sales
+    /// that use it).
+    pub view: Option<Arc<View>>,
     /// The IANA zone the cluster's CronHPA controller runs in.
     pub cron_hpa_time_zone: String,
 }
@@ -64,6 +72,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(60);
 struct Cached {
     resource_version: String,
     client: Result<Client, ClusterError>,
+    view: Option<Arc<View>>,
     /// When a failure to build may be tried again (None: until the Secret changes).
     retry_at: Option<std::time::Instant>,
 }
@@ -71,6 +80,9 @@ struct Cached {
 /// Builds and caches clients for sale clusters.
 pub struct Clusters {
     local: Client,
+    local_view: Arc<View>,
+    /// Where the views announce what changed (the controller reconciles the sales that care).
+    changes: Option<mpsc::UnboundedSender<Changed>>,
     cache: Mutex<HashMap<(String, String, String), Cached>>,
     metrics: std::sync::Arc<Metrics>,
     /// Whether kubeconfig Secrets may use exec plugins (the installer's `--allow-kubeconfig-exec`).
@@ -78,8 +90,19 @@ pub struct Clusters {
 }
 
 impl Clusters {
-    pub fn new(local: Client, metrics: std::sync::Arc<Metrics>, allow_exec: bool) -> Self {
-        Clusters { local, cache: Mutex::new(HashMap::new()), metrics, allow_exec }
+    pub fn new(
+        local: Client,
+        metrics: std::sync::Arc<Metrics>,
+        allow_exec: bool,
+        changes: Option<mpsc::UnboundedSender<Changed>>,
+    ) -> Self {
+        let local_view = View::new(ViewId::Local, local.clone(), changes.clone());
+        Clusters { local, local_view, changes, cache: Mutex::new(HashMap::new()), metrics, allow_exec }
+    }
+
+    /// The operator's own cluster's view.
+    pub fn local_view(&self) -> &Arc<View> {
+        &self.local_view
     }
 
     /// The operator's own cluster's client.
@@ -93,15 +116,18 @@ impl Clusters {
             return vec![Target {
                 name: LOCAL.into(),
                 client: Ok(self.local.clone()),
+                view: Some(self.local_view.clone()),
                 cron_hpa_time_zone: sale.spec.cron_hpa_time_zone.clone(),
             }];
         }
         let mut targets = Vec::with_capacity(sale.spec.clusters.len());
         for cluster in &sale.spec.clusters {
             let secret = &cluster.kubeconfig_secret_ref;
+            let (client, view) = self.client_for(namespace, &secret.name, &secret.key).await;
             targets.push(Target {
                 name: cluster.name.clone(),
-                client: self.client_for(namespace, &secret.name, &secret.key).await,
+                client,
+                view,
                 cron_hpa_time_zone: cluster
                     .cron_hpa_time_zone
                     .clone()
@@ -111,23 +137,31 @@ impl Clusters {
         targets
     }
 
-    async fn client_for(&self, namespace: &str, name: &str, key: &str) -> Result<Client, ClusterError> {
+    /// The client (and its view) built from a sale's kubeconfig Secret, cached until the Secret
+    /// changes; a changed Secret gets a new client and a new view (the old one's watches stop
+    /// when no pass holds it any more).
+    async fn client_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> (Result<Client, ClusterError>, Option<Arc<View>>) {
         let secrets: Api<Secret> = Api::namespaced(self.local.clone(), namespace);
         let secret = match secrets.get_opt(name).await {
             Ok(Some(secret)) => secret,
             Ok(None) => {
-                return Err(ClusterError::Unavailable(format!("kubeconfig Secret {namespace}/{name} not found")));
+                let message = format!("kubeconfig Secret {namespace}/{name} not found");
+                return (Err(ClusterError::Unavailable(message)), None);
             }
             Err(err) => {
-                return Err(ClusterError::Unavailable(format!(
-                    "cannot read kubeconfig Secret {namespace}/{name}: {err}"
-                )));
+                let message = format!("cannot read kubeconfig Secret {namespace}/{name}: {err}");
+                return (Err(ClusterError::Unavailable(message)), None);
             }
         };
         let resource_version = secret.metadata.resource_version.clone().unwrap_or_default();
         let cache_key = (namespace.to_owned(), name.to_owned(), key.to_owned());
         if let Some(cached) = self.cached(&cache_key, &resource_version) {
-            return cached;
+            return (cached.client, cached.view);
         }
         let source = Source { namespace, name, key };
         let (client, transient) =
@@ -137,19 +171,21 @@ impl Clusters {
                 Ok(client) => (Ok(client), false),
             };
         let retry_at = transient.then(|| std::time::Instant::now() + RETRY_AFTER);
+        let id = ViewId::Remote { namespace: namespace.to_owned(), secret: name.to_owned() };
+        let view = client.as_ref().ok().map(|c| View::new(id, c.clone(), self.changes.clone()));
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(cache_key, Cached { resource_version, client: client.clone(), retry_at });
+            cache.insert(cache_key, Cached { resource_version, client: client.clone(), view: view.clone(), retry_at });
         }
-        client
+        (client, view)
     }
 
-    fn cached(&self, key: &(String, String, String), resource_version: &str) -> Option<Result<Client, ClusterError>> {
+    fn cached(&self, key: &(String, String, String), resource_version: &str) -> Option<Cached> {
         let cache = self.cache.lock().ok()?;
         cache
             .get(key)
             .filter(|c| c.resource_version == resource_version)
             .filter(|c| c.retry_at.is_none_or(|at| std::time::Instant::now() < at))
-            .map(|c| c.client.clone())
+            .cloned()
     }
 }
 
@@ -296,7 +332,10 @@ async fn build_client(
             .await
             .map_err(|err| unusable(&err))?;
         config.connect_timeout = Some(CONNECT_TIMEOUT);
-        config.read_timeout = Some(READ_TIMEOUT);
+        // No read timeout: the cluster's view holds watches that are silent while nothing
+        // changes. A server that stops answering is bounded by each pass's deadline, the
+        // view's sync timeout and its liveness probe instead.
+        config.read_timeout = None;
         // An allowed exec plugin runs while the client is built, synchronously: off the
         // reconcile's worker thread.
         tokio::task::spawn_blocking(move || crate::client::counted(config, metrics))
@@ -543,7 +582,7 @@ mod tests {
     #[tokio::test]
     async fn failed_builds_are_tried_again_and_verdicts_are_kept_until_the_secret_changes() {
         let local = Client::try_from(Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
-        let clusters = Clusters::new(local, std::sync::Arc::new(Metrics::default()), false);
+        let clusters = Clusters::new(local, std::sync::Arc::new(Metrics::default()), false, None);
         let key = |name: &str| ("shop".to_owned(), name.to_owned(), "kubeconfig".to_owned());
         let past = std::time::Instant::now() - Duration::from_secs(1);
         let later = std::time::Instant::now() + RETRY_AFTER;
@@ -553,7 +592,7 @@ mod tests {
             ("plugin-failed-recently", Some(later), ClusterError::Unavailable("f".into())),
         ];
         for (name, retry_at, err) in entries {
-            let cached = Cached { resource_version: "1".into(), client: Err(err), retry_at };
+            let cached = Cached { resource_version: "1".into(), client: Err(err), view: None, retry_at };
             clusters.cache.lock().unwrap().insert(key(name), cached);
         }
         assert!(clusters.cached(&key("refused"), "1").is_some());

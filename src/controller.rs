@@ -101,9 +101,11 @@ pub async fn run(
         None => Api::<DeserializeGuard<FlashSale>>::all(client.clone()),
     };
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    // What the clusters' views see change, mapped to the sales that care below.
+    let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
-        clusters: Clusters::new(client.clone(), metrics.clone(), installer.allow_kubeconfig_exec),
+        clusters: Clusters::new(client.clone(), metrics.clone(), installer.allow_kubeconfig_exec, Some(changes)),
         client,
         metrics,
         installer,
@@ -145,7 +147,10 @@ pub async fn run(
     for secrets in secret_watches(&ctx.client, namespace.as_deref(), &ctx.installer.secret_namespaces) {
         controller = controller.watches(secrets, every(), secret_mapper.clone());
     }
-    let controller = controller.graceful_shutdown_on(shutdown);
+    let caring = store.clone();
+    let view_changes = futures::stream::unfold(changed, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+        .flat_map(move |change| futures::stream::iter(sales_that_care(&caring, &change)));
+    let controller = controller.reconcile_on(view_changes).graceful_shutdown_on(shutdown);
     tokio::spawn(async move {
         // The store's readiness future wakes only one waiter (the controller's own), so poll it
         // again periodically rather than waiting on it once.
@@ -212,6 +217,56 @@ fn sales_using_secret(
             })
         })
         .map(|guard| ObjectRef::from_obj(guard.as_ref()))
+        .collect()
+}
+
+/// The sales a change seen in a cluster's view concerns: the sales an object names as its
+/// holders, else the sales using that view that name the object (a workload, a flag
+/// ConfigMap); a change of the view's health, or of an object no sale names (an HPA, a CRD),
+/// concerns every sale using the view.
+fn sales_that_care(
+    sales: &kube::runtime::reflector::Store<DeserializeGuard<FlashSale>>,
+    change: &crate::view::Changed,
+) -> Vec<ObjectRef<DeserializeGuard<FlashSale>>> {
+    use crate::view::ViewId;
+    if let Some(object) = &change.object {
+        let mut held: Vec<ObjectRef<DeserializeGuard<FlashSale>>> = holding_sale(&object.annotations)
+            .into_iter()
+            .chain(
+                levers::agents::holders(&object.annotations)
+                    .filter_map(|h| h.split_once('/').map(|(ns, name)| ObjectRef::new(name).within(ns))),
+            )
+            .chain(levers::warmup::labelled_sale(&object.labels))
+            .collect();
+        if !held.is_empty() {
+            held.dedup();
+            return held;
+        }
+    }
+    sales
+        .state()
+        .iter()
+        .filter_map(|guard| guard.0.as_ref().ok())
+        .filter(|sale| match &change.view {
+            ViewId::Local => sale.spec.clusters.is_empty(),
+            ViewId::Remote { namespace, secret } => {
+                sale.namespace().as_deref() == Some(namespace.as_str())
+                    && sale.spec.clusters.iter().any(|c| &c.kubeconfig_secret_ref.name == secret)
+            }
+        })
+        .filter(|sale| match &change.object {
+            None => true,
+            Some(object) => {
+                let same_namespace = object.namespace.is_none() || object.namespace == sale.namespace();
+                let names_it =
+                    sale.spec.workloads.iter().any(|w| w.target.kind == object.kind && w.target.name == object.name)
+                        || sale.spec.degradation.as_ref().is_some_and(|d| d.config_map_name == object.name);
+                let unnamed_kind =
+                    !matches!(object.kind.as_str(), "Deployment" | "StatefulSet" | "ConfigMap" | "Job" | "DaemonSet");
+                same_namespace && (names_it || unnamed_kind)
+            }
+        })
+        .map(|sale| ObjectRef::new(&sale.name_any()).within(&sale.namespace().unwrap_or_default()))
         .collect()
 }
 
@@ -306,14 +361,14 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
 
     report_events(ctx, sale, &previous, &decided, &observations).await;
     record_phase_metrics(ctx, sale, &decided);
-    // Remote clusters have no watch here: while a sale holds its changes, look at them again
-    // periodically so a lost cluster (or drift) shows within seconds.
-    let remote_hold = !sale.spec.clusters.is_empty() && Intent::for_phase(position.phase) == Intent::Hold;
+    // Every cluster's view announces drift and a lost cluster as it happens, so a sale that
+    // holds its changes is not polled; a cluster that could not be read is looked at again soon.
+    let unreachable = observations.iter().any(|o| o.report.is_err());
     // After a restore the workloads' pods take a few seconds to go; keep looking until the
     // status shows them gone, so a Completed sale does not keep a stale ready count.
     let draining = Intent::for_phase(position.phase) == Intent::Restore
         && decided.clusters.iter().flat_map(|c| &c.workloads).any(|w| w.ready_replicas > w.target_replicas);
-    let settled = !remote_hold
+    let settled = !unreachable
         && !draining
         && !decided.conditions.iter().any(|c| c.type_ == status::RECONCILING && c.status == "True");
     write_status(api, sale, &written, decided.clone(), now).await?;
@@ -378,8 +433,8 @@ async fn announce_phase(
 /// How often a Scheduled sale's preflight runs again.
 const PREFLIGHT_RECHECK: Duration = Duration::from_secs(300);
 
-/// How often a sale whose levers are still converging (or that holds changes in remote
-/// clusters) is looked at again.
+/// How often a sale whose levers are still converging (or one of whose clusters could not be
+/// read) is looked at again.
 const PENDING_RECHECK: Duration = Duration::from_secs(3);
 
 /// Runs the levers in every cluster of the sale, concurrently; one slow or unreachable cluster
@@ -394,8 +449,8 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
         let (ns, holder) = (ns.clone(), holder.clone());
         async move {
             let shown = sale.status.as_ref().and_then(|s| s.clusters.iter().find(|c| c.name == target.name));
-            let report = match target.client {
-                Ok(client) => {
+            let report = match (target.client, target.view) {
+                (Ok(client), Some(view)) => {
                     let _timer = ctx.metrics.time("prescale");
                     let name = sale.name_any();
                     let uid = sale.uid().unwrap_or_default();
@@ -411,6 +466,7 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                         now: Timestamp::now(),
                         installer: &ctx.installer,
                         warmups: shown.map(|c| c.warmups.as_slice()).unwrap_or_default(),
+                        view: &view,
                     };
                     let run = levers::run(&client, &ctx.client, &pass, &sale.spec, intent);
                     match tokio::time::timeout(deadline, run).await {
@@ -432,7 +488,8 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                         }
                     }
                 }
-                Err(err) => {
+                (Ok(_), None) => Err("no view of the cluster".to_owned()),
+                (Err(err), _) => {
                     let message = err.to_string();
                     // Once per refusal: while the status already shows it, the sale was told.
                     if matches!(err, ClusterError::Refused(_))

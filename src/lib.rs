@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod plan;
 pub mod status;
 pub mod timeline;
+pub mod view;

@@ -31,7 +31,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
 };
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{Action, Intent, LeverCondition, Report, Sale, fnv1a};
 use crate::{
@@ -39,6 +39,7 @@ use crate::{
     controller::FIELD_MANAGER,
     installer::Installer,
     status::DRAIN_AGENTS_READY,
+    view::{Scope, View},
 };
 
 /// Name of the agents' ServiceAccount, ClusterRole and binding (pre-installed by the chart),
@@ -71,8 +72,7 @@ pub async fn run(
         return Ok(());
     }
     let agent_ns = installer.agent_namespace.as_str();
-    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), agent_ns);
-    let ours = daemonsets.list(&ListParams::default().labels(AGENT_SELECTOR)).await?.items;
+    let ours: Vec<DaemonSet> = sale.view.list_as(&agents_scope(agent_ns)).await?;
     let key = holder_key(sale.holder);
     let held = || ours.iter().filter(|d| d.annotations().contains_key(&key));
     if let (Intent::Hold | Intent::Preflight, Some(drain)) = (intent, wanted) {
@@ -80,7 +80,7 @@ pub async fn run(
         // its lists since the sale started, and agents it no longer allows must go.
         let refused = match refusal(drain, installer) {
             Some(why) => Some(("NotAllowed", why)),
-            None if !agent_rbac_installed(client, agent_ns).await? => Some((
+            None if !agent_rbac_installed(sale.view, agent_ns).await? => Some((
                 "AgentRbacMissing",
                 format!(
                     "drain-agent RBAC is not installed in cluster {} (namespace {agent_ns}): install the chart there (mode: remote)",
@@ -274,8 +274,14 @@ fn tolerations(drain: &SpotDrain, installer: &Installer) -> Vec<Toleration> {
 
 /// Whether the installer pre-installed the agents' ServiceAccount in the agent namespace (its
 /// ClusterRole and binding come with it from the same chart template).
-async fn agent_rbac_installed(client: &Client, namespace: &str) -> Result<bool, kube::Error> {
-    Ok(Api::<ServiceAccount>::namespaced(client.clone(), namespace).get_opt(AGENT).await?.is_some())
+async fn agent_rbac_installed(view: &Arc<View>, namespace: &str) -> Result<bool, kube::Error> {
+    let scope = Scope::typed::<ServiceAccount>(Some(namespace)).named(AGENT);
+    Ok(view.get(&scope, AGENT).await?.is_some())
+}
+
+/// The agent DaemonSets of the agent namespace, as the view watches them.
+fn agents_scope(namespace: &str) -> Scope {
+    Scope::typed::<DaemonSet>(Some(namespace)).labelled(AGENT_SELECTOR)
 }
 
 /// Puts the DaemonSet in place and marks this sale as a holder. Returns the DaemonSet as last
@@ -300,6 +306,7 @@ async fn hold(
                 .patch(name, &apply, &Patch::Apply(daemonset(name, drain, sale.installer, sale.holder)))
                 .await?;
             report.actions.push(action(&ds, "Deploy", format!("drain agents deployed as DaemonSet {ns}/{name}")));
+            sale.view.wrote(&agents_scope(ns), name, ds.metadata.resource_version.as_deref());
             ds
         }
     };
@@ -308,6 +315,7 @@ async fn hold(
     }
     let patch = json!({"metadata": {"annotations": {key: sale.holder}}});
     let ds = daemonsets.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    sale.view.wrote(&agents_scope(ns), name, ds.metadata.resource_version.as_deref());
     Ok(Some(ds))
 }
 
@@ -326,7 +334,8 @@ async fn release(
     let others = ds.annotations().keys().filter(|k| k.starts_with(HOLDER_PREFIX) && *k != key).count();
     if others > 0 {
         let patch = json!({"metadata": {"annotations": {key: Value::Null}}});
-        daemonsets.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let released = daemonsets.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        sale.view.wrote(&agents_scope(ns), &name, released.metadata.resource_version.as_deref());
         return Ok(true);
     }
     // The last holder: delete, unless another sale joined since this DaemonSet was read.
@@ -335,7 +344,7 @@ async fn release(
         ..DeleteParams::background()
     };
     match daemonsets.delete(&name, &params).await {
-        Ok(_) => {}
+        Ok(_) => sale.view.deleted(&agents_scope(ns), &name),
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         // Changed since read (a sale joined): the next pass looks again.
         Err(kube::Error::Api(s)) if s.code == 409 => return Ok(false),

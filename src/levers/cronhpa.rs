@@ -30,7 +30,12 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use super::SALE_ANNOTATION;
-use crate::{api::Workload, controller::FIELD_MANAGER};
+use crate::{
+    api::Workload,
+    controller::FIELD_MANAGER,
+    view::{Scope, View},
+};
+use std::sync::Arc;
 
 /// The CronHPA API group.
 pub const GROUP: &str = "autoscaling.alibabacloud.com";
@@ -284,10 +289,16 @@ pub fn api_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL)
 }
 
-/// Whether the CronHPA CRD exists in the cluster.
-pub async fn installed(client: &Client) -> Result<bool, kube::Error> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    Ok(crds.get_opt(CRD_NAME).await?.is_some())
+/// Whether the CronHPA CRD exists in the cluster (watched by name: a CRD installed or removed
+/// mid-sale shows at once).
+pub async fn installed(view: &Arc<View>) -> Result<bool, kube::Error> {
+    let scope = Scope::typed::<CustomResourceDefinition>(None).named(CRD_NAME);
+    Ok(view.get(&scope, CRD_NAME).await?.is_some())
+}
+
+/// The CronHPA objects of a namespace, as the view watches them.
+pub fn scope(namespace: &str) -> Scope {
+    Scope::of(&api_resource(), Some(namespace))
 }
 
 /// The metadata a rendered object must have to be applied.
@@ -309,14 +320,14 @@ struct IdentityMeta {
 /// Server-side applies a rendered CronHPA (forcing ownership), unless the live object already
 /// has the same spec and carries the rendered labels and annotations. Returns whether a write
 /// was sent.
-pub async fn apply(client: &Client, object: &Value) -> Result<bool, kube::Error> {
+pub async fn apply(view: &Arc<View>, object: &Value) -> Result<bool, kube::Error> {
     let identity: Identity = serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
     let meta = identity.metadata;
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &meta.namespace, &api_resource());
-    if let Some(live) = api.get_opt(&meta.name).await? {
+    let api: Api<DynamicObject> = Api::namespaced_with(view.client().clone(), &meta.namespace, &api_resource());
+    if let Some(live) = view.get(&scope(&meta.namespace), &meta.name).await? {
         let same_spec = Spec::from_value(live.data.get("spec")) == Spec::from_value(object.get("spec"));
-        let live_labels = live.metadata.labels.unwrap_or_default();
-        let live_annotations = live.metadata.annotations.unwrap_or_default();
+        let live_labels = live.metadata.labels.clone().unwrap_or_default();
+        let live_annotations = live.metadata.annotations.clone().unwrap_or_default();
         let carries = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
             want.iter().all(|(k, v)| have.get(k) == Some(v))
         };
@@ -324,7 +335,8 @@ pub async fn apply(client: &Client, object: &Value) -> Result<bool, kube::Error>
             return Ok(false);
         }
     }
-    api.patch(&meta.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?;
+    let written = api.patch(&meta.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?;
+    view.wrote(&scope(&meta.namespace), &meta.name, written.metadata.resource_version.as_deref());
     Ok(true)
 }
 
@@ -341,9 +353,8 @@ pub async fn remove(client: &Client, namespace: &str, name: &str) -> Result<bool
 /// The controller's state of each job, as `(job name, state)` sorted by job name: `Submitted`
 /// (registered, not run yet), `Succeed` or `Failed` (run). Empty when the object does not exist
 /// or the controller has not seen it yet.
-pub async fn job_states(client: &Client, namespace: &str, name: &str) -> Result<Vec<(String, String)>, kube::Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &api_resource());
-    let Some(live) = api.get_opt(name).await? else {
+pub async fn job_states(view: &Arc<View>, namespace: &str, name: &str) -> Result<Vec<(String, String)>, kube::Error> {
+    let Some(live) = view.get(&scope(namespace), name).await? else {
         return Ok(vec![]);
     };
     Ok(states_of(&live.data))

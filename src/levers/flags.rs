@@ -47,6 +47,7 @@ use crate::{
     controller::FIELD_MANAGER,
     status::FLAGS_PUBLISHED,
     timeline::{Schedule, signed},
+    view::Scope,
 };
 
 /// Annotation recording what the published object was before the sale: JSON
@@ -90,8 +91,8 @@ pub async fn run(
     };
     let target = Target::new(degradation, sale.namespace);
     if degradation.target == FlagTarget::FeatureFlag {
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        if crds.get_opt(FEATURE_FLAG_CRD).await?.is_none() {
+        let crds = Scope::typed::<CustomResourceDefinition>(None).named(FEATURE_FLAG_CRD);
+        if sale.view.get(&crds, FEATURE_FLAG_CRD).await?.is_none() {
             let message = format!(
                 "degradation.target is FeatureFlag, but the FeatureFlag CRD ({FEATURE_FLAG_CRD}) is not installed in this cluster; install the OpenFeature operator or use target ConfigMap"
             );
@@ -100,7 +101,8 @@ pub async fn run(
         }
     }
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), sale.namespace, &target.resource);
-    let live = api.get_opt(&target.name).await?;
+    // The one object the sale publishes in: watched by name, never the namespace's every ConfigMap.
+    let live = sale.view.get(&target.scope(), &target.name).await?.map(|o| (*o).clone());
     let annotations = live.as_ref().map(|l| l.annotations().clone()).unwrap_or_default();
     if let Some(other) = annotations.get(SALE_ANNOTATION).filter(|h| *h != sale.holder) {
         let message = format!("{} is held by sale {other}; it is left unchanged", target.display());
@@ -109,7 +111,7 @@ pub async fn run(
     }
     let ours = live.is_some() && annotations.contains_key(SALE_ANNOTATION);
     match (intent, sale.schedule) {
-        (Intent::Restore, _) | (_, None) => restore(&api, &target, live.as_ref(), ours, report).await,
+        (Intent::Restore, _) | (_, None) => restore(&api, sale.view, &target, live.as_ref(), ours, report).await,
         (_, Some(schedule)) => {
             publish(&api, local, &target, live.as_ref(), ours, degradation, sale, &schedule, intent, report).await
         }
@@ -125,6 +127,11 @@ struct Target {
 }
 
 impl Target {
+    /// The object, as the view watches it: by name, never the namespace's every ConfigMap.
+    fn scope(&self) -> Scope {
+        Scope::of(&self.resource, Some(&self.namespace)).named(&self.name)
+    }
+
     fn new(degradation: &Degradation, namespace: &str) -> Target {
         let resource = match degradation.target {
             FlagTarget::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
@@ -430,7 +437,8 @@ async fn publish(
         if let (Some(doc), Some(body)) = (doc.as_object_mut(), body.as_object()) {
             doc.extend(body.clone());
         }
-        api.patch(&target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+        let written = api.patch(&target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+        sale.view.wrote(&target.scope(), &target.name, written.metadata.resource_version.as_deref());
         if !ours {
             let how = match (live.is_some(), target.kind) {
                 (true, _) => format!("merged into the existing {} of", flagd::FLAGS_KEY),
@@ -518,6 +526,7 @@ async fn publish(
 
 async fn restore(
     api: &Api<DynamicObject>,
+    view: &std::sync::Arc<crate::view::View>,
     target: &Target,
     live: Option<&DynamicObject>,
     ours: bool,
@@ -554,7 +563,8 @@ async fn restore(
         return Ok(());
     };
     if original.created {
-        api.delete(&target.name, &DeleteParams::default()).await?;
+        let answer = api.delete(&target.name, &DeleteParams::default()).await?;
+        view.after_delete(&target.scope(), &target.name, &answer);
         report.actions.push(target.action(
             "FlagsRestored",
             "Delete",
@@ -576,6 +586,7 @@ async fn restore(
         "data": data,
     });
     let restored = api.patch(&target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+    view.wrote(&target.scope(), &target.name, restored.metadata.resource_version.as_deref());
     report.actions.push(target.action(
         "FlagsRestored",
         "Restore",

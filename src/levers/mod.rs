@@ -141,6 +141,8 @@ pub struct Sale<'a> {
     pub installer: &'a crate::installer::Installer,
     /// This cluster's warm-ups as the last status showed them, so an outcome is announced once.
     pub warmups: &'a [WarmupStatus],
+    /// The cluster's watch caches: what the levers read, instead of asking the API server.
+    pub view: &'a std::sync::Arc<crate::view::View>,
 }
 
 /// Runs every lever of a sale in one cluster. An API refusal in one lever is that lever's
@@ -183,7 +185,7 @@ async fn check_rights(
     report: &mut Report,
 ) -> Result<(), kube::Error> {
     // Without the right to look the CRD up it counts as absent; that right is reported itself.
-    let cronhpa_installed = cronhpa::installed(client).await.unwrap_or(false);
+    let cronhpa_installed = cronhpa::installed(sale.view).await.unwrap_or(false);
     let facts = preflight::ClusterFacts { cronhpa_installed };
     let wanted = preflight::needed_rights(spec, sale.namespace, &sale.installer.agent_namespace, facts);
     let missing = preflight::missing_rights(client, &wanted).await?;

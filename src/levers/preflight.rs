@@ -234,9 +234,17 @@ pub fn needed_rights(
         // Preflight: PodDisruptionBudgets covering the workloads, and the nodes' capacity.
         add(&["list"], "policy", "poddisruptionbudgets", None, ns, None);
         add(&["list"], "", "nodes", None, None, None);
-        // Every workload pass looks up the HPA governing it and whether CronHPA is installed.
-        add(&["list"], "autoscaling", "horizontalpodautoscalers", None, ns, None);
-        add(&["get"], "apiextensions.k8s.io", "customresourcedefinitions", None, None, Some(CRONHPA_CRD));
+        // Every workload pass looks up the HPA governing it and whether CronHPA is installed,
+        // in the cluster's watch caches (list and watch; the CRD by name).
+        add(&["list", "watch"], "autoscaling", "horizontalpodautoscalers", None, ns, None);
+        add(
+            &["get", "list", "watch"],
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            None,
+            None,
+            Some(CRONHPA_CRD),
+        );
     }
     for workload in &spec.workloads {
         let group = match workload.target.api_version.split_once('/') {
@@ -245,8 +253,8 @@ pub fn needed_rights(
             _ => continue,
         };
         let plural = format!("{}s", workload.target.kind.to_ascii_lowercase());
-        // Read the workload; replicas, probe timings and bookkeeping annotations in one apply.
-        add(&["get", "patch"], group, &plural, None, ns, None);
+        // Watch the workload; replicas, probe timings and bookkeeping annotations in one apply.
+        add(&["get", "list", "watch", "patch"], group, &plural, None, ns, None);
         // CronHPA mode and the HPA restore set replicas through the scale subresource.
         add(&["patch"], group, &plural, Some("scale"), ns, None);
         let mode = workload.scale.mode;
@@ -255,7 +263,7 @@ pub fn needed_rights(
         }
         if mode == ScaleMode::CronHpa || (mode == ScaleMode::Auto && facts.cronhpa_installed) {
             add(
-                &["get", "create", "patch", "delete"],
+                &["get", "list", "watch", "create", "patch", "delete"],
                 "autoscaling.alibabacloud.com",
                 "cronhorizontalpodautoscalers",
                 None,
@@ -268,18 +276,23 @@ pub fn needed_rights(
         // Which nodes match the selector, and the agents' DaemonSet in the agent namespace,
         // run as the ServiceAccount the installer pre-installed there.
         add(&["list"], "", "nodes", None, None, None);
-        add(&["list", "create", "patch", "delete"], "apps", "daemonsets", None, Some(agent_namespace), None);
-        add(&["get"], "", "serviceaccounts", None, Some(agent_namespace), Some(AGENT_SERVICE_ACCOUNT));
+        add(&["list", "watch", "create", "patch", "delete"], "apps", "daemonsets", None, Some(agent_namespace), None);
+        add(&["get", "list", "watch"], "", "serviceaccounts", None, Some(agent_namespace), Some(AGENT_SERVICE_ACCOUNT));
     }
     if !spec.cache_warm.is_empty() {
-        add(&["list", "create", "delete"], "batch", "jobs", None, ns, None);
+        add(&["list", "watch", "create", "delete"], "batch", "jobs", None, ns, None);
     }
     if let Some(degradation) = &spec.degradation {
         match degradation.target {
-            FlagTarget::ConfigMap => add(&["get", "create", "patch", "delete"], "", "configmaps", None, ns, None),
+            // The flag object is watched by name (list and watch with a name field selector).
+            FlagTarget::ConfigMap => {
+                add(&["get", "list", "watch", "create", "patch", "delete"], "", "configmaps", None, ns, None)
+            }
             FlagTarget::FeatureFlag => {
-                add(&["get"], "apiextensions.k8s.io", "customresourcedefinitions", None, None, Some(FEATURE_FLAG_CRD));
-                add(&["get", "create", "patch", "delete"], "core.openfeature.dev", "featureflags", None, ns, None);
+                let crd = Some(FEATURE_FLAG_CRD);
+                add(&["get", "list", "watch"], "apiextensions.k8s.io", "customresourcedefinitions", None, None, crd);
+                let verbs = ["get", "list", "watch", "create", "patch", "delete"];
+                add(&verbs, "core.openfeature.dev", "featureflags", None, ns, None);
             }
         }
     }
@@ -410,11 +423,16 @@ mod tests {
         let base = [
             "get apiextensions.k8s.io/customresourcedefinitions cronhorizontalpodautoscalers.autoscaling.alibabacloud.com (cluster-wide)",
             "get apps/deployments in namespace shop",
+            "list apiextensions.k8s.io/customresourcedefinitions cronhorizontalpodautoscalers.autoscaling.alibabacloud.com (cluster-wide)",
+            "list apps/deployments in namespace shop",
             "list autoscaling/horizontalpodautoscalers in namespace shop",
             "list nodes (cluster-wide)",
             "list policy/poddisruptionbudgets in namespace shop",
             "patch apps/deployments in namespace shop",
             "patch apps/deployments/scale in namespace shop",
+            "watch apiextensions.k8s.io/customresourcedefinitions cronhorizontalpodautoscalers.autoscaling.alibabacloud.com (cluster-wide)",
+            "watch apps/deployments in namespace shop",
+            "watch autoscaling/horizontalpodautoscalers in namespace shop",
         ];
         let no_cron = ClusterFacts { cronhpa_installed: false };
         let cron = ClusterFacts { cronhpa_installed: true };
@@ -423,7 +441,9 @@ mod tests {
             "create autoscaling.alibabacloud.com/cronhorizontalpodautoscalers in namespace shop",
             "delete autoscaling.alibabacloud.com/cronhorizontalpodautoscalers in namespace shop",
             "get autoscaling.alibabacloud.com/cronhorizontalpodautoscalers in namespace shop",
+            "list autoscaling.alibabacloud.com/cronhorizontalpodautoscalers in namespace shop",
             "patch autoscaling.alibabacloud.com/cronhorizontalpodautoscalers in namespace shop",
+            "watch autoscaling.alibabacloud.com/cronhorizontalpodautoscalers in namespace shop",
         ];
         let replicas = json!({"workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 10, "mode": "Replicas"}}]});
         let cron_mode = json!({"workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 10, "mode": "CronHPA"}}]});
@@ -445,7 +465,10 @@ mod tests {
                     "delete apps/daemonsets in namespace flashsale-system",
                     "get serviceaccounts flashsale-drain-agent in namespace flashsale-system",
                     "list apps/daemonsets in namespace flashsale-system",
+                    "list serviceaccounts flashsale-drain-agent in namespace flashsale-system",
                     "patch apps/daemonsets in namespace flashsale-system",
+                    "watch apps/daemonsets in namespace flashsale-system",
+                    "watch serviceaccounts flashsale-drain-agent in namespace flashsale-system",
                 ],
                 vec!["create apps/daemonsets in namespace shop", "patch nodes (cluster-wide)"],
             ),
@@ -465,6 +488,7 @@ mod tests {
                     "create batch/jobs in namespace shop",
                     "delete batch/jobs in namespace shop",
                     "list batch/jobs in namespace shop",
+                    "watch batch/jobs in namespace shop",
                 ],
                 vec!["create pods in namespace shop"],
             ),
@@ -477,7 +501,9 @@ mod tests {
                     "create configmaps in namespace shop",
                     "delete configmaps in namespace shop",
                     "get configmaps in namespace shop",
+                    "list configmaps in namespace shop",
                     "patch configmaps in namespace shop",
+                    "watch configmaps in namespace shop",
                 ],
                 vec!["get core.openfeature.dev/featureflags in namespace shop"],
             ),
@@ -491,7 +517,11 @@ mod tests {
                     "delete core.openfeature.dev/featureflags in namespace shop",
                     "get apiextensions.k8s.io/customresourcedefinitions featureflags.core.openfeature.dev (cluster-wide)",
                     "get core.openfeature.dev/featureflags in namespace shop",
+                    "list apiextensions.k8s.io/customresourcedefinitions featureflags.core.openfeature.dev (cluster-wide)",
+                    "list core.openfeature.dev/featureflags in namespace shop",
                     "patch core.openfeature.dev/featureflags in namespace shop",
+                    "watch apiextensions.k8s.io/customresourcedefinitions featureflags.core.openfeature.dev (cluster-wide)",
+                    "watch core.openfeature.dev/featureflags in namespace shop",
                 ],
                 vec!["get configmaps in namespace shop"],
             ),

@@ -19,6 +19,7 @@ use super::{Action, Intent, SALE_ANNOTATION, Sale, cronhpa};
 use crate::{
     api::{ScaleMode, Workload},
     controller::FIELD_MANAGER,
+    view::Scope,
 };
 
 /// Annotation recording the replicas a workload had before the sale scaled it.
@@ -141,8 +142,8 @@ pub async fn plan(
         .pointer(&format!("/metadata/annotations/{}", ORIGINAL_REPLICAS.replace('/', "~1")))
         .and_then(Value::as_str)
         .and_then(|v| v.parse().ok());
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &target.namespace);
-    let hpa = hpas.list(&Default::default()).await?.items.into_iter().find(|h| {
+    let view = sale.view;
+    let hpa = view.list_as::<HorizontalPodAutoscaler>(&hpa_scope(&target.namespace)).await?.into_iter().find(|h| {
         h.spec.scale_target_ref.kind == workload.target.kind && h.spec.scale_target_ref.name == workload.target.name
     });
     let hpa_ours =
@@ -152,10 +153,15 @@ pub async fn plan(
     // A CronHPA object of this sale for the workload means the CronHPA mode is (or was) in use.
     let cron_name = cronhpa::name(sale.name, workload);
     let crons: Api<DynamicObject> = Api::namespaced_with(client.clone(), &target.namespace, &cronhpa::api_resource());
-    let cron_live = if cronhpa::installed(client).await? { crons.get_opt(&cron_name).await? } else { None };
+    let cron_installed = cronhpa::installed(view).await?;
+    let cron_live = match cron_installed {
+        true => view.get(&cronhpa::scope(&target.namespace), &cron_name).await?.map(|c| (*c).clone()),
+        false => None,
+    };
     let cron_ours =
         cron_live.as_ref().is_some_and(|c| c.annotations().get(SALE_ANNOTATION).map(String::as_str) == Some(holder));
-    if cron_ours || (!hpa_ours && recorded.is_none() && wants_cron(client, workload.scale.mode, hpa.is_some()).await?) {
+    if cron_ours || (!hpa_ours && recorded.is_none() && wants_cron(workload.scale.mode, hpa.is_some(), cron_installed))
+    {
         if let Some(h) = hpa.as_ref().filter(|_| !cron_ours) {
             plan.problems.push(format!(
                 "{}: scale mode CronHPA, but HorizontalPodAutoscaler {} governs it; use mode HPA or Auto (the operator then raises the HPA's bounds itself)",
@@ -164,7 +170,7 @@ pub async fn plan(
             ));
             return Ok(plan);
         }
-        if workload.scale.mode == ScaleMode::CronHpa && !cronhpa::installed(client).await? {
+        if workload.scale.mode == ScaleMode::CronHpa && !cron_installed {
             plan.problems.push(format!(
                 "{}: scale mode CronHPA, but the CronHorizontalPodAutoscaler CRD ({}) is not installed in this cluster",
                 target.display(),
@@ -209,7 +215,7 @@ pub async fn plan(
     };
 
     match (use_hpa, hpa) {
-        (true, Some(hpa)) => hpa_plan(client, target, hpa, holder, replicas, intent, may_scale_up, plan).await,
+        (true, Some(hpa)) => hpa_plan(client, view, target, hpa, holder, replicas, intent, may_scale_up, plan).await,
         (true, None) => {
             plan.problems.push(format!("{}: its HorizontalPodAutoscaler is gone", target.display()));
             Ok(plan)
@@ -243,12 +249,22 @@ pub async fn plan(
 
 /// Whether the CronHPA mechanism should scale this workload: mode CronHPA, or Auto on a
 /// cluster with the CronHPA CRD and a workload no HPA governs.
-async fn wants_cron(client: &Client, mode: ScaleMode, has_hpa: bool) -> Result<bool, kube::Error> {
-    Ok(match mode {
+fn wants_cron(mode: ScaleMode, has_hpa: bool, cron_installed: bool) -> bool {
+    match mode {
         ScaleMode::CronHpa => true,
-        ScaleMode::Auto => !has_hpa && cronhpa::installed(client).await?,
+        ScaleMode::Auto => !has_hpa && cron_installed,
         ScaleMode::Hpa | ScaleMode::Replicas => false,
-    })
+    }
+}
+
+/// The HPAs of a namespace, as the view watches them.
+fn hpa_scope(namespace: &str) -> Scope {
+    Scope::typed::<HorizontalPodAutoscaler>(Some(namespace))
+}
+
+/// The workloads of `workload`'s kind in a namespace, as the view watches them.
+pub fn workload_scope(workload: &Workload, namespace: &str) -> Scope {
+    Scope::of(&api_resource(workload), Some(namespace))
 }
 
 /// How long after a CronHPA job's instant the operator waits before doing the job itself (the
@@ -291,8 +307,13 @@ async fn cron_plan(
         let workloads: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &target.namespace, &api_resource(workload));
         let name = workload.target.name.clone();
+        let scope = workload_scope(workload, &target.namespace);
         async move {
-            workloads.patch_scale(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": n}}))).await
+            let scale = workloads
+                .patch_scale(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": n}})))
+                .await?;
+            sale.view.wrote(&scope, &name, scale.metadata.resource_version.as_deref());
+            Ok::<_, kube::Error>(scale)
         }
     };
     match (intent, sale.schedule) {
@@ -314,7 +335,7 @@ async fn cron_plan(
                     return Ok(plan);
                 }
             };
-            if cronhpa::apply(client, &object).await? {
+            if cronhpa::apply(sale.view, &object).await? {
                 plan.actions.push(cron_action(target, &cron_name, format!(
                     "scheduled CronHPA {}/{cron_name}: {baseline} -> {peak} replicas at {}, back to {baseline} at {} ({})",
                     target.namespace, schedule.prepare_at, schedule.restore_at, sale.cron_zone
@@ -342,12 +363,13 @@ async fn cron_plan(
             let early = schedule.is_none_or(|s| sale.now < s.restore_at);
             let job_due = schedule.is_some_and(|s| sale.now >= s.restore_at + CRON_GRACE);
             if live_cron.is_some() {
-                let done = cronhpa::job_states(client, &target.namespace, &cron_name)
+                let done = cronhpa::job_states(sale.view, &target.namespace, &cron_name)
                     .await?
                     .iter()
                     .any(|(job, state)| job == cronhpa::SCALE_DOWN_JOB && state == "Succeed");
                 if done || job_due || early {
                     crons.delete(&cron_name, &Default::default()).await?;
+                    sale.view.deleted(&cronhpa::scope(&target.namespace), &cron_name);
                     plan.actions.push(cron_action(
                         target,
                         &cron_name,
@@ -386,6 +408,7 @@ fn cron_action(target: &Target<'_>, name: &str, note: String) -> Action {
 #[allow(clippy::too_many_arguments)]
 async fn hpa_plan(
     client: &Client,
+    view: &std::sync::Arc<crate::view::View>,
     target: &Target<'_>,
     hpa: HorizontalPodAutoscaler,
     holder: &str,
@@ -421,7 +444,12 @@ async fn hpa_plan(
     let apply = |doc: Value| {
         let api = api.clone();
         let name = name.clone();
-        async move { api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await }
+        let scope = hpa_scope(&target.namespace);
+        async move {
+            let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+            view.wrote(&scope, &name, written.metadata.resource_version.as_deref());
+            Ok::<_, kube::Error>(written)
+        }
     };
     match intent {
         Intent::Preflight => {}
@@ -477,13 +505,15 @@ async fn hpa_plan(
             if recorded.is_some() && replicas > floor {
                 let workloads: Api<DynamicObject> =
                     Api::namespaced_with(client.clone(), &target.namespace, &api_resource(target.workload));
-                workloads
+                let scale = workloads
                     .patch_scale(
                         &target.workload.target.name,
                         &PatchParams::default(),
                         &Patch::Merge(json!({"spec": {"replicas": floor}})),
                     )
                     .await?;
+                let scope = workload_scope(target.workload, &target.namespace);
+                view.wrote(&scope, &target.workload.target.name, scale.metadata.resource_version.as_deref());
                 plan.actions
                     .push(target.action("Restore", format!("scaled {} back to {floor} replicas", target.display())));
                 plan.restored = false;

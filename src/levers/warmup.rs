@@ -22,7 +22,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
+    api::{DeleteParams, PostParams, PropagationPolicy},
 };
 use std::collections::BTreeMap;
 
@@ -32,6 +32,7 @@ use crate::{
     controller::FIELD_MANAGER,
     status::CACHE_WARMED,
     timeline,
+    view::Scope,
 };
 
 /// Label with the name of the sale a warm-up Job belongs to (label values cannot hold the
@@ -39,6 +40,18 @@ use crate::{
 pub const SALE_NAME_LABEL: &str = "flashsale.dev/sale-name";
 /// Label with the namespace of the sale a warm-up Job belongs to.
 pub const SALE_NAMESPACE_LABEL: &str = "flashsale.dev/sale-namespace";
+
+/// The sale a warm-up Job's labels name, if they do.
+pub fn labelled_sale<K>(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Option<kube::runtime::reflector::ObjectRef<K>>
+where
+    K: kube::Resource,
+    K::DynamicType: Default,
+{
+    let (name, namespace) = (labels.get(SALE_NAME_LABEL)?, labels.get(SALE_NAMESPACE_LABEL)?);
+    Some(kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+}
 /// Label with the `cacheWarm[].name` a Job runs.
 pub const WARMUP_LABEL: &str = "flashsale.dev/warmup";
 
@@ -481,18 +494,20 @@ pub async fn run(
 ) -> Result<(), kube::Error> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), sale.namespace);
     let selector = format!("{SALE_NAME_LABEL}={},{SALE_NAMESPACE_LABEL}={}", sale.name, sale.namespace);
+    let scope = Scope::typed::<Job>(Some(sale.namespace)).labelled(&selector);
+    let view = sale.view;
     if spec.cache_warm.is_empty() {
         // Jobs left by entries since removed from the spec still go at the restore.
         if intent == Intent::Restore {
-            let live = jobs.list(&ListParams::default().labels(&selector)).await?.items;
-            report.restored &= clean_up(&jobs, &live, &[], report).await?;
+            let live: Vec<Job> = view.list_as(&scope).await?;
+            report.restored &= clean_up(&jobs, view, &scope, &live, &[], report).await?;
         }
         return Ok(());
     }
-    let live = jobs.list(&ListParams::default().labels(&selector)).await?.items;
+    let live: Vec<Job> = view.list_as(&scope).await?;
 
     if intent == Intent::Restore {
-        let gone = clean_up(&jobs, &live, &[], report).await?;
+        let gone = clean_up(&jobs, view, &scope, &live, &[], report).await?;
         report.restored &= gone;
         report.warmups = live
             .iter()
@@ -535,7 +550,7 @@ pub async fn run(
     // A refused template's Job is not kept either (one left from before the rules existed).
     let wanted_names: Vec<&str> = wanted.iter().filter(|w| w.2.is_none()).map(|(n, _, _)| n.as_str()).collect();
     // Jobs of this sale under another name: an entry removed, a template fixed, the window moved.
-    clean_up(&jobs, &live, &wanted_names, report).await?;
+    clean_up(&jobs, view, &scope, &live, &wanted_names, report).await?;
 
     let mut entries = vec![];
     for (name, warm, refused) in &wanted {
@@ -653,7 +668,10 @@ async fn start(
     entry.status.job = Some(name.to_owned());
     entry.late = late;
     match jobs.create(&params, &job).await {
-        Ok(_) => {
+        Ok(created) => {
+            let selector = format!("{SALE_NAME_LABEL}={},{SALE_NAMESPACE_LABEL}={}", sale.name, sale.namespace);
+            let scope = Scope::typed::<Job>(Some(sale.namespace)).labelled(&selector);
+            sale.view.wrote(&scope, name, created.metadata.resource_version.as_deref());
             let when = if late {
                 format!("late: it was due at {due_at} ({} before the window start)", lead(warm))
             } else {
@@ -721,7 +739,14 @@ fn announce(sale: &Sale<'_>, entry: &Entry, name: &str, report: &mut Report) {
 /// Deletes this sale's Jobs not named in `keep`, with their pods (foreground propagation: the
 /// Job stays, marked for deletion, until its pods are gone, so "no Job left" means no pod
 /// left either). Returns whether none of those Jobs remain.
-async fn clean_up(jobs: &Api<Job>, live: &[Job], keep: &[&str], report: &mut Report) -> Result<bool, kube::Error> {
+async fn clean_up(
+    jobs: &Api<Job>,
+    view: &std::sync::Arc<crate::view::View>,
+    scope: &Scope,
+    live: &[Job],
+    keep: &[&str],
+    report: &mut Report,
+) -> Result<bool, kube::Error> {
     let mut gone = true;
     for job in live.iter().filter(|j| !keep.contains(&j.name_any().as_str())) {
         gone = false;
@@ -732,7 +757,7 @@ async fn clean_up(jobs: &Api<Job>, live: &[Job], keep: &[&str], report: &mut Rep
         let params =
             DeleteParams { propagation_policy: Some(PropagationPolicy::Foreground), ..DeleteParams::default() };
         match jobs.delete(&name, &params).await {
-            Ok(_) => {}
+            Ok(answer) => view.after_delete(scope, &name, &answer),
             Err(kube::Error::Api(status)) if status.code == 404 => continue,
             Err(err) => return Err(err),
         }
@@ -805,6 +830,7 @@ mod tests {
             now: ts("2026-11-10T15:40:00Z"),
             installer: Box::leak(Box::new(crate::installer::Installer::defaults())),
             warmups,
+            view: crate::view::offline(),
         }
     }
 

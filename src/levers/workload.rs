@@ -126,12 +126,13 @@ async fn pass(
         actions: vec![],
         status: WorkloadStatus { name: target.display(), ..WorkloadStatus::default() },
     };
-    let Some(live) = api.get_opt(&workload.target.name).await? else {
+    let scope = prescale::workload_scope(workload, &target.namespace);
+    let Some(live) = sale.view.get(&scope, &workload.target.name).await? else {
         out.problems.push(format!("{} not found", target.display()));
         out.status.message = out.problems.first().cloned();
         return Ok(out);
     };
-    let live_json = serde_json::to_value(&live).unwrap_or(Value::Null);
+    let live_json = serde_json::to_value(live.as_ref()).unwrap_or(Value::Null);
     let annotations = live.metadata.annotations.clone().unwrap_or_default();
     let held_by = annotations.get(SALE_ANNOTATION).cloned();
     if let Some(other) = held_by.as_deref().filter(|h| *h != holder) {
@@ -218,7 +219,9 @@ async fn pass(
         }
         let doc =
             json!({"apiVersion": resource.api_version, "kind": resource.kind, "metadata": metadata, "spec": spec});
-        api.patch(&workload.target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+        let written =
+            api.patch(&workload.target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+        sale.view.wrote(&scope, &workload.target.name, written.metadata.resource_version.as_deref());
         if !probes_in_place {
             let verb = if holding { "ApplyProbes" } else { "RestoreProbes" };
             let what = if holding { "applied the sale's probe timings to" } else { "restored the probe timings of" };

@@ -19,14 +19,17 @@ use crate::{
     TestFn,
     support::{
         AGENT_NAMESPACE, Env, Operator, apply_manifests, at, block_on_value, client, eventually, flash_sale,
-        install_agent_rbac, namespace,
+        install_agent_rbac, kubeconfig_secret, namespace, namespace_named,
     },
 };
 
-pub const TESTS: &[(&str, TestFn)] = &[(
-    "core::a_refused_workload_write_leaves_every_other_lever_applied_and_restored",
-    a_refused_workload_write_leaves_every_other_lever_applied_and_restored,
-)];
+pub const TESTS: &[(&str, TestFn)] = &[
+    (
+        "core::a_refused_workload_write_leaves_every_other_lever_applied_and_restored",
+        a_refused_workload_write_leaves_every_other_lever_applied_and_restored,
+    ),
+    ("core::a_remote_drift_is_acted_on_within_a_second", a_remote_drift_is_acted_on_within_a_second),
+];
 
 /// An admission policy of the platform team: nobody changes `frozen`'s replicas.
 const FROZEN_MESSAGE: &str = "Deployment frozen: replicas are frozen by the platform team";
@@ -194,6 +197,62 @@ fn a_refused_workload_write_leaves_every_other_lever_applied_and_restored(env: &
         })
         .await
         .context("the other levers were not restored, or the sale never completed")?;
+        Ok(())
+    })
+}
+
+/// A remote cluster is watched, not polled: replicas lowered there by hand below the sale's
+/// peak are put back within a second, and while nothing changes the operator sends that
+/// cluster no request beyond its watches and a liveness probe.
+fn a_remote_drift_is_acted_on_within_a_second(env: &Env) -> anyhow::Result<()> {
+    let (primary, secondary) = (env.primary()?, env.secondary()?);
+    block_on_value(async {
+        let here = client(primary).await?;
+        let there = client(secondary).await?;
+        let ns = namespace(&here, "drift").await?;
+        namespace_named(&there, &ns).await?;
+        let remote: Api<Deployment> = Api::namespaced(there.clone(), &ns);
+        remote.create(&PostParams::default(), &crate::support::deployment("web", 1, None)?).await?;
+        let (_, kubeconfig) = crate::support::remote_identity(secondary, &[&ns])?;
+        kubeconfig_secret(&here, &ns, "there", "kubeconfig", &kubeconfig).await?;
+        let operator = Operator::operator(primary, &["--watch-namespace", &ns])?;
+        let sales: Api<FlashSale> = Api::namespaced(here.clone(), &ns);
+        let workloads =
+            json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 3, "mode": "Replicas"}}]);
+        let mut sale = flash_sale("flash", &ns, (&at(4), &at(120)), ("2s", "2s"), workloads)?;
+        sale.spec.clusters =
+            serde_json::from_value(json!([{"name": "there", "kubeconfigSecretRef": {"name": "there"}}]))?;
+        sales.create(&PostParams::default(), &sale).await?;
+        eventually(Duration::from_secs(30), || async {
+            let s = sales.get("flash").await?;
+            let ready = s.status.as_ref().and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready")).cloned();
+            Ok(ready.is_some_and(|c| c.status == "True") && s.status.and_then(|st| st.phase) == Some(Phase::Active))
+        })
+        .await
+        .context("the sale never became Ready in the remote cluster")?;
+
+        // Quiet: the operator's requests to that cluster, beyond its watches, stay near zero.
+        let verbs = ["get", "create", "update", "patch", "delete", "review"];
+        let requests = || anyhow::Ok(crate::timeline::requests(&operator.get("/metrics")?.1, &verbs));
+        let quiet_from = requests()?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let quiet = requests()? - quiet_from;
+        ensure!(quiet <= 3, "{quiet} API requests in 10 s while nothing changed");
+
+        // Drift by hand: replicas lowered to 1 in the remote cluster.
+        let scale = json!({"spec": {"replicas": 1}});
+        remote.patch_scale("web", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&scale)).await?;
+        let changed = std::time::Instant::now();
+        eventually(Duration::from_secs(10), || async {
+            Ok(remote.get("web").await?.spec.and_then(|s| s.replicas) == Some(3))
+        })
+        .await
+        .context("the remote drift was never put back")?;
+        let took = changed.elapsed();
+        ensure!(took <= Duration::from_secs(1), "the remote drift was put back only after {took:?}");
+        sales.delete("flash", &Default::default()).await?;
+        eventually(Duration::from_secs(20), || async { Ok(sales.get_opt("flash").await?.is_none()) }).await?;
+        ensure!(remote.get("web").await?.spec.and_then(|s| s.replicas) == Some(1), "not restored");
         Ok(())
     })
 }

@@ -38,11 +38,11 @@ the same name in every cluster. It is the release's namespace in both modes. */}
 {{/* What the levers do to objects in a sale's namespace, in any cluster (the operator's own and
 remote ones alike). Each rule names the lever that needs it. */}}
 {{- define "flashsale.leverRules" -}}
-# Pre-scaling and probe timings: read the workload, then one server-side apply of its
-# replicas, probe timings and bookkeeping annotations.
+# Pre-scaling and probe timings: the workloads are watched (the operator reads them from
+# its watch cache), then one server-side apply of replicas, probe timings and bookkeeping.
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets"]
-  verbs: ["get", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 # CronHPA mode and the HPA restore set replicas through the scale subresource.
 - apiGroups: ["apps"]
   resources: ["deployments/scale", "statefulsets/scale"]
@@ -50,28 +50,28 @@ remote ones alike). Each rule names the lever that needs it. */}}
 # Find the HPA governing a workload; raise its bounds and restore them.
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["list", "patch"]
+  verbs: ["list", "watch", "patch"]
 # CronHPA mode: the run-once scale-up and scale-down object, applied (created) and removed.
 - apiGroups: ["autoscaling.alibabacloud.com"]
   resources: ["cronhorizontalpodautoscalers"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Preflight: is the workload covered by a PodDisruptionBudget.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["list"]
 # Degradation flags in flagd's format: publish, restore a pre-existing ConfigMap, or delete
-# the one the sale created.
+# the one the sale created. The sale's one ConfigMap is watched by name (a field selector).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # degradation.target FeatureFlag: the OpenFeature operator's object, the same way.
 - apiGroups: ["core.openfeature.dev"]
   resources: ["featureflags"]
-  verbs: ["get", "create", "patch", "delete"]
-# Cache warm-up Jobs: found by label, created ahead of the window, cleaned up at restore.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Cache warm-up Jobs: watched by label, created ahead of the window, cleaned up at restore.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete"]
 {{- end -}}
 
 {{/* Cluster-scoped reads, in any cluster: nothing cluster-scoped is ever written. Preflight
@@ -84,13 +84,14 @@ every authenticated user may ask that (the built-in system:basic-user), so no ru
   resources: ["nodes"]
   verbs: ["list"]
 # Whether CronHPA (mode Auto/CronHPA) and the OpenFeature FeatureFlag CRD are installed:
-# those two CRDs, by name, and no other.
+# those two CRDs, by name, and no other (watched with a name field selector, which RBAC
+# authorizes by resourceNames).
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   resourceNames:
     - cronhorizontalpodautoscalers.autoscaling.alibabacloud.com
     - featureflags.core.openfeature.dev
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 {{- end -}}
 
 {{/* Drain agents (the contract): one DaemonSet per agent configuration in the agent namespace,
@@ -103,7 +104,7 @@ run as the ServiceAccount the chart pre-installs there, which the operator only 
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   resourceNames: ["flashsale-drain-agent"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 {{- end -}}
 
 {{/* remote.subjects as RBAC subjects (the operator's identity in a remote cluster). */}}
