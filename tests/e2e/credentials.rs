@@ -85,8 +85,8 @@ fn argocd_config_of(kubeconfig: &str) -> anyhow::Result<(String, serde_json::Val
 /// One sale spans two API servers: the second cluster through a Cluster API kubeconfig Secret
 /// (key `value`, the operator a plain user there with the chart's `mode: remote` rights), the
 /// first through an Argo CD cluster Secret. The Argo CD Secret first holds an
-/// `execProviderConfig` aimed at a listener: status and an Event name `config.execProviderConfig`,
-/// the command never runs and the listener never sees a connection. Once the tenant rewrites the
+/// `execProviderConfig` aimed at a listener: status, an Event and `plan` name
+/// `config.execProviderConfig`, the command never runs and the listener never sees a connection. Once the tenant rewrites the
 /// Secret with inline TLS credentials, the operator rebuilds the client and prescales there too;
 /// deleting the sale restores both clusters through the same Secrets.
 fn cluster_api_and_argocd_secrets_reach_their_clusters_and_a_refused_argo_field_connects_nowhere(
@@ -177,6 +177,18 @@ fn cluster_api_and_argocd_secrets_reach_their_clusters_and_a_refused_argo_field_
                 .any(|(reason, note)| reason == "KubeconfigRefused" && note.contains("config.execProviderConfig")),
             "no KubeconfigRefused Event names config.execProviderConfig: {refused:?}"
         );
+        // `plan --kubeconfig` on a reviewer's machine reads the same Secrets by the same rules.
+        let file = primary.dir.join(format!("plan-{ns}.yaml"));
+        std::fs::write(&file, serde_saphyr::to_string(&sale)?)?;
+        let plan = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+            .args(["plan", "-f"])
+            .arg(&file)
+            .arg("--kubeconfig")
+            .arg(&primary.kubeconfig)
+            .output()?;
+        let printed = String::from_utf8_lossy(&plan.stdout);
+        ensure!(plan.status.success(), "plan failed: {}", String::from_utf8_lossy(&plan.stderr));
+        ensure!(printed.contains(&format!("preflight:  {refusal}")), "plan does not say {refusal:?}:\n{printed}");
         ensure!(accepted.load(Ordering::SeqCst) == 0, "the refused Argo CD Secret's server got a connection");
         ensure!(!marker.exists(), "the Argo CD Secret's execProviderConfig ran inside the operator");
 
