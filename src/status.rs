@@ -521,7 +521,7 @@ mod tests {
             for situation in &situations {
                 let observations: Vec<ClusterObservation> = situation
                     .iter()
-                    .map(|report| ClusterObservation { name: LOCAL_NAME.into(), report: report.clone() })
+                    .map(|report| ClusterObservation { name: crate::clusters::LOCAL.into(), report: report.clone() })
                     .collect();
                 let status = decide(&sale, &schedule, Position { phase, next: None }, &observations, now);
                 let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
@@ -543,6 +543,4 @@ mod tests {
             assert!(given.contains(own), "{own} was not reached: {given:?}");
         }
     }
-
-    const LOCAL_NAME: &str = "local";
 }
