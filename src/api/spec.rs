@@ -132,7 +132,10 @@ pub struct SecretKeyRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub key: Option<String>,
-    /// What the Secret holds.
+    /// What the Secret holds: `Kubeconfig` (a kubeconfig under `key`), `ClusterAPI` (the
+    /// `<cluster>-kubeconfig` Secret Cluster API writes, key `value`) or `ArgoCD` (an Argo CD
+    /// cluster Secret, keys `server` and `config`). Each is read by the same rules as a
+    /// kubeconfig: inline credentials only.
     #[serde(default)]
     pub format: CredentialsFormat,
 }
