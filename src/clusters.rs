@@ -1,7 +1,9 @@
 //! Clients for the clusters a sale spans: the operator's own cluster, or one per
-//! `spec.clusters[]` entry built from its kubeconfig Secret.
+//! `spec.clusters[]` entry built from its credentials Secret: a kubeconfig under a key, a
+//! Cluster API kubeconfig Secret (key `value`), or an Argo CD cluster Secret (`server` and
+//! `config`, translated into a kubeconfig by [`argocd`]).
 //!
-//! A kubeconfig Secret is written by the sale's author, so it is data and nothing else: before
+//! A credentials Secret is written by the sale's author, so it is data and nothing else: before
 //! kube sees it ([`Config::from_custom_kubeconfig`] would read files and run commands), [`check`]
 //! refuses every field that reads a file on the operator's disk or runs code in the operator
 //! (exec plugins only when the installer opts in). Messages about a kubeconfig are fixed texts
@@ -18,12 +20,14 @@ use kube::{
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use crate::{
-    api::FlashSale,
+    api::{CredentialsFormat, FlashSale, SecretKeyRef},
     metrics::Metrics,
     view::{Changed, View, ViewId},
 };
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+pub mod argocd;
 
 /// The name under which the operator's own cluster appears in status.
 pub const LOCAL: &str = "local";
@@ -122,8 +126,7 @@ impl Clusters {
         }
         let mut targets = Vec::with_capacity(sale.spec.clusters.len());
         for cluster in &sale.spec.clusters {
-            let secret = &cluster.kubeconfig_secret_ref;
-            let (client, view) = self.client_for(namespace, &secret.name, &secret.key).await;
+            let (client, view) = self.client_for(namespace, &cluster.kubeconfig_secret_ref).await;
             targets.push(Target {
                 name: cluster.name.clone(),
                 client,
@@ -143,27 +146,29 @@ impl Clusters {
     async fn client_for(
         &self,
         namespace: &str,
-        name: &str,
-        key: &str,
+        reference: &SecretKeyRef,
     ) -> (Result<Client, ClusterError>, Option<Arc<View>>) {
+        let name = reference.name.as_str();
+        let source = Source { namespace, name, format: reference.format, key: reference.kubeconfig_key() };
         let secrets: Api<Secret> = Api::namespaced(self.local.clone(), namespace);
         let secret = match secrets.get_opt(name).await {
             Ok(Some(secret)) => secret,
             Ok(None) => {
-                let message = format!("kubeconfig Secret {namespace}/{name} not found");
+                let message = format!("{} {source} not found", source.kind());
                 return (Err(ClusterError::Unavailable(message)), None);
             }
             Err(err) => {
-                let message = format!("cannot read kubeconfig Secret {namespace}/{name}: {err}");
+                let message = format!("cannot read {} {source}: {err}", source.kind());
                 return (Err(ClusterError::Unavailable(message)), None);
             }
         };
         let resource_version = secret.metadata.resource_version.clone().unwrap_or_default();
-        let cache_key = (namespace.to_owned(), name.to_owned(), key.to_owned());
+        // The same Secret read another way is another client.
+        let how = format!("{:?}/{}", source.format, source.key.unwrap_or_default());
+        let cache_key = (namespace.to_owned(), name.to_owned(), how);
         if let Some(cached) = self.cached(&cache_key, &resource_version) {
             return (cached.client, cached.view);
         }
-        let source = Source { namespace, name, key };
         let (client, transient) =
             match build_client(&secret, &source, self.allow_exec, &self.metrics, BUILD_TIMEOUT).await {
                 Err(Built::Failed(err)) => (Err(err), true),
@@ -193,7 +198,20 @@ impl Clusters {
 struct Source<'a> {
     namespace: &'a str,
     name: &'a str,
-    key: &'a str,
+    format: CredentialsFormat,
+    /// The key holding the kubeconfig (None for an Argo CD cluster Secret, read by its keys).
+    key: Option<&'a str>,
+}
+
+impl Source<'_> {
+    /// What the Secret is, as messages name it.
+    fn kind(&self) -> &'static str {
+        match self.format {
+            CredentialsFormat::Kubeconfig => "kubeconfig Secret",
+            CredentialsFormat::ClusterApi => "Cluster API kubeconfig Secret",
+            CredentialsFormat::ArgoCd => "Argo CD cluster Secret",
+        }
+    }
 }
 
 impl std::fmt::Display for Source<'_> {
@@ -300,7 +318,49 @@ impl From<ClusterError> for Built {
     }
 }
 
-/// Reads, checks and turns into a client the kubeconfig under `source.key` of `secret`.
+/// The text under `key` of `secret`, or why there is none (naming the keys it has instead).
+fn text<'s>(secret: &'s Secret, source: &Source<'_>, key: &str) -> Result<&'s str, ClusterError> {
+    let data = secret.data.as_ref();
+    let Some(bytes) = data.and_then(|d| d.get(key)) else {
+        let keys: Vec<&str> = data.map(|d| d.keys().map(String::as_str).collect()).unwrap_or_default();
+        return Err(ClusterError::Unavailable(format!(
+            "{} {source} has no key {key:?} (it has: {})",
+            source.kind(),
+            if keys.is_empty() { "no keys".to_owned() } else { keys.join(", ") }
+        )));
+    };
+    std::str::from_utf8(&bytes.0)
+        .map_err(|_| ClusterError::Unavailable(format!("key {key:?} of Secret {source} is not text")))
+}
+
+/// The checked kubeconfig a sale's credentials Secret stands for: read from its key, or
+/// translated from an Argo CD cluster Secret. Nothing in it can read a file or (unless
+/// `allow_exec`) run a command.
+fn read_kubeconfig(secret: &Secret, source: &Source<'_>, allow_exec: bool) -> Result<Kubeconfig, ClusterError> {
+    let refused =
+        |refusal: &dyn std::fmt::Display| ClusterError::Refused(format!("{} {source}: {refusal}", source.kind()));
+    let kubeconfig = match source.key {
+        Some(key) => {
+            // Parse errors can quote the input; only the error's kind is reported, never the contents.
+            Kubeconfig::from_yaml(text(secret, source, key)?).map_err(|_| {
+                ClusterError::Unavailable(format!("key {key:?} of Secret {source} is not a valid kubeconfig"))
+            })?
+        }
+        None => {
+            let (server, config) = (text(secret, source, "server")?, text(secret, source, "config")?);
+            argocd::kubeconfig(server, config, allow_exec).map_err(|err| match err {
+                argocd::Translation::Refused(refusal) => refused(&refusal),
+                argocd::Translation::Malformed(why) => {
+                    ClusterError::Unavailable(format!("{} {source} cannot be read: {why}", source.kind()))
+                }
+            })?
+        }
+    };
+    check(&kubeconfig, allow_exec).map_err(|refusal| refused(&refusal))?;
+    Ok(kubeconfig)
+}
+
+/// Reads, checks and turns into a client the credentials `secret` holds.
 async fn build_client(
     secret: &Secret,
     source: &Source<'_>,
@@ -308,29 +368,14 @@ async fn build_client(
     metrics: &std::sync::Arc<Metrics>,
     timeout: Duration,
 ) -> Result<Client, Built> {
-    let key = source.key;
-    let data = secret.data.as_ref();
-    let Some(bytes) = data.and_then(|d| d.get(key)) else {
-        let keys: Vec<&str> = data.map(|d| d.keys().map(String::as_str).collect()).unwrap_or_default();
-        return Err(ClusterError::Unavailable(format!(
-            "kubeconfig Secret {source} has no key {key:?} (it has: {})",
-            if keys.is_empty() { "no keys".to_owned() } else { keys.join(", ") }
-        ))
-        .into());
-    };
-    let text = std::str::from_utf8(&bytes.0)
-        .map_err(|_| ClusterError::Unavailable(format!("key {key:?} of Secret {source} is not text")))?;
-    // Parse errors can quote the input; only the error's kind is reported, never the contents.
-    let mut kubeconfig = Kubeconfig::from_yaml(text)
-        .map_err(|_| ClusterError::Unavailable(format!("key {key:?} of Secret {source} is not a valid kubeconfig")))?;
-    check(&kubeconfig, allow_exec)
-        .map_err(|refusal| ClusterError::Refused(format!("kubeconfig Secret {source}: {refusal}")))?;
+    let mut kubeconfig = read_kubeconfig(secret, source, allow_exec)?;
     sanitise(&mut kubeconfig);
     let metrics = metrics.clone();
+    let format = source.format;
     let build = async move {
         let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
-            .map_err(|err| unusable(&err))?;
+            .map_err(|err| unusable(&err, format))?;
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         // No read timeout: the cluster's view holds watches that are silent while nothing
         // changes. A server that stops answering is bounded by each pass's deadline, the
@@ -344,7 +389,10 @@ async fn build_client(
             .map_err(|err| client_failure(&err))
     };
     let failed = |why: String| {
-        Built::Failed(ClusterError::Unavailable(format!("the kubeconfig in Secret {source} cannot be used: {why}")))
+        Built::Failed(ClusterError::Unavailable(match source.format {
+            CredentialsFormat::ArgoCd => format!("the credentials in {} {source} cannot be used: {why}", source.kind()),
+            _ => format!("the kubeconfig in Secret {source} cannot be used: {why}"),
+        }))
     };
     match tokio::time::timeout(timeout, build).await {
         Ok(Ok(client)) => Ok(client),
@@ -353,10 +401,23 @@ async fn build_client(
     }
 }
 
-/// A fixed description of why kube could not read a (checked) kubeconfig. kube's own messages
-/// can quote the file's contents, so only the kind is told.
-fn unusable(err: &kube::config::KubeconfigError) -> &'static str {
+/// A fixed description of why kube could not read a (checked) kubeconfig, naming the fields as
+/// the Secret's format spells them. kube's own messages can quote the file's contents, so only
+/// the kind is told.
+fn unusable(err: &kube::config::KubeconfigError, format: CredentialsFormat) -> &'static str {
     use kube::config::KubeconfigError as E;
+    if format == CredentialsFormat::ArgoCd {
+        return match err {
+            E::MissingClusterUrl => "its server is empty",
+            E::ParseClusterUrl(_) => "its server is not a URL",
+            E::LoadCertificateAuthority(_) | E::ParseCertificates(_) => {
+                "its config.tlsClientConfig.caData is not base64-encoded PEM certificates"
+            }
+            E::LoadClientCertificate(_) => "its config.tlsClientConfig.certData is not base64-encoded PEM",
+            E::LoadClientKey(_) => "its config.tlsClientConfig.keyData is not base64-encoded PEM",
+            _ => "kube cannot load it",
+        };
+    }
     match err {
         E::CurrentContextNotSet | E::LoadContext(_) => "its current-context names no context in the file",
         E::LoadClusterOfContext(_) => "its context names no cluster in the file",
@@ -509,7 +570,12 @@ mod tests {
         }
     }
 
-    const SOURCE: Source<'static> = Source { namespace: "shop", name: "ack-hangzhou", key: "kubeconfig" };
+    const SOURCE: Source<'static> = Source {
+        namespace: "shop",
+        name: "ack-hangzhou",
+        format: CredentialsFormat::Kubeconfig,
+        key: Some("kubeconfig"),
+    };
 
     async fn build(text: &str, allow_exec: bool) -> Result<Client, ClusterError> {
         build_within(text, allow_exec, BUILD_TIMEOUT).await
@@ -599,5 +665,122 @@ mod tests {
         assert!(clusters.cached(&key("refused"), "2").is_none(), "a changed Secret is read again");
         assert!(clusters.cached(&key("plugin-failed"), "1").is_none(), "a failed build is tried again");
         assert!(clusters.cached(&key("plugin-failed-recently"), "1").is_some(), "but not at every pass");
+    }
+
+    fn secret_with(data: &[(&str, &str)]) -> Secret {
+        let data = data.iter().map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())));
+        Secret { data: Some(data.collect()), ..Secret::default() }
+    }
+
+    fn source(format: CredentialsFormat, key: Option<&'static str>) -> Source<'static> {
+        Source { namespace: "shop", name: "edge", format, key }
+    }
+
+    const INLINE: &str = "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n\
+         users: [{name: u, user: {token: abc}}]\n\
+         contexts: [{name: c, context: {cluster: k, user: u}}]\n";
+
+    #[test]
+    fn each_format_reads_its_own_keys() {
+        let reference = |format: CredentialsFormat, key: Option<&str>| SecretKeyRef {
+            name: "edge".into(),
+            key: key.map(str::to_owned),
+            format,
+        };
+        assert_eq!(reference(CredentialsFormat::Kubeconfig, None).kubeconfig_key(), Some("kubeconfig"));
+        assert_eq!(reference(CredentialsFormat::Kubeconfig, Some("admin.conf")).kubeconfig_key(), Some("admin.conf"));
+        assert_eq!(reference(CredentialsFormat::ClusterApi, None).kubeconfig_key(), Some("value"));
+        assert_eq!(reference(CredentialsFormat::ArgoCd, None).kubeconfig_key(), None);
+
+        let capi = source(CredentialsFormat::ClusterApi, Some("value"));
+        assert!(read_kubeconfig(&secret_with(&[("value", INLINE)]), &capi, false).is_ok());
+        let Err(ClusterError::Unavailable(message)) =
+            read_kubeconfig(&secret_with(&[("kubeconfig", INLINE)]), &capi, false)
+        else {
+            panic!("a Secret without `value` was read")
+        };
+        assert_eq!(message, "Cluster API kubeconfig Secret shop/edge has no key \"value\" (it has: kubeconfig)");
+
+        let argo = source(CredentialsFormat::ArgoCd, None);
+        let secret = secret_with(&[
+            ("name", "edge"),
+            ("server", "https://127.0.0.1:6443"),
+            ("config", r#"{"bearerToken": "t"}"#),
+        ]);
+        let kubeconfig = read_kubeconfig(&secret, &argo, false).unwrap();
+        let server = kubeconfig.clusters[0].cluster.as_ref().and_then(|c| c.server.clone());
+        assert_eq!(server.as_deref(), Some("https://127.0.0.1:6443"));
+        let Err(ClusterError::Unavailable(message)) =
+            read_kubeconfig(&secret_with(&[("server", "https://127.0.0.1:6443")]), &argo, false)
+        else {
+            panic!("a Secret without `config` was read")
+        };
+        assert_eq!(message, "Argo CD cluster Secret shop/edge has no key \"config\" (it has: server)");
+    }
+
+    #[test]
+    fn the_same_rules_hold_for_every_format() {
+        let exec = exec_kubeconfig("true");
+        let capi = source(CredentialsFormat::ClusterApi, Some("value"));
+        let Err(ClusterError::Refused(message)) = read_kubeconfig(&secret_with(&[("value", &exec)]), &capi, false)
+        else {
+            panic!("exec in a Cluster API Secret was not refused")
+        };
+        assert_eq!(
+            message,
+            format!("Cluster API kubeconfig Secret shop/edge: users[0].user.exec is not allowed: {CREDENTIALS_POLICY}")
+        );
+        let argo = source(CredentialsFormat::ArgoCd, None);
+        let config = r#"{"execProviderConfig": {"command": "sh", "args": ["-c", "true"]}}"#;
+        let secret = secret_with(&[("server", "https://127.0.0.1:1"), ("config", config)]);
+        let Err(ClusterError::Refused(message)) = read_kubeconfig(&secret, &argo, false) else {
+            panic!("an Argo CD exec provider was not refused")
+        };
+        assert_eq!(
+            message,
+            format!(
+                "Argo CD cluster Secret shop/edge: config.execProviderConfig is not allowed: {}",
+                argocd::CREDENTIALS_POLICY
+            )
+        );
+        let kubeconfig = read_kubeconfig(&secret, &argo, true).unwrap();
+        assert!(
+            kubeconfig.auth_infos[0].auth_info.as_ref().is_some_and(|u| u.exec.is_some()),
+            "allowed: an exec plugin"
+        );
+        let Err(ClusterError::Unavailable(message)) =
+            read_kubeconfig(&secret_with(&[("server", "x"), ("config", "{SECRETISH")]), &argo, false)
+        else {
+            panic!("malformed config was read")
+        };
+        assert_eq!(message, "Argo CD cluster Secret shop/edge cannot be read: its key \"config\" is not JSON");
+    }
+
+    #[tokio::test]
+    async fn an_allowed_argo_exec_provider_runs_as_an_exec_plugin_and_its_output_stays_out() {
+        let argo = source(CredentialsFormat::ArgoCd, None);
+        let config = r#"{"execProviderConfig": {"command": "sh", "args": ["-c", "echo SECRETISH; exit 3"]}}"#;
+        let secret = secret_with(&[("server", "https://127.0.0.1:1"), ("config", config)]);
+        let built = build_client(&secret, &argo, true, &std::sync::Arc::new(Metrics::default()), BUILD_TIMEOUT).await;
+        let Err(Built::Failed(ClusterError::Unavailable(message))) = built else { panic!("expected a failed plugin") };
+        assert_eq!(
+            message,
+            "the credentials in Argo CD cluster Secret shop/edge cannot be used: its exec plugin failed"
+        );
+    }
+
+    #[tokio::test]
+    async fn argo_pem_errors_name_argo_fields() {
+        let argo = source(CredentialsFormat::ArgoCd, None);
+        // Base64 of a PEM block whose body is not base64.
+        let config = r#"{"tlsClientConfig": {"caData": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCiEhISEKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="}}"#;
+        let secret = secret_with(&[("server", "https://127.0.0.1:1"), ("config", config)]);
+        let built = build_client(&secret, &argo, false, &std::sync::Arc::new(Metrics::default()), BUILD_TIMEOUT).await;
+        let Err(Built::Failed(ClusterError::Unavailable(message))) = built else { panic!("expected a failure") };
+        assert_eq!(
+            message,
+            "the credentials in Argo CD cluster Secret shop/edge cannot be used: its config.tlsClientConfig.caData is not base64-encoded PEM certificates"
+        );
     }
 }

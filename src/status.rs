@@ -25,6 +25,32 @@ pub const FLAGS_PUBLISHED: &str = "FlagsPublished";
 /// The conditions levers contribute through [`crate::levers::LeverCondition`], in status order.
 const LEVER_CONDITIONS: [&str; 3] = [DRAIN_AGENTS_READY, CACHE_WARMED, FLAGS_PUBLISHED];
 
+/// Every reason the operator can put on the `Ready` condition: the ones [`decide`] and
+/// [`stalled`] give, the ones the controller writes as a phase begins or a deletion waits, and
+/// the reasons of lever conditions that block `Ready` by name. The on-call runbook
+/// (`docs/runbook.md`) explains each; `tests/runbook.rs` fails when one is missing there or when
+/// the code can set a reason this list lacks.
+pub const READY_REASONS: &[&str] = &[
+    "PreflightPassed",
+    "PreflightWarnings",
+    "PreflightFailed",
+    "Preparing",
+    "Blocked",
+    "Prepared",
+    "NotReady",
+    "Restoring",
+    "Completed",
+    "Suspending",
+    "Suspended",
+    "Deleting",
+    "InvalidSpec",
+    // Blocking lever conditions (DrainAgentsReady, CacheWarmed, FlagsPublished).
+    "NotAllowed",
+    "AgentRbacMissing",
+    "WarmupFailed",
+    "RestoreFailed",
+];
+
 /// What the controller observed of one cluster in this pass.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterObservation {
@@ -453,5 +479,68 @@ mod tests {
         }];
         assert_eq!(not_ready_message("", &obs), "1/2 drain agents ready");
         assert_eq!(not_ready_message("web not found", &obs), "1/2 drain agents ready; web not found");
+    }
+
+    #[test]
+    fn every_ready_reason_decide_and_stalled_give_is_listed() {
+        use crate::levers::{LeverCondition, Report};
+        let sale: FlashSale = serde_json::from_value(serde_json::json!({
+            "apiVersion": "flashsale.dev/v1alpha1", "kind": "FlashSale",
+            "metadata": {"name": "s", "namespace": "shop"},
+            "spec": {"window": {"start": "2026-11-11T00:00:00Z", "end": "2026-11-11T02:00:00Z"},
+                     "workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 2}}]}
+        }))
+        .unwrap();
+        let schedule = Schedule::from_spec(&sale.spec).unwrap();
+        let report = |ready: bool, problems: &[&str], warnings: &[&str], conditions: Vec<LeverCondition>| Report {
+            ready,
+            restored: ready,
+            problems: problems.iter().map(|p| (*p).to_owned()).collect(),
+            warnings: warnings.iter().map(|w| (*w).to_owned()).collect(),
+            conditions,
+            ..Report::default()
+        };
+        let blocking = |reason: &str| LeverCondition {
+            type_: CACHE_WARMED,
+            ready: false,
+            reason: reason.into(),
+            message: "m".into(),
+            blocking: true,
+        };
+        let situations: Vec<Vec<Result<Report, String>>> = vec![
+            vec![Ok(report(true, &[], &[], vec![]))],
+            vec![Ok(report(false, &[], &[], vec![]))],
+            vec![Ok(report(false, &["web not found"], &[], vec![]))],
+            vec![Ok(report(true, &[], &["no PDB"], vec![]))],
+            vec![Ok(report(false, &["x"], &[], vec![blocking("WarmupFailed")]))],
+            vec![Err("unreachable".into())],
+        ];
+        let now: Timestamp = "2026-11-10T00:00:00Z".parse().unwrap();
+        let mut given = std::collections::BTreeSet::new();
+        for phase in Phase::ALL {
+            for situation in &situations {
+                let observations: Vec<ClusterObservation> = situation
+                    .iter()
+                    .map(|report| ClusterObservation { name: crate::clusters::LOCAL.into(), report: report.clone() })
+                    .collect();
+                let status = decide(&sale, &schedule, Position { phase, next: None }, &observations, now);
+                let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+                given.insert(ready.reason.clone());
+            }
+        }
+        let mut invalid = sale.clone();
+        invalid.spec.window.end = invalid.spec.window.start.clone();
+        let error = Schedule::from_spec(&invalid.spec).unwrap_err();
+        given.extend(stalled(&invalid, &error).conditions.into_iter().filter(|c| c.type_ == READY).map(|c| c.reason));
+        let unlisted: Vec<&String> = given.iter().filter(|r| !READY_REASONS.contains(&r.as_str())).collect();
+        assert!(unlisted.is_empty(), "Ready reasons missing from READY_REASONS: {unlisted:?}");
+        // Every reason of decide's own is reached by some situation above (so the list is not
+        // padded with a reason decide lost).
+        for own in ["PreflightPassed", "PreflightWarnings", "PreflightFailed", "Preparing", "Blocked", "Prepared"] {
+            assert!(given.contains(own), "{own} was not reached: {given:?}");
+        }
+        for own in ["NotReady", "Restoring", "Completed", "Suspending", "Suspended", "InvalidSpec", "WarmupFailed"] {
+            assert!(given.contains(own), "{own} was not reached: {given:?}");
+        }
     }
 }

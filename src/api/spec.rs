@@ -110,7 +110,8 @@ pub struct ClusterTarget {
     /// A short name for the cluster, shown in status (a DNS label).
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
-    /// The Secret (in the FlashSale's namespace) holding the kubeconfig.
+    /// The Secret (in the FlashSale's namespace) holding the cluster's credentials: a
+    /// kubeconfig, a Cluster API kubeconfig Secret or an Argo CD cluster Secret.
     pub kubeconfig_secret_ref: SecretKeyRef,
     /// Overrides `spec.cronHPATimeZone` for this cluster.
     #[serde(default, rename = "cronHPATimeZone", skip_serializing_if = "Option::is_none")]
@@ -119,16 +120,51 @@ pub struct ClusterTarget {
     pub cron_hpa_time_zone: Option<String>,
 }
 
-/// A key of a Secret in the FlashSale's namespace.
+/// A Secret in the FlashSale's namespace holding a cluster's credentials, and how to read it.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.format != 'ArgoCD' || !has(self.key)").message("clusters[].kubeconfigSecretRef.key does not apply to format ArgoCD: an Argo CD cluster Secret is read from its keys server and config"))]
 pub struct SecretKeyRef {
     /// The Secret's name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// The key holding the kubeconfig.
-    #[serde(default = "default_kubeconfig_key")]
+    /// The key holding the kubeconfig. Default: `kubeconfig` for format Kubeconfig, `value` for
+    /// ClusterAPI; not used for ArgoCD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub key: String,
+    pub key: Option<String>,
+    /// What the Secret holds: `Kubeconfig` (a kubeconfig under `key`), `ClusterAPI` (the
+    /// `<cluster>-kubeconfig` Secret Cluster API writes, key `value`) or `ArgoCD` (an Argo CD
+    /// cluster Secret, keys `server` and `config`). Each is read by the same rules as a
+    /// kubeconfig: inline credentials only.
+    #[serde(default)]
+    pub format: CredentialsFormat,
+}
+
+impl SecretKeyRef {
+    /// The key the kubeconfig is read from (None for an Argo CD cluster Secret, read whole).
+    pub fn kubeconfig_key(&self) -> Option<&str> {
+        match self.format {
+            CredentialsFormat::Kubeconfig => Some(self.key.as_deref().unwrap_or("kubeconfig")),
+            CredentialsFormat::ClusterApi => Some(self.key.as_deref().unwrap_or("value")),
+            CredentialsFormat::ArgoCd => None,
+        }
+    }
+}
+
+/// The shape of a cluster's credentials Secret: each is read by the same rules as a
+/// kubeconfig (inline credentials only; no files, no commands unless the installer allows exec).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CredentialsFormat {
+    /// A kubeconfig under `key` (default `kubeconfig`).
+    #[default]
+    Kubeconfig,
+    /// A Cluster API `<cluster>-kubeconfig` Secret: a kubeconfig under `value`.
+    #[serde(rename = "ClusterAPI")]
+    ClusterApi,
+    /// An Argo CD cluster Secret: `server`, and `config` (JSON: bearerToken, username/password,
+    /// tlsClientConfig; execProviderConfig only where the installer allows exec).
+    #[serde(rename = "ArgoCD")]
+    ArgoCd,
 }
 
 /// A workload to prepare for the sale.
@@ -619,9 +655,6 @@ fn confine_warmup_template(schema: &mut schemars::Schema) {
 
 fn default_cron_hpa_time_zone() -> String {
     "Asia/Shanghai".into()
-}
-fn default_kubeconfig_key() -> String {
-    "kubeconfig".into()
 }
 fn default_workload_api_version() -> String {
     "apps/v1".into()

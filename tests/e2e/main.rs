@@ -6,6 +6,7 @@
 
 mod agent;
 mod core;
+mod credentials;
 mod drain_agents;
 mod flags;
 mod foundation;
@@ -51,6 +52,7 @@ fn main() {
         .chain(tenant_rbac::TESTS)
         .chain(tenant_agents::TESTS)
         .chain(core::TESTS)
+        .chain(credentials::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
