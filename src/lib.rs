@@ -15,4 +15,5 @@ pub mod levers;
 pub mod metrics;
 pub mod plan;
 pub mod status;
+pub mod status_cmd;
 pub mod timeline;
