@@ -336,8 +336,19 @@ fn blocking(
         }
     }
     if st.phase.is_some_and(timeline::holds_changes) {
-        for type_ in LEVERS {
-            if let Some(c) = st.conditions.iter().find(|c| c.type_ == type_ && c.status == "False") {
+        // The workloads short of peak say more than the Prescaled condition does.
+        let mut short = false;
+        for c in clusters {
+            for w in &c.workloads.short {
+                short = true;
+                out.push(format!(
+                    "cluster {}: {} has {}/{} replicas ready ({} short)",
+                    c.name, w.name, w.ready, w.peak, w.short
+                ));
+            }
+        }
+        for type_ in LEVERS.iter().filter(|t| !short || **t != status::PRESCALED) {
+            if let Some(c) = st.conditions.iter().find(|c| c.type_ == *type_ && c.status == "False") {
                 out.push(format!("{type_} ({}): {}", c.reason, c.message));
             }
         }
@@ -429,7 +440,11 @@ pub fn render(doc: &Document) -> String {
 }
 
 fn render_sale(out: &mut String, s: &SaleReport) -> std::fmt::Result {
-    let phase = s.phase.map(|p| p.as_str()).unwrap_or("(no status yet)");
+    let phase = match (s.phase, s.ready.reason.as_str()) {
+        (Some(phase), _) => phase.as_str(),
+        (None, "NoStatus" | "Undecodable") => "(no status yet)",
+        (None, _) => "(no phase)",
+    };
     let next = match (s.next_phase, s.next_transition_time, s.seconds_to_next_transition) {
         (Some(next), Some(at), Some(secs)) if secs >= 0 => format!(", {next} in {} (at {at})", countdown(secs)),
         (Some(next), Some(at), Some(secs)) => {
@@ -622,7 +637,9 @@ spec:
             "{text}"
         );
         assert!(
-            text.contains("  blocks    Prescaled (PeakNotReached): hangzhou: Deployment shop/web has 3/10"),
+            text.contains(
+                "  blocks    cluster hangzhou: Deployment shop/web has 3/10 replicas ready (7 short)\n  next"
+            ),
             "{text}"
         );
         assert!(text.contains("  next      wait while the levers converge"), "{text}");
@@ -644,7 +661,7 @@ spec:
         assert_eq!(s.stalled.as_deref(), Some("spec.cooldownAfter is out of range"));
         assert_eq!(s.blocking, ["spec: spec.cooldownAfter is out of range"]);
         let text = render(&doc);
-        assert!(text.starts_with("shop/double-11: (no status yet)\n"), "{text}");
+        assert!(text.starts_with("shop/double-11: (no phase)\n"), "{text}");
         assert!(text.contains("  Ready     False (InvalidSpec): spec.cooldownAfter is out of range\n"), "{text}");
         assert!(text.contains("  next      fix the field the message names"), "{text}");
     }
