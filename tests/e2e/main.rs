@@ -11,6 +11,7 @@ mod foundation;
 mod gitops;
 mod harness;
 mod levers;
+mod status_cmd;
 mod support;
 mod tenant;
 mod tenant_agents;
@@ -49,6 +50,7 @@ fn main() {
         .chain(tenant_kubeconfig::TESTS)
         .chain(tenant_rbac::TESTS)
         .chain(tenant_agents::TESTS)
+        .chain(status_cmd::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
