@@ -172,7 +172,34 @@ fn status_get_wide_and_describe_show_ready_short_and_stalled_sales(env: &Env) ->
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && stderr.contains("forbidden"), "on-call may not list every namespace: {stderr}");
 
-    get_wide_and_describe(cluster, &ns, &start_utc)
+    get_wide_and_describe(cluster, &ns, &start_utc)?;
+    plan_prints_the_same_plan_as_json_and_yaml()
+}
+
+/// `plan -o json|yaml` from the binary: a document with the timeline and the levers, the same
+/// plan the text shows.
+fn plan_prints_the_same_plan_as_json_and_yaml() -> anyhow::Result<()> {
+    let file = crate::support::repo().join("examples/double-11.yaml");
+    let plan = |output: &str| -> anyhow::Result<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+            .args(["plan", "--now", "2026-11-10T15:45:00Z", "-o", output, "-f"])
+            .arg(&file)
+            .output()?;
+        ensure!(out.status.success(), "plan -o {output}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let text = plan("text")?;
+    ensure!(text.contains("*Preparing   2026-11-10T15:30:00Z   2026-11-10 23:30:00 CST"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&plan("json")?)?;
+    let yaml: serde_json::Value = serde_saphyr::from_str(&plan("yaml")?)?;
+    ensure!(json == yaml, "json and yaml differ:\n{json}\n{yaml}");
+    ensure!(json["name"] == "double-11" && json["phase"] == "Preparing", "{json}");
+    let preparing = &json["timeline"][1];
+    ensure!(preparing["from"] == "2026-11-10T15:30:00Z" && preparing["current"] == true, "{json}");
+    let workload = &json["clusters"][0]["workloads"][0];
+    ensure!(workload["target"] == "Deployment shop/order-service" && workload["peak"] == 100, "{json}");
+    ensure!(json["clusters"][0]["spotDrain"]["metadataEndpoint"] == "http://100.100.100.200", "{json}");
+    Ok(())
 }
 
 fn get_wide_and_describe(cluster: &Cluster, ns: &str, start_utc: &str) -> anyhow::Result<()> {
