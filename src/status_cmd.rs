@@ -402,6 +402,12 @@ fn next_action(r: &SaleReport, schedule: Option<Schedule>) -> String {
             "fix the ConfigMap's flags.flagd.json, or choose another degradation.configMapName before the sale".into()
         }
         "RestoreFailed" => "the flags could not be put back: read the message and fix the object it names".into(),
+        "HeldByAnotherSale" | "AlreadyExists" => {
+            "the flag object belongs to someone else: choose another degradation.configMapName".into()
+        }
+        "OriginalUnknown" => {
+            "the flag file's recorded original is gone: read the message; the operator will not guess it".into()
+        }
         "Restoring" | "Suspending" | "Deleting" => format!(
             "wait for the restore; if a cluster is gone for good, annotate the sale with {ABANDON_ANNOTATION}=<names> to release it"
         ),
@@ -713,6 +719,68 @@ spec:
         assert!(text.contains("shop/old: (no status yet)\n"), "{text}");
         assert!(text.contains("missing field `window`"), "{text}");
         assert_eq!(render(&report(&[], ts("2026-11-10T12:00:00Z"))), "No FlashSales found.\n");
+    }
+
+    /// Every reason the operator gives Ready has its own next step, not the fallback.
+    #[test]
+    fn every_ready_reason_has_a_next_step() {
+        let reasons = [
+            "InvalidSpec",
+            "PreflightPassed",
+            "PreflightWarnings",
+            "PreflightFailed",
+            "Prepared",
+            "Preparing",
+            "Blocked",
+            "NotReady",
+            "Restoring",
+            "Completed",
+            "Suspended",
+            "Suspending",
+            "Deleting",
+            "WarmupFailed",
+            "NotAllowed",
+            "AgentRbacMissing",
+            "FeatureFlagCRDMissing",
+            "NotAFlagFile",
+            "HeldByAnotherSale",
+            "AlreadyExists",
+            "OriginalUnknown",
+            "RestoreFailed",
+        ];
+        let base = report(&[sale(preparing(10))], ts("2026-11-10T15:55:00Z")).sales.remove(0);
+        let fallback = {
+            let mut r = base.clone();
+            r.ready.reason = "SomethingNew".into();
+            next_action(&r, None)
+        };
+        assert!(fallback.starts_with("read the Ready message: kubectl describe fs double-11 -n shop"), "{fallback}");
+        let mut seen = std::collections::HashSet::new();
+        for reason in reasons {
+            let mut r = base.clone();
+            r.ready.reason = reason.into();
+            let action = next_action(&r, None);
+            assert_ne!(action, fallback, "{reason} has no next step of its own");
+            seen.insert(action);
+        }
+        assert!(seen.len() >= reasons.len() - 6, "next steps are specific, not one text for all: {seen:?}");
+    }
+
+    #[test]
+    fn an_unreachable_cluster_shows_its_last_figures_and_blocks() {
+        let mut st = preparing(10);
+        st.clusters[1].reachable = false;
+        st.clusters[1].message = Some("connection refused".into());
+        st.conditions[0] = status::condition(status::READY, false, "NotReady", "cluster beijing: connection refused");
+        st.conditions[0].observed_generation = Some(2);
+        let doc = report(&[sale(st)], ts("2026-11-10T15:55:00Z"));
+        let text = render(&doc);
+        assert!(
+            text.contains("  cluster beijing (UNREACHABLE; last known figures)\n    workloads 0/2 at peak\n"),
+            "{text}"
+        );
+        assert!(text.contains("  blocks    cluster beijing unreachable: connection refused\n"), "{text}");
+        assert!(text.contains("  next      the sale is live and short of peak"), "{text}");
     }
 
     #[test]
