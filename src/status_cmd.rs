@@ -478,7 +478,14 @@ fn render_sale(out: &mut String, s: &SaleReport) -> std::fmt::Result {
             .iter()
             .map(|w| format!("{} {}/{} ready ({} short)", w.name, w.ready, w.peak, w.short))
             .collect();
-        let short = if short.is_empty() { String::new() } else { format!("; short: {}", short.join(", ")) };
+        let short = match (short.is_empty(), s.phase) {
+            (false, _) => format!("; short: {}", short.join(", ")),
+            // Before the sale, below peak is as it should be.
+            (true, Some(Phase::Scheduled)) if c.workloads.at_peak < c.workloads.total => {
+                " (the scale-up starts at Preparing)".to_owned()
+            }
+            (true, _) => String::new(),
+        };
         writeln!(out, "    workloads {}/{} at peak{short}", c.workloads.at_peak, c.workloads.total)?;
         if let Some(agents) = &c.drain_agents {
             writeln!(out, "    agents    {}/{} ready", agents.ready, agents.desired)?;
@@ -781,6 +788,23 @@ spec:
         );
         assert!(text.contains("  blocks    cluster beijing unreachable: connection refused\n"), "{text}");
         assert!(text.contains("  next      the sale is live and short of peak"), "{text}");
+    }
+
+    #[test]
+    fn before_the_sale_below_peak_is_not_short() {
+        let mut st = preparing(3);
+        st.phase = Some(Phase::Scheduled);
+        st.conditions[0] =
+            status::condition(status::READY, true, "PreflightPassed", "Preparation starts at 2026-11-10T15:30:00Z");
+        st.conditions[0].observed_generation = Some(2);
+        let doc = report(&[sale(st)], ts("2026-11-10T12:00:00Z"));
+        assert!(doc.sales[0].clusters[0].workloads.short.is_empty());
+        let text = render(&doc);
+        assert!(
+            text.contains("  cluster hangzhou\n    workloads 1/2 at peak (the scale-up starts at Preparing)\n"),
+            "{text}"
+        );
+        assert!(text.contains("  next      nothing to do; preparation starts at 2026-11-10T15:30:00Z"), "{text}");
     }
 
     #[test]
