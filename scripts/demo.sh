@@ -82,6 +82,9 @@ while ((SECONDS < deadline)); do
     $kubectl -n shop get configmap sneaker-drop-flags -o jsonpath='{.data.flags\.flagd\.json}' 2>/dev/null | head -c 600 || true
     echo
     echo
+    echo "what on-call reads: flashsale-operator status"
+    target/debug/flashsale-operator status sneaker-drop -n shop --kubeconfig "$KUBECONFIG" || true
+    echo
   fi
   [[ $phase == Completed ]] && break
   sleep 1

@@ -1,4 +1,4 @@
-//! The command line: `run`, `drain-agent`, `plan`, `crd`, `version`.
+//! The command line: `run`, `drain-agent`, `plan`, `status`, `crd`, `version`.
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-use crate::{admin, api::FlashSale, controller, metrics::Metrics, plan};
+use crate::{admin, api::FlashSale, controller, metrics::Metrics, plan, status_cmd};
 
 /// Drives Kubernetes clusters through a flash sale window and puts everything back afterwards.
 #[derive(Parser, Debug)]
@@ -34,6 +34,9 @@ enum Command {
     DrainAgent(crate::agent::Args),
     /// Print a sale's timeline and what each phase will do, without writing to any cluster.
     Plan(PlanArgs),
+    /// Show each sale's phase, countdown, readiness, levers, what blocks and what to do, from
+    /// its status. Reads FlashSales only.
+    Status(StatusArgs),
     /// Print the FlashSale CustomResourceDefinition as YAML.
     Crd,
     /// Print the version.
@@ -62,6 +65,48 @@ struct RunArgs {
     lease_duration_seconds: u64,
 }
 
+/// How a command prints its answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// For people.
+    #[default]
+    Text,
+    /// A stable JSON document.
+    Json,
+    /// The same document as YAML.
+    Yaml,
+}
+
+impl Output {
+    /// `doc` as JSON or YAML, or `text()` for text.
+    fn print<T: serde::Serialize>(self, doc: &T, text: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<()> {
+        let out = match self {
+            Output::Text => text()?,
+            Output::Json => serde_json::to_string_pretty(doc)? + "\n",
+            Output::Yaml => serde_saphyr::to_string(doc)?,
+        };
+        print!("{out}");
+        Ok(())
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// One sale (default: every sale in the namespace).
+    name: Option<String>,
+    /// The sales' namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "name"])]
+    all_namespaces: bool,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+    /// The kubeconfig to read through (default: KUBECONFIG, ~/.kube/config or in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
 #[derive(clap::Args, Debug)]
 struct PlanArgs {
     /// The FlashSale YAML file (`-` for standard input).
@@ -76,6 +121,8 @@ struct PlanArgs {
     /// paths), since the sale's author wrote them.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
 }
 
 impl Cli {
@@ -98,8 +145,13 @@ impl Cli {
                     })?,
                     None => vec![],
                 };
-                print!("{}", plan::render(&sale, now, &live)?);
-                Ok(())
+                let built = plan::build(&sale, now, &live)?;
+                args.output.print(&built, || Ok(plan::render_text(&built)?))
+            }
+            Command::Status(args) => {
+                let sales = runtime()?.block_on(read_sales(&args))?;
+                let doc = status_cmd::report(&sales, jiff::Timestamp::now());
+                args.output.print(&doc, || Ok(status_cmd::render(&doc)))
             }
             Command::Crd => {
                 print!("{}", crate::api::crd_yaml()?);
@@ -164,6 +216,28 @@ pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     }
     eprintln!("error: {message}");
     std::process::ExitCode::FAILURE
+}
+
+/// The sales `status` shows, read through the caller's kubeconfig.
+async fn read_sales(args: &StatusArgs) -> anyhow::Result<Vec<status_cmd::Read>> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).with_context(|| format!("cannot read {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("cannot find Kubernetes credentials (KUBECONFIG, ~/.kube/config or in-cluster service account)")?,
+    };
+    let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+    let scope = match (&args.name, args.all_namespaces) {
+        (_, true) => status_cmd::Scope::All,
+        (Some(name), false) => status_cmd::Scope::One { namespace, name: name.clone() },
+        (None, false) => status_cmd::Scope::Namespace(namespace),
+    };
+    let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
+    Ok(status_cmd::read(client, &scope).await?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

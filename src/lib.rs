@@ -15,5 +15,6 @@ pub mod levers;
 pub mod metrics;
 pub mod plan;
 pub mod status;
+pub mod status_cmd;
 pub mod timeline;
 pub mod view;

@@ -6,8 +6,10 @@ use jiff::{Timestamp, tz::TimeZone};
 use kube::Client;
 use std::{fmt::Write as _, io::Read, path::Path};
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
-    api::{FlashSale, Phase, ScaleMode},
+    api::{FlashSale, MetadataTokenMode, Phase, ScaleMode},
     clusters::{self, Clusters},
     levers::{self, prescale, warmup},
     timeline::{self, Schedule},
@@ -34,7 +36,8 @@ pub fn read(path: &Path) -> anyhow::Result<FlashSale> {
 }
 
 /// What is known of one workload in one cluster: its replicas now, if a cluster was read.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Baseline {
     /// No cluster was read.
     Unknown,
@@ -85,18 +88,100 @@ pub async fn read_live(sale: &FlashSale, client: Client) -> Live {
     live
 }
 
-/// The plan for `sale` as seen from `now`: the timeline, then every phase's actions.
-pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<String> {
+/// The plan for `sale` as seen from `now`: what `plan -o json|yaml` prints, and what the text
+/// is rendered from. Field names are stable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub namespace: String,
+    pub name: String,
+    pub now: Timestamp,
+    /// The phase the clock puts the sale in at `now`.
+    pub phase: Phase,
+    /// The zone of the second clock (the sale's `cronHPATimeZone`).
+    pub time_zone: String,
+    pub timeline: Vec<PlanPhase>,
+    pub clusters: Vec<PlanCluster>,
+    /// The degradation flags' windows and breakers, one line each (the same in every cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+}
+
+/// One phase of the timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanPhase {
+    pub phase: Phase,
+    /// When it begins (none for Scheduled, which has no start).
+    pub from: Option<Timestamp>,
+    /// The same instant in `timeZone`.
+    pub from_local: Option<String>,
+    /// Whether the sale is in this phase at `now`.
+    pub current: bool,
+}
+
+/// What the sale does in one cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanCluster {
+    pub name: String,
+    /// Whether live baselines were read for this cluster (`--kubeconfig`).
+    pub baselines_read: bool,
+    pub workloads: Vec<PlanWorkload>,
+    pub spot_drain: Option<PlanDrain>,
+    pub warmups: Vec<PlanWarmup>,
+}
+
+/// One workload's changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanWorkload {
+    pub kind: String,
+    pub name: String,
+    /// `Kind namespace/name` as the levers name it; none when the levers refuse it.
+    pub target: Option<String>,
+    /// Why the levers leave it unchanged in every phase.
+    pub refused: Option<String>,
+    pub baseline: Baseline,
+    pub peak: i32,
+    pub mode: ScaleMode,
+    /// The container whose probe timings change first, when the sale sets probes.
+    pub probes_container: Option<String>,
+}
+
+/// The spot drain agents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanDrain {
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    pub metadata_endpoint: String,
+    pub poll_interval: kube::core::Duration,
+    pub metadata_token: MetadataTokenMode,
+}
+
+/// One cache warm-up Job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanWarmup {
+    pub name: String,
+    pub required: bool,
+    /// The phase the sale is in when the Job is created.
+    pub phase: Phase,
+    /// The Job's name (its hash is computed when it is created).
+    pub job: String,
+    pub due_at: Timestamp,
+    /// How long before the window start, for people (`1h 30m`).
+    pub lead: String,
+}
+
+/// The plan for `sale` as seen from `now`: the timeline, then every cluster's actions.
+pub fn build(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<Plan> {
     let schedule = Schedule::from_spec(&sale.spec)?;
     let zone_name = &sale.spec.cron_hpa_time_zone;
     let zone = TimeZone::get(zone_name).with_context(|| format!("unknown time zone {zone_name:?}"))?;
     let position = timeline::position(&schedule, sale.spec.suspend, false, now);
-    let mut out = String::new();
     let ns = sale.metadata.namespace.as_deref().unwrap_or("default");
     let name = sale.metadata.name.as_deref().unwrap_or("<unnamed>");
-    writeln!(out, "FlashSale {ns}/{name}: now {now} ({})", position.phase)?;
-    writeln!(out)?;
-    writeln!(out, "{:<12} {:<22} FROM ({zone_name})", "PHASE", "FROM (UTC)")?;
     let rows = [
         (Phase::Scheduled, None),
         (Phase::Preparing, Some(schedule.prepare_at)),
@@ -104,46 +189,133 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
         (Phase::CoolingDown, Some(schedule.end)),
         (Phase::Restoring, Some(schedule.restore_at)),
     ];
-    for (phase, from) in rows {
-        let (utc, local) = match from {
-            Some(t) => (
-                t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                t.to_zoned(zone.clone()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string(),
-            ),
-            None => ("-".into(), "-".into()),
-        };
-        let marker = if phase == position.phase { "*" } else { " " };
-        writeln!(out, "{marker}{:<11} {:<22} {}", phase, utc, local)?;
-    }
-    writeln!(out)?;
+    let timeline = rows
+        .into_iter()
+        .map(|(phase, from)| PlanPhase {
+            phase,
+            from,
+            from_local: from.map(|t| t.to_zoned(zone.clone()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string()),
+            current: phase == position.phase,
+        })
+        .collect();
     let cluster_names: Vec<String> = if sale.spec.clusters.is_empty() {
         vec![clusters::LOCAL.to_owned()]
     } else {
         sale.spec.clusters.iter().map(|c| c.name.clone()).collect()
     };
-    for cluster in &cluster_names {
-        let baselines = live.iter().find(|(n, _)| n == cluster).map(|(_, b)| b.as_slice());
-        let note = if baselines.is_none() { " (baselines not read; pass --kubeconfig to read them)" } else { "" };
-        writeln!(out, "cluster {cluster}:{note}")?;
-        for (wi, w) in sale.spec.workloads.iter().enumerate() {
-            let what = match prescale::Target::confined(w, wi, ns) {
-                Ok(target) => target.display(),
-                Err(refusal) => {
-                    writeln!(
-                        out,
-                        "  {} {}: refused, left unchanged in every phase: {refusal}",
-                        w.target.kind, w.target.name
-                    )?;
+    let spot_drain = sale.spec.spot_drain.as_ref().filter(|d| d.enabled).map(|d| PlanDrain {
+        node_selector: d.node_selector.clone(),
+        metadata_endpoint: d.metadata_endpoint.clone(),
+        poll_interval: d.poll_interval,
+        metadata_token: d.metadata_token,
+    });
+    let warmups: Vec<PlanWarmup> = sale
+        .spec
+        .cache_warm
+        .iter()
+        .map(|warm| {
+            let due_at = warmup::due_at(&schedule, warm);
+            PlanWarmup {
+                name: warm.name.clone(),
+                required: warm.required,
+                phase: timeline::position(&schedule, false, false, due_at).phase,
+                job: format!("{ns}/{name}-warm-{}-<hash>", warm.name),
+                due_at,
+                lead: warmup::lead(warm),
+            }
+        })
+        .collect();
+    let clusters = cluster_names
+        .into_iter()
+        .map(|cluster| {
+            let baselines = live.iter().find(|(n, _)| *n == cluster).map(|(_, b)| b.as_slice());
+            let workloads = sale
+                .spec
+                .workloads
+                .iter()
+                .enumerate()
+                .map(|(wi, w)| {
+                    let (target, refused) = match prescale::Target::confined(w, wi, ns) {
+                        Ok(target) => (Some(target.display()), None),
+                        Err(refusal) => (None, Some(refusal)),
+                    };
+                    PlanWorkload {
+                        kind: w.target.kind.clone(),
+                        name: w.target.name.clone(),
+                        target,
+                        refused,
+                        baseline: baselines.and_then(|b| b.get(wi)).cloned().unwrap_or(Baseline::Unknown),
+                        peak: w.scale.peak,
+                        mode: w.scale.mode,
+                        probes_container: w
+                            .probes
+                            .as_ref()
+                            .map(|p| p.container.clone().unwrap_or_else(|| "the first container".into())),
+                    }
+                })
+                .collect();
+            PlanCluster {
+                name: cluster,
+                baselines_read: baselines.is_some(),
+                workloads,
+                spot_drain: spot_drain.clone(),
+                warmups: warmups.clone(),
+            }
+        })
+        .collect();
+    let flags = match &sale.spec.degradation {
+        Some(degradation) => levers::flags::plan(degradation, ns, &schedule),
+        None => vec![],
+    };
+    Ok(Plan {
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        now,
+        phase: position.phase,
+        time_zone: zone_name.clone(),
+        timeline,
+        clusters,
+        flags,
+    })
+}
+
+/// The plan for `sale` as seen from `now`, as text.
+pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<String> {
+    Ok(render_text(&build(sale, now, live)?)?)
+}
+
+/// A plan as text: the timeline in UTC and in the sale's zone, then every phase's actions.
+pub fn render_text(plan: &Plan) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    let (ns, zone_name) = (&plan.namespace, &plan.time_zone);
+    writeln!(out, "FlashSale {ns}/{}: now {} ({})", plan.name, plan.now, plan.phase)?;
+    writeln!(out)?;
+    writeln!(out, "{:<12} {:<22} FROM ({zone_name})", "PHASE", "FROM (UTC)")?;
+    for row in &plan.timeline {
+        let utc = row.from.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_else(|| "-".into());
+        let local = row.from_local.as_deref().unwrap_or("-");
+        let marker = if row.current { "*" } else { " " };
+        writeln!(out, "{marker}{:<11} {:<22} {}", row.phase, utc, local)?;
+    }
+    writeln!(out)?;
+    for cluster in &plan.clusters {
+        let note = if cluster.baselines_read { "" } else { " (baselines not read; pass --kubeconfig to read them)" };
+        writeln!(out, "cluster {}:{note}", cluster.name)?;
+        for w in &cluster.workloads {
+            let what = match (&w.target, &w.refused) {
+                (Some(target), None) => target,
+                (_, refusal) => {
+                    let refusal = refusal.as_deref().unwrap_or_default();
+                    writeln!(out, "  {} {}: refused, left unchanged in every phase: {refusal}", w.kind, w.name)?;
                     continue;
                 }
             };
-            let baseline = baselines.and_then(|b| b.get(wi)).cloned().unwrap_or(Baseline::Unknown);
-            let from = match &baseline {
+            let from = match &w.baseline {
                 Baseline::Replicas(r) => r.to_string(),
                 Baseline::Unknown => "current".to_owned(),
                 Baseline::Unavailable(_) => "?".to_owned(),
             };
-            let mode = match w.scale.mode {
+            let mode = match w.mode {
                 ScaleMode::Replicas => "Replicas",
                 ScaleMode::Auto => {
                     "Auto: its HPA's bounds if one targets it, else CronHPA where installed, else replicas"
@@ -152,65 +324,58 @@ pub fn render(sale: &FlashSale, now: Timestamp, live: &Live) -> anyhow::Result<S
                 ScaleMode::CronHpa => "CronHPA: run-once jobs at the Preparing and restore boundaries",
             };
             writeln!(out, "  {what}")?;
-            if let Baseline::Unavailable(why) = &baseline {
+            if let Baseline::Unavailable(why) = &w.baseline {
                 writeln!(out, "    preflight:  {why}")?;
             }
-            if let Some(probes) = &w.probes {
-                let container = probes.container.as_deref().unwrap_or("the first container");
+            if let Some(container) = &w.probes_container {
                 writeln!(
                     out,
                     "    Preparing:  probe timings of {container} first; scale-up once that rollout completes"
                 )?;
             }
-            writeln!(out, "    Preparing:  replicas {from} -> {} ({mode})", w.scale.peak)?;
-            writeln!(out, "    Active:     hold {} replicas", w.scale.peak)?;
+            writeln!(out, "    Preparing:  replicas {from} -> {} ({mode})", w.peak)?;
+            writeln!(out, "    Active:     hold {} replicas", w.peak)?;
             writeln!(
                 out,
                 "    Restoring:  replicas (or HPA bounds) back to {from}, probe timings back, bookkeeping removed"
             )?;
         }
-        spot_drain(&mut out, sale)?;
-        for warm in &sale.spec.cache_warm {
-            let due = warmup::due_at(&schedule, warm);
-            let during = timeline::position(&schedule, false, false, due).phase;
+        if let Some(drain) = &cluster.spot_drain {
+            let selector: Vec<String> = drain.node_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(out, "  spot drain")?;
+            writeln!(
+                out,
+                "    Preparing:  drain agents on nodes matching {} (poll {} every {}, token {:?})",
+                selector.join(","),
+                drain.metadata_endpoint,
+                drain.poll_interval,
+                drain.metadata_token
+            )?;
+            writeln!(out, "    Restoring:  agents removed (unless another sale still uses them)")?;
+        }
+        for warm in &cluster.warmups {
             let kind = if warm.required { "required: the sale is not Ready until it succeeds" } else { "optional" };
             writeln!(out, "  cache warm-up {} ({kind})", warm.name)?;
             writeln!(
                 out,
-                "    {during}:{:<w$}Job {ns}/{name}-warm-{}-<hash> created at {due} ({} before the start)",
+                "    {}:{:<w$}Job {} created at {} ({} before the start)",
+                warm.phase,
                 "",
-                warm.name,
-                warmup::lead(warm),
-                w = 11usize.saturating_sub(during.as_str().len()),
+                warm.job,
+                warm.due_at,
+                warm.lead,
+                w = 11usize.saturating_sub(warm.phase.as_str().len()),
             )?;
             writeln!(out, "    Restoring:  the Job and its pods deleted")?;
         }
     }
-    if let Some(degradation) = &sale.spec.degradation {
+    if !plan.flags.is_empty() {
         writeln!(out)?;
-        for line in levers::flags::plan(degradation, ns, &schedule) {
+        for line in &plan.flags {
             writeln!(out, "{line}")?;
         }
     }
     Ok(out)
-}
-
-/// The spot drain lever of one cluster.
-fn spot_drain(out: &mut String, sale: &FlashSale) -> std::fmt::Result {
-    if let Some(drain) = sale.spec.spot_drain.as_ref().filter(|d| d.enabled) {
-        let selector: Vec<String> = drain.node_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        writeln!(out, "  spot drain")?;
-        writeln!(
-            out,
-            "    Preparing:  drain agents on nodes matching {} (poll {} every {}, token {:?})",
-            selector.join(","),
-            drain.metadata_endpoint,
-            drain.poll_interval,
-            drain.metadata_token
-        )?;
-        writeln!(out, "    Restoring:  agents removed (unless another sale still uses them)")?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -291,6 +456,27 @@ spec:
         );
         assert!(text.contains("recommendations: off during Preparing, Active (2026-11-10T15:30:00Z"), "{text}");
         assert!(text.contains("reviews: off while histogram_quantile(0.99"), "{text}");
+    }
+
+    /// `plan -o json|yaml` is the same plan as the text, as a structure with stable names.
+    #[test]
+    fn plan_as_a_document_carries_what_the_text_shows() {
+        let sale: FlashSale = serde_saphyr::from_str(include_str!("../examples/double-11.yaml")).unwrap();
+        let live = vec![(clusters::LOCAL.to_owned(), vec![Baseline::Replicas(3), Baseline::Unknown])];
+        let plan = build(&sale, "2026-11-10T15:45:00Z".parse().unwrap(), &live).unwrap();
+        let json = serde_json::to_value(&plan).unwrap();
+        assert_eq!(json["phase"], "Preparing");
+        assert_eq!(json["timeline"][1]["phase"], "Preparing");
+        assert_eq!(json["timeline"][1]["from"], "2026-11-10T15:30:00Z");
+        assert_eq!(json["timeline"][1]["current"], true);
+        let cluster = &json["clusters"][0];
+        assert_eq!(cluster["workloads"][0]["baseline"], serde_json::json!({"replicas": 3}));
+        assert!(cluster["workloads"][0]["peak"].as_i64().unwrap() > 0);
+        assert_eq!(cluster["spotDrain"]["pollInterval"], "2s");
+        assert!(json["flags"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("recommendations")));
+        let back: Plan = serde_saphyr::from_str(&serde_saphyr::to_string(&plan).unwrap()).unwrap();
+        assert_eq!(back, plan);
+        assert_eq!(render_text(&back).unwrap(), render(&sale, plan.now, &live).unwrap());
     }
 
     #[test]

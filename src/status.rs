@@ -73,6 +73,10 @@ pub fn stalled(sale: &FlashSale, error: &ScheduleError) -> FlashSaleStatus {
             condition(RECONCILING, false, "InvalidSpec", "waiting for the spec to be fixed"),
         ],
         clusters: previous.clusters,
+        // The window cannot be read: showing the last one would mislead.
+        window_start: None,
+        window_end: None,
+        ..previous
     }
 }
 
@@ -88,6 +92,7 @@ pub fn decide(
     let mut problems: Vec<String> = vec![];
     let mut warnings: Vec<String> = vec![];
     let mut clusters = vec![];
+    let mut clusters_ready = 0;
     let (mut all_ready, mut all_restored, mut all_prescaled) = (true, true, true);
     let mut probes_applied: Option<bool> = None;
     for obs in observations {
@@ -95,6 +100,7 @@ pub fn decide(
         match &obs.report {
             Ok(report) => {
                 all_ready &= report.ready;
+                clusters_ready += usize::from(report.ready);
                 all_restored &= report.restored;
                 all_prescaled &= report.prescaled;
                 if let Some(applied) = report.probes_applied {
@@ -146,7 +152,7 @@ pub fn decide(
             }
         }
     }
-    let problem_text = problems.join("; ");
+    let problem_text = join_capped(&problems);
     let phase = position.phase;
     let levers = lever_conditions(observations);
     // A lever that failed in a way a person must fix names Ready's reason (e.g. WarmupFailed).
@@ -156,7 +162,7 @@ pub fn decide(
         Phase::Scheduled if problems.is_empty() && !warnings.is_empty() => (
             true,
             "PreflightWarnings",
-            format!("Preparation starts at {}; warnings: {}", schedule.prepare_at, warnings.join("; ")),
+            format!("Preparation starts at {}; warnings: {}", schedule.prepare_at, join_capped(&warnings)),
         ),
         Phase::Scheduled if problems.is_empty() => {
             (true, "PreflightPassed", format!("Preparation starts at {}", schedule.prepare_at))
@@ -212,6 +218,10 @@ pub fn decide(
         .chain(probes)
         .chain(levers.into_iter().map(|(c, _)| c))
         .collect(),
+        window_start: Some(Time(schedule.start)),
+        window_end: Some(Time(schedule.end)),
+        clusters_ready: Some(format!("{clusters_ready}/{}", observations.len())),
+        workloads_at_peak: Some(workloads_at_peak(sale, &clusters)),
         clusters,
     }
 }
@@ -323,11 +333,15 @@ fn not_ready_message(problems: &str, observations: &[ClusterObservation]) -> Str
             }
         }
     }
-    let mut parts = waiting;
-    if !problems.is_empty() {
-        parts.push(problems.to_owned());
+    if waiting.is_empty() && problems.is_empty() {
+        return "Waiting for the levers to report".to_owned();
     }
-    if parts.is_empty() { "Waiting for the levers to report".to_owned() } else { parts.join("; ") }
+    // The problems arrive already capped; the replicas still short are capped here.
+    match (waiting.is_empty(), problems.is_empty()) {
+        (false, false) => format!("{}; {problems}", join_capped(&waiting)),
+        (false, true) => join_capped(&waiting),
+        _ => problems.to_owned(),
+    }
 }
 
 fn restoring_message(problems: &str) -> String {
@@ -341,6 +355,44 @@ fn restoring_message(problems: &str) -> String {
 /// Prefixes a problem with its cluster's name when the sale spans several.
 fn qualify(observations: &[ClusterObservation], cluster: &str, problem: &str) -> String {
     if observations.len() > 1 { format!("cluster {cluster}: {problem}") } else { problem.to_owned() }
+}
+
+/// How many items of a list a condition message names before it ends with "and N more":
+/// `kubectl describe` prints each message whole, and on-call needs the first few, not a
+/// screenful. `status.clusters[]` (and `flashsale-operator status`) keep every item.
+pub const MESSAGE_ITEMS: usize = 5;
+
+/// `items` joined with "; ", the first [`MESSAGE_ITEMS`] of them and then how many more.
+pub fn join_capped(items: &[String]) -> String {
+    if items.len() <= MESSAGE_ITEMS {
+        return items.join("; ");
+    }
+    format!("{}; and {} more", items[..MESSAGE_ITEMS].join("; "), items.len() - MESSAGE_ITEMS)
+}
+
+/// The peak the spec asks of the workload that status names `workload` (`Kind namespace/name`,
+/// as the levers name it).
+pub fn peak_of(sale: &FlashSale, workload: &str) -> Option<i32> {
+    let ns = sale.meta().namespace.as_deref().unwrap_or("default");
+    sale.spec.workloads.iter().enumerate().find_map(|(i, w)| {
+        let target = crate::levers::prescale::Target::confined(w, i, ns).ok()?;
+        (target.display() == workload).then_some(w.scale.peak)
+    })
+}
+
+/// Whether a workload of a cluster has its peak replicas ready (an unreachable cluster's last
+/// known figures do not count: nobody can tell).
+pub fn at_peak(sale: &FlashSale, cluster: &ClusterStatus, workload: &WorkloadStatus) -> bool {
+    let peak = peak_of(sale, &workload.name);
+    cluster.reachable && matches!((workload.ready_replicas, peak), (Some(ready), Some(peak)) if ready >= peak)
+}
+
+/// Workloads with their peak replicas ready over workloads, in every cluster: `3/4`.
+fn workloads_at_peak(sale: &FlashSale, clusters: &[ClusterStatus]) -> String {
+    let all = clusters.iter().flat_map(|c| c.workloads.iter().map(move |w| (c, w)));
+    let total = all.clone().count();
+    let at = all.filter(|(c, w)| at_peak(sale, c, w)).count();
+    format!("{at}/{total}")
 }
 
 /// A condition with no timestamps or generation yet; [`ConditionSet::merge`] fills them in.
@@ -367,7 +419,9 @@ impl From<Vec<Condition>> for ConditionSet {
 impl ConditionSet {
     /// The wanted conditions, keeping each existing condition's transition time when its status
     /// did not change, so that a status that says the same thing compares equal. Conditions
-    /// not wanted any more are dropped; the result is sorted by type for stable comparison.
+    /// not wanted any more are dropped; the result is `Ready` first (`kubectl describe` lists
+    /// conditions in this order, and Ready is the headline), then the others by type, a stable
+    /// order that compares equal pass after pass.
     pub fn merge(self, wanted: Vec<Condition>, generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
         let mut merged: Vec<Condition> = wanted
             .into_iter()
@@ -380,7 +434,7 @@ impl ConditionSet {
                 c
             })
             .collect();
-        merged.sort_by(|a, b| a.type_.cmp(&b.type_));
+        merged.sort_by(|a, b| (a.type_ != READY, &a.type_).cmp(&(b.type_ != READY, &b.type_)));
         merged
     }
 }
@@ -461,6 +515,120 @@ mod tests {
         assert_eq!(failed[0].0.reason, "WarmupFailed");
         assert_eq!(failed[0].0.message, "cluster b: WarmupFailed here");
         assert!(failed[0].1, "a blocking failure is marked as such");
+    }
+
+    #[test]
+    fn ready_comes_first_and_the_rest_follow_by_type() {
+        let t0 = ts("2026-11-10T00:00:00Z");
+        let wanted = vec![
+            condition(STALLED, false, "AsExpected", "x"),
+            condition(CACHE_WARMED, true, "Succeeded", "x"),
+            condition(READY, true, "Prepared", "x"),
+            condition(PRESCALED, true, "PeakReached", "x"),
+        ];
+        let merged = ConditionSet::from(vec![]).merge(wanted, Some(1), t0);
+        let types: Vec<&str> = merged.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, [READY, CACHE_WARMED, PRESCALED, STALLED]);
+    }
+
+    #[test]
+    fn a_long_list_of_problems_ends_with_how_many_more() {
+        let items: Vec<String> = (1..=8).map(|i| format!("Deployment shop/w{i} not found")).collect();
+        let capped = join_capped(&items);
+        assert_eq!(
+            capped,
+            "Deployment shop/w1 not found; Deployment shop/w2 not found; Deployment shop/w3 not found; \
+             Deployment shop/w4 not found; Deployment shop/w5 not found; and 3 more"
+        );
+        assert_eq!(join_capped(&items[..MESSAGE_ITEMS]).matches("; ").count(), MESSAGE_ITEMS - 1);
+        assert_eq!(join_capped(&[]), "");
+    }
+
+    /// The summary `kubectl get fs -o wide` shows: clusters ready, workloads at the sale's
+    /// peak (not merely at their target), the window in UTC, and a capped Ready message.
+    #[test]
+    fn decide_counts_clusters_ready_and_workloads_at_peak_and_caps_the_message() {
+        use crate::levers::Report;
+        let sale: FlashSale = serde_saphyr::from_str(
+            r#"
+apiVersion: flashsale.dev/v1alpha1
+kind: FlashSale
+metadata: {name: s, namespace: shop}
+spec:
+  window: {start: "2026-11-11T00:00:00+08:00", end: "2026-11-11T02:00:00+08:00"}
+  clusters:
+  - {name: a, kubeconfigSecretRef: {name: a}}
+  - {name: b, kubeconfigSecretRef: {name: b}}
+  - {name: c, kubeconfigSecretRef: {name: c}}
+  workloads:
+  - ref: {kind: Deployment, name: web}
+    scale: {peak: 10}
+  - ref: {kind: Deployment, name: cart}
+    scale: {peak: 4}
+"#,
+        )
+        .unwrap();
+        let w = |name: &str, ready: i32, target: i32| WorkloadStatus {
+            name: format!("Deployment shop/{name}"),
+            ready_replicas: Some(ready),
+            target_replicas: Some(target),
+            ..Default::default()
+        };
+        let problems: Vec<String> = (1..=7).map(|i| format!("problem {i}")).collect();
+        let observations = [
+            ClusterObservation {
+                name: "a".into(),
+                report: Ok(Report {
+                    ready: true,
+                    workloads: vec![w("web", 10, 10), w("cart", 4, 4)],
+                    ..Report::default()
+                }),
+            },
+            ClusterObservation {
+                name: "b".into(),
+                report: Ok(Report {
+                    ready: false,
+                    workloads: vec![w("web", 3, 10), w("cart", 5, 4)],
+                    problems,
+                    ..Report::default()
+                }),
+            },
+            ClusterObservation { name: "c".into(), report: Err("connection refused".into()) },
+        ];
+        let schedule = Schedule::from_spec(&sale.spec).unwrap();
+        let now = ts("2026-11-10T15:45:00Z");
+        let position = crate::timeline::position(&schedule, false, false, now);
+        let decided = decide(&sale, &schedule, position, &observations, now);
+        assert_eq!(decided.clusters_ready.as_deref(), Some("1/3"));
+        assert_eq!(decided.workloads_at_peak.as_deref(), Some("3/4"));
+        assert_eq!(decided.window_start, Some(Time(ts("2026-11-10T16:00:00Z"))));
+        assert_eq!(decided.window_end, Some(Time(ts("2026-11-10T18:00:00Z"))));
+        let ready = decided.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert!(ready.message.ends_with("; and 3 more"), "{}", ready.message);
+        assert!(
+            ready.message.starts_with("b: Deployment shop/web has 3/10 replicas ready (7 short); "),
+            "{}",
+            ready.message
+        );
+        // The cluster keeps every problem.
+        assert_eq!(decided.clusters[1].message.as_deref().map(|m| m.matches("problem").count()), Some(7));
+        // Before preparing, a workload at its baseline is not at peak.
+        let early = ts("2026-11-09T00:00:00Z");
+        let scheduled = decide(
+            &sale,
+            &schedule,
+            crate::timeline::position(&schedule, false, false, early),
+            &observations[..1],
+            early,
+        );
+        let baseline = [ClusterObservation {
+            name: "a".into(),
+            report: Ok(Report { ready: true, workloads: vec![w("web", 2, 2), w("cart", 4, 4)], ..Report::default() }),
+        }];
+        let at_baseline =
+            decide(&sale, &schedule, crate::timeline::position(&schedule, false, false, early), &baseline, early);
+        assert_eq!(scheduled.workloads_at_peak.as_deref(), Some("2/2"));
+        assert_eq!(at_baseline.workloads_at_peak.as_deref(), Some("1/2"));
     }
 
     #[test]

@@ -25,6 +25,19 @@ pub struct FlashSaleStatus {
     /// Per-cluster detail.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<ClusterStatus>,
+    /// The window start in UTC, so `kubectl get` shows every time in one zone whatever offset
+    /// the spec was written in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<Time>,
+    /// The window end in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<Time>,
+    /// Clusters whose levers are all in place for the phase, over clusters, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters_ready: Option<String>,
+    /// Workloads with their peak replicas ready, over workloads, counted in every cluster, e.g. `9/10`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads_at_peak: Option<String>,
 }
 
 /// The phases of a sale's timeline.

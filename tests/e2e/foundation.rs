@@ -153,8 +153,20 @@ fn kubectl_get_shows_the_printer_columns(env: &Env) -> anyhow::Result<()> {
         let client = client(cluster).await?;
         namespace(&client, "columns").await
     })?;
-    let sale = std::fs::read_to_string(repo().join("examples/product-drop.yaml"))?.replace("namespace: shop", "");
+    // Written at +08:00; the table shows it (from status) in UTC like every other time.
+    let sale = std::fs::read_to_string(repo().join("examples/product-drop.yaml"))?
+        .replace("namespace: shop", "")
+        .replace("2026-12-05T10:00:00Z", "2026-12-05T18:00:00+08:00");
+    let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
     cluster.kubectl_stdin(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(&sale))?;
+    block_on(async {
+        let api: Api<DynamicObject> = Api::namespaced_with(client(cluster).await?, &ns, &flashsale_resource());
+        eventually(Duration::from_secs(30), || async {
+            Ok(api.get("sneaker-drop").await?.data.pointer("/status/windowStart").is_some())
+        })
+        .await
+        .context("the operator never wrote the window to status")
+    })?;
     let table = cluster.kubectl(&["get", "fs", "-n", &ns])?;
     let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
     ensure!(header == ["NAME", "PHASE", "START", "END", "READY", "NEXT", "AGE"], "kubectl get fs header is {header:?}");

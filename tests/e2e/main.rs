@@ -13,6 +13,7 @@ mod foundation;
 mod gitops;
 mod harness;
 mod levers;
+mod status_cmd;
 mod support;
 mod tenant;
 mod tenant_agents;
@@ -53,6 +54,7 @@ fn main() {
         .chain(tenant_agents::TESTS)
         .chain(core::TESTS)
         .chain(credentials::TESTS)
+        .chain(status_cmd::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
