@@ -306,6 +306,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
 
     report_events(ctx, sale, &previous, &decided, &observations).await;
     record_phase_metrics(ctx, sale, &decided);
+    ctx.metrics.record_sale_status(sale, &decided);
     // Remote clusters have no watch here: while a sale holds its changes, look at them again
     // periodically so a lost cluster (or drift) shows within seconds.
     let remote_hold = !sale.spec.clusters.is_empty() && Intent::for_phase(position.phase) == Intent::Hold;
@@ -600,6 +601,7 @@ fn forget_metrics(ctx: &Context, sale: &FlashSale) {
     }
     ctx.metrics.next_transition_timestamp.remove(&SaleLabels { sale_namespace: namespace, sale: name });
     forget_flag_metrics(ctx, sale);
+    ctx.metrics.forget_sale_status(sale);
 }
 
 /// The names the sale's clusters appear under in status and metrics.
