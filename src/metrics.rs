@@ -369,6 +369,9 @@ impl Metrics {
                     trips.inc();
                 }
                 drop(trips);
+                // The controller counts failing queries; starting at zero lets `increase()` see
+                // the first failure.
+                drop(self.flag_query_errors.get_or_create(&labels));
                 self.flag_breaker_open.get_or_create(&labels).set(i64::from(!flag.enabled));
                 now.breakers.insert(labels, open_since);
             }
@@ -409,6 +412,7 @@ impl Metrics {
         for labels in before.breakers.keys().filter(|l| !now.breakers.contains_key(*l)) {
             self.flag_breaker_open.remove(labels);
             self.flag_breaker_trips.remove(labels);
+            self.flag_query_errors.remove(labels);
         }
     }
 
@@ -637,5 +641,150 @@ mod tests {
         assert_eq!(value(&text, "flashsale_leader"), Some(0.0), "{text}");
         let build = format!(r#"flashsale_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"));
         assert_eq!(value(&text, &build), Some(1.0), "{text}");
+    }
+
+    /// The metric names a PromQL expression reads (`flashsale_*`), suffixes of counters and
+    /// histograms folded into their family's name.
+    fn metric_names(expr: &str) -> Vec<String> {
+        let mut names = vec![];
+        let mut rest = expr;
+        while let Some(at) = rest.find("flashsale_") {
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            names.push(family_name(&tail[..end]).to_owned());
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    fn family_name(series: &str) -> &str {
+        ["_total", "_bucket", "_count", "_sum"].iter().find_map(|s| series.strip_suffix(s)).unwrap_or(series)
+    }
+
+    /// The dashboard shipped with the chart parses, opens with the "are we ready" row, takes
+    /// its data source and the sale from variables, and every panel queries metrics the
+    /// operator or the drain agent exports.
+    #[test]
+    fn the_dashboard_queries_only_exported_metrics_through_its_datasource_variable() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/flashsale-operator/dashboards/flashsale-operator.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let variables = dashboard["templating"]["list"].as_array().unwrap();
+        let variable = |name: &str| variables.iter().find(|v| v["name"] == name);
+        assert_eq!(variable("datasource").map(|v| &v["type"]), Some(&serde_json::json!("datasource")));
+        assert_eq!(variable("datasource").map(|v| &v["query"]), Some(&serde_json::json!("prometheus")));
+        for name in ["sale_namespace", "sale"] {
+            let v = variable(name).unwrap_or_else(|| panic!("no {name} variable"));
+            assert_eq!(v["datasource"]["uid"], "${datasource}", "variable {name}");
+        }
+
+        // Every family of the operator with one series (empty families are not exposed).
+        let metrics = Metrics::default();
+        let (sale_namespace, sale) = ("shop".to_owned(), "double-11".to_owned());
+        let sale_labels = SaleLabels { sale_namespace: sale_namespace.clone(), sale: sale.clone() };
+        metrics
+            .phase
+            .get_or_create(&PhaseLabels { sale_namespace: sale_namespace.clone(), sale: sale.clone(), phase: "Active" })
+            .set(1);
+        metrics.next_transition_timestamp.get_or_create(&sale_labels).set(1.0);
+        metrics
+            .condition
+            .get_or_create(&ConditionLabels {
+                sale_namespace: sale_namespace.clone(),
+                sale: sale.clone(),
+                condition: "Ready".into(),
+            })
+            .set(1);
+        metrics
+            .cluster_reachable
+            .get_or_create(&ClusterLabels {
+                sale_namespace: sale_namespace.clone(),
+                sale: sale.clone(),
+                cluster: "local".into(),
+            })
+            .set(1);
+        metrics
+            .flag_enabled
+            .get_or_create(&FlagLabels { sale_namespace, sale, cluster: "local".into(), flag: "reviews".into() })
+            .set(1);
+        metrics.api_requests.get_or_create(&RequestLabels { verb: "get" }).inc();
+        metrics.reconcile_errors.get_or_create(&ErrorLabels { lever: "timeline", category: "api" }).inc();
+        drop(metrics.time("timeline"));
+        metrics.record_sale_status(
+            &self::sale(),
+            &status(serde_json::json!({"clusters": [{"name": "local", "reachable": true,
+                "workloads": [{"name": "Deployment/shop/web", "targetReplicas": 1}],
+                "drainAgents": {"desired": 1, "ready": 1},
+                "warmups": [{"name": "catalog", "state": "Pending"}],
+                "flags": [{"name": "reviews", "enabled": true, "reason": "BreakerClosed"}]}]})),
+        );
+        let exported: HashSet<String> =
+            [metrics.render(), crate::admin::Exposition::render(&crate::agent::metrics::AgentMetrics::default())]
+                .iter()
+                .flat_map(|t| {
+                    t.lines()
+                        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next())
+                        .map(|n| family_name(n).to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert_eq!(panels[0]["type"], "row");
+        assert_eq!(panels[0]["title"], "Are we ready");
+        let first_row: Vec<&str> =
+            panels[1..].iter().take_while(|p| p["type"] != "row").map(|p| p["title"].as_str().unwrap()).collect();
+        for wanted in [
+            "Phase",
+            "Next phase change in",
+            "Ready",
+            "Workloads short of peak, by cluster",
+            "Drain agents ready / desired, by cluster",
+            "Warm-ups",
+            "Flags",
+        ] {
+            assert!(first_row.contains(&wanted), "the first row has no {wanted:?} panel: {first_row:?}");
+        }
+        let rows: Vec<&str> =
+            panels.iter().filter(|p| p["type"] == "row").map(|p| p["title"].as_str().unwrap()).collect();
+        assert_eq!(rows, ["Are we ready", "Drain", "Breakers and flags", "API requests and reconciles"]);
+        let mut ids = HashSet::new();
+        let mut read = HashSet::new();
+        for p in panels {
+            let title = p["title"].as_str().unwrap_or_default();
+            assert!(ids.insert(p["id"].as_i64().unwrap()), "panel id of {title:?} repeats");
+            assert!(p["gridPos"]["w"].as_i64().is_some_and(|w| w > 0), "{title:?} has no gridPos");
+            if p["type"] == "row" {
+                continue;
+            }
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "panel {title:?} does not use the datasource variable");
+            let targets = p["targets"].as_array().filter(|t| !t.is_empty());
+            let targets = targets.unwrap_or_else(|| panic!("panel {title:?} has no query"));
+            for t in targets {
+                let expr = t["expr"].as_str().filter(|e| !e.trim().is_empty());
+                let expr = expr.unwrap_or_else(|| panic!("panel {title:?} has a target without expr"));
+                assert_eq!(t["datasource"]["uid"], "${datasource}", "a query of {title:?}");
+                let names = metric_names(expr);
+                assert!(!names.is_empty(), "panel {title:?} reads no flashsale metric: {expr}");
+                for name in names {
+                    assert!(exported.contains(&name), "panel {title:?} reads {name}, which nothing exports");
+                    read.insert(name);
+                }
+            }
+        }
+        // The families a dashboard needs are all shown somewhere.
+        for name in [
+            "flashsale_workload_wanted_replicas",
+            "flashsale_drain_agents_ready",
+            "flashsale_warmup_state",
+            "flashsale_flag_breaker_open",
+            "flashsale_flag_breaker_trips",
+            "flashsale_leader",
+            "flashsale_api_requests",
+            "flashsale_reconcile_duration_seconds",
+            "flashsale_drain_agent_evictions",
+        ] {
+            assert!(read.contains(name), "no panel shows {name}");
+        }
     }
 }
