@@ -72,8 +72,8 @@ pub struct ClusterLabels {
     pub cluster: String,
 }
 
-/// Labels of one workload of one sale in one cluster: `workload` is `Kind/namespace/name` as in
-/// `status.clusters[].workloads[].name`. Bounded by the schema: at most 100 workloads times 20
+/// Labels of one workload of one sale in one cluster: `workload` is `Kind/namespace/name` (the
+/// status shows `Kind namespace/name`). Bounded by the schema: at most 100 workloads times 20
 /// clusters per sale.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkloadLabels {
@@ -152,6 +152,12 @@ struct Recorded {
     /// Each breaker's `since` while it held its flag off (`None` while closed): a new `since`
     /// is a new trip.
     breakers: HashMap<FlagLabels, Option<Time>>,
+}
+
+/// `Kind/namespace/name` from the status's `Kind namespace/name`: one token, as a label value
+/// is easiest to match in PromQL.
+fn workload_label(status_name: &str) -> String {
+    status_name.replacen(' ', "/", 1)
 }
 
 /// The `status.clusters[].warmups[].state` values, each a `warmup_state` series.
@@ -326,7 +332,7 @@ impl Metrics {
                     sale_namespace: sale_namespace.clone(),
                     sale: sale.clone(),
                     cluster: cluster.name.clone(),
-                    workload: w.name.clone(),
+                    workload: workload_label(&w.name),
                 };
                 self.record_workload(&labels, w);
                 now.workloads.insert(labels);
@@ -464,7 +470,7 @@ mod tests {
         metrics.record_sale_status(
             &self::sale(),
             &status(serde_json::json!({"clusters": [{"name": "local", "reachable": true,
-                "workloads": [{"name": "Deployment/shop/web", "targetReplicas": 1}],
+                "workloads": [{"name": "Deployment shop/web", "targetReplicas": 1}],
                 "drainAgents": {"desired": 1, "ready": 1},
                 "warmups": [{"name": "catalog", "state": "Pending"}],
                 "flags": [{"name": "reviews", "enabled": true, "reason": "BreakerClosed"}]}]})),
@@ -522,8 +528,8 @@ mod tests {
             &status(serde_json::json!({"clusters": [
                 {"name": "hangzhou", "reachable": true,
                  "workloads": [
-                     {"name": "Deployment/shop/web", "targetReplicas": 10, "readyReplicas": 7},
-                     {"name": "Deployment/shop/api"},
+                     {"name": "Deployment shop/web", "targetReplicas": 10, "readyReplicas": 7},
+                     {"name": "Deployment shop/api"},
                  ],
                  "drainAgents": {"desired": 3, "ready": 2},
                  "warmups": [{"name": "catalog", "state": "Running"}],
@@ -613,8 +619,8 @@ mod tests {
         metrics.record_sale_status(
             &sale,
             &status(serde_json::json!({"clusters": [
-                cluster("hangzhou", &["Deployment/shop/web", "Deployment/shop/api"]),
-                cluster("beijing", &["Deployment/shop/web"]),
+                cluster("hangzhou", &["Deployment shop/web", "Deployment shop/api"]),
+                cluster("beijing", &["Deployment shop/web"]),
             ]})),
         );
         let text = metrics.render();
@@ -622,7 +628,7 @@ mod tests {
 
         metrics.record_sale_status(
             &sale,
-            &status(serde_json::json!({"clusters": [cluster("hangzhou", &["Deployment/shop/web"])]})),
+            &status(serde_json::json!({"clusters": [cluster("hangzhou", &["Deployment shop/web"])]})),
         );
         let text = metrics.render();
         assert!(!text.contains(r#"cluster="beijing""#), "a removed cluster kept series:\n{text}");
@@ -713,7 +719,7 @@ mod tests {
         metrics.record_sale_status(
             &self::sale(),
             &status(serde_json::json!({"clusters": [{"name": "local", "reachable": true,
-                "workloads": [{"name": "Deployment/shop/web", "targetReplicas": 1}],
+                "workloads": [{"name": "Deployment shop/web", "targetReplicas": 1}],
                 "drainAgents": {"desired": 1, "ready": 1},
                 "warmups": [{"name": "catalog", "state": "Pending"}],
                 "flags": [{"name": "reviews", "enabled": true, "reason": "BreakerClosed"}]}]})),
