@@ -109,34 +109,47 @@ pub struct RequestLabels {
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
+    /// Time in one reconcile, one series per lever.
     pub reconcile_duration: Family<LeverLabels, Histogram>,
+    /// Failed reconcile steps: levers × error categories.
     pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// 1 for each sale's current phase: 7 series per sale.
     pub phase: Family<PhaseLabels, Gauge>,
     /// Unix time of the sale's next scheduled phase change: a countdown is `... - time()` in
     /// PromQL, right between reconciles (a "seconds until" gauge would freeze between them).
+    /// One series per sale.
     pub next_transition_timestamp: Family<SaleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// API requests sent, one series per HTTP verb.
     pub api_requests: Family<RequestLabels, Counter>,
+    /// 1 per True condition (`Ready` and one per lever): at most 6 per sale.
     pub condition: Family<ConditionLabels, Gauge>,
+    /// Each flag on (1) or off (0): at most 50 flags × 20 clusters per sale.
     pub flag_enabled: Family<FlagLabels, Gauge>,
-    /// 1 while the sale's last pass reached the cluster, 0 when it could not.
+    /// 1 while the sale's last pass reached the cluster, 0 when it could not: at most 20 per sale.
     pub cluster_reachable: Family<ClusterLabels, Gauge>,
+    /// Failed auto-degrade queries: at most 50 flags × 20 clusters per sale.
     pub flag_query_errors: Family<FlagLabels, Counter>,
-    /// Replicas each workload should have in the current phase (`targetReplicas`).
+    /// Replicas each workload should have in the current phase (`targetReplicas`); at most 100
+    /// workloads × 20 clusters per sale.
     pub workload_wanted_replicas: Family<WorkloadLabels, Gauge>,
-    /// Ready replicas each workload has (`readyReplicas`).
+    /// Ready replicas each workload has (`readyReplicas`); at most 100 workloads × 20 clusters
+    /// per sale.
     pub workload_ready_replicas: Family<WorkloadLabels, Gauge>,
-    /// Nodes the cluster's drain agents should run on.
+    /// Nodes the cluster's drain agents should run on; at most 20 clusters per sale.
     pub drain_agents_desired: Family<ClusterLabels, Gauge>,
-    /// Drain agents ready in the cluster.
+    /// Drain agents ready in the cluster; at most 20 clusters per sale.
     pub drain_agents_ready: Family<ClusterLabels, Gauge>,
-    /// 1 for the state each warm-up Job is in, 0 for the others.
+    /// 1 for the state each warm-up Job is in, 0 for the others; at most 20 warm-ups × 20
+    /// clusters × 5 states per sale.
     pub warmup_state: Family<WarmupLabels, Gauge>,
     /// 1 while an auto-degrade flag's breaker holds the flag off (open or half-open), 0 while
-    /// closed.
+    /// closed; at most 50 flags × 20 clusters per sale.
     pub flag_breaker_open: Family<FlagLabels, Gauge>,
-    /// Times an auto-degrade breaker opened (turned its flag off), as seen by this process.
+    /// Times an auto-degrade breaker opened (turned its flag off), as seen by this process; at
+    /// most 50 flags × 20 clusters per sale.
     pub flag_breaker_trips: Family<FlagLabels, Counter>,
     /// 1 while this process acts on sales: it holds the leader Lease, or runs without election.
+    /// One series.
     pub leader: Gauge,
     /// What each sale's last status put in the per-object families, so the next one drops the
     /// series of workloads, clusters, warm-ups and flags the sale no longer has.
