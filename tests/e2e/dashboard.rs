@@ -310,11 +310,27 @@ fn every_panel_shows_data_during_a_sale_with_every_lever(env: &Env) -> anyhow::R
         expect(format!("flashsale_sale_phase{{sale_namespace=\"{ns}\",sale=\"flash\",phase=\"Active\"}}"), 1.0)?;
         expect("max(flashsale_leader{job=\"flashsale-operator\"})".into(), 1.0)?;
         expect("sum(flashsale_drain_agent_evictions_total{outcome=\"evicted\"})".into(), 1.0)?;
+        // The breaker was seen closed before Preparing's first evaluations opened it: one trip.
+        expect(format!("flashsale_flag_breaker_trips_total{{{sel},flag=\"reviews\"}}"), 1.0)?;
         let countdown = prometheus
             .value(&format!("flashsale_sale_next_transition_timestamp_seconds{{sale_namespace=\"{ns}\"}} - time()"))?;
         ensure!(countdown.is_some_and(|s| s > 0.0 && s < 100.0), "the countdown to the window's end is {countdown:?}");
         let reclaim = prometheus.value("max(flashsale_drain_agent_termination_timestamp_seconds) - time()")?;
         ensure!(reclaim.is_some_and(|s| s > 60.0 && s <= 120.0), "the reclaim countdown is {reclaim:?}");
+
+        // A second replica waits for the Lease: it says it is not leading, the first that it is.
+        let mut standby = Operator::operator(
+            cluster,
+            &["--watch-namespace", &ns, "--leader-elect", "--leader-election-namespace", &ns],
+        )?;
+        standby.wait_ready(Duration::from_secs(30)).await?;
+        let (_, standby_metrics) = standby.get("/metrics")?;
+        ensure!(
+            standby_metrics.lines().any(|l| l == "flashsale_leader 0"),
+            "the standby does not say it waits:\n{standby_metrics}"
+        );
+        ensure!(operator.metric("flashsale_leader")? == 1.0, "the leader says it does not lead");
+        drop(standby);
 
         // A deleted sale leaves no series behind on the operator.
         sales.delete("flash", &DeleteParams::default()).await?;
