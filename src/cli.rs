@@ -290,6 +290,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let outcome = if args.leader_elect {
         run_as_elected(client, metrics, ready_tx, stop_rx.clone(), &args).await
     } else {
+        // Without election this process is the only one acting.
+        metrics.leader.set(1);
         controller::run(
             client,
             args.watch_namespace.clone(),
@@ -343,6 +345,7 @@ async fn run_as_elected(
         return if *stop.borrow() { Ok(()) } else { Err(anyhow::anyhow!("leader election stopped")) };
     }
     tracing::info!(%identity, "became the leader");
+    metrics.leader.set(1);
     let _ = ready.send(false);
     let mut lost = leader.clone();
     let mut stop_for_controller = stop.clone();
@@ -352,7 +355,9 @@ async fn run_as_elected(
             _ = stop_for_controller.wait_for(|s| *s) => {}
         }
     };
-    controller::run(client, args.watch_namespace.clone(), metrics, args.installer.clone(), ready, shutdown).await;
+    controller::run(client, args.watch_namespace.clone(), metrics.clone(), args.installer.clone(), ready, shutdown)
+        .await;
+    metrics.leader.set(0);
     let still_leader = *leader.borrow();
     let stopping = *stop.borrow();
     // Closing the channel releases the Lease, so a standby takes over at once.

@@ -361,6 +361,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
 
     report_events(ctx, sale, &previous, &decided, &observations).await;
     record_phase_metrics(ctx, sale, &decided);
+    ctx.metrics.record_sale_status(sale, &decided);
     // Every cluster's view announces drift and a lost cluster as it happens, so a sale that
     // holds its changes is not polled; a cluster that could not be read is looked at again soon.
     let unreachable = observations.iter().any(|o| o.report.is_err());
@@ -690,6 +691,7 @@ fn forget_metrics(ctx: &Context, sale: &FlashSale) {
     }
     ctx.metrics.next_transition_timestamp.remove(&SaleLabels { sale_namespace: namespace, sale: name });
     forget_flag_metrics(ctx, sale);
+    ctx.metrics.forget_sale_status(sale);
 }
 
 /// The names the sale's clusters appear under in status and metrics.

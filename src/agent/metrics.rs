@@ -6,6 +6,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// Every eviction outcome label, created at zero so a panel or `increase()` sees the first one.
+const OUTCOMES: [&str; 5] = ["evicted", "blocked_pdb", "multiple_pdb", "not_found", "error"];
+/// Every metadata error kind label, created at zero for the same reason.
+const KINDS: [&str; 5] = ["timeout", "connect", "status", "garbage", "token"];
+
 /// An eviction outcome: evicted, blocked_pdb, multiple_pdb, not_found, error.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -30,6 +35,14 @@ pub struct AgentMetrics {
     pub notice_to_cordon: Histogram,
     pub notice_to_drained: Histogram,
     pub draining: Gauge,
+    /// Unix time the cloud reclaims the node at, from the notice being acted on; 0 while none.
+    pub termination_timestamp: Gauge,
+}
+
+/// The agent's version (one series).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 impl Default for AgentMetrics {
@@ -78,8 +91,25 @@ impl Default for AgentMetrics {
         );
         let draining = Gauge::default();
         registry.register("draining", "1 while a drain is running", draining.clone());
+        let termination_timestamp = Gauge::default();
+        registry.register(
+            "termination_timestamp_seconds",
+            "Unix time the spot instance is reclaimed at, from the notice being drained for; 0 while no notice",
+            termination_timestamp.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "Always 1; the version of the running agent", build_info);
+        for outcome in OUTCOMES {
+            drop(evictions.get_or_create(&OutcomeLabels { outcome }));
+            drop(eviction_attempts.get_or_create(&OutcomeLabels { outcome }));
+        }
+        for kind in KINDS {
+            drop(metadata_errors.get_or_create(&KindLabels { kind }));
+        }
         AgentMetrics {
             registry,
+            termination_timestamp,
             polls,
             metadata_errors,
             notices,

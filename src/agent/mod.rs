@@ -197,12 +197,14 @@ pub async fn run(
                 match state {
                     State::Watching => {
                         metrics.notices.inc();
+                        metrics.termination_timestamp.set(release.as_second());
                         tracing::warn!(node = %ctx.node, %release, "spot termination notice: draining the node");
                         state = State::Draining(release);
                         tokio::spawn(drain(ctx.clone(), release, Instant::now()));
                     }
                     State::Draining(current) if current != release => {
                         metrics.notices.inc();
+                        metrics.termination_timestamp.set(release.as_second());
                         tracing::warn!(node = %ctx.node, %release, started_for = %current, "the termination time changed; the drain already started goes on");
                         state = State::Draining(release);
                     }

@@ -7,6 +7,7 @@
 mod agent;
 mod core;
 mod credentials;
+mod dashboard;
 mod drain_agents;
 mod flags;
 mod foundation;
@@ -55,6 +56,7 @@ fn main() {
         .chain(core::TESTS)
         .chain(credentials::TESTS)
         .chain(status_cmd::TESTS)
+        .chain(dashboard::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
