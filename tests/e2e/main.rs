@@ -5,6 +5,7 @@
 //! when the run ends, whether tests pass or fail.
 
 mod agent;
+mod chart;
 mod drain_agents;
 mod flags;
 mod foundation;
@@ -49,6 +50,7 @@ fn main() {
         .chain(tenant_kubeconfig::TESTS)
         .chain(tenant_rbac::TESTS)
         .chain(tenant_agents::TESTS)
+        .chain(chart::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
