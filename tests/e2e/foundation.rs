@@ -233,6 +233,8 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
     };
     let chart_path = chart.display().to_string();
     run(&["lint", "--strict", &chart_path])?;
+    let monitors = ["serviceMonitor.enabled=true", "podMonitor.enabled=true", "prometheusRule.enabled=true"];
+    run(&["lint", "--strict", &chart_path, "--set", &monitors.join(",")])?;
     let rendered = run(&["template", "flashsale", &chart_path, "--namespace", "flashsale-system", "--include-crds"])?;
     for kind in [
         "CustomResourceDefinition",
