@@ -240,6 +240,8 @@ async fn install_upgrade_and_lead(cluster: &Cluster, client: &Client, chart: &Pa
         "grafanaDashboard.enabled=true",
         "--set",
         "grafanaDashboard.folder=Flash sales",
+        "--set",
+        "imagePullSecrets[0].name=regcred",
         "--wait",
         "--timeout=120s",
     ];
@@ -708,7 +710,7 @@ fn check_monitors(cluster: &Cluster, chart: &Path, kubeconfig: &str) -> anyhow::
 }
 
 /// The PodMonitor's selector, in its namespace, picks exactly the operator's agent pods, each
-/// with the port it scrapes.
+/// with the port it scrapes and the chart's pull secrets.
 async fn check_pod_monitor_selects_agents(cluster: &Cluster) -> anyhow::Result<()> {
     let name = format!("{RELEASE}-flashsale-operator-drain-agent");
     let monitor = json_of(&cluster.kubectl(&[
@@ -756,6 +758,11 @@ async fn check_pod_monitor_selects_agents(cluster: &Cluster) -> anyhow::Result<(
         selected.iter().all(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] == "flashsale-drain-agent"),
         "the scrape job (jobLabel app.kubernetes.io/name) is not flashsale-drain-agent"
     );
+    // The agents run the operator's image, pulled with the operator's pull secrets.
+    for pod in &selected {
+        let pull = &pod["spec"]["imagePullSecrets"];
+        ensure!(*pull == json!([{"name": "regcred"}]), "agent pod pull secrets: {pull}");
+    }
     Ok(())
 }
 
