@@ -291,8 +291,8 @@ async fn install_upgrade_and_lead(cluster: &Cluster, client: &Client, chart: &Pa
     check_pod_monitor_selects_agents(cluster).await?;
 
     // helm upgrade to a changed value. The rolling update as the kubelet would play it: the new
-    // pod's operator starts (a standby) once that pod exists; the old one gets SIGTERM when its
-    // pod is deleted (its pod-bound token dies with the pod), releasing the Lease.
+    // pod's operator starts (a standby) once that pod exists; the old one gets SIGTERM once the
+    // new one is ready and its own pod is being deleted, and releases the Lease.
     let mut upgrade = vec!["upgrade", RELEASE, chart_path.as_str(), "--namespace", RELEASE_NS, "--reuse-values"];
     upgrade.extend(["--set", "logLevel=info\\,flashsale_operator=debug", "--set-string", "podAnnotations.rollout=2"]);
     upgrade.extend(["--wait", "--timeout=120s", &kubeconfig]);
@@ -579,19 +579,11 @@ fn revision_of(pod: &Value) -> anyhow::Result<Revision> {
     })
 }
 
-/// The operator binary run as the pod would: its args and env, and as its ServiceAccount with a
-/// token bound to the pod (what the kubelet mounts), so it has only the chart's RBAC.
+/// The operator binary run as the pod would: its args and env, and as the pod's ServiceAccount,
+/// so it has only the chart's RBAC. The token is not bound to the pod: kwok removes a deleted pod
+/// at once, where a kubelet keeps it (and its token valid) until the container has exited.
 fn operator_of(cluster: &Cluster, revision: &Revision) -> anyhow::Result<Operator> {
-    let token = cluster.kubectl(&[
-        "create",
-        "token",
-        &revision.service_account,
-        "-n",
-        RELEASE_NS,
-        "--bound-object-kind=Pod",
-        &format!("--bound-object-name={}", revision.pod),
-        "--duration=1h",
-    ])?;
+    let token = cluster.kubectl(&["create", "token", &revision.service_account, "-n", RELEASE_NS, "--duration=1h"])?;
     let kubeconfig = token_kubeconfig(cluster, &revision.pod, token.trim())?;
     let mut args: Vec<&str> = revision.args.iter().map(String::as_str).collect();
     ensure!(args.first() == Some(&"run"), "the pod does not run the operator: {args:?}");
