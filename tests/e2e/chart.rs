@@ -248,6 +248,36 @@ async fn install_upgrade_and_lead(cluster: &Cluster, client: &Client, chart: &Pa
     let kubeconfig = format!("--kubeconfig={}", cluster.kubeconfig.display());
     let mut install = install.to_vec();
     install.push(&kubeconfig);
+    // 0.1.0's operator created the agents' ClusterRole itself (removed with the cluster's last
+    // agents); one left behind blocks the chart, which installs it now, until the documented
+    // clean-up removes it.
+    let leftover = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "flashsale-drain-agent", "labels": {
+            "app.kubernetes.io/name": "flashsale-drain-agent",
+            "app.kubernetes.io/managed-by": "flashsale-operator",
+            "app.kubernetes.io/component": "drain-agent",
+        }},
+        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}],
+    });
+    cluster.kubectl_stdin(
+        &["apply", "--server-side", "--field-manager=flashsale-operator", "-f", "-"],
+        Some(&leftover.to_string()),
+    )?;
+    let blocked = cluster.helm(&install);
+    ensure!(
+        blocked
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("flashsale-drain-agent") && e.to_string().contains("exists")),
+        "helm install over 0.1.0's leftover agent ClusterRole: {blocked:?}"
+    );
+    cluster.kubectl(&[
+        "delete",
+        "clusterroles,clusterrolebindings",
+        "-l",
+        "app.kubernetes.io/name=flashsale-drain-agent,app.kubernetes.io/managed-by=flashsale-operator",
+    ])?;
     cluster.helm(&install)?;
     let revision1 = available(cluster, 1)?;
     check_monitors(cluster, chart, &kubeconfig)?;
