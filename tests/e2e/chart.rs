@@ -220,6 +220,7 @@ fn json_of(text: &str) -> anyhow::Result<Value> {
 /// them.
 async fn install_upgrade_and_lead(cluster: &Cluster, client: &Client, chart: &Path) -> anyhow::Result<()> {
     let chart_path = chart.display().to_string();
+    let watch = format!("watchNamespace={SALES_NS}");
     let install = [
         "install",
         RELEASE,
@@ -227,7 +228,7 @@ async fn install_upgrade_and_lead(cluster: &Cluster, client: &Client, chart: &Pa
         "--namespace",
         RELEASE_NS,
         "--set",
-        "watchNamespace=shop",
+        watch.as_str(),
         "--set",
         "serviceMonitor.enabled=true",
         "--set",
