@@ -21,6 +21,7 @@ toolchain:
 	@bash tests/e2e/toolchain/cronhpa/build.sh >/dev/null
 	@bash tests/e2e/toolchain/statuscheck/build.sh >/dev/null
 	@bash tests/e2e/toolchain/openfeature/build.sh >/dev/null
+	@bash tests/e2e/toolchain/prometheus-operator/fetch.sh >/dev/null
 
 IMAGE := target/image/flashsale-operator-$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1).oci.tar
 

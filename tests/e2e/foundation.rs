@@ -245,6 +245,8 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
     };
     let chart_path = chart.display().to_string();
     run(&["lint", "--strict", &chart_path])?;
+    let monitors = ["serviceMonitor.enabled=true", "podMonitor.enabled=true", "prometheusRule.enabled=true"];
+    run(&["lint", "--strict", &chart_path, "--set", &monitors.join(",")])?;
     let rendered = run(&["template", "flashsale", &chart_path, "--namespace", "flashsale-system", "--include-crds"])?;
     for kind in [
         "CustomResourceDefinition",
@@ -273,6 +275,12 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
         ("--set", "logFormat=xml", "/logFormat"),
         // No allowed selector at all is not "none allowed": say so instead of guessing.
         ("--set-json", "agents.nodeSelectors=[]", "/agents/nodeSelectors': minItems"),
+        ("--set", "serviceMonitor.interval=30", "/serviceMonitor/interval"),
+        ("--set", "serviceMonitor.interval=30sec", "/serviceMonitor/interval"),
+        ("--set", "podMonitor.port=9102", "additional properties 'port' not allowed"),
+        ("--set-json", "podMonitor.relabelings={\"action\":\"drop\"}", "/podMonitor/relabelings"),
+        ("--set", "grafanaDashboard.label=grafana dashboard", "/grafanaDashboard/label"),
+        ("--set", "grafanaDashboard.namespace=Monitoring", "/grafanaDashboard/namespace"),
     ] {
         let refused = run(&["template", "flashsale", &chart_path, how, set]);
         ensure!(
@@ -303,6 +311,62 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
     ] {
         ensure!(extra.contains(want), "the chart does not render {want}");
     }
+    // The drain agents run the operator's image: its pull secrets, unless theirs are set.
+    let pull = |sets: &[&str]| -> anyhow::Result<Option<String>> {
+        let mut args = vec!["template", "flashsale", &chart_path, "--show-only", "templates/deployment.yaml"];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        let deployment: serde_json::Value = serde_saphyr::from_str(&run(&args)?)?;
+        let env =
+            deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().cloned().unwrap_or_default();
+        Ok(env
+            .iter()
+            .find(|e| e["name"] == "FLASHSALE_AGENT_IMAGE_PULL_SECRETS")
+            .and_then(|e| e["value"].as_str().map(str::to_owned)))
+    };
+    ensure!(pull(&[])?.is_none(), "agent pull secrets without any set");
+    let operators = ["imagePullSecrets[0].name=regcred", "imagePullSecrets[1].name=mirror"];
+    ensure!(
+        pull(&operators)?.as_deref() == Some("regcred,mirror"),
+        "the agents do not get the operator's pull secrets"
+    );
+    let own = [operators[0], "agents.imagePullSecrets={agents-only}"];
+    ensure!(pull(&own)?.as_deref() == Some("agents-only"), "agents.imagePullSecrets does not win");
+    // Monitors and the dashboard are off by default; the PodMonitor comes with mode remote too,
+    // where agents run as well.
+    for kind in ["ServiceMonitor", "PodMonitor", "ConfigMap"] {
+        ensure!(!rendered.contains(&format!("kind: {kind}\n")), "the chart renders a {kind} by default");
+    }
+    let remote = run(&[
+        "template",
+        "flashsale",
+        &chart_path,
+        "--set",
+        "mode=remote",
+        "--set",
+        "remote.subjects[0].kind=User",
+        "--set",
+        "remote.subjects[0].name=fso",
+        "--set",
+        "podMonitor.enabled=true",
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "agents.namespace=agents",
+    ])?;
+    ensure!(!remote.contains("kind: ServiceMonitor"), "mode remote renders the operator's ServiceMonitor");
+    let monitor = serde_saphyr::from_multiple::<serde_json::Value>(&remote)?
+        .into_iter()
+        .find(|o| o["kind"] == "PodMonitor")
+        .context("mode remote renders no PodMonitor")?;
+    ensure!(
+        monitor["metadata"]["namespace"] == "agents"
+            && monitor["spec"]["namespaceSelector"]["matchNames"][0] == "agents",
+        "the PodMonitor is not in the agent namespace: {monitor}"
+    );
+    // The dashboard ConfigMap holds the chart's file as it is, and says so when it is missing.
+    dashboard_renders_the_file_or_refuses(cluster, &chart, &run)?;
     // The PrometheusRule carries exactly the rules file promtool tests, with the chart's job name.
     ensure!(!rendered.contains("kind: PrometheusRule"), "the PrometheusRule is not off by default");
     let rule = run(&[
@@ -334,6 +398,62 @@ fn chart_lints_renders_and_is_accepted(env: &Env) -> anyhow::Result<()> {
             Some(&rendered),
         )
         .context("the API server rejected the rendered chart")?;
+    Ok(())
+}
+
+/// Renders the dashboard template from a copy of the chart (the dashboard JSON is its own
+/// piece): refused, naming the value and the file, without the file; the file byte for byte,
+/// with the sidecar label, folder annotation and namespace asked for, with one.
+fn dashboard_renders_the_file_or_refuses(
+    cluster: &crate::harness::Cluster,
+    chart: &std::path::Path,
+    run: &dyn Fn(&[&str]) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    let copy = cluster.dir.join("chart-dashboard").join("flashsale-operator");
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy)?;
+    let status = std::process::Command::new("cp").arg("-a").arg(chart.join(".")).arg(&copy).status()?;
+    ensure!(status.success(), "copying the chart failed");
+    let _ = std::fs::remove_dir_all(copy.join("dashboards"));
+    let copy_path = copy.display().to_string();
+    let on = [
+        "template",
+        "flashsale",
+        &copy_path,
+        "--show-only",
+        "templates/dashboard.yaml",
+        "--set",
+        "grafanaDashboard.enabled=true",
+    ];
+    let refused = run(&on);
+    ensure!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains("grafanaDashboard.enabled")
+            && e.to_string().contains("dashboards/flashsale-operator.json")),
+        "a chart without its dashboard file: {refused:?}"
+    );
+    std::fs::create_dir_all(copy.join("dashboards"))?;
+    let file = "{\"title\": \"flash <sale> & \\\"quotes\\\"\",\n\t\"panels\": []}\n";
+    std::fs::write(copy.join("dashboards/flashsale-operator.json"), file)?;
+    let mut args = on.to_vec();
+    args.extend(["--set", "grafanaDashboard.namespace=monitoring", "--set", "grafanaDashboard.folder=Sales"]);
+    args.extend(["--set", "grafanaDashboard.label=dashboards", "--set", "grafanaDashboard.labelValue=flashsale"]);
+    let map: serde_json::Value = serde_saphyr::from_str(&run(&args)?)?;
+    ensure!(map["kind"] == "ConfigMap", "not a ConfigMap: {map}");
+    ensure!(
+        map["data"]["flashsale-operator.json"] == file,
+        "the ConfigMap's dashboard is not the file: {}",
+        map["data"]
+    );
+    ensure!(map["metadata"]["namespace"] == "monitoring", "namespace {}", map["metadata"]["namespace"]);
+    ensure!(map["metadata"]["labels"]["dashboards"] == "flashsale", "labels {}", map["metadata"]["labels"]);
+    ensure!(
+        map["metadata"]["annotations"]["grafana_folder"] == "Sales",
+        "annotations {}",
+        map["metadata"]["annotations"]
+    );
+    let default_label: serde_json::Value = serde_saphyr::from_str(&run(&on)?)?;
+    ensure!(default_label["metadata"]["labels"]["grafana_dashboard"] == "1", "no sidecar label by default");
+    ensure!(default_label["metadata"]["annotations"].is_null(), "a folder annotation without a folder");
     Ok(())
 }
 

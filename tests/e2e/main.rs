@@ -8,6 +8,7 @@ mod agent;
 mod core;
 mod credentials;
 mod dashboard;
+mod chart;
 mod drain_agents;
 mod flags;
 mod foundation;
@@ -57,6 +58,7 @@ fn main() {
         .chain(credentials::TESTS)
         .chain(status_cmd::TESTS)
         .chain(dashboard::TESTS)
+        .chain(chart::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

@@ -591,3 +591,32 @@ pub fn remote_identity(cluster: &Cluster, namespaces: &[&str]) -> anyhow::Result
     let kubeconfig = cluster.user_kubeconfig(&user)?;
     Ok((user, kubeconfig))
 }
+
+impl Process {
+    /// Starts `flashsale-operator` as a pod of its Deployment would run it: the container's
+    /// `args` (after `run`) and exactly its environment, with `kubeconfig` standing in for the
+    /// pod's mounted identity. Only the metrics address moves to a free loopback port, so two
+    /// revisions' pods can run side by side as a rolling update overlaps them.
+    pub fn operator_as_pod(
+        cluster: &Cluster,
+        args: &[&str],
+        env: &[(String, String)],
+        kubeconfig: &Path,
+    ) -> anyhow::Result<Process> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = cluster.dir.join(format!("operator-{port}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+            .arg("run")
+            .args(args.iter().filter(|a| !a.starts_with("--metrics-addr")))
+            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()?;
+        Ok(Process { child, port, log, what: "operator" })
+    }
+}
