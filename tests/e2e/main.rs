@@ -5,10 +5,10 @@
 //! when the run ends, whether tests pass or fail.
 
 mod agent;
+mod chart;
 mod core;
 mod credentials;
 mod dashboard;
-mod chart;
 mod drain_agents;
 mod flags;
 mod foundation;
