@@ -668,14 +668,16 @@ fn durations(before: &Scrape, after: &Scrape) -> String {
     out
 }
 
+/// Requests by verb, summed over clusters.
 fn requests(scrape: &Scrape) -> BTreeMap<String, f64> {
-    scrape
-        .iter()
-        .filter_map(|(series, n)| {
-            let verb = series.strip_prefix("flashsale_api_requests_total{verb=\"")?.strip_suffix("\"}")?;
-            Some((verb.to_owned(), *n))
-        })
-        .collect()
+    let mut by_verb = BTreeMap::new();
+    for (series, n) in scrape {
+        let Some(labels) = series.strip_prefix("flashsale_api_requests_total{") else { continue };
+        let Some((_, verb)) = labels.split_once("verb=\"") else { continue };
+        let verb = verb.split('"').next().unwrap_or_default();
+        *by_verb.entry(verb.to_owned()).or_insert(0.0) += n;
+    }
+    by_verb
 }
 
 fn delta(before: &Scrape, after: &Scrape) -> BTreeMap<String, f64> {

@@ -63,6 +63,18 @@ struct RunArgs {
     /// Lease duration in seconds: a crashed leader is replaced within this time.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
     lease_duration_seconds: u64,
+    /// The request budget of each cluster a sale names.
+    #[command(flatten)]
+    budget: crate::client::Budget,
+    /// How many sales are reconciled at once, at most (the others wait their turn, in order).
+    #[arg(long, env = "FLASHSALE_MAX_CONCURRENT_RECONCILES", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
+}
+
+impl RunArgs {
+    fn options(&self) -> controller::Options {
+        controller::Options { budget: self.budget, concurrency: self.max_concurrent_reconciles }
+    }
 }
 
 /// How a command prints its answer.
@@ -267,7 +279,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
         .context("cannot find Kubernetes credentials (KUBECONFIG, ~/.kube/config or in-cluster service account)")?;
-    let client = crate::client::counted(config, metrics.clone()).context("cannot build a Kubernetes client")?;
+    let client = crate::client::counted(config, metrics.clone(), crate::clusters::LOCAL, None)
+        .context("cannot build a Kubernetes client")?;
     ensure_crd_installed(&client, args.watch_namespace.as_deref()).await?;
 
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -297,6 +310,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.watch_namespace.clone(),
             metrics,
             args.installer.clone(),
+            args.options(),
             ready_tx,
             stopped(stop_rx.clone()),
         )
@@ -355,8 +369,16 @@ async fn run_as_elected(
             _ = stop_for_controller.wait_for(|s| *s) => {}
         }
     };
-    controller::run(client, args.watch_namespace.clone(), metrics.clone(), args.installer.clone(), ready, shutdown)
-        .await;
+    controller::run(
+        client,
+        args.watch_namespace.clone(),
+        metrics.clone(),
+        args.installer.clone(),
+        args.options(),
+        ready,
+        shutdown,
+    )
+    .await;
     metrics.leader.set(0);
     let still_leader = *leader.borrow();
     let stopping = *stop.borrow();

@@ -87,6 +87,8 @@ pub struct Clusters {
     local_view: Arc<View>,
     /// Where the views announce what changed (the controller reconciles the sales that care).
     changes: Option<mpsc::UnboundedSender<Changed>>,
+    /// The request budget of each cluster reached through a sale's Secret.
+    budget: crate::client::Budget,
     cache: Mutex<HashMap<(String, String, String), Cached>>,
     metrics: std::sync::Arc<Metrics>,
     /// Whether kubeconfig Secrets may use exec plugins (the installer's `--allow-kubeconfig-exec`).
@@ -99,9 +101,11 @@ impl Clusters {
         metrics: std::sync::Arc<Metrics>,
         allow_exec: bool,
         changes: Option<mpsc::UnboundedSender<Changed>>,
+        budget: crate::client::Budget,
     ) -> Self {
-        let local_view = View::new(ViewId::Local, local.clone(), changes.clone());
-        Clusters { local, local_view, changes, cache: Mutex::new(HashMap::new()), metrics, allow_exec }
+        let shown = Some((metrics.clone(), crate::metrics::cluster_label(LOCAL)));
+        let local_view = View::with_metrics(ViewId::Local, local.clone(), changes.clone(), shown);
+        Clusters { local, local_view, changes, budget, cache: Mutex::new(HashMap::new()), metrics, allow_exec }
     }
 
     /// The operator's own cluster's view.
@@ -169,15 +173,24 @@ impl Clusters {
         if let Some(cached) = self.cached(&cache_key, &resource_version) {
             return (cached.client, cached.view);
         }
-        let (client, transient) =
-            match build_client(&secret, &source, self.allow_exec, &self.metrics, BUILD_TIMEOUT).await {
-                Err(Built::Failed(err)) => (Err(err), true),
-                Err(Built::Final(err)) => (Err(err), false),
-                Ok(client) => (Ok(client), false),
-            };
+        let (client, transient) = match build_client(
+            &secret,
+            &source,
+            self.allow_exec,
+            &self.metrics,
+            Some(self.budget),
+            BUILD_TIMEOUT,
+        )
+        .await
+        {
+            Err(Built::Failed(err)) => (Err(err), true),
+            Err(Built::Final(err)) => (Err(err), false),
+            Ok(client) => (Ok(client), false),
+        };
         let retry_at = transient.then(|| std::time::Instant::now() + RETRY_AFTER);
         let id = ViewId::Remote { namespace: namespace.to_owned(), secret: name.to_owned() };
-        let view = client.as_ref().ok().map(|c| View::new(id, c.clone(), self.changes.clone()));
+        let shown = Some((self.metrics.clone(), crate::metrics::cluster_label(&format!("{namespace}/{name}"))));
+        let view = client.as_ref().ok().map(|c| View::with_metrics(id, c.clone(), self.changes.clone(), shown));
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(cache_key, Cached { resource_version, client: client.clone(), view: view.clone(), retry_at });
         }
@@ -366,11 +379,14 @@ async fn build_client(
     source: &Source<'_>,
     allow_exec: bool,
     metrics: &std::sync::Arc<Metrics>,
+    budget: Option<crate::client::Budget>,
     timeout: Duration,
 ) -> Result<Client, Built> {
     let mut kubeconfig = read_kubeconfig(secret, source, allow_exec)?;
     sanitise(&mut kubeconfig);
     let metrics = metrics.clone();
+    // One Secret is one client: its requests are counted under the Secret's name.
+    let cluster = format!("{}/{}", source.namespace, source.name);
     let format = source.format;
     let build = async move {
         let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -383,7 +399,7 @@ async fn build_client(
         config.read_timeout = None;
         // An allowed exec plugin runs while the client is built, synchronously: off the
         // reconcile's worker thread.
-        tokio::task::spawn_blocking(move || crate::client::counted(config, metrics))
+        tokio::task::spawn_blocking(move || crate::client::counted(config, metrics, &cluster, budget))
             .await
             .map_err(|_| "building the client failed")?
             .map_err(|err| client_failure(&err))
@@ -582,7 +598,7 @@ mod tests {
     }
 
     async fn build_within(text: &str, allow_exec: bool, timeout: Duration) -> Result<Client, ClusterError> {
-        build_client(&secret(text), &SOURCE, allow_exec, &std::sync::Arc::new(Metrics::default()), timeout)
+        build_client(&secret(text), &SOURCE, allow_exec, &std::sync::Arc::new(Metrics::default()), None, timeout)
             .await
             .map_err(|built| match built {
                 Built::Final(err) | Built::Failed(err) => err,
@@ -648,7 +664,7 @@ mod tests {
     #[tokio::test]
     async fn failed_builds_are_tried_again_and_verdicts_are_kept_until_the_secret_changes() {
         let local = Client::try_from(Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
-        let clusters = Clusters::new(local, std::sync::Arc::new(Metrics::default()), false, None);
+        let clusters = Clusters::new(local, std::sync::Arc::new(Metrics::default()), false, None, Default::default());
         let key = |name: &str| ("shop".to_owned(), name.to_owned(), "kubeconfig".to_owned());
         let past = std::time::Instant::now() - Duration::from_secs(1);
         let later = std::time::Instant::now() + RETRY_AFTER;
@@ -762,7 +778,8 @@ mod tests {
         let argo = source(CredentialsFormat::ArgoCd, None);
         let config = r#"{"execProviderConfig": {"command": "sh", "args": ["-c", "echo SECRETISH; exit 3"]}}"#;
         let secret = secret_with(&[("server", "https://127.0.0.1:1"), ("config", config)]);
-        let built = build_client(&secret, &argo, true, &std::sync::Arc::new(Metrics::default()), BUILD_TIMEOUT).await;
+        let built =
+            build_client(&secret, &argo, true, &std::sync::Arc::new(Metrics::default()), None, BUILD_TIMEOUT).await;
         let Err(Built::Failed(ClusterError::Unavailable(message))) = built else { panic!("expected a failed plugin") };
         assert_eq!(
             message,
@@ -776,7 +793,8 @@ mod tests {
         // Base64 of a PEM block whose body is not base64.
         let config = r#"{"tlsClientConfig": {"caData": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCiEhISEKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="}}"#;
         let secret = secret_with(&[("server", "https://127.0.0.1:1"), ("config", config)]);
-        let built = build_client(&secret, &argo, false, &std::sync::Arc::new(Metrics::default()), BUILD_TIMEOUT).await;
+        let built =
+            build_client(&secret, &argo, false, &std::sync::Arc::new(Metrics::default()), None, BUILD_TIMEOUT).await;
         let Err(Built::Failed(ClusterError::Unavailable(message))) = built else { panic!("expected a failure") };
         assert_eq!(
             message,

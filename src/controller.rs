@@ -86,6 +86,15 @@ impl Error {
     }
 }
 
+/// How much the controller may ask of the API servers at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The request budget of each cluster a sale names.
+    pub budget: crate::client::Budget,
+    /// Reconciles running at once, at most.
+    pub concurrency: u16,
+}
+
 /// Runs the controller (over one namespace, or all) until `shutdown` resolves. `ready` turns
 /// true once caches are synced.
 pub async fn run(
@@ -93,6 +102,7 @@ pub async fn run(
     namespace: Option<String>,
     metrics: Arc<Metrics>,
     installer: crate::installer::Installer,
+    options: Options,
     ready: watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -105,7 +115,13 @@ pub async fn run(
     let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
-        clusters: Clusters::new(client.clone(), metrics.clone(), installer.allow_kubeconfig_exec, Some(changes)),
+        clusters: Clusters::new(
+            client.clone(),
+            metrics.clone(),
+            installer.allow_kubeconfig_exec,
+            Some(changes),
+            options.budget,
+        ),
         client,
         metrics,
         installer,
@@ -127,7 +143,8 @@ pub async fn run(
         None => Api::<PartialObjectMeta<Job>>::all(ctx.client.clone()),
     };
     let every = || watcher::Config::default().any_semantic();
-    let controller = Controller::new(sales, every());
+    let controller = Controller::new(sales, every())
+        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
     let store = controller.store();
     // A changed kubeconfig Secret rebuilds its cluster's client at once (metadata only: the
     // contents are read when the sale is reconciled, never cached in a watch).
@@ -294,7 +311,9 @@ async fn reconcile_guarded(obj: Arc<DeserializeGuard<FlashSale>>, ctx: Arc<Conte
     result
 }
 
-/// Exponential backoff per sale: 1s, 2s, 4s ... capped at 60s; reset by a successful reconcile.
+/// Exponential backoff per sale: 1s, 2s, 4s ... capped at 60s, each stretched by up to a
+/// quarter so sales that failed together (a cluster lost) do not retry together; reset by a
+/// successful reconcile.
 fn error_policy(obj: Arc<DeserializeGuard<FlashSale>>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { lever: "timeline", category: err.category() }).inc();
     let attempt = match ctx.failures.lock() {
@@ -305,7 +324,16 @@ fn error_policy(obj: Arc<DeserializeGuard<FlashSale>>, err: &Error, ctx: Arc<Con
         }
         Err(_) => 1,
     };
-    Action::requeue(backoff(attempt))
+    let key = ObjectRef::from_obj(obj.as_ref()).to_string();
+    Action::requeue(jittered(backoff(attempt), &format!("{key}#{attempt}")))
+}
+
+/// `delay` stretched by 0 to 25 %, the same for the same `seed` (no random source needed: the
+/// sale's name and attempt spread sales apart).
+fn jittered(delay: Duration, seed: &str) -> Duration {
+    let quarter = delay / 4;
+    let spread = (levers::fnv1a(seed) % 1024) as u32;
+    delay + quarter * spread / 1023
 }
 
 /// The delay before retry number `attempt` (1-based).
@@ -836,6 +864,16 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_stretches_by_at_most_a_quarter_and_spreads_sales() {
+        let delay = Duration::from_secs(8);
+        let delays: std::collections::BTreeSet<Duration> =
+            (0..50).map(|i| jittered(delay, &format!("shop/sale-{i}#1"))).collect();
+        assert!(delays.iter().all(|d| *d >= delay && *d <= delay + delay / 4), "{delays:?}");
+        assert!(delays.len() > 40, "sales retry at the same instant: {delays:?}");
+        assert_eq!(jittered(delay, "shop/a#1"), jittered(delay, "shop/a#1"));
+    }
 
     #[test]
     fn backoff_doubles_and_caps_at_a_minute() {

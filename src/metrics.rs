@@ -100,10 +100,36 @@ pub struct BuildLabels {
     pub version: &'static str,
 }
 
-/// Labels of API requests the operator sent.
+/// Labels of API requests the operator sent: the cluster (see [`cluster_label`]) and verb.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    pub cluster: String,
     pub verb: &'static str,
+}
+
+/// Labels of one cluster the operator reaches, whatever sales use it (see [`cluster_label`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterOnlyLabels {
+    pub cluster: String,
+}
+
+/// How many distinct clusters get a series of their own in the per-cluster request and view
+/// metrics; the ones after that share the series `cluster="other"`.
+pub const CLUSTER_LABELS: usize = 64;
+
+/// The `cluster` label of a client: `local` for the operator's own cluster, else the kubeconfig
+/// Secret that reaches it (`namespace/name`: sales write cluster names, but one Secret is one
+/// client). Bounded: past [`CLUSTER_LABELS`] distinct values every new one is `other`, so a
+/// tenant creating Secrets cannot grow the series without end.
+pub fn cluster_label(cluster: &str) -> String {
+    static SEEN: std::sync::OnceLock<Mutex<HashSet<String>>> = std::sync::OnceLock::new();
+    let Ok(mut seen) = SEEN.get_or_init(|| Mutex::new(HashSet::new())).lock() else { return "other".into() };
+    if seen.contains(cluster) || seen.len() < CLUSTER_LABELS {
+        seen.insert(cluster.to_owned());
+        cluster.to_owned()
+    } else {
+        "other".into()
+    }
 }
 
 /// Every metric the operator exports.
@@ -119,8 +145,16 @@ pub struct Metrics {
     /// PromQL, right between reconciles (a "seconds until" gauge would freeze between them).
     /// One series per sale.
     pub next_transition_timestamp: Family<SaleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    /// API requests sent, one series per HTTP verb.
+    /// API requests sent: clusters (at most [`CLUSTER_LABELS`] + 1) × verbs.
     pub api_requests: Family<RequestLabels, Counter>,
+    /// Requests that waited for the cluster's budget (`--cluster-qps`): one series per cluster.
+    pub api_throttled: Family<ClusterOnlyLabels, Counter>,
+    /// Watches each cluster's view holds, and how many of them have synced: one series per cluster.
+    pub view_watches: Family<ClusterOnlyLabels, Gauge>,
+    pub view_watches_synced: Family<ClusterOnlyLabels, Gauge>,
+    /// 1 while a cluster's view counts its API server as lost (a failed watch or liveness
+    /// probe), else 0: one series per cluster.
+    pub view_lost: Family<ClusterOnlyLabels, Gauge>,
     /// 1 per True condition (`Ready` and one per lever): at most 6 per sale.
     pub condition: Family<ConditionLabels, Gauge>,
     /// Each flag on (1) or off (0): at most 50 flags × 20 clusters per sale.
@@ -207,10 +241,30 @@ impl Default for Metrics {
             "Unix time of the sale's next scheduled phase change (countdown: this - time())",
             next_transition_timestamp.clone(),
         );
+        let api_throttled = Family::<ClusterOnlyLabels, Counter>::default();
+        registry.register(
+            "api_throttled",
+            "Kubernetes API requests that waited for the cluster's request budget (--cluster-qps, --cluster-burst)",
+            api_throttled.clone(),
+        );
+        let view_watches = Family::<ClusterOnlyLabels, Gauge>::default();
+        registry.register("view_watches", "Watches the cluster's view holds", view_watches.clone());
+        let view_watches_synced = Family::<ClusterOnlyLabels, Gauge>::default();
+        registry.register(
+            "view_watches_synced",
+            "Watches of the cluster's view that have listed their objects",
+            view_watches_synced.clone(),
+        );
+        let view_lost = Family::<ClusterOnlyLabels, Gauge>::default();
+        registry.register(
+            "view_lost",
+            "1 while the cluster's view counts its API server as lost (a failed watch or liveness probe)",
+            view_lost.clone(),
+        );
         let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "api_requests",
-            "Kubernetes API requests sent by the controller, by verb",
+            "Kubernetes API requests sent by the controller, by cluster and verb",
             api_requests.clone(),
         );
         let condition = Family::<ConditionLabels, Gauge>::default();
@@ -301,6 +355,10 @@ impl Default for Metrics {
             phase,
             next_transition_timestamp,
             api_requests,
+            api_throttled,
+            view_watches,
+            view_watches_synced,
+            view_lost,
             condition,
             flag_enabled,
             flag_query_errors,
@@ -726,7 +784,7 @@ mod tests {
             .flag_enabled
             .get_or_create(&FlagLabels { sale_namespace, sale, cluster: "local".into(), flag: "reviews".into() })
             .set(1);
-        metrics.api_requests.get_or_create(&RequestLabels { verb: "get" }).inc();
+        metrics.api_requests.get_or_create(&RequestLabels { cluster: "local".into(), verb: "get" }).inc();
         metrics.reconcile_errors.get_or_create(&ErrorLabels { lever: "timeline", category: "api" }).inc();
         drop(metrics.time("timeline"));
         metrics.record_sale_status(

@@ -57,7 +57,8 @@ pub type Live = Vec<(String, Vec<Baseline>)>;
 /// the sale author's, so they get the operator's rules: no exec plugins, token files or paths.
 pub async fn read_live(sale: &FlashSale, client: Client) -> Live {
     let ns = sale.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let clusters = Clusters::new(client, std::sync::Arc::new(crate::metrics::Metrics::default()), false, None);
+    let clusters =
+        Clusters::new(client, std::sync::Arc::new(crate::metrics::Metrics::default()), false, None, Default::default());
     let mut live = vec![];
     for target in clusters.targets(sale, &ns).await {
         let baselines = match &target.client {

@@ -209,6 +209,8 @@ pub struct View {
     lost_since: watch::Sender<Option<jiff::Timestamp>>,
     changes: Option<mpsc::UnboundedSender<Changed>>,
     probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where the view's health is shown, under its cluster label.
+    metrics: Option<(Arc<crate::metrics::Metrics>, String)>,
 }
 
 impl Drop for View {
@@ -224,6 +226,16 @@ impl Drop for View {
 impl View {
     /// A view of the cluster `client` reaches; changes go to `changes` (none: nobody listens).
     pub fn new(id: ViewId, client: Client, changes: Option<mpsc::UnboundedSender<Changed>>) -> Arc<View> {
+        View::with_metrics(id, client, changes, None)
+    }
+
+    /// A view that shows its health in `metrics` under the cluster label `cluster`.
+    pub fn with_metrics(
+        id: ViewId,
+        client: Client,
+        changes: Option<mpsc::UnboundedSender<Changed>>,
+        metrics: Option<(Arc<crate::metrics::Metrics>, String)>,
+    ) -> Arc<View> {
         let (lost_since, _) = watch::channel(None);
         Arc::new(View {
             id,
@@ -233,6 +245,7 @@ impl View {
             lost_since,
             changes,
             probe: Mutex::new(None),
+            metrics,
         })
     }
 
@@ -415,6 +428,7 @@ impl View {
                 match event {
                     Ok(watcher::Event::InitDone) => {
                         health_tx.send_modify(|h| *h = Health { synced: true, failure: None });
+                        view.show_health();
                         view.mark_found();
                         view.announce(None);
                     }
@@ -447,6 +461,16 @@ impl View {
         Cache { store, health, task, last_used: Mutex::new(Instant::now()) }
     }
 
+    /// Shows the view's watches and whether its cluster counts as lost.
+    fn show_health(&self) {
+        let Some((metrics, cluster)) = &self.metrics else { return };
+        let labels = crate::metrics::ClusterOnlyLabels { cluster: cluster.clone() };
+        let (watches, synced) = self.caches();
+        metrics.view_watches.get_or_create(&labels).set(watches as i64);
+        metrics.view_watches_synced.get_or_create(&labels).set(synced as i64);
+        metrics.view_lost.get_or_create(&labels).set(i64::from(self.lost_since().is_some()));
+    }
+
     /// Tells the controller something changed.
     fn announce(&self, object: Option<ChangedObject>) {
         if let Some(changes) = &self.changes {
@@ -461,12 +485,14 @@ impl View {
             newly
         });
         if newly {
+            self.show_health();
             self.announce(None);
         }
     }
 
     fn mark_found(&self) {
         if self.lost_since.send_if_modified(|since| since.take().is_some()) {
+            self.show_health();
             self.announce(None);
         }
     }
@@ -486,6 +512,7 @@ impl View {
                 tick.tick().await;
                 let Some(view) = view.upgrade() else { return };
                 view.forget_idle();
+                view.show_health();
                 // No watch left: nothing reads from this view, so nothing needs to know.
                 if view.caches().0 == 0 {
                     continue;

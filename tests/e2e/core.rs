@@ -29,6 +29,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         a_refused_workload_write_leaves_every_other_lever_applied_and_restored,
     ),
     ("core::a_remote_drift_is_acted_on_within_a_second", a_remote_drift_is_acted_on_within_a_second),
+    (
+        "core::a_cluster_budget_spreads_the_writes_and_counts_the_wait",
+        a_cluster_budget_spreads_the_writes_and_counts_the_wait,
+    ),
 ];
 
 /// An admission policy of the platform team: nobody changes `frozen`'s replicas.
@@ -238,6 +242,14 @@ fn a_remote_drift_is_acted_on_within_a_second(env: &Env) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let quiet = requests()? - quiet_from;
         ensure!(quiet <= 3, "{quiet} API requests in 10 s while nothing changed");
+        // The view's health, per cluster (the Secret that reaches it).
+        let cluster = format!("{ns}/there");
+        let gauge = |name: &str| operator.metric(&format!("flashsale_{name}{{cluster=\"{cluster}\"}}"));
+        let (watches, synced, lost) = (gauge("view_watches")?, gauge("view_watches_synced")?, gauge("view_lost")?);
+        ensure!(
+            watches >= 2.0 && synced == watches && lost == 0.0,
+            "view of {cluster}: {watches} watches, {synced} synced, lost {lost}"
+        );
 
         // Drift by hand: replicas lowered to 1 in the remote cluster.
         let scale = json!({"spec": {"replicas": 1}});
@@ -253,6 +265,48 @@ fn a_remote_drift_is_acted_on_within_a_second(env: &Env) -> anyhow::Result<()> {
         sales.delete("flash", &Default::default()).await?;
         eventually(Duration::from_secs(20), || async { Ok(sales.get_opt("flash").await?.is_none()) }).await?;
         ensure!(remote.get("web").await?.spec.and_then(|s| s.replicas) == Some(1), "not restored");
+        Ok(())
+    })
+}
+
+/// `--cluster-qps` / `--cluster-burst` keep the operator to a budget per remote cluster: a
+/// Preparing boundary that scales eight workloads there goes at the budget's pace (the wait
+/// counted per cluster), and every workload still reaches its peak.
+fn a_cluster_budget_spreads_the_writes_and_counts_the_wait(env: &Env) -> anyhow::Result<()> {
+    const WORKLOADS: usize = 8;
+    let (primary, secondary) = (env.primary()?, env.secondary()?);
+    block_on_value(async {
+        let here = client(primary).await?;
+        let there = client(secondary).await?;
+        let ns = namespace(&here, "budget").await?;
+        namespace_named(&there, &ns).await?;
+        let remote: Api<Deployment> = Api::namespaced(there.clone(), &ns);
+        let mut workloads = vec![];
+        for i in 0..WORKLOADS {
+            let name = format!("web-{i}");
+            remote.create(&PostParams::default(), &crate::support::deployment(&name, 1, None)?).await?;
+            workloads
+                .push(json!({"ref": {"kind": "Deployment", "name": name}, "scale": {"peak": 2, "mode": "Replicas"}}));
+        }
+        let (_, kubeconfig) = crate::support::remote_identity(secondary, &[&ns])?;
+        kubeconfig_secret(&here, &ns, "there", "kubeconfig", &kubeconfig).await?;
+        let args = ["--watch-namespace", &ns, "--cluster-qps", "4", "--cluster-burst", "2"];
+        let operator = Operator::operator(primary, &args)?;
+        let sales: Api<FlashSale> = Api::namespaced(here.clone(), &ns);
+        let mut sale = flash_sale("flash", &ns, (&at(8), &at(120)), ("4s", "2s"), json!(workloads))?;
+        sale.spec.clusters =
+            serde_json::from_value(json!([{"name": "there", "kubeconfigSecretRef": {"name": "there"}}]))?;
+        sales.create(&PostParams::default(), &sale).await?;
+        eventually(Duration::from_secs(60), || async {
+            let list = remote.list(&ListParams::default()).await?;
+            Ok(list.items.iter().filter(|d| d.spec.as_ref().and_then(|s| s.replicas) == Some(2)).count() == WORKLOADS)
+        })
+        .await
+        .context("the workloads never all reached their peak under the budget")?;
+        let throttled = operator.metric(&format!("flashsale_api_throttled_total{{cluster=\"{ns}/there\"}}"))?;
+        ensure!(throttled >= 1.0, "no request waited for the budget of 4 per second");
+        let local = operator.metric("flashsale_api_throttled_total{cluster=\"local\"}")?;
+        ensure!(local == 0.0, "the operator's own cluster is throttled ({local})");
         Ok(())
     })
 }
