@@ -198,7 +198,7 @@ fn operator_becomes_ready_and_stops_on_sigterm(env: &Env) -> anyhow::Result<()> 
     ensure!(code == 200, "/healthz answered {code}");
     let (code, metrics) = operator.get("/metrics")?;
     ensure!(
-        code == 200 && metrics.contains("flashsale_api_requests_total{verb=\"watch\"}"),
+        code == 200 && metrics.contains("flashsale_api_requests_total{cluster=\"local\",verb=\"watch\"}"),
         "/metrics answered {code}: {metrics}"
     );
     drop(body);

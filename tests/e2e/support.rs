@@ -302,7 +302,7 @@ impl Process {
     /// [`Process::operator`] with the given `RUST_LOG` (benchmarks log less).
     pub fn operator_logging(cluster: &Cluster, extra: &[&str], rust_log: &str) -> anyhow::Result<Process> {
         let args: Vec<&str> = std::iter::once("run").chain(extra.iter().copied()).collect();
-        Self::spawn(cluster, "operator", env!("CARGO_BIN_EXE_flashsale-operator"), &args, rust_log, &cluster.kubeconfig)
+        Self::spawn(cluster, "operator", &operator_program(), &args, rust_log, &cluster.kubeconfig)
     }
 
     /// Starts the drain agent for `node`, polling the metadata service at `endpoint`, with the
@@ -532,6 +532,12 @@ pub fn bench_main(name: &str, run: impl FnOnce() -> anyhow::Result<()>) {
             std::process::exit(1);
         }
     }
+}
+
+/// The operator binary the tests and benchmarks run: this build's, or the one
+/// `FLASHSALE_BENCH_OPERATOR` names (a benchmark comparing an older commit's build).
+pub fn operator_program() -> String {
+    std::env::var("FLASHSALE_BENCH_OPERATOR").unwrap_or_else(|_| env!("CARGO_BIN_EXE_flashsale-operator").to_owned())
 }
 
 /// The machine's CPU count and load average, for benchmark reports.
