@@ -864,6 +864,92 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::view::{Changed, ChangedObject, ViewId};
+
+    /// A store of sales: `(namespace, name, workloads, clusters' Secrets)`.
+    fn store(sales: &[(&str, &str, &[&str], &[&str])]) -> kube::runtime::reflector::Store<DeserializeGuard<FlashSale>> {
+        let mut writer = kube::runtime::reflector::store::Writer::<DeserializeGuard<FlashSale>>::default();
+        for (ns, name, workloads, clusters) in sales {
+            let workloads: Vec<_> = workloads
+                .iter()
+                .map(|w| serde_json::json!({"ref": {"kind": "Deployment", "name": w}, "scale": {"peak": 2}}))
+                .collect();
+            let clusters: Vec<_> =
+                clusters.iter().map(|c| serde_json::json!({"name": c, "kubeconfigSecretRef": {"name": c}})).collect();
+            let sale: FlashSale = serde_json::from_value(serde_json::json!({
+                "apiVersion": "flashsale.dev/v1alpha1", "kind": "FlashSale",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"window": {"start": "2026-11-11T00:00:00Z", "end": "2026-11-11T02:00:00Z"},
+                         "workloads": workloads, "clusters": clusters},
+            }))
+            .unwrap();
+            writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(sale))));
+        }
+        writer.as_reader()
+    }
+
+    fn changed(view: ViewId, kind: &str, ns: &str, name: &str, annotations: &[(&str, &str)]) -> Changed {
+        let annotations = annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let object = ChangedObject {
+            kind: kind.into(),
+            namespace: Some(ns.into()),
+            name: name.into(),
+            annotations,
+            labels: Default::default(),
+        };
+        Changed { view, object: Some(object) }
+    }
+
+    fn names(refs: Vec<ObjectRef<DeserializeGuard<FlashSale>>>) -> Vec<String> {
+        let mut names: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_change_reconciles_only_the_sales_it_concerns() {
+        let sales = store(&[
+            ("shop", "local-web", &["web"], &[]),
+            ("shop", "local-api", &["api"], &[]),
+            ("shop", "remote-web", &["web"], &["hangzhou"]),
+            ("other", "elsewhere", &["web"], &[]),
+        ]);
+        let remote = ViewId::Remote { namespace: "shop".into(), secret: "hangzhou".into() };
+        // (what changed, the sales reconciled)
+        let table: Vec<(Changed, Vec<&str>)> = vec![
+            // An object naming its holder: that sale only, whatever else names it.
+            (
+                changed(ViewId::Local, "Deployment", "shop", "web", &[("flashsale.dev/sale", "shop/local-web")]),
+                vec!["FlashSale.v1alpha1.flashsale.dev/local-web.shop"],
+            ),
+            // Unheld: the local sales of its namespace that name it.
+            (
+                changed(ViewId::Local, "Deployment", "shop", "web", &[]),
+                vec!["FlashSale.v1alpha1.flashsale.dev/local-web.shop"],
+            ),
+            // The same workload in the remote cluster: the sale reaching it through that Secret.
+            (
+                changed(remote.clone(), "Deployment", "shop", "web", &[]),
+                vec!["FlashSale.v1alpha1.flashsale.dev/remote-web.shop"],
+            ),
+            // A kind no sale names (an HPA): every sale of the view in that namespace.
+            (
+                changed(ViewId::Local, "HorizontalPodAutoscaler", "shop", "web", &[]),
+                vec![
+                    "FlashSale.v1alpha1.flashsale.dev/local-api.shop",
+                    "FlashSale.v1alpha1.flashsale.dev/local-web.shop",
+                ],
+            ),
+            // A workload nobody names: nobody.
+            (changed(ViewId::Local, "Deployment", "shop", "cart", &[]), vec![]),
+        ];
+        for (change, want) in table {
+            assert_eq!(names(sales_that_care(&sales, &change)), want, "{change:?}");
+        }
+        // The view's own health: every sale using it.
+        let lost = Changed { view: remote, object: None };
+        assert_eq!(names(sales_that_care(&sales, &lost)), ["FlashSale.v1alpha1.flashsale.dev/remote-web.shop"]);
+    }
 
     #[test]
     fn jitter_stretches_by_at_most_a_quarter_and_spreads_sales() {
