@@ -89,6 +89,8 @@ pub struct Clusters {
     changes: Option<mpsc::UnboundedSender<Changed>>,
     /// The request budget of each cluster reached through a sale's Secret.
     budget: crate::client::Budget,
+    /// The kubeconfig Secrets read since the controller's watch last saw them change.
+    fresh: Arc<FreshSecrets>,
     cache: Mutex<HashMap<(String, String, String), Cached>>,
     metrics: std::sync::Arc<Metrics>,
     /// Whether kubeconfig Secrets may use exec plugins (the installer's `--allow-kubeconfig-exec`).
@@ -105,7 +107,13 @@ impl Clusters {
     ) -> Self {
         let shown = Some((metrics.clone(), crate::metrics::cluster_label(LOCAL)));
         let local_view = View::with_metrics(ViewId::Local, local.clone(), changes.clone(), shown);
-        Clusters { local, local_view, changes, budget, cache: Mutex::new(HashMap::new()), metrics, allow_exec }
+        let fresh = Arc::new(FreshSecrets::default());
+        Clusters { local, local_view, changes, budget, fresh, cache: Mutex::new(HashMap::new()), metrics, allow_exec }
+    }
+
+    /// What the controller's Secret watch tells when a Secret changes (or goes).
+    pub fn fresh_secrets(&self) -> Arc<FreshSecrets> {
+        self.fresh.clone()
     }
 
     /// The operator's own cluster's view.
@@ -154,6 +162,16 @@ impl Clusters {
     ) -> (Result<Client, ClusterError>, Option<Arc<View>>) {
         let name = reference.name.as_str();
         let source = Source { namespace, name, format: reference.format, key: reference.kubeconfig_key() };
+        let how = format!("{:?}/{}", source.format, source.key.unwrap_or_default());
+        let cache_key = (namespace.to_owned(), name.to_owned(), how);
+        // Unchanged since it was last read (the controller watches Secrets): no read at all.
+        if self.fresh.is_fresh(namespace, name)
+            && let Some(cached) = self.cached_any(&cache_key)
+        {
+            return (cached.client, cached.view);
+        }
+        // Marked before the read: a change the watch reports while it runs makes it stale again.
+        self.fresh.mark(namespace, name);
         let secrets: Api<Secret> = Api::namespaced(self.local.clone(), namespace);
         let secret = match secrets.get_opt(name).await {
             Ok(Some(secret)) => secret,
@@ -168,8 +186,6 @@ impl Clusters {
         };
         let resource_version = secret.metadata.resource_version.clone().unwrap_or_default();
         // The same Secret read another way is another client.
-        let how = format!("{:?}/{}", source.format, source.key.unwrap_or_default());
-        let cache_key = (namespace.to_owned(), name.to_owned(), how);
         if let Some(cached) = self.cached(&cache_key, &resource_version) {
             return (cached.client, cached.view);
         }
@@ -197,6 +213,13 @@ impl Clusters {
         (client, view)
     }
 
+    /// The cached client of `key` whatever Secret version built it, unless a failed build may be
+    /// tried again.
+    fn cached_any(&self, key: &(String, String, String)) -> Option<Cached> {
+        let cache = self.cache.lock().ok()?;
+        cache.get(key).filter(|c| c.retry_at.is_none_or(|at| std::time::Instant::now() < at)).cloned()
+    }
+
     fn cached(&self, key: &(String, String, String), resource_version: &str) -> Option<Cached> {
         let cache = self.cache.lock().ok()?;
         cache
@@ -204,6 +227,31 @@ impl Clusters {
             .filter(|c| c.resource_version == resource_version)
             .filter(|c| c.retry_at.is_none_or(|at| std::time::Instant::now() < at))
             .cloned()
+    }
+}
+
+/// The kubeconfig Secrets (`namespace`, `name`) read since the controller's watch of Secrets
+/// last reported a change of them: a pass uses the client it has without reading the Secret
+/// again, and any change (or deletion) the watch reports makes the next pass read it.
+#[derive(Default)]
+pub struct FreshSecrets(Mutex<std::collections::HashSet<(String, String)>>);
+
+impl FreshSecrets {
+    fn is_fresh(&self, namespace: &str, name: &str) -> bool {
+        self.0.lock().is_ok_and(|f| f.contains(&(namespace.to_owned(), name.to_owned())))
+    }
+
+    fn mark(&self, namespace: &str, name: &str) {
+        if let Ok(mut fresh) = self.0.lock() {
+            fresh.insert((namespace.to_owned(), name.to_owned()));
+        }
+    }
+
+    /// The watch saw the Secret change or go.
+    pub fn changed(&self, namespace: &str, name: &str) {
+        if let Ok(mut fresh) = self.0.lock() {
+            fresh.remove(&(namespace.to_owned(), name.to_owned()));
+        }
     }
 }
 

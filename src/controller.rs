@@ -149,7 +149,11 @@ pub async fn run(
     // A changed kubeconfig Secret rebuilds its cluster's client at once (metadata only: the
     // contents are read when the sale is reconciled, never cached in a watch).
     let referencing = store.clone();
-    let secret_mapper = move |secret: PartialObjectMeta<Secret>| sales_using_secret(&referencing, &secret);
+    let fresh = ctx.clusters.fresh_secrets();
+    let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
+        fresh.changed(&secret.namespace().unwrap_or_default(), &secret.name_any());
+        sales_using_secret(&referencing, &secret)
+    };
     let mut controller = controller
         .watches(deployments, every(), |d| holding_sale(d.annotations()))
         .watches(statefulsets, every(), |s| holding_sale(s.annotations()))
@@ -373,9 +377,14 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     // Levers act on the phase the clock gives; whether Restoring has become Completed depends on
     // what they report.
     let clock = timeline::position(&schedule, sale.spec.suspend, false, now);
-    // A boundary passed: say so first (one small status write), then pull the levers, so the
-    // phase change lands on time however long the lever pass takes.
-    let written = announce_phase(api, sale, &previous, clock, now).await?.unwrap_or_else(|| previous.clone());
+    // A boundary passed: say so first (one small status write) and end this reconcile there;
+    // the levers run in the next one, which that write's watch event starts at once. Hundreds of
+    // sales sharing a boundary then all announce it before any of them pulls its levers, so each
+    // phase change lands on time however long the lever passes take.
+    if let Some(announced) = announce_phase(api, sale, &previous, clock, now).await? {
+        report_events(ctx, sale, &previous, &announced, &[]).await;
+        return Ok(Action::requeue(ANNOUNCED_RECHECK));
+    }
     let observations = observe(sale, ctx, Some(schedule), clock.phase).await;
     record_cluster_metrics(ctx, sale, &observations);
     if Intent::for_phase(clock.phase) == Intent::Restore {
@@ -400,7 +409,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     let settled = !unreachable
         && !draining
         && !decided.conditions.iter().any(|c| c.type_ == status::RECONCILING && c.status == "True");
-    write_status(api, sale, &written, decided.clone(), now).await?;
+    write_status(api, sale, &previous, decided.clone(), now).await?;
     // The requeue delay counts from when this reconcile returns, not from when it started.
     let next = decided.next_transition_time.as_ref().map(|t| until(Timestamp::now(), t.0));
     // Preflight looks again now and then: a risk found (or fixed) days ahead should show.
@@ -458,6 +467,10 @@ async fn announce_phase(
     }
     Ok(Some(write_status(api, sale, previous, announced, now).await?))
 }
+
+/// After a phase change is announced, the reconcile that pulls the levers follows at once on the
+/// status write's watch event; this is only the fallback if that event is slow.
+const ANNOUNCED_RECHECK: Duration = Duration::from_secs(1);
 
 /// How often a Scheduled sale's preflight runs again.
 const PREFLIGHT_RECHECK: Duration = Duration::from_secs(300);

@@ -21,7 +21,7 @@
 
 use futures::StreamExt;
 use kube::{
-    Client,
+    Client, ResourceExt,
     api::{Api, DynamicObject, ListParams},
     core::{GroupVersionKind, Status},
     discovery::ApiResource,
@@ -422,7 +422,12 @@ impl View {
         let described = scope.describe();
         let kind = scope.kind.clone();
         let task = tokio::spawn(async move {
-            let mut events = watcher(api, config).default_backoff().reflect(writer).boxed();
+            // Field ownership is no lever's input and often the larger half of an object.
+            let mut events = watcher(api, config)
+                .default_backoff()
+                .modify(|obj| obj.managed_fields_mut().clear())
+                .reflect(writer)
+                .boxed();
             while let Some(event) = events.next().await {
                 let Some(view) = view.upgrade() else { return };
                 match event {
