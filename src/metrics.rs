@@ -216,118 +216,139 @@ const WARMUP_STATES: [&str; 5] = [
     crate::levers::warmup::SKIPPED,
 ];
 
+/// `metric` registered under `name` with its help text, handed back to be recorded into.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("flashsale");
-        let reconcile_duration = Family::<LeverLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
-        });
-        registry.register(
+        let reconcile_duration = registered(
+            &mut registry,
             "reconcile_duration_seconds",
             "Time spent in one reconcile, by lever",
-            reconcile_duration.clone(),
+            Family::<LeverLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            }),
         );
-        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
+        let reconcile_errors = registered(
+            &mut registry,
             "reconcile_errors",
             "Failed reconcile steps, by lever and error category",
-            reconcile_errors.clone(),
+            Family::<ErrorLabels, Counter>::default(),
         );
-        let phase = Family::<PhaseLabels, Gauge>::default();
-        registry.register("sale_phase", "1 for the phase each sale is in, 0 for the others", phase.clone());
-        let next_transition_timestamp = Family::default();
-        registry.register(
+        let phase = registered(
+            &mut registry,
+            "sale_phase",
+            "1 for the phase each sale is in, 0 for the others",
+            Family::<PhaseLabels, Gauge>::default(),
+        );
+        let next_transition_timestamp = registered(
+            &mut registry,
             "sale_next_transition_timestamp_seconds",
             "Unix time of the sale's next scheduled phase change (countdown: this - time())",
-            next_transition_timestamp.clone(),
+            Family::default(),
         );
-        let api_throttled = Family::<ClusterOnlyLabels, Counter>::default();
-        registry.register(
+        let api_throttled = registered(
+            &mut registry,
             "api_throttled",
             "Kubernetes API requests that waited for the cluster's request budget (--cluster-qps, --cluster-burst)",
-            api_throttled.clone(),
+            Family::<ClusterOnlyLabels, Counter>::default(),
         );
-        let view_watches = Family::<ClusterOnlyLabels, Gauge>::default();
-        registry.register("view_watches", "Watches the cluster's view holds", view_watches.clone());
-        let view_watches_synced = Family::<ClusterOnlyLabels, Gauge>::default();
-        registry.register(
+        let view_watches = registered(
+            &mut registry,
+            "view_watches",
+            "Watches the cluster's view holds",
+            Family::<ClusterOnlyLabels, Gauge>::default(),
+        );
+        let view_watches_synced = registered(
+            &mut registry,
             "view_watches_synced",
             "Watches of the cluster's view that have listed their objects",
-            view_watches_synced.clone(),
+            Family::<ClusterOnlyLabels, Gauge>::default(),
         );
-        let view_lost = Family::<ClusterOnlyLabels, Gauge>::default();
-        registry.register(
+        let view_lost = registered(
+            &mut registry,
             "view_lost",
             "1 while the cluster's view counts its API server as lost (a failed watch or liveness probe)",
-            view_lost.clone(),
+            Family::<ClusterOnlyLabels, Gauge>::default(),
         );
-        let api_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        let api_requests = registered(
+            &mut registry,
             "api_requests",
             "Kubernetes API requests sent by the controller, by cluster and verb",
-            api_requests.clone(),
+            Family::<RequestLabels, Counter>::default(),
         );
-        let condition = Family::<ConditionLabels, Gauge>::default();
-        registry.register(
+        let condition = registered(
+            &mut registry,
             "sale_condition",
             "1 when the sale's condition (Ready and one per lever) is True, 0 otherwise",
-            condition.clone(),
+            Family::<ConditionLabels, Gauge>::default(),
         );
-        let flag_enabled = Family::<FlagLabels, Gauge>::default();
-        registry.register(
+        let flag_enabled = registered(
+            &mut registry,
             "flag_enabled",
             "1 while a degradation flag is on (feature enabled), 0 while it is off (degraded)",
-            flag_enabled.clone(),
+            Family::<FlagLabels, Gauge>::default(),
         );
-        let flag_query_errors = Family::<FlagLabels, Counter>::default();
-        registry.register(
+        let flag_query_errors = registered(
+            &mut registry,
             "flag_query_errors",
             "Auto-degrade queries that failed or returned no number (the flag kept its value)",
-            flag_query_errors.clone(),
+            Family::<FlagLabels, Counter>::default(),
         );
-        let cluster_reachable = Family::<ClusterLabels, Gauge>::default();
-        registry.register(
+        let cluster_reachable = registered(
+            &mut registry,
             "cluster_reachable",
             "1 when the sale's last pass reached the cluster, 0 when it could not (transport, credentials)",
-            cluster_reachable.clone(),
+            Family::<ClusterLabels, Gauge>::default(),
         );
-        let workload_wanted_replicas = Family::<WorkloadLabels, Gauge>::default();
-        registry.register(
+        let workload_wanted_replicas = registered(
+            &mut registry,
             "workload_wanted_replicas",
             "Replicas the sale wants of each workload in the current phase (status targetReplicas)",
-            workload_wanted_replicas.clone(),
+            Family::<WorkloadLabels, Gauge>::default(),
         );
-        let workload_ready_replicas = Family::<WorkloadLabels, Gauge>::default();
-        registry.register(
+        let workload_ready_replicas = registered(
+            &mut registry,
             "workload_ready_replicas",
             "Ready replicas of each workload the sale prepares",
-            workload_ready_replicas.clone(),
+            Family::<WorkloadLabels, Gauge>::default(),
         );
-        let drain_agents_desired = Family::<ClusterLabels, Gauge>::default();
-        registry.register(
+        let drain_agents_desired = registered(
+            &mut registry,
             "drain_agents_desired",
             "Nodes matching the sale's spot drain selector in the cluster (agents wanted)",
-            drain_agents_desired.clone(),
+            Family::<ClusterLabels, Gauge>::default(),
         );
-        let drain_agents_ready = Family::<ClusterLabels, Gauge>::default();
-        registry.register("drain_agents_ready", "Drain agents ready in the cluster", drain_agents_ready.clone());
-        let warmup_state = Family::<WarmupLabels, Gauge>::default();
-        registry.register(
+        let drain_agents_ready = registered(
+            &mut registry,
+            "drain_agents_ready",
+            "Drain agents ready in the cluster",
+            Family::<ClusterLabels, Gauge>::default(),
+        );
+        let warmup_state = registered(
+            &mut registry,
             "warmup_state",
             "1 for the state each cache warm-up Job is in (Pending, Running, Succeeded, Failed, Skipped), 0 for the others",
-            warmup_state.clone(),
+            Family::<WarmupLabels, Gauge>::default(),
         );
-        let flag_breaker_open = Family::<FlagLabels, Gauge>::default();
-        registry.register(
+        let flag_breaker_open = registered(
+            &mut registry,
             "flag_breaker_open",
             "1 while an auto-degrade breaker holds its flag off (open or half-open), 0 while closed",
-            flag_breaker_open.clone(),
+            Family::<FlagLabels, Gauge>::default(),
         );
-        let flag_breaker_trips = Family::<FlagLabels, Counter>::default();
-        registry.register(
+        let flag_breaker_trips = registered(
+            &mut registry,
             "flag_breaker_trips",
             "Times an auto-degrade breaker opened and turned its flag off",
-            flag_breaker_trips.clone(),
+            Family::<FlagLabels, Counter>::default(),
         );
         let leader = Gauge::default();
         registry.register(
