@@ -41,6 +41,29 @@ pub const SALE_NAME_LABEL: &str = "flashsale.dev/sale-name";
 /// Label with the namespace of the sale a warm-up Job belongs to.
 pub const SALE_NAMESPACE_LABEL: &str = "flashsale.dev/sale-namespace";
 
+/// The warm-up Jobs of every sale in a namespace, as the view watches them: one watch per
+/// namespace (a watch per sale would be a connection per sale to the API server).
+fn jobs_scope(namespace: &str) -> Scope {
+    Scope::typed::<Job>(Some(namespace)).labelled(SALE_NAME_LABEL)
+}
+
+/// This sale's warm-up Jobs.
+async fn sale_jobs(
+    view: &std::sync::Arc<crate::view::View>,
+    scope: &Scope,
+    sale: &Sale<'_>,
+) -> Result<Vec<Job>, kube::Error> {
+    let jobs: Vec<Job> = view.list_as(scope).await?;
+    Ok(jobs
+        .into_iter()
+        .filter(|j| {
+            let labels = j.labels();
+            labels.get(SALE_NAME_LABEL).map(String::as_str) == Some(sale.name)
+                && labels.get(SALE_NAMESPACE_LABEL).map(String::as_str) == Some(sale.namespace)
+        })
+        .collect())
+}
+
 /// The sale a warm-up Job's labels name, if they do.
 pub fn labelled_sale<K>(
     labels: &std::collections::BTreeMap<String, String>,
@@ -493,18 +516,17 @@ pub async fn run(
     report: &mut Report,
 ) -> Result<(), kube::Error> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), sale.namespace);
-    let selector = format!("{SALE_NAME_LABEL}={},{SALE_NAMESPACE_LABEL}={}", sale.name, sale.namespace);
-    let scope = Scope::typed::<Job>(Some(sale.namespace)).labelled(&selector);
+    let scope = jobs_scope(sale.namespace);
     let view = sale.view;
     if spec.cache_warm.is_empty() {
         // Jobs left by entries since removed from the spec still go at the restore.
         if intent == Intent::Restore {
-            let live: Vec<Job> = view.list_as(&scope).await?;
+            let live = sale_jobs(view, &scope, sale).await?;
             report.restored &= clean_up(&jobs, view, &scope, &live, &[], report).await?;
         }
         return Ok(());
     }
-    let live: Vec<Job> = view.list_as(&scope).await?;
+    let live = sale_jobs(view, &scope, sale).await?;
 
     if intent == Intent::Restore {
         let gone = clean_up(&jobs, view, &scope, &live, &[], report).await?;
@@ -669,9 +691,7 @@ async fn start(
     entry.late = late;
     match jobs.create(&params, &job).await {
         Ok(created) => {
-            let selector = format!("{SALE_NAME_LABEL}={},{SALE_NAMESPACE_LABEL}={}", sale.name, sale.namespace);
-            let scope = Scope::typed::<Job>(Some(sale.namespace)).labelled(&selector);
-            sale.view.wrote(&scope, name, created.metadata.resource_version.as_deref());
+            sale.view.wrote(&jobs_scope(sale.namespace), name, created.metadata.resource_version.as_deref());
             let when = if late {
                 format!("late: it was due at {due_at} ({} before the window start)", lead(warm))
             } else {
