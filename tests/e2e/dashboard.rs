@@ -295,23 +295,32 @@ fn every_panel_shows_data_during_a_sale_with_every_lever(env: &Env) -> anyhow::R
             eventually(Duration::from_secs(30), || async { Ok(dead_panels(&prometheus, &queries).is_empty()) }).await;
         shown.with_context(|| format!("dead panels:\n{}", dead_panels(&prometheus, &queries).join("\n")))?;
 
-        // And they show what happened, not just something.
+        // And they show what happened, not just something, once Prometheus has scraped it (a
+        // scrape every second, later on a busy machine).
         let sel = format!("sale_namespace=\"{ns}\",sale=\"flash\",cluster=\"local\"");
-        let expect = |expr: String, want: f64| -> anyhow::Result<()> {
-            let got = prometheus.value(&expr)?;
-            ensure!(got == Some(want), "{expr} is {got:?}, not {want}");
-            Ok(())
+        let expected: Vec<(String, f64)> = vec![
+            (format!("flashsale_workload_ready_replicas{{{sel},workload=\"Deployment/{ns}/web\"}}"), 2.0),
+            (format!("flashsale_workload_wanted_replicas{{{sel},workload=\"Deployment/{ns}/web\"}}"), 2.0),
+            (format!("flashsale_warmup_state{{{sel},warmup=\"catalog\",state=\"Succeeded\"}}"), 1.0),
+            (format!("flashsale_flag_breaker_open{{{sel},flag=\"reviews\"}}"), 1.0),
+            (format!("flashsale_drain_agents_ready{{{sel}}} - flashsale_drain_agents_desired{{{sel}}}"), 0.0),
+            (format!("flashsale_sale_phase{{sale_namespace=\"{ns}\",sale=\"flash\",phase=\"Active\"}}"), 1.0),
+            ("max(flashsale_leader{job=\"flashsale-operator\"})".into(), 1.0),
+            ("sum(flashsale_drain_agent_evictions_total{outcome=\"evicted\"})".into(), 1.0),
+            // The breaker was seen closed before Preparing's first evaluations opened it: one trip.
+            (format!("flashsale_flag_breaker_trips_total{{{sel},flag=\"reviews\"}}"), 1.0),
+        ];
+        let wrong = || -> Vec<String> {
+            expected
+                .iter()
+                .filter_map(|(expr, want)| match prometheus.value(expr) {
+                    Ok(got) if got == Some(*want) => None,
+                    got => Some(format!("{expr} is {got:?}, not {want}")),
+                })
+                .collect()
         };
-        expect(format!("flashsale_workload_ready_replicas{{{sel},workload=\"Deployment/{ns}/web\"}}"), 2.0)?;
-        expect(format!("flashsale_workload_wanted_replicas{{{sel},workload=\"Deployment/{ns}/web\"}}"), 2.0)?;
-        expect(format!("flashsale_warmup_state{{{sel},warmup=\"catalog\",state=\"Succeeded\"}}"), 1.0)?;
-        expect(format!("flashsale_flag_breaker_open{{{sel},flag=\"reviews\"}}"), 1.0)?;
-        expect(format!("flashsale_drain_agents_ready{{{sel}}} - flashsale_drain_agents_desired{{{sel}}}"), 0.0)?;
-        expect(format!("flashsale_sale_phase{{sale_namespace=\"{ns}\",sale=\"flash\",phase=\"Active\"}}"), 1.0)?;
-        expect("max(flashsale_leader{job=\"flashsale-operator\"})".into(), 1.0)?;
-        expect("sum(flashsale_drain_agent_evictions_total{outcome=\"evicted\"})".into(), 1.0)?;
-        // The breaker was seen closed before Preparing's first evaluations opened it: one trip.
-        expect(format!("flashsale_flag_breaker_trips_total{{{sel},flag=\"reviews\"}}"), 1.0)?;
+        let seen = eventually(Duration::from_secs(15), || async { Ok(wrong().is_empty()) }).await;
+        seen.with_context(|| wrong().join("\n"))?;
         let countdown = prometheus
             .value(&format!("flashsale_sale_next_transition_timestamp_seconds{{sale_namespace=\"{ns}\"}} - time()"))?;
         ensure!(countdown.is_some_and(|s| s > 0.0 && s < 100.0), "the countdown to the window's end is {countdown:?}");
