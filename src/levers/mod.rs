@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod cronhpa;
 pub mod flags;
+pub mod gitops;
 pub mod preflight;
 pub mod prescale;
 pub mod probes;

@@ -8,7 +8,7 @@ use kube::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{Action, Intent, Report, SALE_ANNOTATION, Sale, preflight, prescale, probes};
+use super::{Action, Intent, Report, SALE_ANNOTATION, Sale, gitops, preflight, prescale, probes};
 use crate::{
     api::{Workload, WorkloadStatus},
     controller::FIELD_MANAGER,
@@ -95,6 +95,8 @@ fn refused(target: &prescale::Target<'_>, intent: Intent, message: &str) -> Outc
 pub const PROBES_APPLIED: &str = "Applied";
 const PROBES_PENDING: &str = "RollingOut";
 const PROBES_RESTORED: &str = "Restored";
+/// Someone else's timings are on the workload and the sale leaves them.
+const PROBES_LEFT: &str = "LeftAsSet";
 
 struct Outcome {
     ready: bool,
@@ -172,10 +174,19 @@ async fn pass(
         }
         None => None,
     };
+    // Timings someone else put back on a workload the sale holds: re-applied once, else left.
+    let mut probe_plan = probe_plan;
+    let probes_left = match probe_plan.as_mut() {
+        Some(plan) => share_probes(&api, target, &live_json, &annotations, plan, intent).await?,
+        None => Shared::default(),
+    };
     let probes_in_place = probe_plan.as_ref().is_none_or(|p| p.in_place(&live_json));
     let rolled_out = probes::rolled_out(&live_json);
 
     let scale = prescale::plan(client, target, &live_json, sale, intent, probes_in_place && rolled_out).await?;
+    if intent == Intent::Preflight && !ours {
+        out.warnings.extend(gitops_owned(&api, target, probe_plan.as_ref(), scale.mode.as_deref()).await?);
+    }
     out.problems.extend(scale.problems.clone());
     out.status.mode = scale.mode.clone();
     out.status.baseline_replicas = scale.baseline;
@@ -196,6 +207,7 @@ async fn pass(
         if let Some(original) = probe_plan.as_ref().and_then(|p| p.original.clone()) {
             annotations_wanted.insert(probes::ORIGINAL_PROBES.into(), Value::String(original));
         }
+        annotations_wanted.extend(probes_left.annotations.clone());
     }
     let mut spec = Map::new();
     if let Some(replicas) = scale.workload_replicas {
@@ -204,7 +216,13 @@ async fn pass(
     if let Some(fragment) = probe_plan.as_ref().and_then(|p| p.container_fragment()) {
         spec.insert("template".into(), json!({"spec": {"containers": [fragment]}}));
     }
-    let bookkeeping = [SALE_ANNOTATION, prescale::ORIGINAL_REPLICAS, probes::ORIGINAL_PROBES];
+    let bookkeeping = [
+        SALE_ANNOTATION,
+        prescale::ORIGINAL_REPLICAS,
+        probes::ORIGINAL_PROBES,
+        gitops::PROBES_OVERRIDDEN,
+        gitops::PROBES_LEFT,
+    ];
     let stale_annotation =
         bookkeeping.iter().any(|k| annotations.contains_key(*k) && !annotations_wanted.contains_key(*k));
     let annotations_match =
@@ -215,13 +233,17 @@ async fn pass(
     if stale_annotation || !annotations_match || !replicas_match || !probes_in_place {
         let mut metadata = json!({"name": workload.target.name, "namespace": target.namespace});
         if !annotations_wanted.is_empty() {
-            metadata["annotations"] = Value::Object(annotations_wanted);
+            metadata["annotations"] = Value::Object(annotations_wanted.clone());
         }
         let doc =
             json!({"apiVersion": resource.api_version, "kind": resource.kind, "metadata": metadata, "spec": spec});
         let written =
             api.patch(&workload.target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
         sale.view.wrote(&scope, &workload.target.name, written.metadata.resource_version.as_deref());
+        if !holding && annotations_wanted.is_empty() {
+            // Restored: the fields put back are no longer the operator's to own.
+            gitops::release(&api, &scope, sale, &written).await;
+        }
         if !probes_in_place {
             let verb = if holding { "ApplyProbes" } else { "RestoreProbes" };
             let what = if holding { "applied the sale's probe timings to" } else { "restored the probe timings of" };
@@ -245,9 +267,18 @@ async fn pass(
         }
     }
     out.actions.extend(scale.actions);
+    out.actions.extend(probes_left.action.map(|note| {
+        let mut action = target.action("ProbesLeft", note);
+        action.reason = "ProbesLeft";
+        action.warning = true;
+        action
+    }));
+    out.warnings.extend(probes_left.warning.clone());
 
     out.status.probes = probe_plan.as_ref().map(|p| {
-        if p.set.is_empty() && p.unset.is_empty() {
+        if probes_left.warning.is_some() {
+            PROBES_LEFT.to_owned()
+        } else if p.set.is_empty() && p.unset.is_empty() {
             "NotApplicable".to_owned()
         } else if !holding {
             PROBES_RESTORED.to_owned()
@@ -276,4 +307,131 @@ async fn pass(
         out.status.message = Some(notes.join("; "));
     }
     Ok(out)
+}
+
+/// What sharing the probe fields decided for one workload.
+#[derive(Default)]
+struct Shared {
+    /// Bookkeeping annotations to keep on the workload while the sale holds it.
+    annotations: Map<String, Value>,
+    /// The Event to send, once: the sale now leaves the timings.
+    action: Option<String>,
+    /// What status says while the timings are left.
+    warning: Option<String>,
+}
+
+/// Adjusts `plan` for probe timings that someone else changed on a workload the sale already
+/// changed: the sale's are re-applied once per distinct change; a person's change, or the
+/// same values put back again (a GitOps sync), is left in place, through the restore.
+async fn share_probes(
+    api: &Api<DynamicObject>,
+    target: &prescale::Target<'_>,
+    live: &Value,
+    annotations: &std::collections::BTreeMap<String, String>,
+    plan: &mut probes::ProbePlan,
+    intent: Intent,
+) -> Result<Shared, kube::Error> {
+    let mut shared = Shared::default();
+    let container = live
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(plan.container.as_str())));
+    let left_to = annotations.get(gitops::PROBES_LEFT).cloned();
+    let recorded = annotations.contains_key(probes::ORIGINAL_PROBES);
+    let left_to = match (intent, left_to) {
+        (Intent::Preflight, _) => return Ok(shared),
+        (_, Some(to)) => to,
+        // Restoring timings the sale set, or the first apply: nothing is shared yet.
+        (Intent::Restore, None) => return Ok(shared),
+        (Intent::Hold, None) if !recorded || plan.in_place(live) => {
+            if let Some(overridden) = annotations.get(gitops::PROBES_OVERRIDDEN) {
+                shared.annotations.insert(gitops::PROBES_OVERRIDDEN.into(), Value::String(overridden.clone()));
+            }
+            return Ok(shared);
+        }
+        (Intent::Hold, None) => {
+            let now = gitops::live_timings(container, plan);
+            // Field ownership is read only here, when the timings differ from the sale's.
+            let managed = api.get_metadata(&target.workload.target.name).await?.metadata.managed_fields;
+            let changers = gitops::owners(&managed.unwrap_or_default(), &gitops::probe_paths(plan));
+            match gitops::reapply(&changers, annotations.get(gitops::PROBES_OVERRIDDEN).map(String::as_str), &now) {
+                gitops::Reapply::Apply { overridden } => {
+                    shared.annotations.insert(gitops::PROBES_OVERRIDDEN.into(), Value::String(overridden));
+                    return Ok(shared);
+                }
+                gitops::Reapply::Leave { to } => {
+                    shared.action = Some(format!(
+                        "left the probe timings {to} put on {} (container {}): re-applying the sale's would roll its pods again; they stay after the sale",
+                        target.display(),
+                        plan.container
+                    ));
+                    to
+                }
+            }
+        }
+    };
+    shared.warning = Some(format!(
+        "{}: the probe timings of container {} are left as {left_to} set them (see charts/flashsale-operator/docs/gitops.md)",
+        target.display(),
+        plan.container
+    ));
+    if intent == Intent::Hold {
+        shared.annotations.insert(gitops::PROBES_LEFT.into(), Value::String(left_to));
+        // The sale's fields follow what is there: nothing changes, nothing is dropped.
+        let mut set = Map::new();
+        let mut unset = vec![];
+        for (probe, fields) in &plan.set {
+            let mut now = Map::new();
+            for field in fields.as_object().into_iter().flat_map(|f| f.keys()) {
+                match container.and_then(|c| c.pointer(&format!("/{probe}/{field}"))) {
+                    Some(value) => {
+                        now.insert(field.clone(), value.clone());
+                    }
+                    None => unset.push((probe.clone(), field.clone())),
+                }
+            }
+            set.insert(probe.clone(), Value::Object(now));
+        }
+        plan.set = set;
+        plan.unset = unset;
+    } else {
+        // The restore leaves what someone else set; a field still at the sale's value is theirs
+        // to get back (a person who changed one field did not take the others).
+        let sales = target.workload.probes.as_ref().and_then(|p| probes::plan(live, p, Intent::Hold, None).ok());
+        let at_sale = |probe: &str, field: &str| {
+            let wanted = sales.as_ref().and_then(|s| s.set.get(probe)).and_then(|f| f.get(field));
+            wanted.is_some() && container.and_then(|c| c.pointer(&format!("/{probe}/{field}"))) == wanted
+        };
+        for (probe, fields) in plan.set.iter_mut() {
+            if let Some(fields) = fields.as_object_mut() {
+                fields.retain(|field, _| at_sale(probe, field));
+            }
+        }
+        plan.set.retain(|_, fields| fields.as_object().is_some_and(|f| !f.is_empty()));
+        plan.unset.retain(|(probe, field)| at_sale(probe, field));
+    }
+    Ok(shared)
+}
+
+/// The preflight warnings for fields this sale will change that a GitOps tool applies.
+async fn gitops_owned(
+    api: &Api<DynamicObject>,
+    target: &prescale::Target<'_>,
+    probe_plan: Option<&probes::ProbePlan>,
+    mode: Option<&str>,
+) -> Result<Option<String>, kube::Error> {
+    let mut fields: Vec<(&str, Vec<gitops::FieldPath>)> = vec![];
+    if mode == Some("Replicas") {
+        fields.push(("spec.replicas", vec![gitops::replicas_path()]));
+    }
+    let probe_fields = probe_plan.map(|p| (format!("the probe timings of container {}", p.container), p));
+    if let Some((name, plan)) = &probe_fields {
+        // Preflight plans the restore values; the paths are the same fields.
+        fields.push((name.as_str(), gitops::probe_paths(plan)));
+    }
+    if fields.iter().all(|(_, paths)| paths.is_empty()) {
+        return Ok(None);
+    }
+    let managed = api.get_metadata(&target.workload.target.name).await?.metadata.managed_fields;
+    Ok(gitops::gitops_warning(&target.display(), &managed.unwrap_or_default(), &fields))
 }
