@@ -211,7 +211,14 @@ pub struct View {
     probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where the view's health is shown, under its cluster label.
     metrics: Option<(Arc<crate::metrics::Metrics>, String)>,
+    /// The rights the authorizer recently said this client has (see [`View::allowed`]).
+    answers: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// How long an authorizer's yes is taken as still true: a right taken away in between shows as
+/// a refused write, which the levers report anyway. A no is never remembered: a missing right an
+/// administrator grants shows as fixed at the next pass.
+const ALLOWED_FOR: Duration = Duration::from_secs(300);
 
 impl Drop for View {
     fn drop(&mut self) {
@@ -246,7 +253,26 @@ impl View {
             changes,
             probe: Mutex::new(None),
             metrics,
+            answers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether the authorizer said recently that this client may do `right` (any key naming the
+    /// right): preflight asks about 8 to 15 rights per cluster at each of its passes.
+    pub fn allowed(&self, right: &str) -> bool {
+        let Ok(answers) = self.answers.lock() else { return false };
+        answers.get(right).is_some_and(|at| at.elapsed() < ALLOWED_FOR)
+    }
+
+    /// Remembers the authorizer's answer about `right` (a no forgets an earlier yes).
+    pub fn answered(&self, right: &str, allowed: bool) {
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.retain(|_, at| at.elapsed() < ALLOWED_FOR);
+            match allowed {
+                true => answers.insert(right.to_owned(), std::time::Instant::now()),
+                false => answers.remove(right),
+            };
+        }
     }
 
     /// The client of the cluster (for writes, and the reads no cache serves).
@@ -588,4 +614,24 @@ pub fn offline() -> &'static Arc<View> {
         });
         View::new(ViewId::Local, Client::new(service, "default"), None)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_authorizers_answers_are_remembered_by_right() {
+        let view = offline();
+        let right = "get apps/deployments in namespace remembered";
+        assert!(!view.allowed(right));
+        view.answered(right, true);
+        view.answered("list nodes (remembered)", false);
+        assert!(view.allowed(right));
+        assert!(!view.allowed("list nodes (remembered)"));
+        assert!(!view.allowed("patch apps/deployments in namespace remembered"));
+        // A no (the right was taken away) forgets the yes.
+        view.answered(right, false);
+        assert!(!view.allowed(right));
+    }
 }

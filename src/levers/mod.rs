@@ -160,7 +160,7 @@ pub async fn run(
         // A missing right would otherwise surface as a bare "forbidden" from whichever lever
         // meets it first; the rights are the problem to show, so the levers wait for them.
         let mut rights = Report::default();
-        let checked = check_rights(client, sale, spec, &mut rights).await;
+        let checked = check_rights(sale, spec, &mut rights).await;
         contain(&mut rights, "preflight", checked)?;
         if !rights.problems.is_empty() {
             return Ok(rights);
@@ -179,17 +179,12 @@ pub async fn run(
 
 /// Preflight: every right the sale's levers will need in this cluster that the operator's
 /// identity here lacks is a problem naming the verb and resource, days ahead of Preparing.
-async fn check_rights(
-    client: &Client,
-    sale: &Sale<'_>,
-    spec: &FlashSaleSpec,
-    report: &mut Report,
-) -> Result<(), kube::Error> {
+async fn check_rights(sale: &Sale<'_>, spec: &FlashSaleSpec, report: &mut Report) -> Result<(), kube::Error> {
     // Without the right to look the CRD up it counts as absent; that right is reported itself.
     let cronhpa_installed = cronhpa::installed(sale.view).await.unwrap_or(false);
     let facts = preflight::ClusterFacts { cronhpa_installed };
     let wanted = preflight::needed_rights(spec, sale.namespace, &sale.installer.agent_namespace, facts);
-    let missing = preflight::missing_rights(client, &wanted).await?;
+    let missing = preflight::missing_rights(sale.view, &wanted).await?;
     report.problems.extend(missing.iter().map(preflight::missing_right_problem));
     Ok(())
 }

@@ -11,7 +11,9 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Client, api::PostParams};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
+
+use crate::view::{Scope, View};
 
 /// CPU in millicores and memory in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,13 +94,13 @@ pub fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
 }
 
 /// Whether any PodDisruptionBudget in `namespace` covers the workload's pods.
-pub async fn has_pdb(client: &Client, namespace: &str, workload: &Value) -> Result<bool, kube::Error> {
+pub async fn has_pdb(view: &Arc<View>, namespace: &str, workload: &Value) -> Result<bool, kube::Error> {
     let labels: BTreeMap<String, String> = workload
         .pointer("/spec/template/metadata/labels")
         .and_then(|l| serde_json::from_value(l.clone()).ok())
         .unwrap_or_default();
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
-    Ok(pdbs.list(&Default::default()).await?.items.iter().any(|pdb| {
+    let pdbs = view.list_as::<PodDisruptionBudget>(&Scope::typed::<PodDisruptionBudget>(Some(namespace))).await?;
+    Ok(pdbs.iter().any(|pdb| {
         let selector = pdb.spec.as_ref().and_then(|s| s.selector.as_ref()).and_then(|s| serde_json::to_value(s).ok());
         selector.is_some_and(|s| selects(&s, &labels))
     }))
@@ -232,7 +234,7 @@ pub fn needed_rights(
     let ns = Some(namespace);
     if !spec.workloads.is_empty() {
         // Preflight: PodDisruptionBudgets covering the workloads, and the nodes' capacity.
-        add(&["list"], "policy", "poddisruptionbudgets", None, ns, None);
+        add(&["list", "watch"], "policy", "poddisruptionbudgets", None, ns, None);
         add(&["list"], "", "nodes", None, None, None);
         // Every workload pass looks up the HPA governing it and whether CronHPA is installed,
         // in the cluster's watch caches (list and watch; the CRD by name).
@@ -304,11 +306,18 @@ pub fn needed_rights(
 /// The rights of `wanted` that the client's own identity lacks, asked of the cluster's
 /// authorizer with one SelfSubjectAccessReview each (the authorizer's own answer, whatever
 /// authorizers the cluster runs, rather than RBAC rules re-evaluated here).
-pub async fn missing_rights(client: &Client, wanted: &[Right]) -> Result<Vec<Right>, kube::Error> {
-    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+///
+/// A yes is remembered in the cluster's view for a while ([`View::allowed`]), so the preflight
+/// passes of many sales, and of one sale over days, ask once; a no is asked again each pass.
+pub async fn missing_rights(view: &View, wanted: &[Right]) -> Result<Vec<Right>, kube::Error> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(view.client().clone());
     let asks = wanted.iter().map(|right| {
         let reviews = reviews.clone();
         async move {
+            let key = right.to_string();
+            if view.allowed(&key) {
+                return Ok((right, true));
+            }
             let review = SelfSubjectAccessReview {
                 spec: SelfSubjectAccessReviewSpec {
                     resource_attributes: Some(ResourceAttributes {
@@ -325,7 +334,9 @@ pub async fn missing_rights(client: &Client, wanted: &[Right]) -> Result<Vec<Rig
                 ..SelfSubjectAccessReview::default()
             };
             let answer = reviews.create(&PostParams::default(), &review).await?;
-            Ok::<_, kube::Error>((right, answer.status.is_some_and(|s| s.allowed)))
+            let allowed = answer.status.is_some_and(|s| s.allowed);
+            view.answered(&key, allowed);
+            Ok::<_, kube::Error>((right, allowed))
         }
     });
     let answers = futures::future::try_join_all(asks).await?;
@@ -428,6 +439,7 @@ mod tests {
             "list autoscaling/horizontalpodautoscalers in namespace shop",
             "list nodes (cluster-wide)",
             "list policy/poddisruptionbudgets in namespace shop",
+            "watch policy/poddisruptionbudgets in namespace shop",
             "patch apps/deployments in namespace shop",
             "patch apps/deployments/scale in namespace shop",
             "watch apiextensions.k8s.io/customresourcedefinitions cronhorizontalpodautoscalers.autoscaling.alibabacloud.com (cluster-wide)",

@@ -145,7 +145,7 @@ async fn pass(
     let ours = held_by.is_some();
     if intent == Intent::Preflight && !ours {
         out.requests = Some(preflight::pod_requests(&live_json));
-        if !preflight::has_pdb(client, &target.namespace, &live_json).await? {
+        if !preflight::has_pdb(sale.view, &target.namespace, &live_json).await? {
             out.warnings.push(format!(
                 "{} has no PodDisruptionBudget: a drain or a lost node can take many of its replicas at once",
                 target.display()

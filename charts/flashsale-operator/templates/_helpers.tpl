@@ -58,7 +58,7 @@ remote ones alike). Each rule names the lever that needs it. */}}
 # Preflight: is the workload covered by a PodDisruptionBudget.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Degradation flags in flagd's format: publish, restore a pre-existing ConfigMap, or delete
 # the one the sale created. The sale's one ConfigMap is watched by name (a field selector).
 - apiGroups: [""]
