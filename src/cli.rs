@@ -37,6 +37,12 @@ enum Command {
     /// Show each sale's phase, countdown, readiness, levers, what blocks and what to do, from
     /// its status. Reads FlashSales only.
     Status(StatusArgs),
+    /// Start a dress rehearsal of a FlashSale: its preparation played for real (now, or --at),
+    /// peak held for --hold, then everything restored. Writes one FlashSale, NAME-rehearsal.
+    Rehearse(crate::rehearsal_cmd::RehearseArgs),
+    /// What rehearsals measured.
+    #[command(subcommand)]
+    Rehearsal(RehearsalCommand),
     /// Print the FlashSale CustomResourceDefinition as YAML.
     Crd,
     /// Print the version.
@@ -79,7 +85,7 @@ impl RunArgs {
 
 /// How a command prints its answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     /// For people.
     #[default]
     Text,
@@ -91,7 +97,11 @@ enum Output {
 
 impl Output {
     /// `doc` as JSON or YAML, or `text()` for text.
-    fn print<T: serde::Serialize>(self, doc: &T, text: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<()> {
+    pub(crate) fn print<T: serde::Serialize>(
+        self,
+        doc: &T,
+        text: impl FnOnce() -> anyhow::Result<String>,
+    ) -> anyhow::Result<()> {
         let out = match self {
             Output::Text => text()?,
             Output::Json => serde_json::to_string_pretty(doc)? + "\n",
@@ -100,6 +110,12 @@ impl Output {
         print!("{out}");
         Ok(())
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum RehearsalCommand {
+    /// Time-to-peak per cluster and workload, and whether prepareBefore covers it.
+    Report(crate::rehearsal_cmd::ReportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -164,6 +180,10 @@ impl Cli {
                 let sales = runtime()?.block_on(read_sales(&args))?;
                 let doc = status_cmd::report(&sales, jiff::Timestamp::now());
                 args.output.print(&doc, || Ok(status_cmd::render(&doc)))
+            }
+            Command::Rehearse(args) => runtime()?.block_on(crate::rehearsal_cmd::rehearse(args)),
+            Command::Rehearsal(RehearsalCommand::Report(args)) => {
+                runtime()?.block_on(crate::rehearsal_cmd::report(args))
             }
             Command::Crd => {
                 print!("{}", crate::api::crd_yaml()?);
@@ -232,16 +252,7 @@ pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
 
 /// The sales `status` shows, read through the caller's kubeconfig.
 async fn read_sales(args: &StatusArgs) -> anyhow::Result<Vec<status_cmd::Read>> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig =
-                kube::config::Kubeconfig::read_from(path).with_context(|| format!("cannot read {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("cannot find Kubernetes credentials (KUBECONFIG, ~/.kube/config or in-cluster service account)")?,
-    };
+    let config = user_config(args.kubeconfig.as_deref()).await?;
     let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     let scope = match (&args.name, args.all_namespaces) {
         (_, true) => status_cmd::Scope::All,
@@ -250,6 +261,20 @@ async fn read_sales(args: &StatusArgs) -> anyhow::Result<Vec<status_cmd::Read>> 
     };
     let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
     Ok(status_cmd::read(client, &scope).await?)
+}
+
+/// The caller's own credentials: `kubeconfig`, else KUBECONFIG, ~/.kube/config or in-cluster.
+pub(crate) async fn user_config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).with_context(|| format!("cannot read {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("cannot find Kubernetes credentials (KUBECONFIG, ~/.kube/config or in-cluster service account)")?,
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tracing::{info, instrument, warn};
 
 use crate::{
-    api::{FlashSale, FlashSaleStatus, Phase},
+    api::{FlashSale, FlashSaleSpec, FlashSaleStatus, Phase},
     clusters::{ClusterError, Clusters},
     levers::{self, Intent},
     metrics::{ClusterLabels, ConditionLabels, ErrorLabels, FlagLabels, Metrics, PhaseLabels, SaleLabels},
@@ -361,6 +361,17 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
 }
 
 async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<Action, Error> {
+    // A rehearsal its sale refuses (their spans overlap: the sale was moved, or the rehearsal
+    // was written by hand) restores at once, as a suspended sale does, and says why.
+    let refused = rehearsal_refused(sale, api).await?;
+    let suspended;
+    let sale = match refused {
+        Some(_) => {
+            suspended = FlashSale { spec: FlashSaleSpec { suspend: true, ..sale.spec.clone() }, ..sale.clone() };
+            &suspended
+        }
+        None => sale,
+    };
     let now = Timestamp::now();
     let previous = sale.status.clone().unwrap_or_default();
     let schedule = match Schedule::from_spec(&sale.spec) {
@@ -385,7 +396,10 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
         report_events(ctx, sale, &previous, &announced, &[]).await;
         return Ok(Action::requeue(ANNOUNCED_RECHECK));
     }
-    let observations = observe(sale, ctx, Some(schedule), clock.phase).await;
+    let mut observations = observe(sale, ctx, Some(schedule), clock.phase).await;
+    if clock.phase == Phase::Scheduled {
+        rehearsed_warnings(sale, api, &schedule, &mut observations).await?;
+    }
     record_cluster_metrics(ctx, sale, &observations);
     if Intent::for_phase(clock.phase) == Intent::Restore {
         forget_flag_metrics(ctx, sale);
@@ -394,7 +408,10 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     }
     let restored = observations.iter().all(|o| o.report.as_ref().is_ok_and(|r| r.restored));
     let position = timeline::position(&schedule, sale.spec.suspend, restored, now);
-    let decided = status::decide(sale, &schedule, position, &observations, now);
+    let mut decided = status::decide(sale, &schedule, position, &observations, now);
+    if let Some(why) = &refused {
+        status::set_ready(&mut decided, false, "RehearsalRefused", why);
+    }
 
     report_events(ctx, sale, &previous, &decided, &observations).await;
     record_phase_metrics(ctx, sale, &decided);
@@ -567,6 +584,44 @@ fn pass_deadline(sale: &FlashSale, schedule: Option<Schedule>, now: Timestamp) -
         Some(at) => until(now, at).clamp(PASS_FLOOR, PASS_DEADLINE),
         None => PASS_DEADLINE,
     }
+}
+
+/// Why the sale a rehearsal rehearses refuses it now, if it does (see [`crate::rehearsal`]). A
+/// rehearsal whose sale is gone plays on: it is a sale of its own.
+async fn rehearsal_refused(sale: &FlashSale, api: &Api<FlashSale>) -> Result<Option<String>, Error> {
+    let Some(of) = &sale.spec.rehearsal else { return Ok(None) };
+    let Some(real) = api.get_opt(&of.of).await? else { return Ok(None) };
+    let (Ok(real_schedule), Ok(schedule)) = (Schedule::from_spec(&real.spec), Schedule::from_spec(&sale.spec)) else {
+        return Ok(None);
+    };
+    Ok(crate::rehearsal::refusal(&of.of, &real_schedule, &schedule))
+}
+
+/// Adds to a Scheduled sale's preflight what its last finished rehearsal measured: workloads
+/// that took most of `prepareBefore` to reach peak, or never did.
+async fn rehearsed_warnings(
+    sale: &FlashSale,
+    api: &Api<FlashSale>,
+    schedule: &Schedule,
+    observations: &mut [ClusterObservation],
+) -> Result<(), Error> {
+    if sale.spec.rehearsal.is_some() {
+        return Ok(());
+    }
+    let name = sale.name_any();
+    let Some(rehearsal) = api.get_opt(&crate::rehearsal::name(&name)).await? else { return Ok(()) };
+    if rehearsal.spec.rehearsal.as_ref().map(|r| r.of.as_str()) != Some(name.as_str()) {
+        return Ok(());
+    }
+    let Ok(report) = crate::rehearsal::report(&rehearsal) else { return Ok(()) };
+    let prepare_before = schedule.start.duration_since(schedule.prepare_at).as_secs_f64();
+    for (cluster, warning) in crate::rehearsal::preflight_warnings(&report, prepare_before) {
+        let target = observations.iter_mut().find(|o| o.name == cluster).and_then(|o| o.report.as_mut().ok());
+        if let Some(report) = target {
+            report.warnings.push(warning);
+        }
+    }
+    Ok(())
 }
 
 /// Annotation listing clusters whose restore a deletion may skip.

@@ -14,6 +14,8 @@ pub mod installer;
 pub mod levers;
 pub mod metrics;
 pub mod plan;
+pub mod rehearsal;
+pub mod rehearsal_cmd;
 pub mod status;
 pub mod status_cmd;
 pub mod timeline;

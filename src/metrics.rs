@@ -169,6 +169,10 @@ pub struct Metrics {
     /// Ready replicas each workload has (`readyReplicas`); at most 100 workloads × 20 clusters
     /// per sale.
     pub workload_ready_replicas: Family<WorkloadLabels, Gauge>,
+    /// Seconds from Preparing (the scale-up request) to peak replicas ready, once reached, for
+    /// sales and their rehearsals alike (`sale="<name>-rehearsal"`); at most 100 workloads × 20
+    /// clusters per sale.
+    pub workload_time_to_peak_seconds: Family<WorkloadLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Nodes the cluster's drain agents should run on; at most 20 clusters per sale.
     pub drain_agents_desired: Family<ClusterLabels, Gauge>,
     /// Drain agents ready in the cluster; at most 20 clusters per sale.
@@ -320,6 +324,12 @@ impl Default for Metrics {
             "Ready replicas of each workload the sale prepares",
             Family::<WorkloadLabels, Gauge>::default(),
         );
+        let workload_time_to_peak_seconds = registered(
+            &mut registry,
+            "workload_time_to_peak_seconds",
+            "Seconds from the sale's Preparing boundary to the workload's peak replicas ready (set once reached)",
+            Family::<WorkloadLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default(),
+        );
         let drain_agents_desired = registered(
             &mut registry,
             "drain_agents_desired",
@@ -363,6 +373,7 @@ impl Default for Metrics {
             registry,
             workload_wanted_replicas,
             workload_ready_replicas,
+            workload_time_to_peak_seconds,
             drain_agents_desired,
             drain_agents_ready,
             warmup_state,
@@ -409,6 +420,7 @@ impl Metrics {
             .filter(|f| f.auto_degrade.is_some())
             .map(|f| f.name.as_str())
             .collect();
+        let prepare_at = crate::timeline::Schedule::from_spec(&sale.spec).ok().map(|s| s.prepare_at);
         let mut recorded = self.recorded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let before = recorded.remove(&sale_labels).unwrap_or_default();
         let mut now = Recorded::default();
@@ -427,6 +439,12 @@ impl Metrics {
                     workload: workload_label(&w.name),
                 };
                 self.record_workload(&labels, w);
+                let peak_after = prepare_at.zip(w.peak_reached_time.as_ref()).map(|(p, t)| t.0.duration_since(p));
+                if let Some(took) = peak_after {
+                    self.workload_time_to_peak_seconds.get_or_create(&labels).set(took.as_secs_f64().max(0.0));
+                } else {
+                    self.workload_time_to_peak_seconds.remove(&labels);
+                }
                 now.workloads.insert(labels);
             }
             if let Some(agents) = &cluster.drain_agents {
@@ -499,6 +517,7 @@ impl Metrics {
         for labels in before.workloads.difference(&now.workloads) {
             self.workload_wanted_replicas.remove(labels);
             self.workload_ready_replicas.remove(labels);
+            self.workload_time_to_peak_seconds.remove(labels);
         }
         for labels in before.agents.difference(&now.agents) {
             self.drain_agents_desired.remove(labels);

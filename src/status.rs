@@ -113,6 +113,7 @@ pub fn decide(
                     &report.workloads,
                     prev.map(|p| p.workloads.as_slice()),
                     phase_holds(position.phase),
+                    schedule.prepare_at,
                     now,
                 );
                 let mut cluster = ClusterStatus {
@@ -255,25 +256,34 @@ fn phase_holds(phase: Phase) -> bool {
 }
 
 /// Carries each workload's "peak reached" time over from the previous status, and stamps it
-/// `now` the first time ready replicas reach the target while the sale holds its changes.
+/// `now` the first time ready replicas reach the target while the sale holds its changes; the
+/// time-to-peak (from Preparing, `prepare_at`) it gives outlives the restore, for rehearsals and
+/// next year's sale to compare.
 fn with_peak_times(
     current: &[WorkloadStatus],
     previous: Option<&[WorkloadStatus]>,
     holding: bool,
+    prepare_at: Timestamp,
     now: Timestamp,
 ) -> Vec<WorkloadStatus> {
     current
         .iter()
         .map(|w| {
             let mut w = w.clone();
-            let before =
-                previous.and_then(|p| p.iter().find(|p| p.name == w.name)).and_then(|p| p.peak_reached_time.clone());
+            let before = previous.and_then(|p| p.iter().find(|p| p.name == w.name));
+            let reached = before.and_then(|p| p.peak_reached_time.clone());
             let at_peak = matches!((w.ready_replicas, w.target_replicas), (Some(r), Some(t)) if r >= t);
-            w.peak_reached_time = match (holding, before) {
+            w.peak_reached_time = match (holding, reached) {
                 (false, _) => None,
                 (true, Some(t)) => Some(t),
                 (true, None) if at_peak => Some(Time(now)),
                 (true, None) => None,
+            };
+            w.time_to_peak_seconds = match (&w.peak_reached_time, holding) {
+                (Some(t), _) => Some(t.0.duration_since(prepare_at).as_secs().max(0)),
+                // A new hold that has not reached peak yet has no figure of its own.
+                (None, true) => None,
+                (None, false) => before.and_then(|p| p.time_to_peak_seconds),
             };
             w
         })
@@ -407,6 +417,13 @@ pub fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Cond
     }
 }
 
+/// Replaces the Ready condition of a decided status (and Reconciling, which follows it while
+/// Ready is False and the operator still acts).
+pub fn set_ready(status: &mut FlashSaleStatus, ready: bool, reason: &str, message: &str) {
+    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.insert(0, condition(READY, ready, reason, message));
+}
+
 /// The conditions currently on an object, to merge new ones into.
 pub struct ConditionSet(Vec<Condition>);
 
@@ -457,13 +474,19 @@ mod tests {
         };
         let t0 = ts("2026-11-10T15:30:00Z");
         let t1 = ts("2026-11-10T15:31:00Z");
-        let short = with_peak_times(&[w(4)], None, true, t0);
+        let short = with_peak_times(&[w(4)], None, true, t0, t0);
         assert_eq!(short[0].peak_reached_time, None);
-        let reached = with_peak_times(&[w(10)], Some(&short), true, t1);
+        assert_eq!(short[0].time_to_peak_seconds, None);
+        let reached = with_peak_times(&[w(10)], Some(&short), true, t0, t1);
         assert_eq!(reached[0].peak_reached_time, Some(Time(t1)));
-        let later = with_peak_times(&[w(9)], Some(&reached), true, ts("2026-11-10T15:40:00Z"));
+        assert_eq!(reached[0].time_to_peak_seconds, Some(60));
+        let later = with_peak_times(&[w(9)], Some(&reached), true, t0, ts("2026-11-10T15:40:00Z"));
         assert_eq!(later[0].peak_reached_time, Some(Time(t1)), "a dip does not move when peak was first reached");
-        assert_eq!(with_peak_times(&[w(10)], Some(&later), false, t1)[0].peak_reached_time, None);
+        let restored = with_peak_times(&[w(10)], Some(&later), false, t0, t1);
+        assert_eq!(restored[0].peak_reached_time, None);
+        assert_eq!(restored[0].time_to_peak_seconds, Some(60), "the figure outlives the restore");
+        // Held again (the sale moved): a figure of the new hold only.
+        assert_eq!(with_peak_times(&[w(4)], Some(&restored), true, t1, t1)[0].time_to_peak_seconds, None);
     }
 
     #[test]

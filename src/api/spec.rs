@@ -33,6 +33,7 @@ use super::status::FlashSaleStatus;
     printcolumn(name = "At-Peak", type_ = "string", json_path = ".status.workloadsAtPeak", priority = 1, description = "Workloads with their peak replicas ready / workloads, over every cluster"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1, description = "Why the sale is or is not ready"),
     validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters (it is used in the names of the objects the sale creates)"),
+    validation = Rule::new("!has(self.spec.rehearsal) || self.spec.rehearsal.of != self.metadata.name").message("spec.rehearsal.of names the rehearsed sale: another FlashSale, not this one"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FlashSaleSpec {
@@ -90,6 +91,39 @@ pub struct FlashSaleSpec {
     #[schemars(length(max = 20))]
     #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))").message("cacheWarm[].name must be unique"))]
     pub cache_warm: Vec<CacheWarm>,
+
+    /// Set on a rehearsal only: the sale (in this namespace) whose preparation this object plays
+    /// for real ahead of time, and which levers it pulls. `flashsale-operator rehearse` writes it;
+    /// see the README's "Rehearse the sale".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rehearsal: Option<Rehearsal>,
+}
+
+/// What a rehearsal rehearses.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+pub struct Rehearsal {
+    /// The rehearsed sale's name, in the rehearsal's namespace.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub of: String,
+    /// The levers taking part (the others were left out of this copy of the sale's spec).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub levers: Vec<RehearsedLever>,
+}
+
+/// A lever a rehearsal may pull.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RehearsedLever {
+    /// Pre-scaling to peak (always part of a rehearsal: it is what a rehearsal measures).
+    Scale,
+    /// The probe timings.
+    Probes,
+    /// The spot-termination drain agents.
+    Agents,
+    /// The cache pre-warm Jobs.
+    Warmup,
+    /// The degradation flags (off by default: a rehearsal's flags reach real users).
+    Flags,
 }
 
 /// The sale window.

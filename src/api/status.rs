@@ -140,6 +140,10 @@ pub struct WorkloadStatus {
     /// When ready replicas first reached peak.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_reached_time: Option<Time>,
+    /// Seconds from Preparing (the scale-up request) to peak replicas ready in the last hold;
+    /// kept after the restore, so a rehearsal and next year's sale compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_peak_seconds: Option<i64>,
     /// Whether the sale's probe timings are in place (Applied, Pending, Restored, NotApplicable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<String>,

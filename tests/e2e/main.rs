@@ -15,6 +15,7 @@ mod foundation;
 mod gitops;
 mod harness;
 mod levers;
+mod rehearsal;
 mod status_cmd;
 mod support;
 mod tenant;
@@ -61,6 +62,7 @@ fn main() {
         .chain(dashboard::TESTS)
         .chain(chart::TESTS)
         .chain(who_gitops::TESTS)
+        .chain(rehearsal::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

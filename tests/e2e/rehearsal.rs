@@ -1,0 +1,188 @@
+//! Dress rehearsals end to end: `flashsale-operator rehearse` plays a sale's preparation for real
+//! on pods that become ready only after a delay, measures time-to-peak as the pods' own
+//! conditions say, restores field for field, feeds the sale's preflight, and is refused when it
+//! would overlap the sale.
+
+use anyhow::{Context as _, ensure};
+use flashsale_operator::api::{FlashSale, Phase};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::{path::Path, process::Command, time::Duration};
+
+use crate::{
+    TestFn,
+    support::{Env, Operator, at, block_on_value, client, eventually, flash_sale, namespace},
+};
+
+pub const TESTS: &[(&str, TestFn)] = &[(
+    "rehearsal::a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale",
+    a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale,
+)];
+
+/// `flashsale-operator ARGS...` through `kubeconfig`: (success, stdout, stderr).
+fn cli(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A Deployment whose pods become ready `ready_after` after they are bound.
+fn slow(name: &str, ready_after: &str) -> anyhow::Result<Deployment> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": {"team": "checkout"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": {"e2e.flashsale.dev/ready-after": ready_after}},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/web:1",
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 10}}]},
+            },
+        },
+    }))?)
+}
+
+/// The Deployment as its owner wrote it: no server-managed fields, no status.
+fn as_written(d: &Deployment) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(d)?;
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        for field in ["managedFields", "resourceVersion", "generation", "uid", "creationTimestamp"] {
+            meta.remove(field);
+        }
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("status");
+    }
+    Ok(v)
+}
+
+fn ready_since(p: &Pod) -> Option<jiff::Timestamp> {
+    let conditions = p.status.as_ref()?.conditions.as_ref()?;
+    let ready = conditions.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
+    ready.last_transition_time.as_ref().map(|t| t.0)
+}
+
+fn a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale(env: &Env) -> anyhow::Result<()> {
+    block_on_value(async {
+        let cluster = env.primary()?;
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "rehearsal").await?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &slow("web", "17s")?).await?;
+        eventually(Duration::from_secs(90), || async {
+            Ok(deployments.get("web").await?.status.and_then(|s| s.ready_replicas) == Some(1))
+        })
+        .await
+        .context("web never became ready")?;
+        let before = as_written(&deployments.get("web").await?)?;
+
+        // The real sale, three days ahead, with a prepareBefore the rehearsal shows to be short.
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        // No probe timings: a rollout would replace the pods and blur what the scale-up took.
+        let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 3, "mode": "Replicas"}}]);
+        let day = 86_400;
+        let sale = flash_sale("bf", &ns, (&at(3 * day), &at(3 * day + 3600)), ("20s", "5s"), workloads.clone())?;
+        sales.create(&PostParams::default(), &sale).await?;
+
+        // A rehearsal inside the sale's span is refused, naming the sale.
+        let inside = at(3 * day + 60);
+        let (ok, _, err) = cli(&cluster.kubeconfig, &["rehearse", "bf", "-n", &ns, "--at", &inside, "--hold", "10s"])?;
+        ensure!(!ok && err.contains("overlaps sale bf"), "an overlapping rehearsal was not refused: {err}");
+        ensure!(sales.get_opt("bf-rehearsal").await?.is_none(), "the refused rehearsal was created");
+
+        // Rehearse now, holding peak 10 s.
+        let (ok, out, err) = cli(&cluster.kubeconfig, &["rehearse", "bf", "-n", &ns, "--hold", "10s"])?;
+        ensure!(ok, "rehearse failed: {err}");
+        ensure!(out.contains("rehearsal bf-rehearsal of bf"), "{out}");
+        let rehearsal = sales.get("bf-rehearsal").await?;
+        let prepare_at = flashsale_operator::timeline::Schedule::from_spec(&rehearsal.spec)?.prepare_at;
+
+        // While it holds, note when each pod of the peak became ready, as the pods say.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let last_ready = std::sync::Arc::new(std::sync::Mutex::new(None::<jiff::Timestamp>));
+        let done = eventually(Duration::from_secs(120), || {
+            let pods = pods.clone();
+            let sales = sales.clone();
+            let last_ready = last_ready.clone();
+            async move {
+                let list = pods.list(&Default::default()).await?.items;
+                let ready: Vec<jiff::Timestamp> = list.iter().filter_map(ready_since).collect();
+                if ready.len() >= 3 {
+                    let mut ready = ready;
+                    ready.sort();
+                    // The time the third pod (peak) became ready.
+                    let third = ready[2];
+                    let mut seen = last_ready.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                    if seen.is_none_or(|t| t > third) {
+                        *seen = Some(third);
+                    }
+                }
+                Ok(sales.get("bf-rehearsal").await?.status.and_then(|s| s.phase) == Some(Phase::Completed))
+            }
+        })
+        .await;
+        let status = sales.get("bf-rehearsal").await?.status;
+        done.with_context(|| format!("the rehearsal never completed: {status:?}"))?;
+        let third_ready = *last_ready.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let pods_say = third_ready.context("the pods never showed 3 ready")?.duration_since(prepare_at).as_secs_f64();
+
+        // The report, as JSON and as text.
+        let (ok, json, err) = cli(&cluster.kubeconfig, &["rehearsal", "report", "bf", "-n", &ns, "-o", "json"])?;
+        ensure!(ok, "report failed: {err}");
+        let report: serde_json::Value = serde_json::from_str(&json)?;
+        let measured = report["workloads"][0]["timeToPeakSeconds"].as_f64().context("no time-to-peak in the report")?;
+        eprintln!("rehearsal: time-to-peak {measured:.1} s; the pods' conditions say {pods_say:.1} s");
+        ensure!((measured - pods_say).abs() <= 1.0, "time-to-peak {measured} s, the pods say {pods_say} s");
+        // Conditions carry whole seconds: a 17 s delay reads as 16 s at the least.
+        ensure!(pods_say >= 16.0, "the pods were ready after {pods_say} s, before their 17 s delay");
+        let (_, text, _) = cli(&cluster.kubeconfig, &["rehearsal", "report", "bf", "-n", &ns])?;
+        ensure!(
+            text.contains("prepareBefore 20s covers the slowest time-to-peak (Deployment")
+                && text.contains("TIME-TO-PEAK"),
+            "{text}"
+        );
+
+        // Restored field for field.
+        let after = as_written(&deployments.get("web").await?)?;
+        ensure!(after == before, "the rehearsal's restore differs:\nbefore {before}\nafter  {after}");
+
+        // The real sale's next preflight names the measured figure.
+        let poke = serde_json::json!({"metadata": {"annotations": {"e2e/poke": "1"}}});
+        sales.patch("bf", &PatchParams::default(), &Patch::Merge(poke)).await?;
+        let warned = eventually(Duration::from_secs(20), || async {
+            let s = sales.get("bf").await?;
+            let ready = s.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+            Ok(ready.is_some_and(|c| {
+                c.reason == "PreflightWarnings"
+                    && c.message.contains(&format!("Deployment {ns}/web: rehearsal bf-rehearsal took"))
+                    && c.message.contains("against prepareBefore 20s")
+            }))
+        })
+        .await;
+        let status = sales.get("bf").await?.status;
+        warned.with_context(|| format!("the sale's preflight does not name the rehearsal's figure: {status:?}"))?;
+
+        // A rehearsal written by hand into the sale's span is refused by the operator too.
+        let mut by_hand =
+            flash_sale("bf-by-hand", &ns, (&at(3 * day + 60), &at(3 * day + 120)), ("10s", "0s"), workloads)?;
+        by_hand.spec.rehearsal = Some(serde_json::from_value(serde_json::json!({"of": "bf"}))?);
+        sales.create(&PostParams::default(), &by_hand).await?;
+        let refused = eventually(Duration::from_secs(20), || async {
+            let s = sales.get("bf-by-hand").await?;
+            let ready = s.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+            Ok(ready.is_some_and(|c| c.reason == "RehearsalRefused" && c.message.contains("overlaps sale bf")))
+        })
+        .await;
+        let status = sales.get("bf-by-hand").await?.status;
+        refused.with_context(|| format!("the hand-written rehearsal was not refused: {status:?}"))?;
+        Ok(())
+    })
+}
