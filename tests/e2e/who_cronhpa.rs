@@ -4,8 +4,8 @@
 //! refused, and deleting one sale's CronHPA does not make another sale's scale-up late.
 //!
 //! Each test runs in a cluster of its own with its own controller (it watches every namespace,
-//! and its engine's timing is part of what is measured); they run one at a time, since the
-//! controller's metrics port is fixed.
+//! and its engine's timing is part of what is measured); they run one at a time, so four extra
+//! control planes never load the machine at once while one of them measures lateness.
 
 use anyhow::{Context as _, ensure};
 use flashsale_operator::api::{FlashSale, Phase};
@@ -44,7 +44,7 @@ pub const TESTS: &[(&str, TestFn)] = &[
 /// The zone both the controller and the sales use.
 const ZONE: &str = "Asia/Shanghai";
 
-/// One of these tests at a time: each starts a CronHPA controller, whose metrics port is fixed.
+/// One of these tests at a time: each starts a control plane and a CronHPA controller.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A cluster of the test's own with the real CronHPA controller, and a namespace in it.
