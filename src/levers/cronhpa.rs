@@ -61,6 +61,10 @@ pub const SALE_LABEL: &str = "flashsale.dev/sale";
 pub const SCALE_UP_JOB: &str = "scale-up";
 /// The job that puts the baseline back at the restore.
 pub const SCALE_DOWN_JOB: &str = "scale-down";
+/// Annotation carrying the instants the object's jobs act at (`<prepare_at>/<restore_at>`,
+/// RFC 3339), so another sale can tell whether its window overlaps without parsing schedules
+/// in the controller's zone.
+pub const WINDOW_ANNOTATION: &str = "flashsale.dev/window";
 
 /// Object names are kept this short so that the controller's Events (named
 /// `<object>.<16 hex digits>`) are still valid names.
@@ -278,7 +282,7 @@ pub fn render(
             "name": name(sale_name, workload),
             "namespace": namespace,
             "labels": labels,
-            "annotations": {SALE_ANNOTATION: holder},
+            "annotations": {SALE_ANNOTATION: holder, WINDOW_ANNOTATION: format!("{prepare_at}/{restore_at}")},
         },
         "spec": spec,
     }))
@@ -374,6 +378,182 @@ fn states_of(data: &Value) -> Vec<(String, String)> {
     states
 }
 
+/// A job the controller has run (`Succeed` or `Failed`): a run-once job is then retired from
+/// its engine, so deleting the object afterwards removes nothing from the engine.
+pub fn settled(states: &[(String, String)], job: &str) -> bool {
+    states.iter().any(|(name, state)| name == job && matches!(state.as_str(), "Succeed" | "Failed"))
+}
+
+/// A sale's CronHPA on a workload, as another sale sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The sale's `namespace/name`.
+    pub holder: String,
+    /// The CronHPA object's name.
+    pub name: String,
+    pub created: Option<Timestamp>,
+    /// `(prepare_at, restore_at)`; `None` when the object does not say (then it counts as
+    /// overlapping every window: a schedule that cannot be read is not assumed harmless).
+    pub window: Option<(Timestamp, Timestamp)>,
+}
+
+impl Claim {
+    fn overlaps(&self, window: (Timestamp, Timestamp)) -> bool {
+        // Touching windows conflict too: a scale-down and a scale-up due in the same second
+        // run in no defined order.
+        self.window.is_none_or(|(prepare, restore)| prepare <= window.1 && window.0 <= restore)
+    }
+
+    /// Earlier created wins; the same second is broken by object name, so both sales agree.
+    fn key(&self) -> (Option<Timestamp>, &str) {
+        (self.created, self.name.as_str())
+    }
+}
+
+/// The other sale whose CronHPA on the same workload wins over this sale's: one whose window
+/// overlaps `window` and whose object came first (`ours`, this sale's own object if it exists,
+/// loses to any overlapping claim created before it). Pure.
+///
+/// First created wins because that sale has held the workload's schedule longest: its
+/// scale-up may already be registered in the controller, possibly with the operator down,
+/// and a sale never takes a workload from another that got there first.
+pub fn first_claim<'a>(
+    holder: &str,
+    window: (Timestamp, Timestamp),
+    ours: Option<&Claim>,
+    claims: &'a [Claim],
+) -> Option<&'a Claim> {
+    claims
+        .iter()
+        .filter(|c| c.holder != holder && c.overlaps(window))
+        .filter(|c| ours.is_none_or(|o| c.key() < o.key()))
+        .min_by(|a, b| a.key().cmp(&b.key()))
+}
+
+/// Every CronHPA the operator created in `namespace` that scales `workload`, read from the view.
+pub async fn claims(view: &Arc<View>, namespace: &str, workload: &Workload) -> Result<Vec<Claim>, kube::Error> {
+    let objects = view.list(&scope(namespace)).await?;
+    Ok(objects.iter().filter_map(|o| claim_of(o, workload)).collect())
+}
+
+fn claim_of(object: &DynamicObject, workload: &Workload) -> Option<Claim> {
+    let labels = object.metadata.labels.as_ref()?;
+    if labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY) {
+        return None;
+    }
+    let target: TargetRef = serde_json::from_value(object.data.pointer("/spec/scaleTargetRef")?.clone()).ok()?;
+    if target.kind != workload.target.kind || target.name != workload.target.name {
+        return None;
+    }
+    let annotations = object.metadata.annotations.as_ref()?;
+    let window = annotations.get(WINDOW_ANNOTATION).and_then(|w| {
+        let (prepare, restore) = w.split_once('/')?;
+        Some((prepare.parse().ok()?, restore.parse().ok()?))
+    });
+    Some(Claim {
+        holder: annotations.get(SALE_ANNOTATION)?.clone(),
+        name: object.metadata.name.clone()?,
+        created: object.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        window,
+    })
+}
+
+/// What CronHPA mode knows of one workload in one pass, read before any write.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Facts {
+    pub intent: super::Intent,
+    pub now: Timestamp,
+    /// `(prepare_at, restore_at)`; `None` when the spec cannot be resolved (restore only).
+    pub window: Option<(Timestamp, Timestamp)>,
+    pub peak: i32,
+    /// The workload's `spec.replicas`, as the view shows it.
+    pub replicas: i32,
+    /// The baseline recorded on the workload (`flashsale.dev/original-replicas`).
+    pub recorded: Option<i32>,
+    /// The sale's CronHPA exists.
+    pub object: bool,
+    /// The scale-down target on the sale's live CronHPA.
+    pub scale_down_target: Option<i32>,
+    pub scale_up_settled: bool,
+    pub scale_down_settled: bool,
+}
+
+/// What CronHPA mode does for one workload in one pass. Pure: [`decide`] returns it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    pub baseline: i32,
+    /// The replicas the sale wants now, for status.
+    pub target: i32,
+    /// Put the CronHPA in place with `baseline` as its scale-down target.
+    pub render: bool,
+    /// The baseline to record on the workload (from Preparing on).
+    pub record_original: Option<i32>,
+    /// The operator scales the workload itself to this count now.
+    pub scale_to: Option<i32>,
+    /// Delete the sale's CronHPA now.
+    pub remove: bool,
+    /// The sale holds the workload.
+    pub holds: bool,
+}
+
+/// How long after the scale-down instant the operator waits for the controller to run the
+/// scale-down job before deleting the object with the job still registered.
+pub const SCALE_DOWN_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+
+/// The CronHPA mode's rules, one pass at a time. Pure.
+///
+/// - Baseline: until Preparing it follows the live replicas (the object's scale-down target is
+///   rewritten as they change, so it holds the count the workload had when the scale-up
+///   fired); from Preparing it is what the workload records, else the object's target if the
+///   scale-up has already run (the live count is then the peak), else the live count. That
+///   baseline is recorded on the workload in the same pass.
+/// - The operator's own safety net acts at the boundary itself, not after a grace: the
+///   controller (v1.3.0, its go-cron engine) re-arms its timer after removing a job from the
+///   time it last added or fired one, so every removal (another sale's object deleted, a job
+///   changed, a run-once job retired) makes its other pending jobs late by the time the engine
+///   had been idle, which is unbounded (weeks, for objects created weeks ahead) and invisible
+///   from outside. The operator therefore scales at Preparing and at the restore itself when
+///   the workload is not there yet; the CronHPA is what scales when the operator is down.
+/// - The object, the controller-side record of the baseline, is deleted only once the workload
+///   is seen at or below the baseline, and only after its scale-down job has run (the
+///   controller has then retired it, so the deletion removes nothing from the engine and
+///   delays no other sale's job), or [`SCALE_DOWN_GRACE`] after its instant, or at once when
+///   the sale ends before its restore instant (suspended, deleted).
+pub fn decide(f: &Facts) -> Decision {
+    use super::Intent;
+    match (f.intent, f.window) {
+        (Intent::Preflight, Some(_)) => {
+            Decision { baseline: f.replicas, target: f.replicas, render: true, ..Decision::default() }
+        }
+        (Intent::Hold, Some((prepare_at, _))) => {
+            let scaled_up = f.scale_up_settled || f.replicas == f.peak;
+            let baseline = f.recorded.or(f.scale_down_target.filter(|_| scaled_up)).unwrap_or(f.replicas);
+            Decision {
+                baseline,
+                target: f.peak,
+                render: true,
+                record_original: Some(baseline),
+                scale_to: (f.replicas < f.peak && f.now >= prepare_at).then_some(f.peak),
+                remove: false,
+                holds: true,
+            }
+        }
+        (_, window) => {
+            let baseline = f.recorded.or(f.scale_down_target).unwrap_or(f.replicas);
+            let early = window.is_none_or(|(_, restore_at)| f.now < restore_at);
+            let overdue = window.is_some_and(|(_, restore_at)| f.now >= restore_at + SCALE_DOWN_GRACE);
+            let job_done = f.scale_down_settled || early || overdue;
+            Decision {
+                baseline,
+                target: baseline,
+                scale_to: (f.replicas > baseline).then_some(baseline),
+                remove: f.object && f.replicas <= baseline && job_done,
+                ..Decision::default()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,7 +613,10 @@ mod tests {
                     "name": "fs-double-11-deployment-web",
                     "namespace": "shop",
                     "labels": {"app.kubernetes.io/managed-by": "flashsale-operator", "flashsale.dev/sale": "double-11"},
-                    "annotations": {"flashsale.dev/sale": "shop/double-11"},
+                    "annotations": {
+                        "flashsale.dev/sale": "shop/double-11",
+                        "flashsale.dev/window": "2026-11-10T15:30:00Z/2026-11-10T18:15:00Z",
+                    },
                 },
                 "spec": {
                     "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
@@ -658,5 +841,297 @@ mod tests {
             vec![("scale-down".into(), "Submitted".into()), ("scale-up".into(), "Succeed".into())]
         );
         assert!(states_of(&json!({"spec": {}})).is_empty());
+    }
+
+    fn facts(intent: crate::levers::Intent, now: &str) -> Facts {
+        Facts {
+            intent,
+            now: ts(now),
+            window: Some((ts("2026-11-10T15:30:00Z"), ts("2026-11-10T18:15:00Z"))),
+            peak: 4,
+            replicas: 2,
+            recorded: None,
+            object: true,
+            scale_down_target: Some(2),
+            scale_up_settled: false,
+            scale_down_settled: false,
+        }
+    }
+
+    #[test]
+    fn the_baseline_is_the_count_at_preparing() {
+        use crate::levers::Intent::{Hold, Preflight};
+        let before = "2026-11-10T15:00:00Z";
+        let at = "2026-11-10T15:30:00Z";
+        // (case, facts, baseline, scale_to)
+        let table: Vec<(&str, Facts, i32, Option<i32>)> = vec![
+            (
+                "scheduled: follows the live count, not the object",
+                Facts { replicas: 3, ..facts(Preflight, before) },
+                3,
+                None,
+            ),
+            (
+                "scheduled: no object yet",
+                Facts { object: false, scale_down_target: None, ..facts(Preflight, before) },
+                2,
+                None,
+            ),
+            (
+                "preparing, the scale-up not run yet: the live count",
+                Facts { replicas: 3, ..facts(Hold, at) },
+                3,
+                Some(4),
+            ),
+            (
+                "preparing, the scale-up ran: the object's target, set while Scheduled",
+                Facts { replicas: 4, scale_down_target: Some(3), scale_up_settled: true, ..facts(Hold, at) },
+                3,
+                None,
+            ),
+            (
+                "preparing, at peak before its status says so: the object's target",
+                Facts { replicas: 4, scale_down_target: Some(3), ..facts(Hold, at) },
+                3,
+                None,
+            ),
+            (
+                "recorded on the workload: that, whatever the object says",
+                Facts {
+                    replicas: 9,
+                    recorded: Some(3),
+                    scale_down_target: Some(2),
+                    scale_up_settled: true,
+                    ..facts(Hold, at)
+                },
+                3,
+                None,
+            ),
+            (
+                "the operator was down and is back at peak: the object's target",
+                Facts { replicas: 4, scale_up_settled: true, ..facts(Hold, "2026-11-10T16:00:00Z") },
+                2,
+                None,
+            ),
+        ];
+        for (case, f, baseline, scale_to) in table {
+            let d = decide(&f);
+            assert_eq!((d.baseline, d.scale_to), (baseline, scale_to), "{case}");
+            assert!(d.render, "{case}: the object is put in place");
+            assert!(!d.remove, "{case}");
+            match f.intent {
+                Hold => assert_eq!((d.record_original, d.holds), (Some(baseline), true), "{case}"),
+                _ => assert_eq!((d.record_original, d.holds), (None, false), "{case}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_operator_scales_up_at_the_boundary_not_after_a_grace() {
+        use crate::levers::Intent::Hold;
+        // The controller's job may be late by as long as its engine was idle before a removal.
+        assert_eq!(decide(&facts(Hold, "2026-11-10T15:30:00Z")).scale_to, Some(4));
+        assert_eq!(decide(&facts(Hold, "2026-11-10T15:30:00.400Z")).scale_to, Some(4));
+        assert_eq!(decide(&Facts { replicas: 4, ..facts(Hold, "2026-11-10T15:30:00Z") }).scale_to, None);
+        assert_eq!(decide(&Facts { replicas: 6, ..facts(Hold, "2026-11-10T15:30:00Z") }).scale_to, None);
+    }
+
+    #[test]
+    fn the_object_goes_only_after_the_scale_down_is_seen() {
+        use crate::levers::Intent::Restore;
+        let at = "2026-11-10T18:15:00Z";
+        let late = "2026-11-10T18:15:10Z";
+        let early = "2026-11-10T16:00:00Z";
+        // (case, facts, baseline, scale_to, remove)
+        let table: Vec<(&str, Facts, i32, Option<i32>, bool)> = vec![
+            (
+                "at the boundary, at peak: scale down, keep the object",
+                Facts { replicas: 4, ..facts(Restore, at) },
+                2,
+                Some(2),
+                false,
+            ),
+            (
+                "scale-down seen, its job still registered: wait for it",
+                Facts { replicas: 2, ..facts(Restore, at) },
+                2,
+                None,
+                false,
+            ),
+            (
+                "scale-down seen and its job ran: remove",
+                Facts { replicas: 2, scale_down_settled: true, ..facts(Restore, at) },
+                2,
+                None,
+                true,
+            ),
+            ("scale-down seen, its job overdue: remove", Facts { replicas: 2, ..facts(Restore, late) }, 2, None, true),
+            (
+                "its job ran but the workload is still above: keep the record",
+                Facts { replicas: 4, scale_down_settled: true, ..facts(Restore, late) },
+                2,
+                Some(2),
+                false,
+            ),
+            (
+                "the scale-down refused long past the boundary: keep the record",
+                Facts { replicas: 4, ..facts(Restore, "2026-11-10T19:00:00Z") },
+                2,
+                Some(2),
+                false,
+            ),
+            (
+                "suspended before the restore, at peak: scale down first",
+                Facts { replicas: 4, recorded: Some(3), ..facts(Restore, early) },
+                3,
+                Some(3),
+                false,
+            ),
+            (
+                "suspended before the restore, seen at the baseline: remove",
+                Facts { replicas: 2, ..facts(Restore, early) },
+                2,
+                None,
+                true,
+            ),
+            (
+                "below the baseline (a person scaled down): nothing left to scale down",
+                Facts { replicas: 1, scale_down_settled: true, ..facts(Restore, at) },
+                2,
+                None,
+                true,
+            ),
+            (
+                "no object: nothing to remove",
+                Facts {
+                    replicas: 2,
+                    object: false,
+                    scale_down_target: None,
+                    recorded: Some(2),
+                    ..facts(Restore, late)
+                },
+                2,
+                None,
+                false,
+            ),
+            (
+                "a spec that cannot be resolved restores at once",
+                Facts { replicas: 4, window: None, ..facts(Restore, at) },
+                2,
+                Some(2),
+                false,
+            ),
+        ];
+        for (case, f, baseline, scale_to, remove) in table {
+            let d = decide(&f);
+            assert_eq!((d.baseline, d.scale_to, d.remove), (baseline, scale_to, remove), "{case}");
+            assert!(!d.render && !d.holds && d.record_original.is_none(), "{case}");
+        }
+    }
+
+    fn claim(holder: &str, name: &str, created: &str, window: Option<(&str, &str)>) -> Claim {
+        Claim {
+            holder: holder.into(),
+            name: name.into(),
+            created: Some(ts(created)),
+            window: window.map(|(a, b)| (ts(a), ts(b))),
+        }
+    }
+
+    #[test]
+    fn the_first_sale_to_schedule_a_workload_keeps_it() {
+        let window = (ts("2026-11-10T15:30:00Z"), ts("2026-11-10T18:15:00Z"));
+        let first = claim(
+            "shop/a",
+            "fs-a-deployment-web",
+            "2026-11-01T00:00:00Z",
+            Some(("2026-11-10T15:00:00Z", "2026-11-10T16:00:00Z")),
+        );
+        let disjoint = claim(
+            "shop/c",
+            "fs-c-deployment-web",
+            "2026-10-01T00:00:00Z",
+            Some(("2026-11-11T15:00:00Z", "2026-11-11T16:00:00Z")),
+        );
+        let touching = claim(
+            "shop/d",
+            "fs-d-deployment-web",
+            "2026-10-01T00:00:00Z",
+            Some(("2026-11-10T18:15:00Z", "2026-11-10T19:00:00Z")),
+        );
+        let unreadable = claim("shop/e", "fs-e-deployment-web", "2026-10-01T00:00:00Z", None);
+        let mine_later = claim(
+            "shop/b",
+            "fs-b-deployment-web",
+            "2026-11-02T00:00:00Z",
+            Some(("2026-11-10T15:30:00Z", "2026-11-10T18:15:00Z")),
+        );
+        let mine_earlier = claim(
+            "shop/b",
+            "fs-b-deployment-web",
+            "2026-10-31T00:00:00Z",
+            Some(("2026-11-10T15:30:00Z", "2026-11-10T18:15:00Z")),
+        );
+        let same_second = claim("shop/b", "fs-b-deployment-web", "2026-11-01T00:00:00Z", None);
+        // (case, ours, claims, winner)
+        type Row<'a> = (&'a str, Option<&'a Claim>, Vec<Claim>, Option<&'a str>);
+        let table: Vec<Row> = vec![
+            ("no other sale", None, vec![], None),
+            ("an overlapping sale, ours not created yet", None, vec![first.clone()], Some("shop/a")),
+            (
+                "an overlapping sale created before ours",
+                Some(&mine_later),
+                vec![first.clone(), mine_later.clone()],
+                Some("shop/a"),
+            ),
+            ("ours created first", Some(&mine_earlier), vec![first.clone(), mine_earlier.clone()], None),
+            (
+                "the same second: the name decides",
+                Some(&same_second),
+                vec![first.clone(), same_second.clone()],
+                Some("shop/a"),
+            ),
+            ("another window entirely", None, vec![disjoint.clone()], None),
+            ("a window that ends as ours starts", None, vec![touching.clone()], Some("shop/d")),
+            ("a window that cannot be read counts as overlapping", None, vec![unreadable.clone()], Some("shop/e")),
+            ("the oldest of several wins", None, vec![first.clone(), touching.clone()], Some("shop/d")),
+        ];
+        for (case, ours, claims, winner) in table {
+            let got = first_claim("shop/b", window, ours, &claims).map(|c| c.holder.as_str());
+            assert_eq!(got, winner, "{case}");
+        }
+    }
+
+    #[test]
+    fn claims_are_read_from_the_objects_the_operator_rendered() {
+        let w = workload("Deployment", "web", None, 4);
+        let rendered = render(
+            "shop",
+            "a",
+            "shop/a",
+            &w,
+            ScaleTarget::workload(&w),
+            2,
+            ts("2026-11-10T15:30:00Z"),
+            ts("2026-11-10T18:15:00Z"),
+            "UTC",
+        )
+        .unwrap();
+        let mut object: DynamicObject = serde_json::from_value(rendered).unwrap();
+        let got = claim_of(&object, &w).unwrap();
+        assert_eq!(got.holder, "shop/a");
+        assert_eq!(got.window, Some((ts("2026-11-10T15:30:00Z"), ts("2026-11-10T18:15:00Z"))));
+        assert!(claim_of(&object, &workload("Deployment", "cart", None, 4)).is_none(), "another workload");
+        object.metadata.labels = None;
+        assert!(claim_of(&object, &w).is_none(), "not the operator's");
+    }
+
+    #[test]
+    fn settled_means_run_either_way() {
+        let states =
+            vec![("scale-down".to_owned(), "Submitted".to_owned()), ("scale-up".to_owned(), "Failed".to_owned())];
+        assert!(settled(&states, SCALE_UP_JOB));
+        assert!(!settled(&states, SCALE_DOWN_JOB));
+        assert!(!settled(&[], SCALE_DOWN_JOB));
     }
 }

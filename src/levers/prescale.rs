@@ -178,7 +178,7 @@ pub async fn plan(
             ));
             return Ok(plan);
         }
-        return cron_plan(client, target, sale, &crons, cron_live, cron_name, replicas, intent, plan).await;
+        return cron_plan(client, target, sale, &crons, cron_live, cron_name, replicas, recorded, intent, plan).await;
     }
 
     let use_hpa = if hpa_ours {
@@ -267,14 +267,14 @@ pub fn workload_scope(workload: &Workload, namespace: &str) -> Scope {
     Scope::of(&api_resource(workload), Some(namespace))
 }
 
-/// How long after a CronHPA job's instant the operator waits before doing the job itself (the
-/// CronHPA controller may be down, or the object was created after the instant passed).
-const CRON_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
-
 /// CronHPA mode: one object per workload with a run-once scale-up at the Preparing boundary
 /// and a run-once scale-down to the baseline at the restore boundary, created while the sale
-/// is Scheduled so the scale-up fires even if the operator is down then. The operator checks
-/// both happened and does them itself when they did not.
+/// is Scheduled so the scale-up fires even if the operator is down then. The decisions (the
+/// baseline taken at Preparing, the operator's own scaling at the boundaries, when the object
+/// may go) are [`cronhpa::decide`]'s; this reads what it needs and carries them out.
+///
+/// A workload another sale's CronHPA already scales in an overlapping window is refused
+/// ([`cronhpa::first_claim`]: the first created wins), so two sales' jobs never fight.
 #[allow(clippy::too_many_arguments)]
 async fn cron_plan(
     client: &Client,
@@ -284,14 +284,14 @@ async fn cron_plan(
     live_cron: Option<DynamicObject>,
     cron_name: String,
     replicas: i32,
+    recorded: Option<i32>,
     intent: Intent,
     mut plan: ScalePlan,
 ) -> Result<ScalePlan, kube::Error> {
     let workload = target.workload;
     let peak = workload.scale.peak;
     plan.mode = Some(format!("CronHPA ({cron_name})"));
-    // The baseline is the scale-down job's target on our object, else the replicas now.
-    let recorded: Option<i32> = live_cron.as_ref().and_then(|c| {
+    let scale_down_target: Option<i32> = live_cron.as_ref().and_then(|c| {
         c.data
             .pointer("/spec/jobs")?
             .as_array()?
@@ -301,8 +301,26 @@ async fn cron_plan(
             .as_i64()
             .map(|v| v as i32)
     });
-    let baseline = recorded.unwrap_or(replicas);
-    plan.baseline = Some(baseline);
+    let states = match live_cron {
+        Some(_) => cronhpa::job_states(sale.view, &target.namespace, &cron_name).await?,
+        None => vec![],
+    };
+    let window = sale.schedule.map(|s| (s.prepare_at, s.restore_at));
+    let facts = cronhpa::Facts {
+        intent,
+        now: sale.now,
+        window,
+        peak,
+        replicas,
+        recorded,
+        object: live_cron.is_some(),
+        scale_down_target,
+        scale_up_settled: cronhpa::settled(&states, cronhpa::SCALE_UP_JOB),
+        scale_down_settled: cronhpa::settled(&states, cronhpa::SCALE_DOWN_JOB),
+    };
+    let decision = cronhpa::decide(&facts);
+    plan.baseline = Some(decision.baseline);
+    plan.target = Some(decision.target);
     let scale_to = |n: i32| {
         let workloads: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &target.namespace, &api_resource(workload));
@@ -316,75 +334,76 @@ async fn cron_plan(
             Ok::<_, kube::Error>(scale)
         }
     };
-    match (intent, sale.schedule) {
-        (Intent::Preflight | Intent::Hold, Some(schedule)) => {
-            let object = match cronhpa::render(
-                sale.namespace,
-                sale.name,
-                sale.holder,
-                workload,
-                cronhpa::ScaleTarget::workload(workload),
-                baseline,
-                schedule.prepare_at,
-                schedule.restore_at,
-                sale.cron_zone,
-            ) {
-                Ok(object) => object,
-                Err(err) => {
-                    plan.problems.push(format!("{}: cannot render its CronHPA: {err}", target.display()));
-                    return Ok(plan);
-                }
-            };
-            if cronhpa::apply(sale.view, &object).await? {
-                plan.actions.push(cron_action(target, &cron_name, format!(
-                    "scheduled CronHPA {}/{cron_name}: {baseline} -> {peak} replicas at {}, back to {baseline} at {} ({})",
-                    target.namespace, schedule.prepare_at, schedule.restore_at, sale.cron_zone
-                )));
-            }
-            if intent == Intent::Hold {
-                plan.target = Some(peak);
-                plan.holds = true;
-                // The scale-up job should have fired; if not (controller down, object late), do it.
-                if replicas < peak && sale.now >= schedule.prepare_at + CRON_GRACE {
-                    scale_to(peak).await?;
-                    plan.actions.push(target.action("ScaleUp", format!(
-                        "scaled {} from {replicas} to {peak} replicas: the CronHPA scale-up did not happen within {CRON_GRACE}",
-                        target.display()
-                    )));
-                }
-            } else {
-                plan.target = Some(replicas);
-            }
-        }
-        (_, schedule) => {
-            plan.target = Some(baseline);
-            // Let the scale-down job run at the restore boundary; past its grace, or when the
-            // sale is suspended or deleted early, remove the object and scale down directly.
-            let early = schedule.is_none_or(|s| sale.now < s.restore_at);
-            let job_due = schedule.is_some_and(|s| sale.now >= s.restore_at + CRON_GRACE);
+    let name = cron_name.as_str();
+    let remove = |why: &'static str| async move {
+        crons.delete(name, &Default::default()).await?;
+        sale.view.deleted(&cronhpa::scope(&target.namespace), name);
+        Ok::<_, kube::Error>(cron_action(target, name, format!("removed CronHPA {}/{name}{why}", target.namespace)))
+    };
+
+    if let (true, Some((prepare_at, restore_at))) = (decision.render, window) {
+        let claims = cronhpa::claims(sale.view, &target.namespace, workload).await?;
+        let ours = claims.iter().find(|c| c.name == cron_name && c.holder == sale.holder);
+        if let Some(first) = cronhpa::first_claim(sale.holder, (prepare_at, restore_at), ours, &claims) {
+            plan.problems.push(format!(
+                "{}: sale {} already scales it with CronHPA {}/{} in an overlapping window; this sale creates no CronHPA for it (the first sale to schedule a workload keeps it)",
+                target.display(),
+                first.holder,
+                target.namespace,
+                first.name
+            ));
+            // Both sales created theirs at once: the later one takes its own away again.
             if live_cron.is_some() {
-                let done = cronhpa::job_states(sale.view, &target.namespace, &cron_name)
-                    .await?
-                    .iter()
-                    .any(|(job, state)| job == cronhpa::SCALE_DOWN_JOB && state == "Succeed");
-                if done || job_due || early {
-                    crons.delete(&cron_name, &Default::default()).await?;
-                    sale.view.deleted(&cronhpa::scope(&target.namespace), &cron_name);
-                    plan.actions.push(cron_action(
-                        target,
-                        &cron_name,
-                        format!("removed CronHPA {}/{cron_name}", target.namespace),
-                    ));
-                }
-                plan.restored = false;
+                plan.actions.push(remove(": another sale scales the workload in an overlapping window").await?);
             }
-            if replicas > baseline && (live_cron.is_none() || early || job_due) {
-                scale_to(baseline).await?;
-                plan.actions
-                    .push(target.action("Restore", format!("restored {} to {baseline} replicas", target.display())));
-                plan.restored = false;
-            }
+            plan.target = None;
+            return Ok(plan);
         }
+        let object = match cronhpa::render(
+            sale.namespace,
+            sale.name,
+            sale.holder,
+            workload,
+            cronhpa::ScaleTarget::workload(workload),
+            decision.baseline,
+            prepare_at,
+            restore_at,
+            sale.cron_zone,
+        ) {
+            Ok(object) => object,
+            Err(err) => {
+                plan.problems.push(format!("{}: cannot render its CronHPA: {err}", target.display()));
+                return Ok(plan);
+            }
+        };
+        if cronhpa::apply(sale.view, &object).await? {
+            let baseline = decision.baseline;
+            plan.actions.push(cron_action(target, &cron_name, format!(
+                "scheduled CronHPA {}/{cron_name}: {baseline} -> {peak} replicas at {prepare_at}, back to {baseline} at {restore_at} ({})",
+                target.namespace, sale.cron_zone
+            )));
+        }
+    }
+    plan.holds = decision.holds;
+    plan.record_original = decision.record_original;
+    if let Some(n) = decision.scale_to {
+        scale_to(n).await?;
+        let action = if intent == Intent::Hold {
+            target.action(
+                "ScaleUp",
+                format!("scaled {} from {replicas} to {n} replicas at the boundary", target.display()),
+            )
+        } else {
+            target.action("Restore", format!("restored {} to {n} replicas", target.display()))
+        };
+        plan.actions.push(action);
+    }
+    if decision.remove {
+        plan.actions.push(remove("").await?);
+    }
+    // The object, or a scale-down not yet seen, is still the sale's.
+    if intent != Intent::Hold && (live_cron.is_some() || decision.scale_to.is_some()) {
+        plan.restored = false;
     }
     Ok(plan)
 }

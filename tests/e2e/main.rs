@@ -25,6 +25,7 @@ mod tenant_kubeconfig;
 mod tenant_rbac;
 mod timeline;
 mod warmup;
+mod who_cronhpa;
 mod who_gitops;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -63,6 +64,7 @@ fn main() {
         .chain(chart::TESTS)
         .chain(who_gitops::TESTS)
         .chain(rehearsal::TESTS)
+        .chain(who_cronhpa::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
