@@ -646,13 +646,8 @@ async fn restore(
             }
         }
         FlagTarget::FeatureFlag => {
-            let mut flags = target.live_flags(live);
-            let originals = record.originals(names);
-            ownership::restore_flags(&mut flags, &originals);
-            // A merge patch: each of the sale's names set back, or removed (null).
-            let patch: Map<String, Value> =
-                originals.keys().map(|n| (n.clone(), flags.get(n).cloned().unwrap_or(Value::Null))).collect();
-            (json!({ "spec": { "flagSpec": { "flags": patch } } }), record.created && flags.is_empty())
+            let (patch, delete) = ownership::restore_feature_flag(&target.live_flags(live), &record, names);
+            (json!({ "spec": { "flagSpec": { "flags": patch } } }), delete)
         }
     };
     let version = live.metadata.resource_version.clone();

@@ -85,6 +85,21 @@ fn put_back(flags: &mut Map<String, Value>, name: &str, original: Value) {
     }
 }
 
+/// The restore of a FeatureFlag's flags (`live`): a merge patch of `spec.flagSpec.flags` setting
+/// each of the sale's names back (null: removed), and whether to delete the object instead (the
+/// sale created it and no flag of anyone else's is in it).
+pub fn restore_feature_flag<'a>(
+    live: &Map<String, Value>,
+    record: &Record,
+    names: impl IntoIterator<Item = &'a str>,
+) -> (Map<String, Value>, bool) {
+    let mut flags = live.clone();
+    let originals = record.originals(names);
+    restore_flags(&mut flags, &originals);
+    let patch = originals.keys().map(|n| (n.clone(), flags.get(n).cloned().unwrap_or(Value::Null))).collect();
+    (patch, record.created && flags.is_empty())
+}
+
 /// A flag file as a document whose `flags` is an object, or why it is not a flag file.
 fn parse(file: &str) -> Result<Value, String> {
     let mut doc: Value = serde_json::from_str(file).map_err(|e| format!("it is not JSON ({e})"))?;
@@ -325,6 +340,38 @@ mod tests {
         assert_eq!(gone, Restored { file: None, delete: true });
         let kept = restore_file(None, &held.record, [], true).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(kept, Restored { file: None, delete: false });
+    }
+
+    /// The sale's own FeatureFlag: (flags live at the restore) -> (patch, deleted).
+    #[test]
+    fn a_feature_flag_the_sale_created_keeps_flags_others_added() {
+        let wanted = BTreeMap::from([("sale".to_owned(), f("off"))]);
+        let mut live = Map::new();
+        let mut originals = BTreeMap::new();
+        hold_flags(&mut live, &mut originals, &wanted);
+        let record = Record { created: true, flags_file: None, flags: Some(originals) };
+        let mut theirs = live.clone();
+        theirs.insert("theirs".into(), f("on"));
+        let table = [
+            ("only the sale's flag", live.clone(), true),
+            ("another team's flag", theirs, false),
+            ("emptied by hand", Map::new(), true),
+        ];
+        for (name, flags, delete) in table {
+            let (patch, deleted) = restore_feature_flag(&flags, &record, []);
+            assert_eq!(deleted, delete, "{name}");
+            assert_eq!(
+                patch,
+                Map::from_iter([("sale".to_owned(), Value::Null)]),
+                "{name}: only the sale's name is patched"
+            );
+        }
+        // Held again over a flag someone added: theirs stays, ours is set.
+        let mut again: Map<String, Value> = Map::from_iter([("theirs".to_owned(), f("on"))]);
+        let mut originals = record.originals([]);
+        hold_flags(&mut again, &mut originals, &wanted);
+        assert_eq!(again.len(), 2);
+        assert_eq!(originals, BTreeMap::from([("sale".to_owned(), Value::Null)]));
     }
 
     #[test]
