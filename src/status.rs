@@ -284,8 +284,10 @@ pub fn frozen(
         .conditions
         .iter()
         .find(|c| c.type_ == FROZEN && c.status == "True" && c.reason == "SaleFrozen")
-        // Condition times are stored in whole seconds: the first message says what later ones read.
-        .map_or_else(|| Timestamp::from_second(now.as_second()).unwrap_or(now), |c| c.last_transition_time.0);
+        // Read back from the message (not the condition's time, which a workload freeze before
+        // may have set), so later passes say the same; whole seconds, as status times are.
+        .and_then(|c| since_in(&c.message))
+        .unwrap_or_else(|| Timestamp::from_second(now.as_second()).unwrap_or(now));
     let note = note.trim();
     let note = if note.is_empty() { String::new() } else { format!(" ({note})") };
     let message = format!(
@@ -315,6 +317,11 @@ pub fn frozen(
 fn frozen_since_of(w: &WorkloadStatus) -> Option<&str> {
     let rest = w.message.as_deref()?.strip_prefix("Frozen since ")?;
     rest.split_once(' ').map(|(since, _)| since)
+}
+
+/// The time in a `Frozen since <time> ...` message.
+fn since_in(message: &str) -> Option<Timestamp> {
+    message.strip_prefix("Frozen since ")?.split_once(' ')?.0.parse().ok()
 }
 
 /// Stamps each workload the lever found frozen with since when: the time its previous status
@@ -613,6 +620,17 @@ mod tests {
         let later = frozen(&sale, &merged, clock, "incident 42", t1);
         let later_cond = later.conditions.iter().find(|c| c.type_ == FROZEN).unwrap();
         assert_eq!(later_cond.message, frozen_cond.message, "since stays the first time");
+        // A workload was frozen first: the sale's freeze still counts from when it began.
+        let mut workloads_first = condition(FROZEN, true, "WorkloadsFrozen", "Frozen by annotation ...: web since x");
+        workloads_first.last_transition_time = Time(ts("2026-11-10T16:00:00Z"));
+        let before = FlashSaleStatus { conditions: vec![workloads_first.clone()], ..active.clone() };
+        let one = frozen(&sale, &before, clock, "", t1);
+        let mut carried = one.clone();
+        carried.conditions = ConditionSet::from(vec![workloads_first]).merge(one.conditions.clone(), Some(3), t1);
+        let two = frozen(&sale, &carried, clock, "", ts("2026-11-10T16:30:00Z"));
+        let msg = |s: &FlashSaleStatus| s.conditions.iter().find(|c| c.type_ == FROZEN).map(|c| c.message.clone());
+        assert_eq!(msg(&one), msg(&two), "the message stays, so the freeze is announced once");
+        assert!(msg(&two).is_some_and(|m| m.starts_with("Frozen since 2026-11-10T16:20:00Z")));
         // Still frozen when the clock says restore: Ready says the restore waits.
         let restoring = FlashSaleStatus { phase: Some(Phase::Restoring), ..merged };
         let clock = Position { phase: Phase::Restoring, next: None };
