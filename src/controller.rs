@@ -54,6 +54,9 @@ pub struct Context {
     pub installer: crate::installer::Installer,
     /// Consecutive failures per sale, for exponential backoff (kube-runtime has none built in).
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<FlashSale>>, u32>>,
+    /// The freeze last announced per sale (`namespace/name`): a pass that reads a status older
+    /// than its own last write does not announce it again.
+    freezes: Mutex<HashMap<String, Option<String>>>,
 }
 
 /// Why a reconcile failed. Each variant maps to a bounded metrics category.
@@ -126,6 +129,7 @@ pub async fn run(
         metrics,
         installer,
         failures: Mutex::new(HashMap::new()),
+        freezes: Mutex::new(HashMap::new()),
     });
     // Workloads held by a sale carry its name: a change in their replicas or rollout (peak
     // reached, pods lost) reconciles the sale at once instead of at the next recheck.
@@ -396,6 +400,14 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
         report_events(ctx, sale, &previous, &announced, &[]).await;
         return Ok(Action::requeue(ANNOUNCED_RECHECK));
     }
+    // Frozen by a person: no lever runs, so nothing is written in any cluster and every change
+    // stays as it is (the restore too waits); only the status says so, and since when.
+    if let Some(note) = sale.annotations().get(FREEZE_ANNOTATION) {
+        let frozen = status::frozen(sale, &previous, clock, note, now);
+        report_freeze(ctx, sale, &previous, &frozen).await;
+        write_status(api, sale, &previous, frozen, now).await?;
+        return Ok(clock.next.map_or_else(Action::await_change, |at| Action::requeue(until(Timestamp::now(), at))));
+    }
     let mut observations = observe(sale, ctx, Some(schedule), clock.phase).await;
     if clock.phase == Phase::Scheduled {
         rehearsed_warnings(sale, api, &schedule, &mut observations).await?;
@@ -414,6 +426,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     }
 
     report_events(ctx, sale, &previous, &decided, &observations).await;
+    report_freeze(ctx, sale, &previous, &decided).await;
     record_phase_metrics(ctx, sale, &decided);
     ctx.metrics.record_sale_status(sale, &decided);
     // Every cluster's view announces drift and a lost cluster as it happens, so a sale that
@@ -624,6 +637,35 @@ async fn rehearsed_warnings(
     Ok(())
 }
 
+/// Annotation freezing a sale (on the FlashSale) or one workload of it (on the Deployment or
+/// StatefulSet): no writes, every change left in place, until it is removed. Its value is a note
+/// for the status (who, why); any value freezes.
+pub const FREEZE_ANNOTATION: &str = "flashsale.dev/freeze";
+
+/// Announces a freeze once as it starts or changes (the `Frozen` condition's message names what
+/// and since when), and once as it is lifted.
+async fn report_freeze(ctx: &Context, sale: &FlashSale, previous: &FlashSaleStatus, decided: &FlashSaleStatus) {
+    let frozen = |s: &FlashSaleStatus| {
+        s.conditions.iter().find(|c| c.type_ == status::FROZEN && c.status == "True").map(|c| c.message.clone())
+    };
+    let key = levers::holder(&sale.namespace().unwrap_or_default(), &sale.name_any());
+    let now = frozen(decided);
+    let before = match ctx.freezes.lock() {
+        Ok(mut announced) => announced.insert(key, now.clone()).unwrap_or_else(|| frozen(previous)),
+        Err(_) => frozen(previous),
+    };
+    match (before, now) {
+        (before, Some(now)) if before.as_ref() != Some(&now) => {
+            publish(ctx, sale, EventType::Normal, "Frozen", now, "Freeze").await;
+        }
+        (Some(_), None) => {
+            let note = format!("The annotation {FREEZE_ANNOTATION} is gone; the sale holds its changes again");
+            publish(ctx, sale, EventType::Normal, "Unfrozen", note, "Freeze").await;
+        }
+        _ => {}
+    }
+}
+
 /// Annotation listing clusters whose restore a deletion may skip.
 pub const ABANDON_ANNOTATION: &str = "flashsale.dev/abandon-clusters";
 
@@ -638,6 +680,21 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
         .get(ABANDON_ANNOTATION)
         .map(|v| v.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
         .unwrap_or_default();
+    // A frozen sale is not restored, deleted or not: the deletion waits for the freeze to go.
+    if sale.annotations().contains_key(FREEZE_ANNOTATION) {
+        let message = format!(
+            "Deletion waits: the sale is frozen (annotation {FREEZE_ANNOTATION}), so nothing is restored; remove the annotation to restore everything and release it"
+        );
+        let mut blocked = previous.clone();
+        blocked.conditions.retain(|c| c.type_ != status::READY && c.type_ != status::RECONCILING);
+        blocked.conditions.push(status::condition(status::READY, false, "Deleting", &message));
+        blocked.conditions.push(status::condition(status::RECONCILING, false, "Deleting", &message));
+        if !previous.conditions.iter().any(|c| c.type_ == status::READY && c.message == message) {
+            publish(ctx, sale, EventType::Warning, "RestorePending", message.clone(), "Restore").await;
+        }
+        write_status(api, sale, &previous, blocked, now).await?;
+        return Err(Error::RestorePending(message));
+    }
     let observations: Vec<ClusterObservation> =
         observe(sale, ctx, Schedule::from_spec(&sale.spec).ok(), Phase::Restoring)
             .await

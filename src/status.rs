@@ -22,6 +22,11 @@ pub const PROBES_APPLIED: &str = "ProbesApplied";
 pub const DRAIN_AGENTS_READY: &str = "DrainAgentsReady";
 pub const CACHE_WARMED: &str = "CacheWarmed";
 pub const FLAGS_PUBLISHED: &str = "FlagsPublished";
+/// A person froze the sale or some of its workloads (annotation `flashsale.dev/freeze`).
+pub const FROZEN: &str = "Frozen";
+/// The `WorkloadStatus.message` the workload lever gives a frozen workload; [`decide`] turns it
+/// into one saying since when.
+pub const WORKLOAD_FROZEN: &str = "frozen by annotation flashsale.dev/freeze";
 /// The conditions levers contribute through [`crate::levers::LeverCondition`], in status order.
 const LEVER_CONDITIONS: [&str; 3] = [DRAIN_AGENTS_READY, CACHE_WARMED, FLAGS_PUBLISHED];
 
@@ -95,6 +100,7 @@ pub fn decide(
     let mut clusters_ready = 0;
     let (mut all_ready, mut all_restored, mut all_prescaled) = (true, true, true);
     let mut probes_applied: Option<bool> = None;
+    let mut frozen_workloads: Vec<String> = vec![];
     for obs in observations {
         let prev = previous.clusters.iter().find(|c| c.name == obs.name);
         match &obs.report {
@@ -115,6 +121,13 @@ pub fn decide(
                     phase_holds(position.phase),
                     schedule.prepare_at,
                     now,
+                );
+                let workloads = with_frozen_since(workloads, prev.map(|p| p.workloads.as_slice()), now);
+                frozen_workloads.extend(
+                    workloads
+                        .iter()
+                        .filter_map(|w| Some(format!("{} since {}", w.name, frozen_since_of(w)?)))
+                        .map(|w| qualify(observations, &obs.name, &w)),
                 );
                 let mut cluster = ClusterStatus {
                     name: obs.name.clone(),
@@ -218,6 +231,13 @@ pub fn decide(
         .into_iter()
         .chain(probes)
         .chain(levers.into_iter().map(|(c, _)| c))
+        .chain((!frozen_workloads.is_empty()).then(|| {
+            let message = format!(
+                "Frozen by annotation flashsale.dev/freeze, nothing is written to them: {}",
+                join_capped(&frozen_workloads)
+            );
+            condition(FROZEN, true, "WorkloadsFrozen", &message)
+        }))
         .collect(),
         window_start: Some(Time(schedule.start)),
         window_end: Some(Time(schedule.end)),
@@ -247,6 +267,85 @@ fn lever_conditions(observations: &[ClusterObservation]) -> Vec<(Condition, bool
                 chosen.message.clone()
             };
             Some((condition(type_, chosen.ready, &chosen.reason, &message), !chosen.ready && chosen.blocking))
+        })
+        .collect()
+}
+
+/// The status of a sale a person froze: what was last observed stays, the phase follows the
+/// clock (announced as usual), and `Frozen` says since when; while the clock says the sale should
+/// restore, `Ready` says the restore waits for the freeze to go.
+pub fn frozen(
+    sale: &FlashSale,
+    previous: &FlashSaleStatus,
+    clock: Position,
+    note: &str,
+    now: Timestamp,
+) -> FlashSaleStatus {
+    let since = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == FROZEN && c.status == "True" && c.reason == "SaleFrozen")
+        // Read back from the message (not the condition's time, which a workload freeze before
+        // may have set), so later passes say the same; whole seconds, as status times are.
+        .and_then(|c| since_in(&c.message))
+        .unwrap_or_else(|| Timestamp::from_second(now.as_second()).unwrap_or(now));
+    let note = note.trim();
+    let note = if note.is_empty() { String::new() } else { format!(" ({note})") };
+    let message = format!(
+        "Frozen since {since} by annotation flashsale.dev/freeze{note}: nothing is written in any cluster and every change is left as it is; remove the annotation to resume"
+    );
+    let phase = previous.phase.unwrap_or(clock.phase);
+    let mut conditions: Vec<Condition> =
+        previous.conditions.iter().filter(|c| c.type_ != FROZEN && c.type_ != RECONCILING).cloned().collect();
+    if matches!(phase, Phase::Restoring | Phase::Suspended) {
+        let waiting = format!("{message}; the restore waits until then");
+        conditions.retain(|c| c.type_ != READY);
+        let reason = if phase == Phase::Suspended { "Suspending" } else { "Restoring" };
+        conditions.push(condition(READY, false, reason, &waiting));
+    }
+    conditions.push(condition(RECONCILING, false, FROZEN, &message));
+    conditions.push(condition(FROZEN, true, "SaleFrozen", &message));
+    FlashSaleStatus {
+        phase: Some(phase),
+        next_transition_time: clock.next.map(Time),
+        observed_generation: sale.meta().generation,
+        conditions,
+        ..previous.clone()
+    }
+}
+
+/// Since when a workload is frozen, from the message [`with_frozen_since`] gave it.
+fn frozen_since_of(w: &WorkloadStatus) -> Option<&str> {
+    let rest = w.message.as_deref()?.strip_prefix("Frozen since ")?;
+    rest.split_once(' ').map(|(since, _)| since)
+}
+
+/// The time in a `Frozen since <time> ...` message.
+fn since_in(message: &str) -> Option<Timestamp> {
+    message.strip_prefix("Frozen since ")?.split_once(' ')?.0.parse().ok()
+}
+
+/// Stamps each workload the lever found frozen with since when: the time its previous status
+/// gave, or `now` the first time.
+fn with_frozen_since(
+    current: Vec<WorkloadStatus>,
+    previous: Option<&[WorkloadStatus]>,
+    now: Timestamp,
+) -> Vec<WorkloadStatus> {
+    current
+        .into_iter()
+        .map(|mut w| {
+            if w.message.as_deref() == Some(WORKLOAD_FROZEN) {
+                let before = previous
+                    .and_then(|p| p.iter().find(|p| p.name == w.name))
+                    .and_then(frozen_since_of)
+                    .and_then(|t| t.parse::<Timestamp>().ok());
+                let since = before.unwrap_or_else(|| Timestamp::from_second(now.as_second()).unwrap_or(now));
+                w.message = Some(format!(
+                    "Frozen since {since} by annotation flashsale.dev/freeze: the sale writes nothing to it until the annotation is removed"
+                ));
+            }
+            w
         })
         .collect()
 }
@@ -487,6 +586,82 @@ mod tests {
         assert_eq!(restored[0].time_to_peak_seconds, Some(60), "the figure outlives the restore");
         // Held again (the sale moved): a figure of the new hold only.
         assert_eq!(with_peak_times(&[w(4)], Some(&restored), true, t1, t1)[0].time_to_peak_seconds, None);
+    }
+
+    #[test]
+    fn a_frozen_workload_keeps_the_time_it_was_first_seen_frozen() {
+        let w = |message: Option<&str>| WorkloadStatus {
+            name: "Deployment shop/web".into(),
+            message: message.map(str::to_owned),
+            ..Default::default()
+        };
+        let (t0, t1) = (ts("2026-11-10T15:30:00Z"), ts("2026-11-10T15:31:00Z"));
+        // (previous message, current message from the lever) -> since when
+        let table = [
+            (None, Some(WORKLOAD_FROZEN), Some("2026-11-10T15:31:00Z")),
+            (Some("3/4 replicas ready"), Some(WORKLOAD_FROZEN), Some("2026-11-10T15:31:00Z")),
+            (
+                Some("Frozen since 2026-11-10T15:30:00Z by annotation"),
+                Some(WORKLOAD_FROZEN),
+                Some("2026-11-10T15:30:00Z"),
+            ),
+            (Some("Frozen since 2026-11-10T15:30:00Z by annotation"), None, None),
+            (None, Some("3/4 replicas ready"), None),
+        ];
+        for (before, now, since) in table {
+            let out = with_frozen_since(vec![w(now)], Some(&[w(before)]), t1);
+            assert_eq!(frozen_since_of(&out[0]), since, "{before:?} -> {now:?}");
+        }
+        assert!(t0 < t1);
+    }
+
+    #[test]
+    fn a_frozen_sale_keeps_its_status_and_says_since_when() {
+        let sale: FlashSale = serde_json::from_value(serde_json::json!({
+            "apiVersion": "flashsale.dev/v1alpha1", "kind": "FlashSale",
+            "metadata": {"name": "s", "namespace": "shop", "generation": 3},
+            "spec": {"window": {"start": "2026-11-10T16:00:00Z", "end": "2026-11-10T18:00:00Z"},
+                     "workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 4}}]}
+        }))
+        .unwrap();
+        let t0 = ts("2026-11-10T16:10:00Z");
+        let t1 = ts("2026-11-10T16:20:00Z");
+        let mut ready = condition(READY, true, "Prepared", "Everything is in place");
+        ready.last_transition_time = Time(t0);
+        let active =
+            FlashSaleStatus { phase: Some(Phase::Active), conditions: vec![ready.clone()], ..Default::default() };
+        let clock = Position { phase: Phase::Active, next: Some(ts("2026-11-10T18:00:00Z")) };
+        // (previous status, clock phase, since) -> Frozen message has since, Ready kept or waiting
+        let first = frozen(&sale, &active, clock, "incident 42", t0);
+        let frozen_cond = first.conditions.iter().find(|c| c.type_ == FROZEN).unwrap();
+        assert!(frozen_cond.message.starts_with("Frozen since 2026-11-10T16:10:00Z"), "{}", frozen_cond.message);
+        assert!(frozen_cond.message.contains("(incident 42)"));
+        assert_eq!(first.conditions.iter().find(|c| c.type_ == READY), Some(&ready), "Ready as last observed");
+        // Later passes: the condition's transition time (kept by the merge) is the since.
+        let mut merged = first.clone();
+        merged.conditions = ConditionSet::from(vec![]).merge(first.conditions.clone(), Some(3), t0);
+        let later = frozen(&sale, &merged, clock, "incident 42", t1);
+        let later_cond = later.conditions.iter().find(|c| c.type_ == FROZEN).unwrap();
+        assert_eq!(later_cond.message, frozen_cond.message, "since stays the first time");
+        // A workload was frozen first: the sale's freeze still counts from when it began.
+        let mut workloads_first = condition(FROZEN, true, "WorkloadsFrozen", "Frozen by annotation ...: web since x");
+        workloads_first.last_transition_time = Time(ts("2026-11-10T16:00:00Z"));
+        let before = FlashSaleStatus { conditions: vec![workloads_first.clone()], ..active.clone() };
+        let one = frozen(&sale, &before, clock, "", t1);
+        let mut carried = one.clone();
+        carried.conditions = ConditionSet::from(vec![workloads_first]).merge(one.conditions.clone(), Some(3), t1);
+        let two = frozen(&sale, &carried, clock, "", ts("2026-11-10T16:30:00Z"));
+        let msg = |s: &FlashSaleStatus| s.conditions.iter().find(|c| c.type_ == FROZEN).map(|c| c.message.clone());
+        assert_eq!(msg(&one), msg(&two), "the message stays, so the freeze is announced once");
+        assert!(msg(&two).is_some_and(|m| m.starts_with("Frozen since 2026-11-10T16:20:00Z")));
+        // Still frozen when the clock says restore: Ready says the restore waits.
+        let restoring = FlashSaleStatus { phase: Some(Phase::Restoring), ..merged };
+        let clock = Position { phase: Phase::Restoring, next: None };
+        let waiting = frozen(&sale, &restoring, clock, "", t1);
+        let ready = waiting.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Restoring"));
+        assert!(ready.message.contains("the restore waits"), "{}", ready.message);
+        assert_eq!(waiting.phase, Some(Phase::Restoring));
     }
 
     #[test]

@@ -5,23 +5,27 @@
 //! in-process mode (or a flagd sidecar); with `target: FeatureFlag`, as the OpenFeature
 //! operator's `FeatureFlag` (core.openfeature.dev/v1beta1) of that name instead.
 //!
-//! - The flags are published from Scheduled on, with every static flag's off-window encoded in
-//!   its `targeting` on `$flagd.timestamp`, so apps flip at the boundary second even if the
-//!   operator is down then; `defaultVariant` follows the phase as well.
+//! - The flags are published from [`PUBLISH_LEAD`] before Preparing (checked, not written, while
+//!   the sale is Scheduled before that), with every static flag's off-window encoded in its
+//!   `targeting` on `$flagd.timestamp`, so apps flip at the boundary second even if the operator
+//!   is down then; `defaultVariant` follows the phase as well.
 //! - Auto-degrade flags are circuit breakers ([`breaker`]) over a Prometheus instant query,
 //!   evaluated every few seconds while the sale is Preparing, Active or CoolingDown. Their state
 //!   lives in an annotation on the published object, never in operator memory, so a restarted
 //!   operator carries on where the last one stopped. A failing or empty query never flips a flag.
-//! - A ConfigMap of that name that the sale did not create is not clobbered: the sale's flags
-//!   are merged into its flag file (replacing flags of the same name), and its original file is
-//!   recorded in the same write. A file that is not a flagd flag file is refused and left alone.
-//!   A pre-existing FeatureFlag is always refused (it is one object per flag set; merging into
-//!   another owner's is not worth the surprise).
-//! - The restore puts the original flag file back exactly (or removes the key if there was
-//!   none), drops the bookkeeping, and deletes the object if the sale created it.
+//! - The sale owns its flag names and nothing else ([`ownership`]): each write merges its flags
+//!   into the file as it is live, so another flag or key changed by a person during the sale is
+//!   kept; the definitions its names replaced are recorded in the first write that replaces
+//!   them. A file that is not a flagd flag file is refused and left alone. A pre-existing
+//!   FeatureFlag is always refused (merging into another owner's object is not worth the
+//!   surprise); flags others add to the sale's own FeatureFlag are kept like in a file.
+//! - The restore puts the sale's names back as they were (or removes them), keeps everything
+//!   else, drops the bookkeeping, and deletes the object only if the sale created it and nothing
+//!   else was added to it.
 
 pub mod breaker;
 pub mod flagd;
+pub mod ownership;
 pub mod prometheus;
 
 use jiff::{SignedDuration, Timestamp};
@@ -36,11 +40,11 @@ use kube::{
     core::GroupVersionKind,
     discovery::ApiResource,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
 use self::breaker::{Breaker, Change, Rule, Sample, State};
+use self::ownership::Record;
 use super::{Action, Intent, LeverCondition, Report, SALE_ANNOTATION, Sale};
 use crate::{
     api::{AutoDegrade, Degradation, Flag, FlagPhase, FlagStatus, FlagTarget, FlashSaleSpec, Phase},
@@ -50,9 +54,9 @@ use crate::{
     view::Scope,
 };
 
-/// Annotation recording what the published object was before the sale: JSON
-/// `{"created": true, "flagsFile": null}` when the sale created it, else `{"created": false,
-/// "flagsFile": <the original flags.flagd.json, or null when it had none>}`.
+/// Annotation recording what the published object was before the sale ([`ownership::Record`]):
+/// JSON `{"created": bool, "flagsFile": <the original flags.flagd.json or null>, "flags": {name:
+/// <the definition the sale's flag replaced, or null>}}`.
 pub const ORIGINAL_ANNOTATION: &str = "flashsale.dev/original-flags";
 /// Annotation holding each auto-degrade flag's breaker (JSON object by flag name).
 pub const BREAKERS_ANNOTATION: &str = "flashsale.dev/flag-breakers";
@@ -66,15 +70,6 @@ pub const QUERY_FAILED: &str = "QueryFailed";
 /// Whether this flag's signal query failed in the pass that reported it.
 pub fn query_failed(flag: &FlagStatus) -> bool {
     flag.reason.starts_with(QUERY_FAILED)
-}
-
-/// What the published object was before the sale.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Original {
-    created: bool,
-    #[serde(default)]
-    flags_file: Option<String>,
 }
 
 /// Runs the flags lever for one cluster. A sale without `degradation` is left alone entirely.
@@ -111,7 +106,9 @@ pub async fn run(
     }
     let ours = live.is_some() && annotations.contains_key(SALE_ANNOTATION);
     match (intent, sale.schedule) {
-        (Intent::Restore, _) | (_, None) => restore(&api, sale.view, &target, live.as_ref(), ours, report).await,
+        (Intent::Restore, _) | (_, None) => {
+            restore(&api, sale.view, &target, live.as_ref(), ours, degradation, report).await
+        }
         (_, Some(schedule)) => {
             publish(&api, local, &target, live.as_ref(), ours, degradation, sale, &schedule, intent, report).await
         }
@@ -161,6 +158,16 @@ impl Target {
             ..ObjectReference::default()
         };
         Action { reason, warning: false, verb, object, note }
+    }
+
+    /// The flag file a live ConfigMap holds (none for a FeatureFlag).
+    fn live_file<'a>(&self, live: &'a DynamicObject) -> Option<&'a str> {
+        match self.kind {
+            FlagTarget::ConfigMap => {
+                live.data.pointer("/data").and_then(|d| d.get(flagd::FLAGS_KEY)).and_then(Value::as_str)
+            }
+            FlagTarget::FeatureFlag => None,
+        }
     }
 
     /// The published flags as the live object holds them.
@@ -350,49 +357,46 @@ async fn publish(
     let flags: BTreeMap<String, Value> = wanted.iter().map(|w| (w.status.name.clone(), w.flag.clone())).collect();
 
     // What the object holds, and what it held before the sale.
-    let (original, content) = match target.kind {
+    let recorded = match live_annotations.get(ORIGINAL_ANNOTATION).filter(|_| ours) {
+        Some(text) => match serde_json::from_str::<Record>(text) {
+            Ok(record) => record,
+            Err(_) => {
+                let message = format!(
+                    "{}: the annotation {ORIGINAL_ANNOTATION} is unreadable, so its original cannot be known; it is left unchanged",
+                    target.display()
+                );
+                refuse(report, intent, "OriginalUnknown", message);
+                report.restored = false;
+                return Ok(());
+            }
+        },
+        None if ours => {
+            let message = format!(
+                "{}: the annotation {ORIGINAL_ANNOTATION} is missing, so its original cannot be known; it is left unchanged",
+                target.display()
+            );
+            refuse(report, intent, "OriginalUnknown", message);
+            report.restored = false;
+            return Ok(());
+        }
+        None => Record::before_first_write(live.is_some(), live.and_then(|l| target.live_file(l))),
+    };
+    let (record, content) = match target.kind {
         FlagTarget::ConfigMap => {
-            let live_file = live
-                .and_then(|l| l.data.pointer("/data"))
-                .and_then(|d| d.get(flagd::FLAGS_KEY))
-                .and_then(Value::as_str);
-            let original = if ours {
-                match live_annotations.get(ORIGINAL_ANNOTATION).and_then(|o| serde_json::from_str::<Original>(o).ok()) {
-                    Some(o) => o,
-                    None => {
-                        let message = format!(
-                            "{}: the annotation {ORIGINAL_ANNOTATION} is missing or unreadable, so its original cannot be known; it is left unchanged",
-                            target.display()
-                        );
-                        refuse(report, intent, "OriginalUnknown", message);
-                        report.restored = false;
-                        return Ok(());
-                    }
+            let held = match ownership::hold_file(live.and_then(|l| target.live_file(l)), &recorded, &flags) {
+                Ok(held) => held,
+                Err(why) => {
+                    let message = format!(
+                        "{} already has a {} that the sale's flags cannot be merged into: {why}. It is left unchanged; make it a flagd flag file or choose another degradation.configMapName",
+                        target.display(),
+                        flagd::FLAGS_KEY
+                    );
+                    refuse(report, intent, "NotAFlagFile", message);
+                    report.restored &= !ours;
+                    return Ok(());
                 }
-            } else if live.is_some() {
-                Original { created: false, flags_file: live_file.map(str::to_owned) }
-            } else {
-                Original { created: true, flags_file: None }
             };
-            let base = original.flags_file.clone();
-            let file = match base.as_deref() {
-                Some(text) => match flagd::merge(text, &flags) {
-                    Ok(file) => file,
-                    Err(why) => {
-                        let message = format!(
-                            "{} already has a {} that the sale's flags cannot be merged into: {why}. It is left unchanged; make it a flagd flag file or choose another degradation.configMapName",
-                            target.display(),
-                            flagd::FLAGS_KEY
-                        );
-                        refuse(report, intent, "NotAFlagFile", message);
-                        report.restored &= !ours;
-                        return Ok(());
-                    }
-                },
-                None => flagd::document(&flags),
-            };
-            let in_place = live_file == Some(file.as_str());
-            (original, (json!({ "data": { flagd::FLAGS_KEY: file } }), in_place))
+            (held.record, (json!({ "data": { flagd::FLAGS_KEY: held.file } }), held.in_place))
         }
         FlagTarget::FeatureFlag => {
             if live.is_some() && !ours {
@@ -403,27 +407,47 @@ async fn publish(
                 refuse(report, intent, "AlreadyExists", message);
                 return Ok(());
             }
-            let wanted_flags: Map<String, Value> = flags.clone().into_iter().collect();
-            let in_place =
-                live.and_then(|l| l.data.pointer("/spec/flagSpec/flags")) == Some(&Value::Object(wanted_flags.clone()));
+            // Flags others added to the sale's FeatureFlag are kept, as in a shared file.
+            let mut merged = live_flags.clone();
+            let mut originals = recorded.originals(flags.keys().map(String::as_str));
+            ownership::hold_flags(&mut merged, &mut originals, &flags);
+            let in_place = live.is_some() && merged == live_flags;
             (
-                Original { created: true, flags_file: None },
-                (json!({ "spec": { "flagSpec": { "flags": wanted_flags } } }), in_place),
+                Record { flags: Some(originals), ..recorded },
+                (json!({ "spec": { "flagSpec": { "flags": merged } } }), in_place),
             )
         }
     };
     let (body, content_in_place) = content;
 
+    // Before the lead time nothing is written: the checks above have run (a file that cannot be
+    // merged into is said days ahead), and the shared file carries nothing of the sale yet.
+    let publish_at = publish_at(schedule);
+    if !ours && now < publish_at {
+        report.flags.extend(wanted.iter().map(|w| w.status.clone()));
+        report.recheck_at(publish_at);
+        report.conditions.push(LeverCondition {
+            type_: FLAGS_PUBLISHED,
+            ready: false,
+            reason: "NotYetPublished".into(),
+            message: format!(
+                "{} flags are published to {} at {publish_at}, {} before Preparing",
+                wanted.len(),
+                target.display(),
+                PUBLISH_LEAD_TEXT
+            ),
+            blocking: false,
+        });
+        return Ok(());
+    }
+    // The record keeps every original from the write that first replaced it; a pass that adds
+    // nothing new writes the same text, so it compares equal and sends nothing.
     let mut annotations_wanted: BTreeMap<String, String> = BTreeMap::from([
         (SALE_ANNOTATION.to_owned(), sale.holder.to_owned()),
-        (ORIGINAL_ANNOTATION.to_owned(), serde_json::to_string(&original).unwrap_or_default()),
+        (ORIGINAL_ANNOTATION.to_owned(), serde_json::to_string(&record).unwrap_or_default()),
     ]);
     if !breakers.is_empty() {
         annotations_wanted.insert(BREAKERS_ANNOTATION.to_owned(), serde_json::to_string(&breakers).unwrap_or_default());
-    }
-    // Only the original recorded at the first write is kept; later passes never rewrite it.
-    if let Some(recorded) = live_annotations.get(ORIGINAL_ANNOTATION).filter(|_| ours) {
-        annotations_wanted.insert(ORIGINAL_ANNOTATION.to_owned(), recorded.clone());
     }
     let stale =
         live_annotations.contains_key(BREAKERS_ANNOTATION) && !annotations_wanted.contains_key(BREAKERS_ANNOTATION);
@@ -434,10 +458,34 @@ async fn publish(
             "kind": target.resource.kind,
             "metadata": {"name": target.name, "namespace": target.namespace, "annotations": annotations_wanted},
         });
+        // The merge was made from this version of the object: a person's edit since then fails
+        // the write (and the next pass merges into it) rather than being overwritten.
+        if let Some(version) = live.and_then(|l| l.metadata.resource_version.clone()) {
+            doc["metadata"]["resourceVersion"] = Value::String(version);
+        }
         if let (Some(doc), Some(body)) = (doc.as_object_mut(), body.as_object()) {
             doc.extend(body.clone());
         }
-        let written = api.patch(&target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+        let written = match api
+            .patch(&target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc))
+            .await
+        {
+            Ok(written) => written,
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                report.flags.extend(wanted.iter().map(|w| w.status.clone()));
+                report.restored = false;
+                report.recheck_at(now + SignedDuration::from_secs(1));
+                report.conditions.push(LeverCondition {
+                    type_: FLAGS_PUBLISHED,
+                    ready: false,
+                    reason: "Publishing".into(),
+                    message: format!("{} changed while the flags were merged into it; merging again", target.display()),
+                    blocking: false,
+                });
+                return Ok(());
+            }
+            Err(other) => return Err(other),
+        };
         sale.view.wrote(&target.scope(), &target.name, written.metadata.resource_version.as_deref());
         if !ours {
             let how = match (live.is_some(), target.kind) {
@@ -530,6 +578,7 @@ async fn restore(
     target: &Target,
     live: Option<&DynamicObject>,
     ours: bool,
+    degradation: &Degradation,
     report: &mut Report,
 ) -> Result<(), kube::Error> {
     let done = |report: &mut Report, message: String| {
@@ -545,8 +594,8 @@ async fn restore(
         done(report, format!("No flags of the sale remain in {}", target.display()));
         return Ok(());
     };
-    let original = live.annotations().get(ORIGINAL_ANNOTATION).and_then(|o| serde_json::from_str::<Original>(o).ok());
-    let Some(original) = original else {
+    let record = live.annotations().get(ORIGINAL_ANNOTATION).and_then(|o| serde_json::from_str::<Record>(o).ok());
+    let Some(record) = record else {
         let message = format!(
             "{}: the annotation {ORIGINAL_ANNOTATION} is missing or unreadable, so it cannot be restored; restore it by hand and remove the annotation {SALE_ANNOTATION}",
             target.display()
@@ -562,43 +611,132 @@ async fn restore(
         });
         return Ok(());
     };
-    if original.created {
-        let answer = api.delete(&target.name, &DeleteParams::default()).await?;
-        view.after_delete(&target.scope(), &target.name, &answer);
+    let names = degradation.flags.iter().map(|f| f.name.as_str());
+    // What stays: every flag and key as people left it, the sale's names as they were.
+    let (data, delete) = match target.kind {
+        FlagTarget::ConfigMap => {
+            let other_content = live
+                .data
+                .pointer("/data")
+                .and_then(Value::as_object)
+                .is_some_and(|d| d.keys().any(|k| k != flagd::FLAGS_KEY))
+                || live.data.pointer("/binaryData").and_then(Value::as_object).is_some_and(|b| !b.is_empty());
+            match ownership::restore_file(target.live_file(live), &record, names, other_content) {
+                Ok(restored) => {
+                    let file = restored.file.map_or(Value::Null, Value::String);
+                    (json!({ "data": { flagd::FLAGS_KEY: file } }), restored.delete)
+                }
+                Err(why) => {
+                    let message = format!(
+                        "{}: its {} is no longer a flagd flag file ({why}), so the sale's flags cannot be taken out of it; fix the file and the restore goes on",
+                        target.display(),
+                        flagd::FLAGS_KEY
+                    );
+                    report.problems.push(message.clone());
+                    report.restored = false;
+                    report.conditions.push(LeverCondition {
+                        type_: FLAGS_PUBLISHED,
+                        ready: false,
+                        reason: "RestoreFailed".into(),
+                        message,
+                        blocking: true,
+                    });
+                    return Ok(());
+                }
+            }
+        }
+        FlagTarget::FeatureFlag => {
+            let (patch, delete) = ownership::restore_feature_flag(&target.live_flags(live), &record, names);
+            (json!({ "spec": { "flagSpec": { "flags": patch } } }), delete)
+        }
+    };
+    let version = live.metadata.resource_version.clone();
+    if delete {
+        // Deleted only as seen: something added since then is looked at again first.
+        let params = DeleteParams {
+            preconditions: Some(kube::api::Preconditions { resource_version: version, uid: None }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&target.name, &params).await {
+            Ok(answer) => view.after_delete(&target.scope(), &target.name, &answer),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                retry_restore(report, target);
+                return Ok(());
+            }
+            Err(other) => return Err(other),
+        }
         report.actions.push(target.action(
             "FlagsRestored",
             "Delete",
-            format!("deleted {}, which the sale had created", target.display()),
+            format!("deleted {}, which the sale had created and nothing else uses", target.display()),
         ));
         done(report, format!("{} is removed", target.display()));
         return Ok(());
     }
-    // Apply exactly the original key (or none): server-side apply drops the sale's annotations
-    // and, when the original had no flag file, the key the sale added.
-    let data = match original.flags_file {
-        Some(file) => json!({ flagd::FLAGS_KEY: file }),
-        None => json!({}),
+    // One merge patch, made from this version of the object (a person's edit since fails it and
+    // the next pass looks again): the sale's flags put back, its annotations gone.
+    let bookkeeping: Map<String, Value> = [SALE_ANNOTATION, ORIGINAL_ANNOTATION, BREAKERS_ANNOTATION]
+        .iter()
+        .map(|k| ((*k).to_owned(), Value::Null))
+        .collect();
+    let mut doc = json!({"metadata": {"resourceVersion": version, "annotations": bookkeeping}});
+    if let (Some(doc), Some(data)) = (doc.as_object_mut(), data.as_object()) {
+        doc.extend(data.clone());
+    }
+    let restored = match api
+        .patch(
+            &target.name,
+            &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() },
+            &Patch::Merge(&doc),
+        )
+        .await
+    {
+        Ok(restored) => restored,
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            retry_restore(report, target);
+            return Ok(());
+        }
+        Err(other) => return Err(other),
     };
-    let doc = json!({
-        "apiVersion": target.resource.api_version,
-        "kind": target.resource.kind,
-        "metadata": {"name": target.name, "namespace": target.namespace},
-        "data": data,
-    });
-    let restored = api.patch(&target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
     view.wrote(&target.scope(), &target.name, restored.metadata.resource_version.as_deref());
     report.actions.push(target.action(
         "FlagsRestored",
         "Restore",
-        format!("restored the original {} of {}", flagd::FLAGS_KEY, target.display()),
+        format!("took the sale's flags out of {}; every other flag and key is as people left it", target.display()),
     ));
     if restored.annotations().contains_key(SALE_ANNOTATION) {
         report.restored = false;
         report.problems.push(format!("{}: the sale's annotations are still on it after the restore", target.display()));
     } else {
-        done(report, format!("{} is back to its original", target.display()));
+        done(report, format!("{}: the sale's flags are taken out", target.display()));
     }
     Ok(())
+}
+
+/// The object changed between the read and the restore: not restored yet, looked at again soon.
+fn retry_restore(report: &mut Report, target: &Target) {
+    report.restored = false;
+    report.recheck_at(jiff::Timestamp::now() + SignedDuration::from_secs(1));
+    report.conditions.push(LeverCondition {
+        type_: FLAGS_PUBLISHED,
+        ready: false,
+        reason: "Restoring".into(),
+        message: format!("{} changed while the sale's flags were taken out; looking again", target.display()),
+        blocking: false,
+    });
+}
+
+/// How long before Preparing the flags are published. Static flags carry their windows in
+/// `targeting`, so the file must be in place before Preparing begins, with time for kubelet to
+/// bring a changed ConfigMap into the apps' volumes (about a minute) and for an operator
+/// restart, upgrade or failover; before that, the shared file carries nothing of the sale and a
+/// ConfigMap the sale would create does not exist yet.
+pub const PUBLISH_LEAD: SignedDuration = SignedDuration::from_hours(1);
+const PUBLISH_LEAD_TEXT: &str = "1h";
+
+/// When a sale's flags are first published.
+pub fn publish_at(schedule: &Schedule) -> Timestamp {
+    schedule.prepare_at - PUBLISH_LEAD
 }
 
 /// A static flag: off in its phases, on otherwise, with the window in its targeting.
@@ -714,7 +852,10 @@ pub fn plan(degradation: &Degradation, namespace: &str, schedule: &Schedule) -> 
         FlagTarget::FeatureFlag => target.display(),
     };
     let mut lines = vec![format!("degradation flags, in every cluster: {place}")];
-    lines.push("  Scheduled:  published, every flag on".into());
+    lines.push(format!(
+        "  published at {} ({PUBLISH_LEAD_TEXT} before Preparing), every flag on until its window",
+        publish_at(schedule)
+    ));
     for flag in &degradation.flags {
         match (&flag.off_during, &flag.auto_degrade) {
             (Some(phases), _) => {
@@ -740,7 +881,10 @@ pub fn plan(degradation: &Degradation, namespace: &str, schedule: &Schedule) -> 
             (None, None) => {}
         }
     }
-    lines.push("  Restoring:  the original flag file back (or the object deleted if the sale created it)".into());
+    lines.push(
+        "  Restoring:  the sale's flags put back as they were (or removed); every other flag and key kept; an object the sale created deleted if nothing else is in it"
+            .into(),
+    );
     lines
 }
 
@@ -830,19 +974,6 @@ mod tests {
         assert_eq!(poll_interval(&r(30, 120)), SignedDuration::from_millis(7500));
         assert_eq!(poll_interval(&r(2, 120)), SignedDuration::from_secs(1));
         assert_eq!(poll_interval(&r(3600, 3600)), SignedDuration::from_secs(15));
-    }
-
-    #[test]
-    fn the_original_annotation_round_trips() -> Result<(), serde_json::Error> {
-        let created = Original { created: true, flags_file: None };
-        let absent = Original { created: false, flags_file: None };
-        let present = Original { created: false, flags_file: Some("{\"flags\":{}}".into()) };
-        assert_eq!(serde_json::to_string(&created)?, r#"{"created":true,"flagsFile":null}"#);
-        assert_eq!(serde_json::to_string(&absent)?, r#"{"created":false,"flagsFile":null}"#);
-        for o in [created, absent, present] {
-            assert_eq!(serde_json::from_str::<Original>(&serde_json::to_string(&o)?)?, o);
-        }
-        Ok(())
     }
 
     #[test]

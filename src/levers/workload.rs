@@ -143,6 +143,23 @@ async fn pass(
         return Ok(out);
     }
     let ours = held_by.is_some();
+    // Frozen by a person: nothing is written to it, whatever the intent; what the sale changed
+    // stays, and its restore waits for the annotation to go.
+    if annotations.contains_key(crate::controller::FREEZE_ANNOTATION) {
+        out.status.ready_replicas =
+            live_json.pointer("/status/readyReplicas").and_then(Value::as_i64).map(|r| r as i32);
+        out.status.message = Some(crate::status::WORKLOAD_FROZEN.to_owned());
+        out.ready = true;
+        out.restored = !ours;
+        if intent == Intent::Restore && ours {
+            out.problems.push(format!(
+                "{} is frozen: its restore waits until the annotation {} is removed",
+                target.display(),
+                crate::controller::FREEZE_ANNOTATION
+            ));
+        }
+        return Ok(out);
+    }
     if intent == Intent::Preflight && !ours {
         out.requests = Some(preflight::pod_requests(&live_json));
         if !preflight::has_pdb(sale.view, &target.namespace, &live_json).await? {

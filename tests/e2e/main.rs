@@ -26,6 +26,7 @@ mod tenant_rbac;
 mod timeline;
 mod warmup;
 mod who_cronhpa;
+mod who_flags;
 mod who_gitops;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -65,6 +66,7 @@ fn main() {
         .chain(who_gitops::TESTS)
         .chain(rehearsal::TESTS)
         .chain(who_cronhpa::TESTS)
+        .chain(who_flags::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

@@ -78,24 +78,6 @@ pub fn document(flags: &BTreeMap<String, Value>) -> String {
     render(&json!({"$schema": SCHEMA, "flags": flags}))
 }
 
-/// `original` (an existing flag file) with `flags` added or replacing flags of the same name;
-/// every other flag and top-level key is kept. Fails, with a reason for a person, when the
-/// original is not a flag file.
-pub fn merge(original: &str, flags: &BTreeMap<String, Value>) -> Result<String, String> {
-    let mut doc: Value = serde_json::from_str(original).map_err(|e| format!("it is not JSON ({e})"))?;
-    let Some(obj) = doc.as_object_mut() else {
-        return Err("it is not a JSON object".into());
-    };
-    let existing = obj.entry("flags").or_insert_with(|| Value::Object(Map::new()));
-    let Some(existing) = existing.as_object_mut() else {
-        return Err("its \"flags\" is not an object".into());
-    };
-    for (name, flag) in flags {
-        existing.insert(name.clone(), flag.clone());
-    }
-    Ok(render(&doc))
-}
-
 /// The flags of a flag file by name (empty when it has none or is not one).
 pub fn flags_of(file: &str) -> Map<String, Value> {
     serde_json::from_str::<Value>(file)
@@ -104,7 +86,8 @@ pub fn flags_of(file: &str) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-fn render(doc: &Value) -> String {
+/// A flag file's text: stable (keys sorted) and ending in a newline.
+pub fn render(doc: &Value) -> String {
     // Serializing a JSON value cannot fail; the trailing newline keeps the file friendly to diff.
     let mut text = serde_json::to_string_pretty(doc).unwrap_or_default();
     text.push('\n');
@@ -231,26 +214,5 @@ mod tests {
         );
         assert_eq!(v["flags"]["recommendations"]["defaultVariant"], "on");
         assert!(text.find("\"recommendations\"") < text.find("\"reviews\""), "keys sorted");
-    }
-
-    #[test]
-    fn merging_keeps_the_owners_flags_and_replaces_ours() -> Result<(), String> {
-        let original = r#"{"flags": {"dark-mode": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"}, "reviews": {"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"}}, "$evaluators": {"x": 1}}"#;
-        let ours = BTreeMap::from([("reviews".to_owned(), flag(false, None))]);
-        let merged: Value = serde_json::from_str(&merge(original, &ours)?).map_err(|e| e.to_string())?;
-        assert_eq!(merged["flags"]["dark-mode"]["defaultVariant"], "on");
-        assert_eq!(merged["flags"]["reviews"], flag(false, None));
-        assert_eq!(merged["$evaluators"], json!({"x": 1}));
-        assert!(merged.get("$schema").is_none(), "the owner's file gains nothing but our flags");
-        assert_eq!(flags_of(&merge(original, &ours)?).len(), 2);
-        Ok(())
-    }
-
-    #[test]
-    fn merging_into_something_else_is_refused_with_a_reason() {
-        let ours = BTreeMap::from([("reviews".to_owned(), flag(false, None))]);
-        assert!(merge("feature=1", &ours).is_err_and(|e| e.contains("not JSON")));
-        assert!(merge("[1]", &ours).is_err_and(|e| e.contains("not a JSON object")));
-        assert!(merge(r#"{"flags": 3}"#, &ours).is_err_and(|e| e.contains("\"flags\" is not an object")));
     }
 }
