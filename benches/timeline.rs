@@ -277,7 +277,9 @@ async fn peer_column(cluster: &Cluster, client: &Client, ns: &str, operator: Ope
     // Boundary i is T0 + i s for the scale-up (the Preparing boundary) and that + window +
     // cooldown for the scale-down (the restore boundary): whole seconds, as CronHPA schedules are.
     let whole = jiff::TimestampRound::new().smallest(Unit::Second).mode(jiff::RoundMode::Ceil);
-    let t0 = (Timestamp::now() + SignedDuration::from_secs(30)).round(whole)?;
+    // Far enough ahead for every sale to be Scheduled (and its CronHPA registered by the
+    // controller) before the first boundary, even on a loaded machine.
+    let t0 = (Timestamp::now() + SignedDuration::from_secs(45)).round(whole)?;
     let schedules: Vec<Schedule> = (0..k)
         .map(|i| {
             let prepare_at = t0 + SignedDuration::from_secs(i as i64);
@@ -286,14 +288,29 @@ async fn peer_column(cluster: &Cluster, client: &Client, ns: &str, operator: Ope
             Schedule { prepare_at, start, end, restore_at: end + COOLDOWN }
         })
         .collect();
-    for (i, s) in schedules.iter().enumerate() {
-        for (arm, mode) in [("r", "Replicas"), ("c", "CronHPA")] {
-            let sale = peer_sale(&name(arm, i), ns, &name(arm, i), mode, s)?;
-            sales.create(&PostParams::default(), &sale).await.context("creating a FlashSale")?;
-        }
-        let cron: kube::api::DynamicObject = serde_json::from_value(hand_written_cronhpa(&name("h", i), s))?;
-        crons.create(&PostParams::default(), &cron).await.context("creating a CronHPA")?;
-    }
+    let objects = schedules.iter().enumerate().flat_map(|(i, s)| [("r", i, s), ("c", i, s), ("h", i, s)]);
+    stream::iter(objects)
+        .map(|(arm, i, s)| {
+            let (sales, crons) = (sales.clone(), crons.clone());
+            let n = name(arm, i);
+            async move {
+                match arm {
+                    "h" => {
+                        let cron: kube::api::DynamicObject = serde_json::from_value(hand_written_cronhpa(&n, s))?;
+                        crons.create(&PostParams::default(), &cron).await.context("creating a CronHPA")?;
+                    }
+                    _ => {
+                        let mode = if arm == "r" { "Replicas" } else { "CronHPA" };
+                        let sale = peer_sale(&n, ns, &n, mode, s)?;
+                        sales.create(&PostParams::default(), &sale).await.context("creating a FlashSale")?;
+                    }
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
     println!(
         "{k} boundaries from T0 = now + {:.1} s, one a second; per boundary one sale of each mode and one hand-written CronHPA",
         t0.duration_since(Timestamp::now()).as_secs_f64()
@@ -329,11 +346,20 @@ async fn peer_column(cluster: &Cluster, client: &Client, ns: &str, operator: Ope
             );
         }
     }
+    // A job whose scale update lost a race (the Deployment changed between the controller's
+    // read and its write) is logged as "Failed to scale"; count them per arm.
     let log = controller.log_text();
-    println!(
-        "CronHPA controller log: {} lines mentioning a failed job",
-        log.lines().filter(|l| l.contains("Failed") || l.contains("failed")).count()
-    );
+    for (arm, label) in &ARMS[1..] {
+        let failed =
+            log.lines().filter(|l| l.contains("Failed to scale") && l.contains(&format!("peer-{arm}-"))).count();
+        let conflicts = log
+            .lines()
+            .filter(|l| {
+                l.contains("Failed to scale") && l.contains(&format!("peer-{arm}-")) && l.contains("has been modified")
+            })
+            .count();
+        println!("CronHPA controller, {label}: {failed} failed scale jobs ({conflicts} of them update conflicts)");
+    }
     println!("at the end: {}", support::machine());
     drop(operator);
     Ok(())
