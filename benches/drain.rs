@@ -3,7 +3,7 @@
 //! notice → 100 pods evicted with no PDB in the way, and the agent's memory idle and after a
 //! drain. It prints numbers and asserts nothing about timing.
 //!
-//! `cargo bench --bench drain` (about 2 minutes once built; see BENCHMARKS.md).
+//! `cargo bench --bench drain` (about 2 minutes once built, 8 with the peer run; see BENCHMARKS.md).
 //! `FLASHSALE_BENCH_DRAIN_RUNS` changes the number of cordon runs (default 10);
 //! `FLASHSALE_BENCH_DRAIN_PODS` the number of pods drained (default 100);
 //! `FLASHSALE_E2E_KEEP=1` keeps the cluster's directory (with the agents' logs) afterwards.

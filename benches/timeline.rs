@@ -2,7 +2,8 @@
 //! each phase change shows in a FlashSale's status with 100 sales live, and how many writes a
 //! reconcile that has nothing to do sends. It prints numbers and asserts nothing about timing.
 //!
-//! `cargo bench --bench timeline` (the run itself takes about 2 minutes on two cores; see BENCHMARKS.md).
+//! `cargo bench --bench timeline` (the run itself takes about 3 minutes on two cores with the peer column; see
+//! BENCHMARKS.md).
 //! `FLASHSALE_BENCH_SALES` changes the number of sales per batch (default 100);
 //! `FLASHSALE_E2E_KEEP=1` keeps the cluster's directory (with the operator's log) afterwards.
 //!
