@@ -2,9 +2,16 @@
 //! each phase change shows in a FlashSale's status with 100 sales live, and how many writes a
 //! reconcile that has nothing to do sends. It prints numbers and asserts nothing about timing.
 //!
-//! `cargo bench --bench timeline` (the run itself takes about 2 minutes on two cores; see BENCHMARKS.md).
+//! `cargo bench --bench timeline` (the run itself takes about 3 minutes on two cores with the peer column; see
+//! BENCHMARKS.md).
 //! `FLASHSALE_BENCH_SALES` changes the number of sales per batch (default 100);
 //! `FLASHSALE_E2E_KEEP=1` keeps the cluster's directory (with the operator's log) afterwards.
+//!
+//! The peer column then measures boundary -> scale request for the same whole-second boundaries
+//! three ways in the same cluster: the operator's Replicas mode, its CronHPA mode through Alibaba's
+//! real CronHPA controller, and that controller alone with an equivalent hand-written CronHPA.
+//! `FLASHSALE_BENCH_TIMELINE_PEER=skip` leaves it out; `=only` runs nothing else;
+//! `FLASHSALE_BENCH_PEER_BOUNDARIES` sets the number of boundaries (default 20).
 
 use anyhow::{Context as _, bail};
 use flashsale_operator::api::{FlashSale, Phase};
@@ -48,11 +55,27 @@ fn main() {
     support::bench_main("timeline", run);
 }
 
+/// Which parts `FLASHSALE_BENCH_TIMELINE_PEER` selects: (the operator's own figures, the peer
+/// column).
+fn parts() -> anyhow::Result<(bool, bool)> {
+    match std::env::var("FLASHSALE_BENCH_TIMELINE_PEER").as_deref() {
+        Err(_) | Ok("") => Ok((true, true)),
+        Ok("skip") => Ok((true, false)),
+        Ok("only") => Ok((false, true)),
+        Ok(other) => bail!("FLASHSALE_BENCH_TIMELINE_PEER must be skip or only, not {other:?}"),
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     let sales: usize = match std::env::var("FLASHSALE_BENCH_SALES") {
         Ok(v) => v.parse().context("FLASHSALE_BENCH_SALES must be a number")?,
         Err(_) => 100,
     };
+    let boundaries: usize = match std::env::var("FLASHSALE_BENCH_PEER_BOUNDARIES") {
+        Ok(v) => v.parse().context("FLASHSALE_BENCH_PEER_BOUNDARIES must be a number")?,
+        Err(_) => 20,
+    };
+    let (own, peers) = parts()?;
     println!("machine: {}", support::machine());
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("flashsale-bench-{}", std::process::id()));
@@ -60,18 +83,25 @@ fn run() -> anyhow::Result<()> {
     cluster.install_crd(&support::repo().join("crds/flashsale.dev_flashsales.yaml"))?;
     println!("control plane up with the CRD in {:.1} s", started.elapsed().as_secs_f64());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let result = runtime.block_on(bench(&cluster, sales));
+    let result = runtime.block_on(bench(&cluster, sales, own, peers.then_some(boundaries)));
     if std::env::var_os("FLASHSALE_E2E_KEEP").is_some() {
         println!("cluster directory kept: {}", cluster.dir.display());
     }
     result
 }
 
-async fn bench(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
+async fn bench(cluster: &Cluster, n: usize, own: bool, peer_boundaries: Option<usize>) -> anyhow::Result<()> {
     let client = client(cluster).await?;
     let ns = namespace(&client, "bench").await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+    if !own {
+        let operator = Operator::operator_logging(cluster, &["--watch-namespace", &ns], "info")?;
+        return match peer_boundaries {
+            Some(k) => peer_column(cluster, &client, &ns, operator, k).await,
+            None => Ok(()),
+        };
+    }
 
     let t = Instant::now();
     stream::iter(0..n)
@@ -196,7 +226,192 @@ async fn bench(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
     let events = log.lines().filter(|l| l.contains("could not publish event")).count();
     println!("operator log: {failed} 'reconcile failed' lines, {events} 'could not publish event' lines");
     println!("at the end: {}", support::machine());
+    match peer_boundaries {
+        Some(k) => peer_column(cluster, &client, &ns, operator, k).await,
+        None => Ok(()),
+    }
+}
+
+/// The three ways of scaling at a boundary the peer column compares.
+const ARMS: [(&str, &str); 3] = [
+    ("r", "operator, mode Replicas"),
+    ("c", "operator, mode CronHPA (via the CronHPA controller)"),
+    ("h", "CronHPA controller alone, hand-written CronHPA"),
+];
+
+/// Boundary -> scale request (the Deployment's new `spec.replicas` seen by a watch) for `k`
+/// whole-second boundaries, each shared by one workload of every arm: a sale in Replicas mode,
+/// a sale in CronHPA mode, and a hand-written CronHPA with the same two run-once jobs the
+/// operator renders. The CronHPA controller runs in UTC, as the sales say.
+async fn peer_column(cluster: &Cluster, client: &Client, ns: &str, operator: Operator, k: usize) -> anyhow::Result<()> {
+    let mut operator = operator;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+    let controller = harness::cronhpa::CronHpaController::start(cluster, "UTC")?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let sales: Api<FlashSale> = Api::namespaced(client.clone(), ns);
+    let crons: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &flashsale_operator::levers::cronhpa::api_resource());
+    let scaled = ScaleRecorder::start(client.clone(), ns);
+    let name = |arm: &str, i: usize| format!("peer-{arm}-{i:02}");
+    let all: Vec<String> = ARMS.iter().flat_map(|(arm, _)| (0..k).map(move |i| name(arm, i))).collect();
+    let t = Instant::now();
+    stream::iter(all.iter())
+        .map(|n| {
+            let api = deployments.clone();
+            async move { api.create(&PostParams::default(), &named_deployment(n)?).await.context("creating a Deployment") }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    eventually(Duration::from_secs(300), || async {
+        let list = deployments.list(&ListParams::default()).await?;
+        Ok(all.iter().all(|n| {
+            list.items.iter().any(|d| {
+                d.metadata.name.as_ref() == Some(n) && d.status.as_ref().and_then(|s| s.ready_replicas) == Some(1)
+            })
+        }))
+    })
+    .await
+    .context("the peer Deployments never became ready")?;
+    println!("\n## peer column: {} Deployments at 1/1 ready in {:.1} s", all.len(), t.elapsed().as_secs_f64());
+
+    // Boundary i is T0 + i s for the scale-up (the Preparing boundary) and that + window +
+    // cooldown for the scale-down (the restore boundary): whole seconds, as CronHPA schedules are.
+    let whole = jiff::TimestampRound::new().smallest(Unit::Second).mode(jiff::RoundMode::Ceil);
+    // Far enough ahead for every sale to be Scheduled (and its CronHPA registered by the
+    // controller) before the first boundary, even on a loaded machine.
+    let t0 = (Timestamp::now() + SignedDuration::from_secs(45)).round(whole)?;
+    let schedules: Vec<Schedule> = (0..k)
+        .map(|i| {
+            let prepare_at = t0 + SignedDuration::from_secs(i as i64);
+            let start = prepare_at + PREPARE;
+            let end = start + WINDOW;
+            Schedule { prepare_at, start, end, restore_at: end + COOLDOWN }
+        })
+        .collect();
+    let objects = schedules.iter().enumerate().flat_map(|(i, s)| [("r", i, s), ("c", i, s), ("h", i, s)]);
+    stream::iter(objects)
+        .map(|(arm, i, s)| {
+            let (sales, crons) = (sales.clone(), crons.clone());
+            let n = name(arm, i);
+            async move {
+                match arm {
+                    "h" => {
+                        let cron: kube::api::DynamicObject = serde_json::from_value(hand_written_cronhpa(&n, s))?;
+                        crons.create(&PostParams::default(), &cron).await.context("creating a CronHPA")?;
+                    }
+                    _ => {
+                        let mode = if arm == "r" { "Replicas" } else { "CronHPA" };
+                        let sale = peer_sale(&n, ns, &n, mode, s)?;
+                        sales.create(&PostParams::default(), &sale).await.context("creating a FlashSale")?;
+                    }
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    println!(
+        "{k} boundaries from T0 = now + {:.1} s, one a second; per boundary one sale of each mode and one hand-written CronHPA",
+        t0.duration_since(Timestamp::now()).as_secs_f64()
+    );
+    let last = schedules.iter().map(|s| s.restore_at).max().unwrap_or(t0);
+    let timeout =
+        Duration::try_from(last.duration_since(Timestamp::now())).unwrap_or_default() + Duration::from_secs(60);
+    let done = eventually(timeout, || async { Ok(all.iter().all(|n| scaled.get(n).1.is_some())) }).await;
+    if let Err(err) = done {
+        println!("WARNING: not every peer Deployment was seen scaled up and down again: {err:#}");
+    }
+    let ms = |from: Timestamp, to: Timestamp| to.duration_since(from).as_secs_f64() * 1000.0;
+    println!("\nboundary -> scale request seen (the Deployment's new spec.replicas, through a watch), ms:");
+    println!("| {:<52} | boundary  | count | min    | p50    | p90    | max    |", "scaled by");
+    println!("|{}|-----------|-------|--------|--------|--------|--------|", "-".repeat(54));
+    for (arm, label) in ARMS {
+        let (mut up, mut down) = (vec![], vec![]);
+        for (i, s) in schedules.iter().enumerate() {
+            let (u, d, _) = scaled.get(&name(arm, i));
+            up.extend(u.map(|u| ms(s.prepare_at, u)));
+            down.extend(d.map(|d| ms(s.restore_at, d)));
+        }
+        for (boundary, values) in [("scale-up", &mut up), ("scale-down", &mut down)] {
+            values.sort_by(f64::total_cmp);
+            let at = |q: f64| percentile(values, q);
+            println!(
+                "| {label:<52} | {boundary:<9} | {:>5} | {:>6.0} | {:>6.0} | {:>6.0} | {:>6.0} |",
+                values.len(),
+                values.first().copied().unwrap_or(f64::NAN),
+                at(50.0),
+                at(90.0),
+                values.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    // A job whose scale update lost a race (the Deployment changed between the controller's
+    // read and its write) is logged as "Failed to scale"; count them per arm.
+    let log = controller.log_text();
+    for (arm, label) in &ARMS[1..] {
+        let failed =
+            log.lines().filter(|l| l.contains("Failed to scale") && l.contains(&format!("peer-{arm}-"))).count();
+        let conflicts = log
+            .lines()
+            .filter(|l| {
+                l.contains("Failed to scale") && l.contains(&format!("peer-{arm}-")) && l.contains("has been modified")
+            })
+            .count();
+        println!("CronHPA controller, {label}: {failed} failed scale jobs ({conflicts} of them update conflicts)");
+    }
+    println!("at the end: {}", support::machine());
+    drop(operator);
     Ok(())
+}
+
+fn named_deployment(name: &str) -> anyhow::Result<Deployment> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/web:1"}]}
+            }
+        }
+    }))?)
+}
+
+/// A sale scaling Deployment `workload` from 1 to 2 replicas in `mode`, on `schedule`.
+fn peer_sale(name: &str, ns: &str, workload: &str, mode: &str, schedule: &Schedule) -> anyhow::Result<FlashSale> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "flashsale.dev/v1alpha1",
+        "kind": "FlashSale",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "window": {"start": schedule.start.to_string(), "end": schedule.end.to_string()},
+            "prepareBefore": PREPARE_BEFORE,
+            "cooldownAfter": COOLDOWN_AFTER,
+            "cronHPATimeZone": "UTC",
+            "workloads": [{"ref": {"kind": "Deployment", "name": workload}, "scale": {"peak": 2, "mode": mode}}],
+        }
+    }))?)
+}
+
+/// What a person would write for the same two boundaries: a run-once scale-up to 2 at the
+/// Preparing boundary and a run-once scale-down to 1 at the restore boundary, in UTC.
+fn hand_written_cronhpa(name: &str, schedule: &Schedule) -> serde_json::Value {
+    let at = |t: Timestamp| t.strftime("@date %Y-%m-%d %H:%M:%S").to_string();
+    serde_json::json!({
+        "apiVersion": flashsale_operator::levers::cronhpa::API_VERSION,
+        "kind": flashsale_operator::levers::cronhpa::KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "jobs": [
+                {"name": "scale-up", "schedule": at(schedule.prepare_at), "targetSize": 2, "runOnce": true},
+                {"name": "scale-down", "schedule": at(schedule.restore_at), "targetSize": 1, "runOnce": true},
+            ]
+        }
+    })
 }
 
 /// How many Deployments have each (spec.replicas, status.readyReplicas).
