@@ -24,6 +24,7 @@ mod tenant_kubeconfig;
 mod tenant_rbac;
 mod timeline;
 mod warmup;
+mod who_replicas;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
@@ -59,6 +60,7 @@ fn main() {
         .chain(status_cmd::TESTS)
         .chain(dashboard::TESTS)
         .chain(chart::TESTS)
+        .chain(who_replicas::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);
