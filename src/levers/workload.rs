@@ -489,7 +489,9 @@ async fn pass(
         let target_replicas = scale.target.unwrap_or(0);
         out.status.message = Some(format!("{ready_replicas}/{target_replicas} replicas ready"));
         // Pods that cannot start are a problem from Preparing on, not only once the sale is live.
-        if let Some(selector) = pod_selector(&live_json) {
+        // Not in the pass that changes the replicas: the new pods do not exist yet, and starting
+        // the pods' watch would only delay that pass's status and events.
+        if let Some(selector) = pod_selector(&live_json).filter(|_| replicas_match) {
             let scope = Scope::typed::<Pod>(Some(&target.namespace)).labelled(&selector);
             match sale.view.list_as::<Pod>(&scope).await {
                 Ok(pods) => {
