@@ -109,6 +109,11 @@ fn an_on_call_scale_up_is_kept_reported_once_and_kept_after_the_restore(env: &En
             .context("web never pre-scaled to 4")?;
 
         scale_by_hand(&deployments, "web", 9).await?;
+        // Several passes (each pod becoming ready is a change the sale reacts to): still 9.
+        for _ in 0..8 {
+            ensure!(replicas(&deployments, "web").await? == Some(9), "the manual scale-up was undone");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         eventually(Duration::from_secs(20), || async {
             let s = sales.get("flash").await?;
             let drift = s
@@ -121,11 +126,6 @@ fn an_on_call_scale_up_is_kept_reported_once_and_kept_after_the_restore(env: &En
         })
         .await
         .context("status never reported the manual scale-up as drift")?;
-        // Several passes later (each pod becoming ready is a change the sale reacts to), still 9.
-        for _ in 0..8 {
-            ensure!(replicas(&deployments, "web").await? == Some(9), "the manual scale-up was undone");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
         let drifts = |all: Vec<(String, String)>| all.into_iter().filter(|(r, _)| r == "Drift").count();
         ensure!(drifts(events(&client, &ns, "flash").await?) == 1, "the drift was not reported exactly once");
 
