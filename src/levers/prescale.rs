@@ -197,7 +197,10 @@ pub fn parse_replicas(value: &str) -> Result<i32, String> {
 /// The original replicas to trust, from the annotation and the second record (see
 /// [`super::workload::trust`]); a lone record of 0 is refused too: putting it back would take
 /// the workload down, and only two records agreeing show it really was at 0.
-pub fn trusted_replicas(annotation: Option<&str>, record: Option<&str>) -> Result<(i32, Option<String>), String> {
+pub fn trusted_replicas(
+    annotation: Option<&str>,
+    record: Option<&str>,
+) -> Result<(i32, Option<super::workload::Lost>), String> {
     match super::workload::trust(annotation, record, parse_replicas)? {
         (0, Some(lost)) => Err(format!("only one record says 0 replicas ({lost})")),
         trusted => Ok(trusted),
@@ -394,7 +397,7 @@ fn replicas_plan(
     intent: Intent,
     replicas: i32,
     held: Option<i32>,
-    trusted: Result<(i32, Option<String>), String>,
+    trusted: Result<(i32, Option<super::workload::Lost>), String>,
     may_scale_up: bool,
     plan: &mut ScalePlan,
 ) {
@@ -433,7 +436,9 @@ fn replicas_plan(
         }
     };
     plan.baseline = Some(original);
-    if let Some(lost) = lost {
+    // A lost annotation is someone's edit, said once; a lost status record (the operator stopped
+    // before writing it) is simply written again.
+    if let Some(lost) = lost.filter(|l| l.annotation) {
         plan.notices.push(notice(
             target,
             "Recorded",
@@ -721,7 +726,7 @@ async fn hpa_plan(
             return Ok(plan);
         }
     };
-    if let Some(lost) = lost {
+    if let Some(lost) = lost.filter(|l| l.annotation) {
         plan.notices.push(notice(
             target,
             "Recorded",
@@ -940,7 +945,7 @@ mod tests {
             assert_eq!(got, want, "annotation {annotation:?}, record {record:?}");
         }
         let (_, lost) = trusted_replicas(Some("x"), Some("2")).unwrap();
-        assert!(lost.unwrap().contains("annotation is unsound"));
+        assert!(lost.is_some_and(|l| l.annotation && l.why.contains("annotation is unsound")));
     }
 
     #[test]

@@ -104,6 +104,21 @@ fn shown_records(sale: &Sale<'_>, display: &str) -> Vec<RecordedOriginal> {
 /// The `field` of the second record for a workload's probe timings.
 pub const RECORD_PROBES: &str = "probes";
 
+/// Which of an original's two records was lost (missing or unsound), and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lost {
+    /// The annotation on the object (a person's edit, worth an event) rather than the status
+    /// record (an operator stopped between the object's write and the status write).
+    pub annotation: bool,
+    pub why: String,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
 /// The original to trust from its two records: the annotation on the object and the second
 /// record in the sale's status. Both sound and equal: that value. One missing or unsound (it
 /// does not parse, or is out of range) and the other sound: the sound one, with a note saying
@@ -113,7 +128,8 @@ pub fn trust<T: PartialEq>(
     annotation: Option<&str>,
     record: Option<&str>,
     parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<(T, Option<String>), String> {
+) -> Result<(T, Option<Lost>), String> {
+    let lost = |annotation: bool, why: String| Some(Lost { annotation, why });
     let a = annotation.map(&parse);
     let r = record.map(&parse);
     match (a, r) {
@@ -123,10 +139,10 @@ pub fn trust<T: PartialEq>(
             annotation.unwrap_or_default(),
             record.unwrap_or_default()
         )),
-        (Some(Ok(a)), None) => Ok((a, Some("the status record is missing".into()))),
-        (Some(Ok(a)), Some(Err(why))) => Ok((a, Some(format!("the status record is unsound: {why}")))),
-        (None, Some(Ok(r))) => Ok((r, Some("the annotation is missing".into()))),
-        (Some(Err(why)), Some(Ok(r))) => Ok((r, Some(format!("the annotation is unsound: {why}")))),
+        (Some(Ok(a)), None) => Ok((a, lost(false, "the status record is missing".into()))),
+        (Some(Ok(a)), Some(Err(why))) => Ok((a, lost(false, format!("the status record is unsound: {why}")))),
+        (None, Some(Ok(r))) => Ok((r, lost(true, "the annotation is missing".into()))),
+        (Some(Err(why)), Some(Ok(r))) => Ok((r, lost(true, format!("the annotation is unsound: {why}")))),
         (None, None) => Err("both records are missing".into()),
         (Some(Err(why)), None) => Err(format!("the status record is missing and the annotation is unsound: {why}")),
         (None, Some(Err(why))) => Err(format!("the annotation is missing and the status record is unsound: {why}")),
@@ -288,7 +304,7 @@ async fn pass(
     let probes_original = match (&workload.probes, probes_trusted) {
         (None, _) => None,
         (Some(_), Ok((original, lost))) => {
-            if let Some(lost) = lost {
+            if let Some(lost) = lost.filter(|l| l.annotation) {
                 out.actions.push(Action {
                     reason: "Recorded",
                     warning: true,
