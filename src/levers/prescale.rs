@@ -796,10 +796,15 @@ async fn hpa_plan(
         Intent::Restore => {
             let (min, max) = restore_bounds((original.min_replicas, original.max_replicas), (live_min, live_max), held);
             if (min, max) != (original.min_replicas, original.max_replicas) {
-                plan.notes.push(format!(
+                let note = format!(
                     "HorizontalPodAutoscaler {}/{name}: its bounds were changed during the sale; they stay at {min}..{max} instead of the original {}..{}",
                     target.namespace, original.min_replicas, original.max_replicas
-                ));
+                );
+                if ours {
+                    // Said once: in the pass that lets go of the HPA.
+                    plan.notices.push(Action { reason: "Drift", ..hpa_ref("Restore", note.clone()) });
+                }
+                plan.notes.push(note);
             }
             let floor = original.replicas.clamp(min, max);
             plan.target = Some(floor);

@@ -5,7 +5,7 @@
 
 use anyhow::{Context as _, ensure};
 use flashsale_operator::api::{FlashSale, Phase};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler};
 use kube::{
     Client,
     api::{Api, Patch, PatchParams, PostParams},
@@ -34,6 +34,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
     (
         "who_replicas::no_trusted_original_refuses_the_restore_and_writes_nothing",
         no_trusted_original_refuses_the_restore_and_writes_nothing,
+    ),
+    (
+        "who_replicas::hpa_bounds_raised_by_hand_are_kept_through_the_restore",
+        hpa_bounds_raised_by_hand_are_kept_through_the_restore,
     ),
 ];
 
@@ -350,6 +354,67 @@ fn no_trusted_original_refuses_the_restore_and_writes_nothing(env: &Env) -> anyh
         );
         let refusals = events(&client, &ns, "flash").await?.into_iter().filter(|(r, _)| r == "RestoreRefused").count();
         ensure!(refusals == 1, "the refusal was announced {refusals} times");
+        Ok(())
+    })
+}
+
+fn hpa_bounds_raised_by_hand_are_kept_through_the_restore(env: &Env) -> anyhow::Result<()> {
+    block_on_value(async {
+        let (client, ns, _operator) = setup(env, "hpahand").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        ready_deployment(&deployments, "web", 2).await?;
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+        let hpa: HorizontalPodAutoscaler = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 2, "maxReplicas": 5,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]
+            }
+        }))?;
+        hpas.create(&PostParams::default(), &hpa).await?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let workloads =
+            serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 4, "mode": "HPA"}}]);
+        let sale = crate::support::flash_sale("flash", &ns, (&at(6), &at(25)), ("5s", "3s"), workloads)?;
+        sales.create(&PostParams::default(), &sale).await?;
+        let bounds = || async {
+            let h = hpas.get("web").await?;
+            anyhow::Ok((h.spec.min_replicas, h.spec.max_replicas))
+        };
+        wait_phase(&sales, "flash", Phase::Active, 30).await?;
+        eventually(Duration::from_secs(20), || async { Ok(bounds().await? == (Some(4), 5)) })
+            .await
+            .context("the HPA was never raised to minReplicas 4")?;
+
+        // On-call raises both bounds by hand (another field manager, as kubectl edit would).
+        let by_hand = serde_json::json!({"spec": {"minReplicas": 6, "maxReplicas": 9}});
+        hpas.patch("web", &PatchParams::default(), &Patch::Merge(&by_hand)).await?;
+        for _ in 0..8 {
+            ensure!(bounds().await? == (Some(6), 9), "the bounds set by hand were undone: {:?}", bounds().await?);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        eventually(Duration::from_secs(10), || async {
+            Ok(events(&client, &ns, "flash")
+                .await?
+                .iter()
+                .any(|(r, n)| r == "Drift" && n.contains("bounds set to 6..9")))
+        })
+        .await
+        .context("no Drift event reports the bounds set by hand")?;
+
+        wait_phase(&sales, "flash", Phase::Completed, 60).await?;
+        ensure!(bounds().await? == (Some(6), 9), "the restore undid the bounds set by hand: {:?}", bounds().await?);
+        let h = hpas.get("web").await?;
+        ensure!(
+            !h.metadata.annotations.unwrap_or_default().keys().any(|k| k.starts_with("flashsale.dev/")),
+            "bookkeeping left on the HPA"
+        );
+        let all = events(&client, &ns, "flash").await?;
+        ensure!(
+            all.iter().any(|(r, n)| r == "Drift" && n.contains("they stay at 6..9 instead of the original 2..5")),
+            "the restore did not say it left the bounds set by hand: {all:?}"
+        );
         Ok(())
     })
 }
