@@ -39,6 +39,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "who_replicas::hpa_bounds_raised_by_hand_are_kept_through_the_restore",
         hpa_bounds_raised_by_hand_are_kept_through_the_restore,
     ),
+    (
+        "who_replicas::a_removed_probe_original_is_restored_from_the_status_record",
+        a_removed_probe_original_is_restored_from_the_status_record,
+    ),
 ];
 
 async fn setup(env: &Env, name: &str) -> anyhow::Result<(Client, String, Operator)> {
@@ -415,6 +419,55 @@ fn hpa_bounds_raised_by_hand_are_kept_through_the_restore(env: &Env) -> anyhow::
             all.iter().any(|(r, n)| r == "Drift" && n.contains("they stay at 6..9 instead of the original 2..5")),
             "the restore did not say it left the bounds set by hand: {all:?}"
         );
+        Ok(())
+    })
+}
+
+fn a_removed_probe_original_is_restored_from_the_status_record(env: &Env) -> anyhow::Result<()> {
+    block_on_value(async {
+        let (client, ns, _operator) = setup(env, "proberecord").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let mut d = crate::support::deployment("web", 1, None)?;
+        if let Some(app) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()).and_then(|p| p.containers.first_mut())
+        {
+            app.readiness_probe = Some(serde_json::from_value(
+                serde_json::json!({"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 10, "failureThreshold": 3}),
+            )?);
+        }
+        deployments.create(&PostParams::default(), &d).await?;
+        let probe = || async {
+            let d = deployments.get("web").await?;
+            let app = d.spec.and_then(|s| s.template.spec).and_then(|p| p.containers.into_iter().next());
+            let r = app.and_then(|c| c.readiness_probe).context("no readiness probe")?;
+            anyhow::Ok((r.period_seconds, r.timeout_seconds, r.failure_threshold))
+        };
+        let before = probe().await?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let workloads = serde_json::json!([{
+            "ref": {"kind": "Deployment", "name": "web"},
+            "scale": {"peak": 1, "mode": "Replicas"},
+            "probes": {"container": "app", "readiness": {"periodSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 1}}
+        }]);
+        let sale = crate::support::flash_sale("flash", &ns, (&at(6), &at(25)), ("5s", "3s"), workloads)?;
+        sales.create(&PostParams::default(), &sale).await?;
+        wait_phase(&sales, "flash", Phase::Active, 30).await?;
+        eventually(Duration::from_secs(20), || async {
+            let s = sales.get("flash").await?;
+            let recorded = s
+                .status
+                .and_then(|st| st.clusters.into_iter().next())
+                .is_some_and(|c| c.originals.iter().any(|o| o.field == "probes"));
+            Ok(recorded && probe().await? == (Some(2), Some(1), Some(1)))
+        })
+        .await
+        .context("the sale's probe timings or the status record of their original never in place")?;
+
+        let removal = serde_json::json!({"metadata": {"annotations": {"flashsale.dev/original-probes": null}}});
+        deployments.patch("web", &PatchParams::default(), &Patch::Merge(&removal)).await?;
+
+        wait_phase(&sales, "flash", Phase::Completed, 60).await?;
+        ensure!(probe().await? == before, "probe timings not restored: {:?}, were {before:?}", probe().await?);
+        ensure!(bookkeeping(&deployments, "web").await?.is_empty(), "bookkeeping left on web");
         Ok(())
     })
 }
