@@ -538,6 +538,7 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                         now: Timestamp::now(),
                         installer: &ctx.installer,
                         warmups: shown.map(|c| c.warmups.as_slice()).unwrap_or_default(),
+                        shown,
                         view: &view,
                     };
                     let run = levers::run(&client, &ctx.client, &pass, &sale.spec, intent);

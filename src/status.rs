@@ -138,6 +138,7 @@ pub fn decide(
                     drain_agents: report.drain_agents.clone(),
                     warmups: report.warmups.clone(),
                     flags: report.flags.clone(),
+                    originals: report.originals.clone(),
                 };
                 // The sync time moves only when something else did, so a quiet pass writes nothing.
                 cluster.last_sync_time = match prev {
@@ -162,6 +163,8 @@ pub fn decide(
                     drain_agents: prev.and_then(|p| p.drain_agents.clone()),
                     warmups: prev.map(|p| p.warmups.clone()).unwrap_or_default(),
                     flags: prev.map(|p| p.flags.clone()).unwrap_or_default(),
+                    // Unread, the cluster still holds what the sale changed: keep the record.
+                    originals: prev.map(|p| p.originals.clone()).unwrap_or_default(),
                 });
             }
         }
@@ -213,7 +216,7 @@ pub fn decide(
             PROBES_APPLIED,
             false,
             "RollingOut",
-            "Probe timings are being applied; the scale-up follows the rollout",
+            "Probe timings are being applied; the scale-up waits for the rollout until half of prepareBefore has passed",
         ),
         Phase::Scheduled => condition(PROBES_APPLIED, false, "NotYet", "Probe timings change when the sale prepares"),
         _ => condition(PROBES_APPLIED, false, "Restored", "Probe timings are back to their originals"),

@@ -117,6 +117,23 @@ pub struct ClusterStatus {
     /// Degradation flag values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<FlagStatus>,
+    /// The second record of every original the sale changed in this cluster (the first is the
+    /// annotation on the object): the restore trusts a value only when the two agree, or when
+    /// one is missing or unreadable and the other is sound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub originals: Vec<RecordedOriginal>,
+}
+
+/// One original value as the sale found it before changing it.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedOriginal {
+    /// The workload it belongs to, `Kind namespace/name` as `workloads[].name` shows it.
+    pub object: String,
+    /// What was recorded: `replicas`, `probes`, or `hpa/<name>` (the bounds of that HPA).
+    pub field: String,
+    /// The value, exactly as in the object's annotation (a number, or JSON).
+    pub value: String,
 }
 
 /// Scaling and probe state of one workload in one cluster.
@@ -150,6 +167,9 @@ pub struct WorkloadStatus {
     /// Anything the SRE should know about this workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// A change a person made to what the sale holds, which the sale keeps rather than undoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
 }
 
 /// Drain agents in one cluster.

@@ -18,7 +18,9 @@ pub mod workload;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 
-use crate::api::{DrainAgentsStatus, FlagStatus, FlashSaleSpec, Phase, WarmupStatus, WorkloadStatus};
+use crate::api::{
+    ClusterStatus, DrainAgentsStatus, FlagStatus, FlashSaleSpec, Phase, RecordedOriginal, WarmupStatus, WorkloadStatus,
+};
 
 /// Annotation naming the sale (`namespace/name`) that holds an object changed by a lever.
 pub const SALE_ANNOTATION: &str = "flashsale.dev/sale";
@@ -72,6 +74,9 @@ pub struct Report {
     pub warmups: Vec<WarmupStatus>,
     /// Degradation flag values.
     pub flags: Vec<FlagStatus>,
+    /// The second record of the originals the sale holds in this cluster (see
+    /// [`ClusterStatus::originals`]).
+    pub originals: Vec<RecordedOriginal>,
     /// The per-lever conditions this cluster contributes (`DrainAgentsReady`, `CacheWarmed`,
     /// `FlagsPublished`); a lever the sale does not use contributes none.
     pub conditions: Vec<LeverCondition>,
@@ -142,6 +147,9 @@ pub struct Sale<'a> {
     pub installer: &'a crate::installer::Installer,
     /// This cluster's warm-ups as the last status showed them, so an outcome is announced once.
     pub warmups: &'a [WarmupStatus],
+    /// This cluster as the last status showed it: the second record of the originals, and
+    /// what was already reported (a drift is announced once).
+    pub shown: Option<&'a ClusterStatus>,
     /// The cluster's watch caches: what the levers read, instead of asking the API server.
     pub view: &'a std::sync::Arc<crate::view::View>,
 }
@@ -163,6 +171,8 @@ pub async fn run(
         let checked = check_rights(sale, spec, &mut rights).await;
         contain(&mut rights, "preflight", checked)?;
         if !rights.problems.is_empty() {
+            // The levers did not run: what they recorded still stands.
+            rights.originals = sale.shown.map(|c| c.originals.clone()).unwrap_or_default();
             return Ok(rights);
         }
     }

@@ -239,6 +239,8 @@ pub fn needed_rights(
         // Every workload pass looks up the HPA governing it and whether CronHPA is installed,
         // in the cluster's watch caches (list and watch; the CRD by name).
         add(&["list", "watch"], "autoscaling", "horizontalpodautoscalers", None, ns, None);
+        // A workload short of peak names its pods' reason, read from a watch of its pods.
+        add(&["list", "watch"], "", "pods", None, ns, None);
         add(
             &["get", "list", "watch"],
             "apiextensions.k8s.io",
@@ -438,6 +440,7 @@ mod tests {
             "list apps/deployments in namespace shop",
             "list autoscaling/horizontalpodautoscalers in namespace shop",
             "list nodes (cluster-wide)",
+            "list pods in namespace shop",
             "list policy/poddisruptionbudgets in namespace shop",
             "watch policy/poddisruptionbudgets in namespace shop",
             "patch apps/deployments in namespace shop",
@@ -445,6 +448,7 @@ mod tests {
             "watch apiextensions.k8s.io/customresourcedefinitions cronhorizontalpodautoscalers.autoscaling.alibabacloud.com (cluster-wide)",
             "watch apps/deployments in namespace shop",
             "watch autoscaling/horizontalpodautoscalers in namespace shop",
+            "watch pods in namespace shop",
         ];
         let no_cron = ClusterFacts { cronhpa_installed: false };
         let cron = ClusterFacts { cronhpa_installed: true };

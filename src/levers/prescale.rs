@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Action, Intent, SALE_ANNOTATION, Sale, cronhpa};
+use crate::api::RecordedOriginal;
 use crate::{
     api::{ScaleMode, Workload},
     controller::FIELD_MANAGER,
@@ -113,15 +114,161 @@ pub struct ScalePlan {
     pub restored: bool,
     /// The sale holds this workload's scaling now (the workload is marked with the sale).
     pub holds: bool,
+    /// The replicas the sale itself asked for, to record on the workload ([`HELD_REPLICAS`]).
+    pub held_replicas: Option<i32>,
+    /// A person's change to what the sale holds, kept and reported.
+    pub drift: Option<String>,
+    /// Things a person should know that block nothing (a record repaired, a change kept).
+    pub notes: Vec<String>,
+    /// Why nothing may be written to this workload in this pass: no trusted original is left.
+    pub refused: Option<String>,
+    /// The second record of the originals held (see [`crate::api::ClusterStatus::originals`]).
+    pub originals: Vec<RecordedOriginal>,
+    /// Events to publish once: a record repaired from the other, a person's change kept.
+    pub notices: Vec<Action>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+/// Annotation recording the replicas the sale itself last asked for: live replicas that differ
+/// from it were set by a person (or another tool), whose change the sale keeps.
+pub const HELD_REPLICAS: &str = "flashsale.dev/held-replicas";
+
+/// Annotation on an HPA recording the bounds the sale itself last asked for.
+pub const HELD_HPA: &str = "flashsale.dev/held-hpa";
+
+/// The `field` of the second record for a workload's replicas.
+pub const RECORD_REPLICAS: &str = "replicas";
+
+/// What the sale holds a workload at in one pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// `spec.replicas` to apply.
+    pub replicas: i32,
+    /// What the sale asked for itself, recorded as [`HELD_REPLICAS`].
+    pub held: i32,
+    /// The live replicas are a person's, not the sale's.
+    pub drift: bool,
+}
+
+/// Peak is a floor, never a ceiling: while holding, the replicas are `max(peak, live)`. The
+/// sale asks for `max(peak, original)` itself; a live count that differs from what it last asked
+/// for (`held`) is a person's change, kept (and floored at peak) with `held` left as it was, so
+/// the restore can tell. While `scale_up_now` is false (the sale's probe change is rolling out)
+/// the workload stays at its live count. Pure.
+pub fn hold_replicas(original: i32, live: i32, peak: i32, held: Option<i32>, scale_up_now: bool) -> Hold {
+    let wanted = peak.max(original);
+    match held {
+        Some(held) if live != held => Hold { replicas: peak.max(live), held, drift: true },
+        // The record of what the sale asked for was lost: a count above what it wants now is
+        // not the sale's, so it is kept and reported from the next pass on.
+        None if live > wanted => Hold { replicas: live, held: wanted, drift: false },
+        _ if !scale_up_now => Hold { replicas: live, held: live, drift: false },
+        _ => Hold { replicas: wanted, held: wanted, drift: false },
+    }
+}
+
+/// What the restore does with a workload's replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restore {
+    /// Put the recorded original back.
+    Original(i32),
+    /// A person changed the replicas during the sale (`live` differs from `held`, what the sale
+    /// last asked for): theirs stay.
+    Keep { live: i32, held: i32 },
+}
+
+/// The restore goes back to the recorded original unless a person changed the replicas after
+/// Preparing. Pure.
+pub fn restore_replicas(original: i32, live: i32, held: Option<i32>) -> Restore {
+    match held {
+        Some(held) if live != held => Restore::Keep { live, held },
+        _ => Restore::Original(original),
+    }
+}
+
+/// A recorded replica count: a whole number, never negative.
+pub fn parse_replicas(value: &str) -> Result<i32, String> {
+    match value.trim().parse::<i32>() {
+        Ok(n) if n >= 0 => Ok(n),
+        Ok(n) => Err(format!("{n} is below 0")),
+        Err(_) => Err(format!("{value:?} is not a replica count")),
+    }
+}
+
+/// The original replicas to trust, from the annotation and the second record (see
+/// [`super::workload::trust`]); a lone record of 0 is refused too: putting it back would take
+/// the workload down, and only two records agreeing show it really was at 0.
+pub fn trusted_replicas(
+    annotation: Option<&str>,
+    record: Option<&str>,
+) -> Result<(i32, Option<super::workload::Lost>), String> {
+    match super::workload::trust(annotation, record, parse_replicas)? {
+        (0, Some(lost)) => Err(format!("only one record says 0 replicas ({lost})")),
+        trusted => Ok(trusted),
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-struct HpaOriginal {
-    min_replicas: i32,
-    max_replicas: i32,
+pub struct HpaOriginal {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
     /// The workload's replicas when the sale raised the bounds.
-    replicas: i32,
+    pub replicas: i32,
+}
+
+/// A recorded HPA original: JSON with `1 <= minReplicas <= maxReplicas` and `replicas >= 0`.
+pub fn parse_hpa(value: &str) -> Result<HpaOriginal, String> {
+    let o: HpaOriginal = serde_json::from_str(value).map_err(|e| format!("unreadable ({e})"))?;
+    if o.min_replicas < 1 || o.max_replicas < o.min_replicas || o.replicas < 0 {
+        return Err(format!(
+            "out of range (minReplicas {}, maxReplicas {}, replicas {})",
+            o.min_replicas, o.max_replicas, o.replicas
+        ));
+    }
+    Ok(o)
+}
+
+/// HPA bounds `(minReplicas, maxReplicas)`.
+pub type Bounds = (i32, i32);
+
+/// What the sale holds an HPA's bounds at in one pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldBounds {
+    pub bounds: Bounds,
+    /// What the sale asked for itself, recorded as [`HELD_HPA`].
+    pub held: Bounds,
+    /// A bound is a person's, not the sale's.
+    pub drift: bool,
+}
+
+/// HPA bounds while holding: the sale asks for at least peak for both (never lowering an
+/// original above it); a bound a person changed (it differs from what the sale last asked for)
+/// is kept, floored at peak. Pure.
+pub fn hold_bounds(original: Bounds, live: Bounds, peak: i32, held: Option<Bounds>) -> HoldBounds {
+    let wanted = (original.0.max(peak), original.1.max(peak));
+    let (min, held_min, min_drift) = match held {
+        Some((h, _)) if live.0 != h => (live.0.max(peak), h, true),
+        _ => (wanted.0, wanted.0, false),
+    };
+    let (max, held_max, max_drift) = match held {
+        Some((_, h)) if live.1 != h => (live.1.max(peak), h, true),
+        _ => (wanted.1, wanted.1, false),
+    };
+    HoldBounds { bounds: (min, max.max(min)), held: (held_min, held_max), drift: min_drift || max_drift }
+}
+
+/// HPA bounds at the restore: each bound back to its original unless a person changed it
+/// during the sale; `maxReplicas` never below `minReplicas`. Pure.
+pub fn restore_bounds(original: Bounds, live: Bounds, held: Option<Bounds>) -> Bounds {
+    let min = match held {
+        Some((h, _)) if live.0 != h => live.0,
+        _ => original.0,
+    };
+    let max = match held {
+        Some((_, h)) if live.1 != h => live.1,
+        _ => original.1,
+    };
+    (min, max.max(min))
 }
 
 /// Plans pre-scaling for one workload. `may_scale_up` is false while the sale's probe timings
@@ -136,12 +283,22 @@ pub async fn plan(
 ) -> Result<ScalePlan, kube::Error> {
     let holder = sale.holder;
     let workload = target.workload;
-    let peak = workload.scale.peak;
     let replicas = live.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1) as i32;
-    let recorded: Option<i32> = live
-        .pointer(&format!("/metadata/annotations/{}", ORIGINAL_REPLICAS.replace('/', "~1")))
-        .and_then(Value::as_str)
-        .and_then(|v| v.parse().ok());
+    let annotation =
+        |key: &str| live.pointer(&format!("/metadata/annotations/{}", key.replace('/', "~1"))).and_then(Value::as_str);
+    let display = target.display();
+    let record = |field: &str| {
+        sale.shown
+            .into_iter()
+            .flat_map(|c| &c.originals)
+            .find(|o| o.object == display && o.field == field)
+            .map(|o| o.value.as_str())
+    };
+    let original_annotation = annotation(ORIGINAL_REPLICAS);
+    let original_record = record(RECORD_REPLICAS);
+    let held = annotation(HELD_REPLICAS).and_then(|v| parse_replicas(v).ok());
+    // Any trace of an earlier pass: the Replicas mode is in use and its original must be trusted.
+    let recorded = (original_annotation.is_some() || original_record.is_some() || held.is_some()).then_some(());
     let view = sale.view;
     let hpa = view.list_as::<HorizontalPodAutoscaler>(&hpa_scope(&target.namespace)).await?.into_iter().find(|h| {
         h.spec.scale_target_ref.kind == workload.target.kind && h.spec.scale_target_ref.name == workload.target.name
@@ -178,7 +335,11 @@ pub async fn plan(
             ));
             return Ok(plan);
         }
-        return cron_plan(client, target, sale, &crons, cron_live, cron_name, replicas, recorded, intent, plan).await;
+        // The baseline the workload records (annotation and status record, as trusted as in
+        // the Replicas mode); an untrusted one counts as none and the CronHPA object decides.
+        let baseline =
+            super::workload::trust(original_annotation, original_record, parse_replicas).ok().map(|(v, _)| v);
+        return cron_plan(client, target, sale, &crons, cron_live, cron_name, replicas, baseline, intent, plan).await;
     }
 
     let use_hpa = if hpa_ours {
@@ -215,36 +376,130 @@ pub async fn plan(
     };
 
     match (use_hpa, hpa) {
-        (true, Some(hpa)) => hpa_plan(client, view, target, hpa, holder, replicas, intent, may_scale_up, plan).await,
+        (true, Some(hpa)) => hpa_plan(client, view, target, hpa, sale, replicas, intent, may_scale_up, plan).await,
         (true, None) => {
             plan.problems.push(format!("{}: its HorizontalPodAutoscaler is gone", target.display()));
             Ok(plan)
         }
         (false, _) => {
             plan.mode = Some("Replicas".into());
-            match intent {
-                Intent::Preflight => {
-                    plan.baseline = Some(replicas);
-                }
-                Intent::Hold => {
-                    let baseline = recorded.unwrap_or(replicas);
-                    plan.baseline = Some(baseline);
-                    plan.target = Some(peak);
-                    if may_scale_up || recorded.is_some() {
-                        plan.workload_replicas = Some(peak);
-                        plan.record_original = Some(baseline);
-                        plan.holds = true;
-                    }
-                }
-                Intent::Restore => {
-                    plan.baseline = recorded.or(Some(replicas));
-                    plan.target = plan.baseline;
-                    plan.workload_replicas = recorded;
-                }
-            }
+            let trusted = match recorded {
+                // First pass: the live count is the original.
+                None => Ok((replicas, None)),
+                Some(()) => trusted_replicas(original_annotation, original_record),
+            };
+            replicas_plan(target, intent, replicas, held, trusted, may_scale_up, &mut plan);
             Ok(plan)
         }
     }
+}
+
+/// Mode `Replicas`: the floor while holding, the original (or a person's count) at the
+/// restore, and a refusal when no trusted original is left.
+fn replicas_plan(
+    target: &Target<'_>,
+    intent: Intent,
+    replicas: i32,
+    held: Option<i32>,
+    trusted: Result<(i32, Option<super::workload::Lost>), String>,
+    may_scale_up: bool,
+    plan: &mut ScalePlan,
+) {
+    let peak = target.workload.scale.peak;
+    let display = target.display();
+    let (original, lost) = match (intent, trusted) {
+        (Intent::Preflight, _) => {
+            plan.baseline = Some(replicas);
+            plan.target = Some(replicas);
+            if replicas > peak {
+                plan.notes.push(format!(
+                    "{display} has {replicas} replicas, more than the sale's peak {peak}: the sale keeps {replicas} (peak is a floor, never a ceiling)"
+                ));
+            }
+            return;
+        }
+        (_, Ok(trusted)) => trusted,
+        (Intent::Hold, Err(why)) => {
+            // Keep holding the floor, but record no new original: it would be a guess.
+            let message = untrusted(&display, RECORD_REPLICAS, ORIGINAL_REPLICAS, &why);
+            plan.problems.push(format!("{message}; the restore will leave its replicas as they are"));
+            plan.target = Some(peak.max(replicas));
+            plan.workload_replicas = Some(peak.max(replicas));
+            plan.held_replicas = held;
+            plan.holds = true;
+            return;
+        }
+        (Intent::Restore, Err(why)) => {
+            plan.refused = Some(format!(
+                "{}; nothing is written to it",
+                untrusted(&display, RECORD_REPLICAS, ORIGINAL_REPLICAS, &why)
+            ));
+            plan.target = Some(replicas);
+            plan.restored = false;
+            return;
+        }
+    };
+    plan.baseline = Some(original);
+    // A lost annotation is someone's edit, said once; a lost status record (the operator stopped
+    // before writing it) is simply written again.
+    if let Some(lost) = lost.filter(|l| l.annotation) {
+        plan.notices.push(notice(
+            target,
+            "Recorded",
+            format!("original replicas of {display}: {lost}; the other record ({original}) is used"),
+        ));
+    }
+    match intent {
+        Intent::Hold => {
+            let hold = hold_replicas(original, replicas, peak, held, may_scale_up);
+            plan.target = Some(hold.replicas);
+            plan.workload_replicas = Some(hold.replicas);
+            plan.record_original = Some(original);
+            plan.held_replicas = Some(hold.held);
+            plan.holds = true;
+            plan.originals.push(RecordedOriginal {
+                object: display.clone(),
+                field: RECORD_REPLICAS.into(),
+                value: original.to_string(),
+            });
+            plan.drift = match hold.drift {
+                false => None,
+                true if replicas < peak => Some(format!(
+                    "replicas lowered to {replicas} by someone else during the sale; held at the peak {peak} (peak is a floor)"
+                )),
+                true => Some(format!(
+                    "replicas set to {replicas} by someone else during the sale (the sale asked for {}); kept, and kept after the restore",
+                    hold.held
+                )),
+            };
+        }
+        _ => match restore_replicas(original, replicas, held) {
+            Restore::Original(original) => {
+                plan.target = Some(original);
+                plan.workload_replicas = Some(original);
+            }
+            Restore::Keep { live, held } => {
+                plan.target = Some(live);
+                plan.workload_replicas = Some(live);
+                let note = format!(
+                    "{display}: its replicas were changed to {live} during the sale (the sale asked for {held}); they stay at {live} instead of the original {original}"
+                );
+                // Its own action: the recorder folds events of one reason, action and object into one.
+                plan.notices.push(Action { reason: "Drift", ..notice(target, "Restore", note.clone()) });
+                plan.notes.push(note);
+            }
+        },
+    }
+}
+
+/// Why an original cannot be trusted, naming the object, the field and both records.
+fn untrusted(display: &str, field: &str, annotation: &str, why: &str) -> String {
+    format!("{display}: no trusted original of {field} (annotation {annotation}, status.clusters[].originals): {why}")
+}
+
+/// A one-off Warning event about a workload.
+fn notice(target: &Target<'_>, verb: &'static str, note: String) -> Action {
+    Action { reason: "Recorded", warning: true, ..target.action(verb, note) }
 }
 
 /// Whether the CronHPA mechanism should scale this workload: mode CronHPA, or Auto on a
@@ -386,6 +641,15 @@ async fn cron_plan(
     }
     plan.holds = decision.holds;
     plan.record_original = decision.record_original;
+    // The second record of the baseline, as in the Replicas mode (the CronHPA object is the
+    // controller's record, gone after the restore).
+    if let Some(original) = decision.record_original {
+        plan.originals.push(RecordedOriginal {
+            object: target.display(),
+            field: RECORD_REPLICAS.into(),
+            value: original.to_string(),
+        });
+    }
     if let Some(n) = decision.scale_to {
         scale_to(n).await?;
         let action = if intent == Intent::Hold {
@@ -430,23 +694,35 @@ async fn hpa_plan(
     view: &std::sync::Arc<crate::view::View>,
     target: &Target<'_>,
     hpa: HorizontalPodAutoscaler,
-    holder: &str,
+    sale: &Sale<'_>,
     replicas: i32,
     intent: Intent,
     may_scale_up: bool,
     mut plan: ScalePlan,
 ) -> Result<ScalePlan, kube::Error> {
+    let holder = sale.holder;
     let peak = target.workload.scale.peak;
     let name = hpa.name_any();
+    let display = target.display();
     let ours = hpa.annotations().get(SALE_ANNOTATION).map(String::as_str) == Some(holder);
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &target.namespace);
     let live_min = hpa.spec.min_replicas.unwrap_or(1);
     let live_max = hpa.spec.max_replicas;
-    let recorded: Option<HpaOriginal> =
-        hpa.annotations().get(ORIGINAL_HPA).and_then(|v| serde_json::from_str(v).ok()).filter(|_| ours);
-    let original = recorded.unwrap_or(HpaOriginal { min_replicas: live_min, max_replicas: live_max, replicas });
+    let field = format!("hpa/{name}");
+    let record = sale
+        .shown
+        .into_iter()
+        .flat_map(|c| &c.originals)
+        .find(|o| o.object == display && o.field == field)
+        .map(|o| o.value.as_str());
+    let annotation = hpa.annotations().get(ORIGINAL_HPA).map(String::as_str).filter(|_| ours);
+    let held: Option<Bounds> = hpa
+        .annotations()
+        .get(HELD_HPA)
+        .filter(|_| ours)
+        .and_then(|v| serde_json::from_str::<HeldBounds>(v).ok())
+        .map(|h| (h.min_replicas, h.max_replicas));
     plan.mode = Some(format!("HPA ({name})"));
-    plan.baseline = Some(original.replicas);
     let hpa_ref = |verb: &'static str, note: String| Action {
         reason: "Scaled",
         warning: false,
@@ -460,6 +736,40 @@ async fn hpa_plan(
         },
         note,
     };
+    let trusted = match (ours || record.is_some(), intent) {
+        (false, _) | (true, Intent::Preflight) => {
+            Ok((HpaOriginal { min_replicas: live_min, max_replicas: live_max, replicas }, None))
+        }
+        (true, _) => super::workload::trust(annotation, record, parse_hpa),
+    };
+    let (original, lost) = match trusted {
+        Ok(trusted) => trusted,
+        Err(why) => {
+            let message = untrusted(&display, &field, ORIGINAL_HPA, &why);
+            if intent == Intent::Restore {
+                plan.refused = Some(format!("{message}; nothing is written to it"));
+                plan.restored = false;
+            } else {
+                // Still held at the floor; the bounds stay as they are, and so does the record.
+                plan.problems.push(format!("{message}; the restore will leave its bounds as they are"));
+                plan.holds = true;
+            }
+            plan.target = Some(peak.max(replicas));
+            return Ok(plan);
+        }
+    };
+    if let Some(lost) = lost.filter(|l| l.annotation) {
+        plan.notices.push(notice(
+            target,
+            "Recorded",
+            format!(
+                "original bounds of HorizontalPodAutoscaler {}/{name}: {lost}; the other record is used",
+                target.namespace
+            ),
+        ));
+    }
+    plan.baseline = Some(original.replicas);
+    let original_json = serde_json::to_string(&original).unwrap_or_default();
     let apply = |doc: Value| {
         let api = api.clone();
         let name = name.clone();
@@ -474,54 +784,82 @@ async fn hpa_plan(
         Intent::Preflight => {}
         Intent::Hold => {
             plan.target = Some(peak);
-            let want_max = original.max_replicas.max(peak);
             if !(may_scale_up || ours) {
                 return Ok(plan);
             }
             plan.holds = true;
-            if !ours || live_min != peak || live_max != want_max {
+            plan.originals.push(RecordedOriginal { object: display.clone(), field, value: original_json.clone() });
+            let hold = hold_bounds((original.min_replicas, original.max_replicas), (live_min, live_max), peak, held);
+            let (want_min, want_max) = hold.bounds;
+            plan.target = Some(want_min);
+            if hold.drift {
+                plan.drift = Some(format!(
+                    "HorizontalPodAutoscaler {name} bounds set to {live_min}..{live_max} by someone else during the sale (the sale asked for {}..{}); kept",
+                    hold.held.0, hold.held.1
+                ));
+            }
+            let held_json = serde_json::to_string(&HeldBounds { min_replicas: hold.held.0, max_replicas: hold.held.1 })
+                .unwrap_or_default();
+            let annotations_match =
+                annotation == Some(original_json.as_str()) && hpa.annotations().get(HELD_HPA) == Some(&held_json);
+            if !ours || !annotations_match || live_min != want_min || live_max != want_max {
                 apply(json!({
                     "apiVersion": "autoscaling/v2",
                     "kind": "HorizontalPodAutoscaler",
                     "metadata": {"name": name, "namespace": target.namespace, "annotations": {
                         SALE_ANNOTATION: holder,
-                        ORIGINAL_HPA: serde_json::to_string(&original).unwrap_or_default(),
+                        ORIGINAL_HPA: original_json,
+                        HELD_HPA: held_json,
                     }},
-                    "spec": {"minReplicas": peak, "maxReplicas": want_max},
+                    "spec": {"minReplicas": want_min, "maxReplicas": want_max},
                 }))
                 .await?;
-                plan.actions.push(hpa_ref(
-                    "ScaleUp",
-                    format!(
-                        "raised HorizontalPodAutoscaler {}/{name} minReplicas {} -> {peak}, maxReplicas {} -> {want_max}",
-                        target.namespace, original.min_replicas, original.max_replicas
-                    ),
-                ));
+                if live_min != want_min || live_max != want_max {
+                    plan.actions.push(hpa_ref(
+                        "ScaleUp",
+                        format!(
+                            "raised HorizontalPodAutoscaler {}/{name} minReplicas {live_min} -> {want_min}, maxReplicas {live_max} -> {want_max}",
+                            target.namespace
+                        ),
+                    ));
+                }
             }
         }
         Intent::Restore => {
-            let floor = original.replicas.clamp(original.min_replicas, original.max_replicas);
+            let (min, max) = restore_bounds((original.min_replicas, original.max_replicas), (live_min, live_max), held);
+            if (min, max) != (original.min_replicas, original.max_replicas) {
+                let note = format!(
+                    "HorizontalPodAutoscaler {}/{name}: its bounds were changed during the sale; they stay at {min}..{max} instead of the original {}..{}",
+                    target.namespace, original.min_replicas, original.max_replicas
+                );
+                if ours {
+                    // Said once: in the pass that lets go of the HPA.
+                    plan.notices.push(Action { reason: "Drift", ..hpa_ref("Restore", note.clone()) });
+                }
+                plan.notes.push(note);
+            }
+            let floor = original.replicas.clamp(min, max);
             plan.target = Some(floor);
             if ours {
                 apply(json!({
                     "apiVersion": "autoscaling/v2",
                     "kind": "HorizontalPodAutoscaler",
                     "metadata": {"name": name, "namespace": target.namespace},
-                    "spec": {"minReplicas": original.min_replicas, "maxReplicas": original.max_replicas},
+                    "spec": {"minReplicas": min, "maxReplicas": max},
                 }))
                 .await?;
                 plan.actions.push(hpa_ref(
                     "Restore",
                     format!(
-                        "restored HorizontalPodAutoscaler {}/{name} to minReplicas {}, maxReplicas {}",
-                        target.namespace, original.min_replicas, original.max_replicas
+                        "restored HorizontalPodAutoscaler {}/{name} to minReplicas {min}, maxReplicas {max}",
+                        target.namespace
                     ),
                 ));
                 plan.restored = false;
             }
             // The HPA does not scale down by itself without load metrics; the recorded
             // replicas (within the restored bounds) are put back through the scale subresource.
-            if recorded.is_some() && replicas > floor {
+            if ours && replicas > floor {
                 let workloads: Api<DynamicObject> =
                     Api::namespaced_with(client.clone(), &target.namespace, &api_resource(target.workload));
                 let scale = workloads
@@ -540,6 +878,14 @@ async fn hpa_plan(
         }
     }
     Ok(plan)
+}
+
+/// The bounds the sale last asked for, as [`HELD_HPA`] records them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct HeldBounds {
+    min_replicas: i32,
+    max_replicas: i32,
 }
 
 /// The replicas a sale would record for `workload` now: the recorded original where a sale
@@ -561,6 +907,120 @@ mod tests {
 
     fn workload(reference: serde_json::Value) -> Workload {
         serde_json::from_value(json!({"ref": reference, "scale": {"peak": 3}})).unwrap()
+    }
+
+    #[test]
+    fn peak_is_a_floor_never_a_ceiling_while_holding() {
+        // (original, live, peak, held by the sale, scale up now) -> (replicas, held, drift)
+        let table = [
+            // First pass: scale up to peak, record what the sale asks for.
+            ((2, 2, 4, None, true), (4, 4, false)),
+            // A workload above peak stays above it.
+            ((6, 6, 4, None, true), (6, 6, false)),
+            // The sale's own scale-up, seen again: nothing changes.
+            ((2, 4, 4, Some(4), true), (4, 4, false)),
+            // On-call scaled up to 9 during the sale: kept, reported, the sale's ask kept.
+            ((2, 9, 4, Some(4), true), (9, 4, true)),
+            // Someone scaled below peak: back to the floor, still a person's change.
+            ((2, 3, 4, Some(4), true), (4, 4, true)),
+            // The peak raised in the spec: the sale asks for the new peak.
+            ((2, 4, 6, Some(4), true), (6, 6, false)),
+            // The peak lowered in the spec, nobody else touched it: down to the new peak.
+            ((2, 6, 4, Some(6), true), (4, 4, false)),
+            // The probe change still rolling out: stay at the live count for now.
+            ((2, 2, 4, None, false), (2, 2, false)),
+            ((2, 2, 4, Some(2), true), (4, 4, false)),
+            // What the sale asked for was lost and the count is above it: kept, not guessed.
+            ((2, 9, 4, None, true), (9, 4, false)),
+        ];
+        for ((original, live, peak, held, now), (replicas, want_held, drift)) in table {
+            let got = hold_replicas(original, live, peak, held, now);
+            assert_eq!(
+                got,
+                Hold { replicas, held: want_held, drift },
+                "original {original}, live {live}, peak {peak}, held {held:?}, scale up now {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_restore_keeps_a_persons_replicas() {
+        // (original, live, held by the sale) -> decision
+        let table = [
+            ((2, 4, Some(4)), Restore::Original(2)),
+            ((6, 6, Some(6)), Restore::Original(6)),
+            ((2, 9, Some(4)), Restore::Keep { live: 9, held: 4 }),
+            ((2, 3, Some(4)), Restore::Keep { live: 3, held: 4 }),
+            // Nothing says what the sale asked for: the original goes back.
+            ((2, 4, None), Restore::Original(2)),
+        ];
+        for ((original, live, held), want) in table {
+            assert_eq!(restore_replicas(original, live, held), want, "original {original}, live {live}, held {held:?}");
+        }
+    }
+
+    #[test]
+    fn replica_originals_are_trusted_only_when_sound() {
+        // (annotation, status record) -> trusted value, or refused
+        type Row<'a> = ((Option<&'a str>, Option<&'a str>), Option<i32>);
+        let table: [Row; 11] = [
+            ((Some("2"), Some("2")), Some(2)),
+            ((None, Some("2")), Some(2)),
+            ((Some("2"), None), Some(2)),
+            ((Some("garbage"), Some("2")), Some(2)),
+            ((Some("-1"), Some("2")), Some(2)),
+            ((Some("2"), Some("7")), None),
+            ((None, None), None),
+            ((Some("-1"), None), None),
+            ((Some("garbage"), Some("x")), None),
+            // 0 only when both records say so.
+            ((Some("0"), Some("0")), Some(0)),
+            ((Some("0"), None), None),
+        ];
+        for ((annotation, record), want) in table {
+            let got = trusted_replicas(annotation, record).ok().map(|(v, _)| v);
+            assert_eq!(got, want, "annotation {annotation:?}, record {record:?}");
+        }
+        let (_, lost) = trusted_replicas(Some("x"), Some("2")).unwrap();
+        assert!(lost.is_some_and(|l| l.annotation && l.why.contains("annotation is unsound")));
+    }
+
+    #[test]
+    fn hpa_bounds_are_raised_to_peak_and_never_lowered_below_a_persons() {
+        // (original, live, peak, held) -> (bounds, held, drift)
+        let table = [
+            (((2, 5), (2, 5), 8, None), ((8, 8), (8, 8), false)),
+            (((10, 20), (10, 20), 8, None), ((10, 20), (10, 20), false)),
+            (((2, 5), (8, 8), 8, Some((8, 8))), ((8, 8), (8, 8), false)),
+            // A person raised both bounds: kept.
+            (((2, 5), (10, 30), 8, Some((8, 8))), ((10, 30), (8, 8), true)),
+            // A person lowered min below peak: floored at peak.
+            (((2, 5), (3, 8), 8, Some((8, 8))), ((8, 8), (8, 8), true)),
+        ];
+        for ((original, live, peak, held), (bounds, want_held, drift)) in table {
+            assert_eq!(
+                hold_bounds(original, live, peak, held),
+                HoldBounds { bounds, held: want_held, drift },
+                "original {original:?}, live {live:?}, peak {peak}, held {held:?}"
+            );
+        }
+        // The restore: originals back unless a person changed a bound; max never below min.
+        let restores = [
+            (((2, 5), (8, 8), Some((8, 8))), (2, 5)),
+            (((2, 5), (8, 30), Some((8, 8))), (2, 30)),
+            (((2, 5), (10, 10), Some((8, 10))), (10, 10)),
+            (((2, 5), (8, 8), None), (2, 5)),
+        ];
+        for ((original, live, held), want) in restores {
+            assert_eq!(restore_bounds(original, live, held), want, "{original:?} {live:?} {held:?}");
+        }
+        assert!(parse_hpa(r#"{"minReplicas":0,"maxReplicas":5,"replicas":2}"#).is_err());
+        assert!(parse_hpa(r#"{"minReplicas":6,"maxReplicas":5,"replicas":2}"#).is_err());
+        assert!(parse_hpa("{").is_err());
+        assert_eq!(
+            parse_hpa(r#"{"minReplicas":2,"maxReplicas":5,"replicas":2}"#),
+            Ok(HpaOriginal { min_replicas: 2, max_replicas: 5, replicas: 2 })
+        );
     }
 
     #[test]

@@ -140,6 +140,32 @@ pub fn plan(live: &Value, probes: &Probes, intent: Intent, recorded: Option<&str
     Ok(plan)
 }
 
+/// A recorded probe original: a JSON object of `livenessProbe` / `readinessProbe`, each an
+/// object of timing fields, each a whole number of at least 0 (1 for the periods, thresholds
+/// and timeouts, as the API requires) or `null` for a field that was unset.
+pub fn parse_original(value: &str) -> Result<Value, String> {
+    let parsed: Value = serde_json::from_str(value).map_err(|e| format!("unreadable ({e})"))?;
+    let probes = parsed.as_object().ok_or("not a JSON object")?;
+    for (probe, fields) in probes {
+        if probe != "livenessProbe" && probe != "readinessProbe" {
+            return Err(format!("{probe} is not a probe the sale changes"));
+        }
+        let fields = fields.as_object().ok_or_else(|| format!("{probe} is not an object"))?;
+        for (field, v) in fields {
+            if !TIMING_FIELDS.contains(&field.as_str()) {
+                return Err(format!("{probe}.{field} is not a timing field"));
+            }
+            let least = if field == "initialDelaySeconds" { 0 } else { 1 };
+            match v {
+                Value::Null => {}
+                v if v.as_i64().is_some_and(|n| (least..=i64::from(i32::MAX)).contains(&n)) => {}
+                other => return Err(format!("{probe}.{field} is out of range ({other})")),
+            }
+        }
+    }
+    Ok(parsed)
+}
+
 /// Whether a workload's latest pod template has fully rolled out (`kubectl rollout status`).
 pub fn rolled_out(live: &Value) -> bool {
     let int = |p: &str| live.pointer(p).and_then(Value::as_i64);
@@ -231,6 +257,26 @@ mod tests {
         assert_eq!(p.container, "sidecar");
         assert!(p.set.is_empty());
         assert_eq!(p.problems.len(), 2, "{:?}", p.problems);
+    }
+
+    #[test]
+    fn recorded_probe_originals_are_range_checked() {
+        let sound = r#"{"readinessProbe":{"periodSeconds":10,"timeoutSeconds":null},"livenessProbe":{"initialDelaySeconds":0}}"#;
+        assert!(parse_original(sound).is_ok());
+        for unsound in [
+            "garbage",
+            "[]",
+            r#"{"readinessProbe":{"periodSeconds":0}}"#,
+            r#"{"readinessProbe":{"periodSeconds":-1}}"#,
+            r#"{"readinessProbe":{"periodSeconds":"10"}}"#,
+            r#"{"readinessProbe":{"httpGet":{}}}"#,
+            r#"{"startupProbe":{"periodSeconds":10}}"#,
+        ] {
+            assert!(parse_original(unsound).is_err(), "{unsound}");
+        }
+        // What the lever records is what it accepts back.
+        let recorded = plan(&deployment(), &probes(), Intent::Hold, None).unwrap().original.unwrap();
+        assert!(parse_original(&recorded).is_ok(), "{recorded}");
     }
 
     #[test]

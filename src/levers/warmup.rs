@@ -850,6 +850,7 @@ mod tests {
             now: ts("2026-11-10T15:40:00Z"),
             installer: Box::leak(Box::new(crate::installer::Installer::defaults())),
             warmups,
+            shown: None,
             view: crate::view::offline(),
         }
     }

@@ -10,9 +10,11 @@ use serde_json::{Map, Value, json};
 
 use super::{Action, Intent, Report, SALE_ANNOTATION, Sale, gitops, preflight, prescale, probes};
 use crate::{
-    api::{Workload, WorkloadStatus},
+    api::{RecordedOriginal, Workload, WorkloadStatus},
     controller::FIELD_MANAGER,
+    view::Scope,
 };
+use k8s_openapi::api::core::v1::Pod;
 
 /// Runs the workload levers for every workload of a sale in one cluster.
 pub async fn run(
@@ -43,9 +45,10 @@ pub async fn run(
         // the sale's other workloads and levers go on. Only a transport failure fails the pass.
         let one = match pass(client, &target, sale, intent).await {
             Ok(one) => one,
-            Err(kube::Error::Api(status)) => refused(&target, intent, &status.message),
+            Err(kube::Error::Api(status)) => refused(&target, sale, intent, &status.message),
             Err(other) => return Err(other),
         };
+        report.originals.extend(one.originals.iter().cloned());
         report.ready &= one.ready;
         report.restored &= one.restored;
         if workload.probes.is_some() {
@@ -73,7 +76,7 @@ pub async fn run(
 
 /// The outcome for a workload whose read or write the API server refused: not ready, and not
 /// known to be restored (an earlier pass may have changed it), with the refusal named on it.
-fn refused(target: &prescale::Target<'_>, intent: Intent, message: &str) -> Outcome {
+fn refused(target: &prescale::Target<'_>, sale: &Sale<'_>, intent: Intent, message: &str) -> Outcome {
     let what = match intent {
         Intent::Preflight => "checking",
         Intent::Hold => "changing",
@@ -87,8 +90,133 @@ fn refused(target: &prescale::Target<'_>, intent: Intent, message: &str) -> Outc
         warnings: vec![],
         requests: None,
         actions: vec![],
+        // Nothing was written: what was recorded still stands.
+        originals: shown_records(sale, &target.display()),
         status: WorkloadStatus { name: target.display(), message: Some(problem), ..WorkloadStatus::default() },
     }
+}
+
+/// The second record of a workload's originals as the last status showed it.
+fn shown_records(sale: &Sale<'_>, display: &str) -> Vec<RecordedOriginal> {
+    sale.shown.into_iter().flat_map(|c| &c.originals).filter(|o| o.object == display).cloned().collect()
+}
+
+/// The `field` of the second record for a workload's probe timings.
+pub const RECORD_PROBES: &str = "probes";
+
+/// Which of an original's two records was lost (missing or unsound), and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lost {
+    /// The annotation on the object (a person's edit, worth an event) rather than the status
+    /// record (an operator stopped between the object's write and the status write).
+    pub annotation: bool,
+    pub why: String,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+/// The original to trust from its two records: the annotation on the object and the second
+/// record in the sale's status. Both sound and equal: that value. One missing or unsound (it
+/// does not parse, or is out of range) and the other sound: the sound one, with a note saying
+/// what was lost. Both sound but different, or neither sound: no original can be trusted, and
+/// `Err` says why. Pure.
+pub fn trust<T: PartialEq>(
+    annotation: Option<&str>,
+    record: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<(T, Option<Lost>), String> {
+    let lost = |annotation: bool, why: String| Some(Lost { annotation, why });
+    let a = annotation.map(&parse);
+    let r = record.map(&parse);
+    match (a, r) {
+        (Some(Ok(a)), Some(Ok(r))) if a == r => Ok((a, None)),
+        (Some(Ok(_)), Some(Ok(_))) => Err(format!(
+            "the records disagree (annotation {:?}, status record {:?})",
+            annotation.unwrap_or_default(),
+            record.unwrap_or_default()
+        )),
+        (Some(Ok(a)), None) => Ok((a, lost(false, "the status record is missing".into()))),
+        (Some(Ok(a)), Some(Err(why))) => Ok((a, lost(false, format!("the status record is unsound: {why}")))),
+        (None, Some(Ok(r))) => Ok((r, lost(true, "the annotation is missing".into()))),
+        (Some(Err(why)), Some(Ok(r))) => Ok((r, lost(true, format!("the annotation is unsound: {why}")))),
+        (None, None) => Err("both records are missing".into()),
+        (Some(Err(why)), None) => Err(format!("the status record is missing and the annotation is unsound: {why}")),
+        (None, Some(Err(why))) => Err(format!("the annotation is missing and the status record is unsound: {why}")),
+        (Some(Err(a)), Some(Err(r))) => Err(format!("both records are unsound: annotation {a}; status record {r}")),
+    }
+}
+
+/// How long, from the Preparing boundary, the scale-up may wait for the sale's probe change to
+/// roll out (on baseline replicas, the cheaper rollout): half of `prepareBefore`. After that, or
+/// when the sale changes no probe, the scale-up is written at once, whatever the rollout state.
+pub fn probe_wait_deadline(schedule: &crate::timeline::Schedule) -> jiff::Timestamp {
+    let half = schedule.start.duration_since(schedule.prepare_at) / 2;
+    schedule.prepare_at.checked_add(half).unwrap_or(schedule.prepare_at)
+}
+
+/// Why a workload's pods are not ready, when they are stuck rather than starting: the count of
+/// pods per reason, with the first message of each (`2 Pending (Unschedulable: 0/1 nodes are
+/// available ...)`). `None` while pods are merely starting. Pure.
+pub fn stuck_pods(pods: &[Pod]) -> Option<String> {
+    let mut reasons: Vec<(String, usize, String)> = vec![];
+    for pod in pods {
+        let Some(status) = pod.status.as_ref() else { continue };
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let unscheduled =
+            status.conditions.iter().flatten().find(|c| {
+                c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+            });
+        let stuck = match unscheduled {
+            Some(c) => Some(("Pending: Unschedulable".to_owned(), c.message.clone().unwrap_or_default())),
+            None => status.container_statuses.iter().flatten().find_map(|c| {
+                let waiting = c.state.as_ref()?.waiting.as_ref()?;
+                let reason = waiting.reason.as_deref()?;
+                STUCK_REASONS
+                    .contains(&reason)
+                    .then(|| (reason.to_owned(), waiting.message.clone().unwrap_or_default()))
+            }),
+        };
+        if let Some((reason, message)) = stuck {
+            match reasons.iter_mut().find(|(r, _, _)| *r == reason) {
+                Some(entry) => entry.1 += 1,
+                None => reasons.push((reason, 1, message)),
+            }
+        }
+    }
+    if reasons.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = reasons
+        .iter()
+        .map(|(reason, n, message)| {
+            let pods = if *n == 1 { "pod" } else { "pods" };
+            if message.is_empty() { format!("{n} {pods} {reason}") } else { format!("{n} {pods} {reason} ({message})") }
+        })
+        .collect();
+    Some(parts.join(", "))
+}
+
+/// Container waiting reasons that do not clear by themselves.
+const STUCK_REASONS: [&str; 6] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "InvalidImageName",
+];
+
+/// The label selector of a workload's pods (`spec.selector.matchLabels`, as `k=v,k2=v2`).
+fn pod_selector(live: &Value) -> Option<String> {
+    let labels = live.pointer("/spec/selector/matchLabels")?.as_object()?;
+    let pairs: Vec<String> = labels.iter().filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?))).collect();
+    (!pairs.is_empty()).then(|| pairs.join(","))
 }
 
 /// `WorkloadStatus.probes` values.
@@ -106,6 +234,8 @@ struct Outcome {
     /// One pod's resource requests, gathered for the preflight capacity check.
     requests: Option<preflight::Resources>,
     actions: Vec<Action>,
+    /// The second record of the originals this workload holds after the pass.
+    originals: Vec<RecordedOriginal>,
     status: WorkloadStatus,
 }
 
@@ -126,8 +256,11 @@ async fn pass(
         warnings: vec![],
         requests: None,
         actions: vec![],
+        originals: vec![],
         status: WorkloadStatus { name: target.display(), ..WorkloadStatus::default() },
     };
+    let display = target.display();
+    let shown = sale.shown.and_then(|c| c.workloads.iter().find(|w| w.name == display));
     let scope = prescale::workload_scope(workload, &target.namespace);
     let Some(live) = sale.view.get(&scope, &workload.target.name).await? else {
         out.problems.push(format!("{} not found", target.display()));
@@ -172,11 +305,58 @@ async fn pass(
     // A sale moved back to Scheduled after preparing puts the workload back until it prepares again.
     let intent = if intent == Intent::Preflight && ours { Intent::Restore } else { intent };
 
+    // The probes' original from its two records; none yet before the first change.
+    let probes_annotation = annotations.get(probes::ORIGINAL_PROBES).map(String::as_str);
+    let probes_record = sale
+        .shown
+        .into_iter()
+        .flat_map(|c| &c.originals)
+        .find(|o| o.object == display && o.field == RECORD_PROBES)
+        .map(|o| o.value.as_str());
+    let probes_trusted = match (probes_annotation, probes_record) {
+        (None, None) if !ours => Ok((None, None)),
+        _ => {
+            trust(probes_annotation, probes_record, probes::parse_original).map(|(v, lost)| (Some(v.to_string()), lost))
+        }
+    };
+    let mut probes_refused = None;
+    let probes_original = match (&workload.probes, probes_trusted) {
+        (None, _) => None,
+        (Some(_), Ok((original, lost))) => {
+            if let Some(lost) = lost.filter(|l| l.annotation) {
+                out.actions.push(Action {
+                    reason: "Recorded",
+                    warning: true,
+                    ..target.action(
+                        "Record",
+                        format!("original probe timings of {display}: {lost}; the other record is used"),
+                    )
+                });
+            }
+            original
+        }
+        (Some(p), Err(why)) => {
+            // Only a loss when the sale would have recorded something (the probes exist).
+            let would_record = probes::plan(&live_json, p, Intent::Hold, None).is_ok_and(|p| p.original.is_some());
+            if would_record {
+                probes_refused = Some(format!(
+                    "{display}: no trusted original of probes (annotation {}, status.clusters[].originals): {why}",
+                    probes::ORIGINAL_PROBES
+                ));
+            }
+            None
+        }
+    };
+
     // Probe timings first: a template change rolls the pods, cheaper on baseline replicas.
     let probe_plan = match &workload.probes {
         Some(p) => {
-            match probes::plan(&live_json, p, intent, annotations.get(probes::ORIGINAL_PROBES).map(String::as_str)) {
-                Ok(plan) => {
+            match probes::plan(&live_json, p, intent, probes_original.as_deref()) {
+                Ok(mut plan) => {
+                    if probes_refused.is_some() {
+                        // The live timings are the sale's own: never record them as the original.
+                        plan.original = None;
+                    }
                     // A probe the container does not have is left alone and said so; it blocks nothing.
                     out.warnings.extend(plan.problems.iter().map(|p| format!("{}: {p}", target.display())));
                     Some(plan)
@@ -199,17 +379,68 @@ async fn pass(
     };
     let probes_in_place = probe_plan.as_ref().is_none_or(|p| p.in_place(&live_json));
     let rolled_out = probes::rolled_out(&live_json);
+    // Only the sale's own probe change may hold the scale-up back, and only until the deadline.
+    let probe_change = probe_plan.as_ref().is_some_and(|p| !p.set.is_empty() || !p.unset.is_empty());
+    let past_deadline = sale.schedule.is_some_and(|s| sale.now >= probe_wait_deadline(&s));
+    let may_scale_up = !probe_change || (probes_in_place && rolled_out) || past_deadline;
 
-    let scale = prescale::plan(client, target, &live_json, sale, intent, probes_in_place && rolled_out).await?;
+    let scale = prescale::plan(client, target, &live_json, sale, intent, may_scale_up).await?;
     if intent == Intent::Preflight && !ours {
         out.warnings.extend(gitops_owned(&api, target, probe_plan.as_ref(), scale.mode.as_deref()).await?);
     }
     out.problems.extend(scale.problems.clone());
+    out.warnings.extend(scale.notes.clone());
+    out.actions.extend(scale.notices.clone());
+    out.status.drift = scale.drift.clone();
+    if let Some(drift) = &scale.drift
+        && shown.and_then(|w| w.drift.as_ref()) != Some(drift)
+    {
+        out.actions.push(Action {
+            reason: "Drift",
+            warning: true,
+            ..target.action("Keep", format!("{display}: {drift}"))
+        });
+    }
+    if intent != Intent::Hold && out.status.drift.is_none() {
+        // What a person changed during the sale stays said after the restore.
+        out.status.drift = shown.and_then(|w| w.drift.clone());
+    }
     out.status.mode = scale.mode.clone();
     out.status.baseline_replicas = scale.baseline;
     out.status.target_replicas = scale.target;
     out.status.ready_replicas =
         live_json.pointer("/status/readyReplicas").and_then(Value::as_i64).map(|r| r as i32).or(Some(0));
+    // No trusted original at the restore: nothing is written to this workload, it keeps what
+    // the sale put there, and both records stay as they are for a person to repair.
+    let refusal = match intent {
+        Intent::Hold => {
+            out.problems.extend(probes_refused.map(|r| format!("{r}; the restore will leave its probes as they are")));
+            None
+        }
+        _ => scale.refused.clone().or(probes_refused.map(|r| format!("{r}; nothing is written to it"))),
+    };
+    if let Some(refusal) = refusal {
+        if shown.and_then(|w| w.message.as_deref()).is_none_or(|m| !m.contains(&refusal)) {
+            out.actions.push(Action {
+                reason: "RestoreRefused",
+                warning: true,
+                ..target.action("Restore", refusal.clone())
+            });
+        }
+        out.problems.push(refusal);
+        out.restored = false;
+        out.ready = false;
+        out.originals = shown_records(sale, &display);
+        out.status.probes = probe_plan.as_ref().map(|_| PROBES_PENDING.to_owned());
+        out.status.message = Some(out.problems.iter().chain(&out.warnings).cloned().collect::<Vec<_>>().join("; "));
+        return Ok(out);
+    }
+    out.originals.extend(scale.originals.iter().cloned());
+    if intent == Intent::Hold
+        && let Some(original) = probe_plan.as_ref().and_then(|p| p.original.clone())
+    {
+        out.originals.push(RecordedOriginal { object: display.clone(), field: RECORD_PROBES.into(), value: original });
+    }
 
     // Compose and apply the workload's part.
     let holding = intent == Intent::Hold;
@@ -220,6 +451,9 @@ async fn pass(
     if holding {
         if let Some(original) = &scale.record_original {
             annotations_wanted.insert(prescale::ORIGINAL_REPLICAS.into(), Value::String(original.to_string()));
+        }
+        if let Some(held) = &scale.held_replicas {
+            annotations_wanted.insert(prescale::HELD_REPLICAS.into(), Value::String(held.to_string()));
         }
         if let Some(original) = probe_plan.as_ref().and_then(|p| p.original.clone()) {
             annotations_wanted.insert(probes::ORIGINAL_PROBES.into(), Value::String(original));
@@ -236,6 +470,7 @@ async fn pass(
     let bookkeeping = [
         SALE_ANNOTATION,
         prescale::ORIGINAL_REPLICAS,
+        prescale::HELD_REPLICAS,
         probes::ORIGINAL_PROBES,
         gitops::PROBES_OVERRIDDEN,
         gitops::PROBES_LEFT,
@@ -318,6 +553,25 @@ async fn pass(
     if intent == Intent::Hold && !out.ready && scale.problems.is_empty() {
         let target_replicas = scale.target.unwrap_or(0);
         out.status.message = Some(format!("{ready_replicas}/{target_replicas} replicas ready"));
+        // Pods that cannot start are a problem from Preparing on, not only once the sale is live.
+        // Not in the pass that changes the replicas: the new pods do not exist yet, and starting
+        // the pods' watch would only delay that pass's status and events.
+        if let Some(selector) = pod_selector(&live_json).filter(|_| replicas_match) {
+            let scope = Scope::typed::<Pod>(Some(&target.namespace)).labelled(&selector);
+            match sale.view.list_as::<Pod>(&scope).await {
+                Ok(pods) => {
+                    if let Some(stuck) = stuck_pods(&pods) {
+                        out.problems
+                            .push(format!("{display}: {ready_replicas}/{target_replicas} replicas ready; {stuck}"));
+                    }
+                }
+                // Without the right to read pods the counts still say it; the reason is extra.
+                Err(kube::Error::Api(status)) => {
+                    out.warnings.push(format!("{display}: pods not read: {}", status.message))
+                }
+                Err(other) => return Err(other),
+            }
+        }
     }
     if !out.problems.is_empty() || !out.warnings.is_empty() {
         let notes: Vec<&str> = out.problems.iter().chain(&out.warnings).map(String::as_str).collect();
@@ -451,4 +705,73 @@ async fn gitops_owned(
     }
     let managed = api.get_metadata(&target.workload.target.name).await?.metadata.managed_fields;
     Ok(gitops::gitops_warning(&target.display(), &managed.unwrap_or_default(), &fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_original_is_trusted_from_two_records_or_refused() {
+        let parse = |v: &str| v.parse::<i32>().map_err(|e| e.to_string());
+        // (annotation, status record) -> value, or refused
+        type Row<'a> = ((Option<&'a str>, Option<&'a str>), Option<i32>);
+        let table: [Row; 9] = [
+            ((Some("3"), Some("3")), Some(3)),
+            ((None, Some("3")), Some(3)),
+            ((Some("3"), None), Some(3)),
+            ((Some("x"), Some("3")), Some(3)),
+            ((Some("3"), Some("x")), Some(3)),
+            ((Some("3"), Some("4")), None),
+            ((None, None), None),
+            ((Some("x"), None), None),
+            ((Some("x"), Some("y")), None),
+        ];
+        for ((annotation, record), want) in table {
+            let got = trust(annotation, record, parse);
+            assert_eq!(got.as_ref().ok().map(|(v, _)| *v), want, "{annotation:?} {record:?}: {got:?}");
+            // A value from one record says which one was lost.
+            if let Ok((_, lost)) = got {
+                assert_eq!(lost.is_some(), annotation != record, "{annotation:?} {record:?}");
+            }
+        }
+        let disagree = trust(Some("3"), Some("4"), parse).unwrap_err();
+        assert!(disagree.contains("disagree"), "{disagree}");
+    }
+
+    #[test]
+    fn stuck_pods_are_named_with_their_reason() {
+        let pod = |status: serde_json::Value| -> Pod { serde_json::from_value(json!({"status": status})).unwrap() };
+        let unschedulable = pod(json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/1 nodes are available"}]}));
+        let crashing =
+            pod(json!({"phase": "Running", "containerStatuses": [{"name": "app", "image": "a", "imageID": "",
+            "ready": false, "restartCount": 5, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}));
+        let starting = pod(json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}));
+        assert_eq!(stuck_pods(std::slice::from_ref(&starting)), None);
+        assert_eq!(
+            stuck_pods(&[unschedulable.clone(), unschedulable, crashing, starting]),
+            Some("2 pods Pending: Unschedulable (0/1 nodes are available), 1 pod CrashLoopBackOff".into())
+        );
+    }
+
+    #[test]
+    fn the_probe_rollout_may_hold_the_scale_up_for_half_of_prepare_before() {
+        let ts = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let schedule = crate::timeline::Schedule {
+            prepare_at: ts("2026-11-10T15:30:00Z"),
+            start: ts("2026-11-10T16:00:00Z"),
+            end: ts("2026-11-10T18:00:00Z"),
+            restore_at: ts("2026-11-10T18:15:00Z"),
+        };
+        assert_eq!(probe_wait_deadline(&schedule), ts("2026-11-10T15:45:00Z"));
+    }
+
+    #[test]
+    fn pods_are_selected_by_the_workloads_match_labels() {
+        let live = json!({"spec": {"selector": {"matchLabels": {"app": "web", "tier": "front"}}}});
+        assert_eq!(pod_selector(&live).as_deref(), Some("app=web,tier=front"));
+        assert_eq!(pod_selector(&json!({"spec": {}})), None);
+    }
 }

@@ -28,6 +28,7 @@ mod warmup;
 mod who_cronhpa;
 mod who_flags;
 mod who_gitops;
+mod who_replicas;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
@@ -67,6 +68,7 @@ fn main() {
         .chain(rehearsal::TESTS)
         .chain(who_cronhpa::TESTS)
         .chain(who_flags::TESTS)
+        .chain(who_replicas::TESTS)
         .map(|(name, f)| trial(&env, name, *f))
         .collect();
     let conclusion = libtest_mimic::run(&args, tests);

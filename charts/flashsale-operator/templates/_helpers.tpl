@@ -43,6 +43,14 @@ remote ones alike). Each rule names the lever that needs it. */}}
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets"]
   verbs: ["get", "list", "watch", "patch"]
+{{- if or (ne .Values.mode "operator") .Values.watchNamespace }}
+# Say why a workload is short of peak (its pods Unschedulable, CrashLoopBackOff), read from
+# the watch cache of the workload's pods (label selector), never written. Without
+# watchNamespace this is granted only where sales live (beside the Secrets, below).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+{{- end }}
 # CronHPA mode and the HPA restore set replicas through the scale subresource.
 - apiGroups: ["apps"]
   resources: ["deployments/scale", "statefulsets/scale"]
