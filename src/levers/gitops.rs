@@ -13,15 +13,19 @@
 //! Field ownership is read from `metadata.managedFields`, which the views do not keep (memory):
 //! it is read once per decision, not per pass, by the callers.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::{
     Api,
-    api::{DynamicObject, Patch, PatchParams},
+    api::{Patch, PatchParams},
 };
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use super::{Sale, probes::ProbePlan};
-use crate::{controller::FIELD_MANAGER, view::Scope};
+use super::probes::ProbePlan;
+use crate::{
+    controller::FIELD_MANAGER,
+    view::{Scope, View},
+};
 
 /// Annotation on a workload: the probe timings (JSON) that someone else had put on it when the
 /// sale last re-applied its own. The same timings coming back mean a loop: the sale then leaves them.
@@ -182,12 +186,15 @@ pub fn without_ours(managed: &[ManagedFieldsEntry]) -> Option<Vec<ManagedFieldsE
 /// that applies those fields later takes them without a conflict, and ignore rules keyed on the
 /// operator's manager no longer hide them. Guarded by the resourceVersion just written: if anyone
 /// wrote in between, the ownership stays (harmless) and is not retried.
-pub async fn release(api: &Api<DynamicObject>, scope: &Scope, sale: &Sale<'_>, written: &DynamicObject) {
-    let name = written.metadata.name.clone().unwrap_or_default();
-    let Some(others) = without_ours(written.metadata.managed_fields.as_deref().unwrap_or_default()) else { return };
-    let patch = json!({"metadata": {"resourceVersion": written.metadata.resource_version, "managedFields": others}});
+pub async fn release<K>(api: &Api<K>, scope: &Scope, view: &View, written: &ObjectMeta)
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let name = written.name.clone().unwrap_or_default();
+    let Some(others) = without_ours(written.managed_fields.as_deref().unwrap_or_default()) else { return };
+    let patch = json!({"metadata": {"resourceVersion": written.resource_version, "managedFields": others}});
     match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(released) => sale.view.wrote(scope, &name, released.metadata.resource_version.as_deref()),
+        Ok(released) => view.wrote(scope, &name, released.meta().resource_version.as_deref()),
         Err(error) => tracing::info!(object = %name, %error, "field ownership kept after the restore"),
     }
 }

@@ -841,13 +841,15 @@ async fn hpa_plan(
             let floor = original.replicas.clamp(min, max);
             plan.target = Some(floor);
             if ours {
-                apply(json!({
+                let written = apply(json!({
                     "apiVersion": "autoscaling/v2",
                     "kind": "HorizontalPodAutoscaler",
                     "metadata": {"name": name, "namespace": target.namespace},
                     "spec": {"minReplicas": min, "maxReplicas": max},
                 }))
                 .await?;
+                // Restored: the bounds put back are no longer the operator's to own.
+                super::gitops::release(&api, &hpa_scope(&target.namespace), view, &written.metadata).await;
                 plan.actions.push(hpa_ref(
                     "Restore",
                     format!(

@@ -494,7 +494,7 @@ async fn pass(
         sale.view.wrote(&scope, &workload.target.name, written.metadata.resource_version.as_deref());
         if !holding && annotations_wanted.is_empty() {
             // Restored: the fields put back are no longer the operator's to own.
-            gitops::release(&api, &scope, sale, &written).await;
+            gitops::release(&api, &scope, sale.view, &written.metadata).await;
         }
         if !probes_in_place {
             let verb = if holding { "ApplyProbes" } else { "RestoreProbes" };

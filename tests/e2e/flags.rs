@@ -27,7 +27,7 @@ use std::{
 
 use crate::{
     TestFn, harness,
-    support::{self, Env, Operator, at, block_on_value, client, eventually, namespace},
+    support::{self, Env, Operator, at, block_on_value, client, condition, eventually, namespace},
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -153,11 +153,6 @@ fn sale(
     let mut s = support::flash_sale("flash", ns, (start, end), leads, workloads)?;
     s.spec.degradation = Some(serde_json::from_value(degradation)?);
     Ok(s)
-}
-
-fn condition(sale: &FlashSale, type_: &str) -> Option<(String, String, String)> {
-    let c = sale.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 pub(crate) fn flag_status(sale: &FlashSale, cluster: &str, flag: &str) -> Option<FlagStatus> {

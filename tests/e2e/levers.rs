@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use crate::{
     TestFn,
-    support::{Env, Operator, at, block_on_value, client, event_notes, eventually, namespace},
+    support::{
+        Env, Operator, as_written, at, block_on_value, client, condition, event_notes, eventually, namespace,
+        wait_phase,
+    },
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -51,36 +54,8 @@ fn sale(name: &str, ns: &str, start: &str, end: &str, workloads: serde_json::Val
     crate::support::flash_sale(name, ns, (start, end), ("5s", "3s"), workloads)
 }
 
-/// The Deployment as its owner wrote it: everything but server-managed fields and status.
-fn as_written(d: &Deployment) -> anyhow::Result<serde_json::Value> {
-    let mut v = serde_json::to_value(d)?;
-    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        for field in ["managedFields", "resourceVersion", "generation", "uid", "creationTimestamp"] {
-            meta.remove(field);
-        }
-        if let Some(annotations) = meta.get_mut("annotations").and_then(|a| a.as_object_mut()) {
-            annotations.remove("deployment.kubernetes.io/revision");
-        }
-    }
-    if let Some(obj) = v.as_object_mut() {
-        obj.remove("status");
-    }
-    Ok(v)
-}
-
 async fn phase(sales: &Api<FlashSale>, name: &str) -> anyhow::Result<Option<Phase>> {
     Ok(sales.get(name).await?.status.and_then(|s| s.phase))
-}
-
-async fn wait_phase(sales: &Api<FlashSale>, name: &str, want: Phase, secs: u64) -> anyhow::Result<()> {
-    eventually(Duration::from_secs(secs), || async { Ok(phase(sales, name).await? == Some(want)) })
-        .await
-        .with_context(|| format!("{name} never reached {want}"))
-}
-
-fn condition(sale: &FlashSale, type_: &str) -> Option<(String, String, String)> {
-    let c = sale.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 async fn setup(env: &Env, name: &str) -> anyhow::Result<(Client, String, Operator)> {
@@ -211,6 +186,13 @@ fn hpa_bounds_are_raised_and_restored_exactly(env: &Env) -> anyhow::Result<()> {
         ensure!(
             !h.metadata.annotations.unwrap_or_default().keys().any(|k| k.starts_with("flashsale.dev/")),
             "bookkeeping left on the HPA"
+        );
+        // The bounds put back are nobody's: the operator no longer owns them.
+        let managers: Vec<String> =
+            h.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+        ensure!(
+            !managers.iter().any(|m| m == "flashsale-operator"),
+            "the operator still owns HPA fields: {managers:?}"
         );
         eventually(Duration::from_secs(20), || async {
             Ok(deployments.get("web").await?.spec.and_then(|s| s.replicas) == Some(2))

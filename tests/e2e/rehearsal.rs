@@ -11,7 +11,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use crate::{
     TestFn,
-    support::{Env, Operator, at, block_on_value, client, eventually, flash_sale, namespace},
+    support::{Env, Operator, as_written, at, block_on_value, client, eventually, flash_sale, namespace},
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[(
@@ -47,20 +47,6 @@ fn slow(name: &str, ready_after: &str) -> anyhow::Result<Deployment> {
             },
         },
     }))?)
-}
-
-/// The Deployment as its owner wrote it: no server-managed fields, no status.
-fn as_written(d: &Deployment) -> anyhow::Result<serde_json::Value> {
-    let mut v = serde_json::to_value(d)?;
-    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        for field in ["managedFields", "resourceVersion", "generation", "uid", "creationTimestamp"] {
-            meta.remove(field);
-        }
-    }
-    if let Some(obj) = v.as_object_mut() {
-        obj.remove("status");
-    }
-    Ok(v)
 }
 
 fn ready_since(p: &Pod) -> Option<jiff::Timestamp> {

@@ -95,9 +95,7 @@ fn status_get_wide_and_describe_show_ready_short_and_stalled_sales(env: &Env) ->
             }
         };
         eventually(Duration::from_secs(60), || reason_is("ready", "Prepared")).await.context("ready never Prepared")?;
-        eventually(Duration::from_secs(30), || reason_is("short", "Preparing"))
-            .await
-            .context("short never Preparing")?;
+        eventually(Duration::from_secs(30), || reason_is("short", "Blocked")).await.context("short never Blocked")?;
         eventually(Duration::from_secs(30), || reason_is("stalled", "InvalidSpec")).await.context("never stalled")?;
         eventually(Duration::from_secs(30), || reason_is("missing", "PreflightFailed"))
             .await
@@ -124,16 +122,19 @@ fn status_get_wide_and_describe_show_ready_short_and_stalled_sales(env: &Env) ->
         Ok(rest.split("\n\n").next().unwrap_or(rest).to_owned())
     };
     let short = block("short")?;
-    ensure!(short.contains("  Ready     False (Preparing): "), "short:\n{short}");
+    ensure!(short.contains("  Ready     False (Blocked): "), "short:\n{short}");
     ensure!(
         short.contains(&format!("    workloads 0/1 at peak; short: Deployment {ns}/api 0/3 ready (3 short)")),
         "short names the workload and by how much:\n{short}"
     );
+    // What blocks it names the pods' reason, from Preparing on.
     ensure!(
-        short.contains(&format!("  blocks    cluster local: Deployment {ns}/api has 0/3 replicas ready (3 short)")),
+        short.contains(&format!(
+            "  blocks    cluster local: Deployment {ns}/api: 0/3 replicas ready; 3 pods Pending: Unschedulable"
+        )) && short.contains(&format!("cluster local: Deployment {ns}/api has 0/3 replicas ready (3 short)")),
         "short:\n{short}"
     );
-    ensure!(short.contains("  next      wait while the levers converge"), "short:\n{short}");
+    ensure!(short.contains("  next      fix the problems listed"), "short:\n{short}");
     let stalled = block("stalled")?;
     ensure!(
         stalled.contains("  Ready     False (InvalidSpec): spec.cooldownAfter is out of range"),
@@ -220,7 +221,7 @@ fn get_wide_and_describe(cluster: &Cluster, ns: &str, start_utc: &str) -> anyhow
     ensure!(ready[3].ends_with('Z') && ready[5] == start_utc, "end and next in UTC: {wide}");
     ensure!(ready[7] == "1/1" && ready[8] == "1/1" && ready[9] == "Prepared", "ready row: {wide}");
     let short = row("short")?;
-    ensure!(short[7] == "0/1" && short[8] == "0/1" && short[9] == "Preparing", "short row: {wide}");
+    ensure!(short[7] == "0/1" && short[8] == "0/1" && short[9] == "Blocked", "short row: {wide}");
     let plain = cluster.kubectl(&["get", "fs", "-n", ns])?;
     ensure!(!plain.contains("AT-PEAK"), "the summary columns are for -o wide only: {plain}");
 

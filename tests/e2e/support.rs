@@ -626,3 +626,41 @@ impl Process {
         Ok(Process { child, port, log, what: "operator" })
     }
 }
+
+/// The (status, reason, message) of a sale's condition `type_`.
+pub fn condition(sale: &flashsale_operator::api::FlashSale, type_: &str) -> Option<(String, String, String)> {
+    let c = sale.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits up to `secs` until the sale `name` is in phase `want`.
+pub async fn wait_phase(
+    sales: &Api<flashsale_operator::api::FlashSale>,
+    name: &str,
+    want: flashsale_operator::api::Phase,
+    secs: u64,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    eventually(Duration::from_secs(secs), || async {
+        Ok(sales.get(name).await?.status.and_then(|s| s.phase) == Some(want))
+    })
+    .await
+    .with_context(|| format!("{name} never reached {want}"))
+}
+
+/// A Deployment as its owner wrote it: no server-managed fields, no status, no revision.
+pub fn as_written(d: &k8s_openapi::api::apps::v1::Deployment) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(d)?;
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        for field in ["managedFields", "resourceVersion", "generation", "uid", "creationTimestamp"] {
+            meta.remove(field);
+        }
+        if let Some(annotations) = meta.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+            annotations.remove("deployment.kubernetes.io/revision");
+        }
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("status");
+    }
+    Ok(v)
+}

@@ -20,7 +20,7 @@ use std::{
 use crate::{
     TestFn,
     harness::{Cluster, ClusterOptions},
-    support::{Env, Operator, at, block_on_value, client, eventually, kubeconfig_secret, namespace},
+    support::{Env, Operator, at, block_on_value, client, condition, eventually, kubeconfig_secret, namespace},
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -133,15 +133,6 @@ async fn wait_phase(api: &Api<FlashSale>, name: &str, phase: Phase, timeout: Dur
     eventually(timeout, || async { Ok(phase_of(api, name).await? == Some(phase)) })
         .await
         .with_context(|| format!("{name} never reached {phase}"))
-}
-
-fn condition(sale: &FlashSale, type_: &str) -> Option<(String, String, String)> {
-    sale.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::{
     TestFn,
-    support::{Env, Operator, at, block_on_value, client, events, eventually, namespace, namespace_named},
+    support::{Env, Operator, at, block_on_value, client, condition, events, eventually, namespace, namespace_named},
     timeline::{reconciles, requests},
 };
 
@@ -100,11 +100,6 @@ async fn setup(env: &Env, name: &str) -> anyhow::Result<(Client, String, Operato
     web(&client, &ns).await?;
     let operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
     Ok((client, ns, operator))
-}
-
-fn condition(sale: &FlashSale, type_: &str) -> Option<(String, String, String)> {
-    let c = sale.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 fn is_true(sale: &FlashSale, type_: &str) -> bool {

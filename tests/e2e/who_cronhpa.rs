@@ -22,7 +22,9 @@ use std::{sync::Mutex, time::Duration};
 use crate::{
     TestFn,
     harness::{Cluster, ClusterOptions, cronhpa::CronHpaController},
-    support::{Env, Operator, apply_manifests, at, block_on_value, client, event_notes, eventually, namespace},
+    support::{
+        Env, Operator, apply_manifests, at, block_on_value, client, event_notes, eventually, namespace, wait_phase,
+    },
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -103,12 +105,6 @@ async fn replicas(deployments: &Api<Deployment>, name: &str) -> anyhow::Result<O
 
 async fn phase(sales: &Api<FlashSale>, name: &str) -> anyhow::Result<Option<Phase>> {
     Ok(sales.get(name).await?.status.and_then(|s| s.phase))
-}
-
-async fn wait_phase(sales: &Api<FlashSale>, name: &str, want: Phase, secs: u64) -> anyhow::Result<()> {
-    eventually(Duration::from_secs(secs), || async { Ok(phase(sales, name).await? == Some(want)) })
-        .await
-        .with_context(|| format!("{name} never reached {want}"))
 }
 
 /// A job's field of a CronHPA object's `spec.jobs`.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::{
     TestFn,
-    support::{self, Env, Operator, at, block_on_value, client, eventually, namespace},
+    support::{self, Env, Operator, at, block_on_value, client, condition, eventually, namespace},
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -81,11 +81,6 @@ async fn wait_phase(sales: &Api<FlashSale>, want: Phase, secs: u64) -> anyhow::R
     eventually(Duration::from_secs(secs), || async { Ok(phase(sales).await? == Some(want)) })
         .await
         .with_context(|| format!("the sale never reached {want}"))
-}
-
-fn condition(sale: &FlashSale, type_: &str) -> Option<(String, String, String)> {
-    let c = sale.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 async fn setup(env: &Env, name: &str) -> anyhow::Result<(Client, String, Operator)> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::{
     TestFn,
-    support::{Env, Operator, at, block_on_value, client, events, eventually, namespace},
+    support::{Env, Operator, at, block_on_value, client, events, eventually, namespace, wait_phase},
 };
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -76,12 +76,6 @@ async fn replicas(deployments: &Api<Deployment>, name: &str) -> anyhow::Result<O
 
 async fn phase(sales: &Api<FlashSale>, name: &str) -> anyhow::Result<Option<Phase>> {
     Ok(sales.get(name).await?.status.and_then(|s| s.phase))
-}
-
-async fn wait_phase(sales: &Api<FlashSale>, name: &str, want: Phase, secs: u64) -> anyhow::Result<()> {
-    eventually(Duration::from_secs(secs), || async { Ok(phase(sales, name).await? == Some(want)) })
-        .await
-        .with_context(|| format!("{name} never reached {want}"))
 }
 
 fn ready(sale: &FlashSale) -> Option<(String, String, String)> {
