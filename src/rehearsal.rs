@@ -279,19 +279,20 @@ pub fn render(report: &Report) -> String {
         report.phase.as_deref().unwrap_or("not started"),
         human(report.prepare_before_seconds)
     );
+    // Ready replicas only while peak is not reached: after the restore they are the baseline's.
     let rows: Vec<[String; 4]> = report
         .workloads
         .iter()
         .map(|w| {
-            [
-                w.cluster.clone(),
-                w.workload.clone(),
-                format!("{}/{}", w.ready.unwrap_or(0), w.peak.unwrap_or(0)),
-                w.time_to_peak_seconds.map(human).unwrap_or_else(|| "-".into()),
-            ]
+            let peak = w.peak.unwrap_or(0);
+            let took = match w.time_to_peak_seconds {
+                Some(s) => human(s),
+                None => format!("not reached ({}/{peak} ready)", w.ready.unwrap_or(0)),
+            };
+            [w.cluster.clone(), w.workload.clone(), peak.to_string(), took]
         })
         .collect();
-    let header = ["CLUSTER".to_owned(), "WORKLOAD".into(), "READY".into(), "TIME-TO-PEAK".into()];
+    let header = ["CLUSTER".to_owned(), "WORKLOAD".into(), "PEAK".into(), "TIME-TO-PEAK".into()];
     let widths: Vec<usize> =
         (0..4).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
     for row in std::iter::once(&header).chain(&rows) {

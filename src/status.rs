@@ -119,6 +119,7 @@ pub fn decide(
                     &report.workloads,
                     prev.map(|p| p.workloads.as_slice()),
                     phase_holds(position.phase),
+                    &peaks(sale),
                     schedule.prepare_at,
                     now,
                 );
@@ -361,10 +362,21 @@ fn phase_holds(phase: Phase) -> bool {
 /// `now` the first time ready replicas reach the target while the sale holds its changes; the
 /// time-to-peak (from Preparing, `prepare_at`) it gives outlives the restore, for rehearsals and
 /// next year's sale to compare.
+/// Each workload's peak from the spec, by its status name (`Kind namespace/name`).
+fn peaks(sale: &FlashSale) -> std::collections::BTreeMap<String, i32> {
+    let namespace = kube::ResourceExt::namespace(sale).unwrap_or_default();
+    sale.spec
+        .workloads
+        .iter()
+        .map(|w| (format!("{} {namespace}/{}", w.target.kind, w.target.name), w.scale.peak))
+        .collect()
+}
+
 fn with_peak_times(
     current: &[WorkloadStatus],
     previous: Option<&[WorkloadStatus]>,
     holding: bool,
+    peaks: &std::collections::BTreeMap<String, i32>,
     prepare_at: Timestamp,
     now: Timestamp,
 ) -> Vec<WorkloadStatus> {
@@ -374,7 +386,10 @@ fn with_peak_times(
             let mut w = w.clone();
             let before = previous.and_then(|p| p.iter().find(|p| p.name == w.name));
             let reached = before.and_then(|p| p.peak_reached_time.clone());
-            let at_peak = matches!((w.ready_replicas, w.target_replicas), (Some(r), Some(t)) if r >= t);
+            // The target follows the live count while the scale-up waits (a probe rollout):
+            // peak is reached only when the target is at least the spec's peak too.
+            let peak = peaks.get(&w.name).copied().unwrap_or(0);
+            let at_peak = matches!((w.ready_replicas, w.target_replicas), (Some(r), Some(t)) if r >= t && t >= peak);
             w.peak_reached_time = match (holding, reached) {
                 (false, _) => None,
                 (true, Some(t)) => Some(t),
@@ -574,21 +589,25 @@ mod tests {
             target_replicas: Some(10),
             ..Default::default()
         };
+        let peaks = std::collections::BTreeMap::from([("Deployment shop/web".to_owned(), 10)]);
         let t0 = ts("2026-11-10T15:30:00Z");
         let t1 = ts("2026-11-10T15:31:00Z");
-        let short = with_peak_times(&[w(4)], None, true, t0, t0);
+        // Waiting for a probe rollout, the target is the live count: not peak.
+        let waiting = WorkloadStatus { target_replicas: Some(2), ..w(2) };
+        assert_eq!(with_peak_times(&[waiting], None, true, &peaks, t0, t0)[0].peak_reached_time, None);
+        let short = with_peak_times(&[w(4)], None, true, &peaks, t0, t0);
         assert_eq!(short[0].peak_reached_time, None);
         assert_eq!(short[0].time_to_peak_seconds, None);
-        let reached = with_peak_times(&[w(10)], Some(&short), true, t0, t1);
+        let reached = with_peak_times(&[w(10)], Some(&short), true, &peaks, t0, t1);
         assert_eq!(reached[0].peak_reached_time, Some(Time(t1)));
         assert_eq!(reached[0].time_to_peak_seconds, Some(60));
-        let later = with_peak_times(&[w(9)], Some(&reached), true, t0, ts("2026-11-10T15:40:00Z"));
+        let later = with_peak_times(&[w(9)], Some(&reached), true, &peaks, t0, ts("2026-11-10T15:40:00Z"));
         assert_eq!(later[0].peak_reached_time, Some(Time(t1)), "a dip does not move when peak was first reached");
-        let restored = with_peak_times(&[w(10)], Some(&later), false, t0, t1);
+        let restored = with_peak_times(&[w(10)], Some(&later), false, &peaks, t0, t1);
         assert_eq!(restored[0].peak_reached_time, None);
         assert_eq!(restored[0].time_to_peak_seconds, Some(60), "the figure outlives the restore");
         // Held again (the sale moved): a figure of the new hold only.
-        assert_eq!(with_peak_times(&[w(4)], Some(&restored), true, t1, t1)[0].time_to_peak_seconds, None);
+        assert_eq!(with_peak_times(&[w(4)], Some(&restored), true, &peaks, t1, t1)[0].time_to_peak_seconds, None);
     }
 
     #[test]
