@@ -600,15 +600,7 @@ async fn restore(
             "{}: the annotation {ORIGINAL_ANNOTATION} is missing or unreadable, so it cannot be restored; restore it by hand and remove the annotation {SALE_ANNOTATION}",
             target.display()
         );
-        report.problems.push(message.clone());
-        report.restored = false;
-        report.conditions.push(LeverCondition {
-            type_: FLAGS_PUBLISHED,
-            ready: false,
-            reason: "RestoreFailed".into(),
-            message,
-            blocking: true,
-        });
+        restore_failed(report, message);
         return Ok(());
     };
     let names = degradation.flags.iter().map(|f| f.name.as_str());
@@ -632,15 +624,7 @@ async fn restore(
                         target.display(),
                         flagd::FLAGS_KEY
                     );
-                    report.problems.push(message.clone());
-                    report.restored = false;
-                    report.conditions.push(LeverCondition {
-                        type_: FLAGS_PUBLISHED,
-                        ready: false,
-                        reason: "RestoreFailed".into(),
-                        message,
-                        blocking: true,
-                    });
+                    restore_failed(report, message);
                     return Ok(());
                 }
             }
@@ -890,6 +874,20 @@ pub fn plan(degradation: &Degradation, namespace: &str, schedule: &Schedule) -> 
 
 fn on_off(enabled: bool) -> &'static str {
     if enabled { "on" } else { "off" }
+}
+
+/// A restore of the flag file that cannot go on: the sale is not restored, and `FlagsPublished`
+/// says why (blocking).
+fn restore_failed(report: &mut Report, message: String) {
+    report.problems.push(message.clone());
+    report.restored = false;
+    report.conditions.push(LeverCondition {
+        type_: FLAGS_PUBLISHED,
+        ready: false,
+        reason: "RestoreFailed".into(),
+        message,
+        blocking: true,
+    });
 }
 
 #[cfg(test)]
