@@ -57,6 +57,68 @@ pub struct Context {
     /// The freeze last announced per sale (`namespace/name`): a pass that reads a status older
     /// than its own last write does not announce it again.
     freezes: Mutex<HashMap<String, Option<String>>>,
+    /// The status each sale's last write left, by `namespace/name`. The copy of a sale the
+    /// controller hands a reconcile can lag behind that write; a pass reading the older status
+    /// would act on records it had already dropped (a workload restored a second time, from a
+    /// record of its original that the first restore was done with).
+    written: Mutex<HashMap<String, Written>>,
+}
+
+/// A sale's status as the operator last wrote it.
+struct Written {
+    uid: Option<String>,
+    resource_version: u64,
+    status: FlashSaleStatus,
+}
+
+impl Written {
+    /// Whether this write is newer than `sale`'s copy: the same object (uid), a later version.
+    fn newer_than(&self, sale: &FlashSale) -> bool {
+        let seen = sale.resource_version().and_then(|v| v.parse::<u64>().ok());
+        self.uid == sale.uid() && seen.is_some_and(|seen| self.resource_version > seen)
+    }
+}
+
+impl Context {
+    /// `sale` with the status the operator last wrote, when that write is newer than the copy
+    /// (resourceVersions compared as the integers every etcd-backed API server gives; a copy
+    /// whose version is not one is taken as it is).
+    fn freshest(&self, sale: Arc<FlashSale>) -> Arc<FlashSale> {
+        let key = levers::holder(&sale.namespace().unwrap_or_default(), &sale.name_any());
+        let Ok(mut written) = self.written.lock() else { return sale };
+        match written.get(&key) {
+            Some(w) if w.newer_than(&sale) => {
+                let mut fresher = sale.as_ref().clone();
+                fresher.status = Some(w.status.clone());
+                Arc::new(fresher)
+            }
+            Some(_) => {
+                // The copy has caught up (or is another object of the same name).
+                written.remove(&key);
+                sale
+            }
+            None => sale,
+        }
+    }
+
+    fn wrote(&self, sale: &FlashSale, written: &FlashSale) {
+        let key = levers::holder(&sale.namespace().unwrap_or_default(), &sale.name_any());
+        let (Some(version), Some(status)) =
+            (written.resource_version().and_then(|v| v.parse::<u64>().ok()), written.status.clone())
+        else {
+            return;
+        };
+        if let Ok(mut map) = self.written.lock() {
+            map.insert(key, Written { uid: sale.uid(), resource_version: version, status });
+        }
+    }
+
+    fn forget_written(&self, sale: &FlashSale) {
+        let key = levers::holder(&sale.namespace().unwrap_or_default(), &sale.name_any());
+        if let Ok(mut map) = self.written.lock() {
+            map.remove(&key);
+        }
+    }
 }
 
 /// Why a reconcile failed. Each variant maps to a bounded metrics category.
@@ -130,6 +192,7 @@ pub async fn run(
         installer,
         failures: Mutex::new(HashMap::new()),
         freezes: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
     });
     // Workloads held by a sale carry its name: a change in their replicas or rollout (peak
     // reached, pods lost) reconciles the sale at once instead of at the next recheck.
@@ -354,6 +417,7 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
     let _timer = ctx.metrics.time("timeline");
     let ns = sale.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<FlashSale> = Api::namespaced(ctx.client.clone(), &ns);
+    let sale = ctx.freshest(sale);
     finalizer(&api, FINALIZER, sale, |event| async {
         match event {
             Finalizer::Apply(sale) => apply(&sale, &ctx, &api).await,
@@ -385,7 +449,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
             if !was_stalled {
                 publish(ctx, sale, EventType::Warning, "InvalidSpec", err.to_string(), "Validate").await;
             }
-            write_status(api, sale, &previous, status::stalled(sale, &err), now).await?;
+            write_status(ctx, api, sale, &previous, status::stalled(sale, &err), now).await?;
             return Ok(Action::await_change());
         }
     };
@@ -396,7 +460,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     // the levers run in the next one, which that write's watch event starts at once. Hundreds of
     // sales sharing a boundary then all announce it before any of them pulls its levers, so each
     // phase change lands on time however long the lever passes take.
-    if let Some(announced) = announce_phase(api, sale, &previous, clock, now).await? {
+    if let Some(announced) = announce_phase(ctx, api, sale, &previous, clock, now).await? {
         report_events(ctx, sale, &previous, &announced, &[]).await;
         return Ok(Action::requeue(ANNOUNCED_RECHECK));
     }
@@ -405,7 +469,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     if let Some(note) = sale.annotations().get(FREEZE_ANNOTATION) {
         let frozen = status::frozen(sale, &previous, clock, note, now);
         report_freeze(ctx, sale, &previous, &frozen).await;
-        write_status(api, sale, &previous, frozen, now).await?;
+        write_status(ctx, api, sale, &previous, frozen, now).await?;
         return Ok(clock.next.map_or_else(Action::await_change, |at| Action::requeue(until(Timestamp::now(), at))));
     }
     let mut observations = observe(sale, ctx, Some(schedule), clock.phase).await;
@@ -439,7 +503,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     let settled = !unreachable
         && !draining
         && !decided.conditions.iter().any(|c| c.type_ == status::RECONCILING && c.status == "True");
-    write_status(api, sale, &previous, decided.clone(), now).await?;
+    write_status(ctx, api, sale, &previous, decided.clone(), now).await?;
     // The requeue delay counts from when this reconcile returns, not from when it started.
     let next = decided.next_transition_time.as_ref().map(|t| until(Timestamp::now(), t.0));
     // Preflight looks again now and then: a risk found (or fixed) days ahead should show.
@@ -466,6 +530,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
 /// phase, returning the status as written. Restoring is announced as the clock reaches it (at
 /// that instant nothing is restored yet); Completed only ever follows a lever pass.
 async fn announce_phase(
+    ctx: &Context,
     api: &Api<FlashSale>,
     sale: &FlashSale,
     previous: &FlashSaleStatus,
@@ -495,7 +560,7 @@ async fn announce_phase(
         announced.conditions.push(status::condition(status::READY, false, reason, message));
         announced.conditions.push(status::condition(status::RECONCILING, true, reason, message));
     }
-    Ok(Some(write_status(api, sale, previous, announced, now).await?))
+    Ok(Some(write_status(ctx, api, sale, previous, announced, now).await?))
 }
 
 /// After a phase change is announced, the reconcile that pulls the levers follows at once on the
@@ -693,7 +758,7 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
         if !previous.conditions.iter().any(|c| c.type_ == status::READY && c.message == message) {
             publish(ctx, sale, EventType::Warning, "RestorePending", message.clone(), "Restore").await;
         }
-        write_status(api, sale, &previous, blocked, now).await?;
+        write_status(ctx, api, sale, &previous, blocked, now).await?;
         return Err(Error::RestorePending(message));
     }
     let observations: Vec<ClusterObservation> =
@@ -726,6 +791,7 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
         )
         .await;
         forget_metrics(ctx, sale);
+        ctx.forget_written(sale);
         return Ok(Action::await_change());
     }
     let message = format!(
@@ -733,6 +799,13 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
         pending.join("; ")
     );
     let mut blocked = previous.clone();
+    // A cluster this pass restored (in part) keeps only the records still held: the next pass
+    // must not restore a workload again from a record its restore was done with.
+    for cluster in &mut blocked.clusters {
+        if let Some(Ok(report)) = observations.iter().find(|o| o.name == cluster.name).map(|o| &o.report) {
+            cluster.originals = report.originals.clone();
+        }
+    }
     blocked.conditions = vec![
         status::condition(status::READY, false, "Deleting", &message),
         status::condition(status::RECONCILING, true, "Deleting", &message),
@@ -741,7 +814,7 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
     if !previous.conditions.iter().any(|c| c.type_ == status::READY && c.reason == "Deleting" && c.message == message) {
         publish(ctx, sale, EventType::Warning, "RestorePending", message.clone(), "Restore").await;
     }
-    write_status(api, sale, &previous, blocked, now).await?;
+    write_status(ctx, api, sale, &previous, blocked, now).await?;
     Err(Error::RestorePending(message))
 }
 
@@ -905,6 +978,7 @@ fn record_flag_metrics(ctx: &Context, sale: &FlashSale, observations: &[ClusterO
 
 /// Writes the status with server-side apply, unless it already says the same thing.
 async fn write_status(
+    ctx: &Context,
     api: &Api<FlashSale>,
     sale: &FlashSale,
     previous: &FlashSaleStatus,
@@ -921,7 +995,9 @@ async fn write_status(
         "kind": "FlashSale",
         "status": next,
     });
-    api.patch_status(&sale.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    let written =
+        api.patch_status(&sale.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    ctx.wrote(sale, &written);
     Ok(next)
 }
 
@@ -1092,5 +1168,31 @@ mod tests {
         let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(backoff(u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_status_written_after_the_copy_replaces_it_only_for_the_same_sale() {
+        let sale = |uid: &str, version: &str| -> FlashSale {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "flashsale.dev/v1alpha1", "kind": "FlashSale",
+                "metadata": {"name": "flash", "namespace": "shop", "uid": uid, "resourceVersion": version},
+                "spec": {"window": {"start": "2026-11-11T00:00:00Z", "end": "2026-11-11T02:00:00Z"}, "workloads": []},
+            }))
+            .unwrap()
+        };
+        let written = Written { uid: Some("a".into()), resource_version: 120, status: FlashSaleStatus::default() };
+        let cases = [
+            // (the copy's uid, its resourceVersion, the write is newer?)
+            ("a", "119", true),
+            ("a", "120", false),
+            ("a", "121", false),
+            // Deleted and created again under the same name: never the old object's status.
+            ("b", "119", false),
+            // A version that is not an integer: the copy is taken as it is.
+            ("a", "x19", false),
+        ];
+        for (uid, version, newer) in cases {
+            assert_eq!(written.newer_than(&sale(uid, version)), newer, "{uid} {version}");
+        }
     }
 }
