@@ -458,6 +458,18 @@ fn claim_of(object: &DynamicObject, workload: &Workload) -> Option<Claim> {
     })
 }
 
+/// The scale-down target on a live CronHPA of the sale: the baseline it puts back.
+pub fn scale_down_target(cron: &DynamicObject) -> Option<i32> {
+    cron.data
+        .pointer("/spec/jobs")?
+        .as_array()?
+        .iter()
+        .find(|j| j.get("name").and_then(Value::as_str) == Some(SCALE_DOWN_JOB))?
+        .get("targetSize")?
+        .as_i64()
+        .and_then(|v| i32::try_from(v).ok())
+}
+
 /// What CronHPA mode knows of one workload in one pass, read before any write.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Facts {

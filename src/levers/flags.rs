@@ -683,6 +683,10 @@ async fn restore(
         Err(other) => return Err(other),
     };
     view.wrote(&target.scope(), &target.name, restored.metadata.resource_version.as_deref());
+    if !restored.annotations().contains_key(SALE_ANNOTATION) {
+        // Put back: the flag file is no longer the operator's to own.
+        super::gitops::release(api, &target.scope(), view, &restored.metadata).await;
+    }
     report.actions.push(target.action(
         "FlagsRestored",
         "Restore",

@@ -194,6 +194,44 @@ pub fn parse_replicas(value: &str) -> Result<i32, String> {
     }
 }
 
+/// The CronHPA mode's baseline from its records.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CronBaseline {
+    /// `None`: nothing recorded yet, the CronHPA object decides.
+    pub baseline: Option<i32>,
+    /// The two records could not be trusted, and the object's scale-down target settled it
+    /// by agreeing with one of them: why they could not.
+    pub settled_by_object: Option<String>,
+}
+
+/// The CronHPA mode's baseline from the annotation and the status record, trusted as in the
+/// Replicas mode; when they cannot be, the CronHPA object's scale-down target (a third record,
+/// the controller's) settles it only by agreeing with one that is sound. `Err`: nothing can be
+/// trusted, and why. Pure.
+pub fn cron_baseline(
+    annotation: Option<&str>,
+    record: Option<&str>,
+    object_target: Option<i32>,
+) -> Result<CronBaseline, String> {
+    match super::workload::trust(annotation, record, parse_replicas) {
+        Ok((baseline, _)) => Ok(CronBaseline { baseline: Some(baseline), settled_by_object: None }),
+        Err(_) if annotation.is_none() && record.is_none() => {
+            Ok(CronBaseline { baseline: None, settled_by_object: None })
+        }
+        Err(why) => {
+            let sound: Vec<i32> =
+                [annotation, record].into_iter().flatten().filter_map(|v| parse_replicas(v).ok()).collect();
+            match object_target.filter(|t| sound.contains(t)) {
+                Some(agreed) => Ok(CronBaseline { baseline: Some(agreed), settled_by_object: Some(why) }),
+                None => Err(match object_target {
+                    Some(t) => format!("{why}; the CronHPA's scale-down target ({t}) agrees with neither"),
+                    None => format!("{why}; no CronHPA of the sale is left to settle it"),
+                }),
+            }
+        }
+    }
+}
+
 /// The original replicas to trust, from the annotation and the second record (see
 /// [`super::workload::trust`]); a lone record of 0 is refused too: putting it back would take
 /// the workload down, and only two records agreeing show it really was at 0.
@@ -336,9 +374,36 @@ pub async fn plan(
             return Ok(plan);
         }
         // The baseline the workload records (annotation and status record, as trusted as in
-        // the Replicas mode); an untrusted one counts as none and the CronHPA object decides.
-        let baseline =
-            super::workload::trust(original_annotation, original_record, parse_replicas).ok().map(|(v, _)| v);
+        // the Replicas mode). None yet: the CronHPA object decides. Records that cannot be
+        // trusted: the object's scale-down target (a third record, the controller's) settles it
+        // only when it agrees with one of them; otherwise nothing is guessed.
+        let object_target = cron_live.as_ref().and_then(cronhpa::scale_down_target);
+        let baseline = match cron_baseline(original_annotation, original_record, object_target) {
+            Ok(CronBaseline { baseline, settled_by_object: Some(why) }) => {
+                if intent == Intent::Hold {
+                    plan.notices.push(notice(
+                        target,
+                        "Recorded",
+                        format!("original replicas of {display}: {why}; the CronHPA's scale-down target agrees with {}, which is used", baseline.unwrap_or_default()),
+                    ));
+                }
+                baseline
+            }
+            Ok(CronBaseline { baseline, settled_by_object: None }) => baseline,
+            Err(why) => {
+                let message = untrusted(&display, RECORD_REPLICAS, ORIGINAL_REPLICAS, &why);
+                if intent == Intent::Restore {
+                    plan.refused = Some(format!("{message}; nothing is written to it"));
+                    plan.restored = false;
+                } else {
+                    plan.problems.push(format!("{message}; the restore will leave its replicas as they are"));
+                    plan.holds = true;
+                }
+                plan.mode = Some(format!("CronHPA ({cron_name})"));
+                plan.target = Some(workload.scale.peak.max(replicas));
+                return Ok(plan);
+            }
+        };
         return cron_plan(client, target, sale, &crons, cron_live, cron_name, replicas, baseline, intent, plan).await;
     }
 
@@ -546,16 +611,7 @@ async fn cron_plan(
     let workload = target.workload;
     let peak = workload.scale.peak;
     plan.mode = Some(format!("CronHPA ({cron_name})"));
-    let scale_down_target: Option<i32> = live_cron.as_ref().and_then(|c| {
-        c.data
-            .pointer("/spec/jobs")?
-            .as_array()?
-            .iter()
-            .find(|j| j.get("name").and_then(Value::as_str) == Some(cronhpa::SCALE_DOWN_JOB))?
-            .get("targetSize")?
-            .as_i64()
-            .map(|v| v as i32)
-    });
+    let scale_down_target = live_cron.as_ref().and_then(cronhpa::scale_down_target);
     let states = match live_cron {
         Some(_) => cronhpa::job_states(sale.view, &target.namespace, &cron_name).await?,
         None => vec![],
@@ -958,6 +1014,25 @@ mod tests {
         ];
         for ((original, live, held), want) in table {
             assert_eq!(restore_replicas(original, live, held), want, "original {original}, live {live}, held {held:?}");
+        }
+    }
+
+    #[test]
+    fn the_cronhpa_settles_disagreeing_records_only_by_agreeing_with_one() {
+        let got = |a, r, t| cron_baseline(a, r, t).map(|b| (b.baseline, b.settled_by_object.is_some()));
+        // (annotation, status record, object's target) -> (baseline, settled by the object), or refused
+        assert_eq!(got(None, None, Some(5)), Ok((None, false)));
+        assert_eq!(got(Some("2"), Some("2"), Some(7)), Ok((Some(2), false)));
+        assert_eq!(got(None, Some("2"), None), Ok((Some(2), false)));
+        assert_eq!(got(Some("3"), Some("2"), Some(2)), Ok((Some(2), true)));
+        for (a, r, t, why) in [
+            (Some("3"), Some("2"), Some(4), "agrees with neither"),
+            (Some("3"), Some("2"), None, "no CronHPA of the sale is left"),
+            (Some("x"), Some("-1"), Some(2), "agrees with neither"),
+            (Some("-1"), None, Some(2), "agrees with neither"),
+        ] {
+            let refused = cron_baseline(a, r, t).expect_err("refused");
+            assert!(refused.contains(why), "{a:?} {r:?} {t:?}: {refused}");
         }
     }
 

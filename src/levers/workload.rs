@@ -441,6 +441,14 @@ async fn pass(
     {
         out.originals.push(RecordedOriginal { object: display.clone(), field: RECORD_PROBES.into(), value: original });
     }
+    if intent == Intent::Hold {
+        // The same for the second records: one this pass did not write again stays as it was.
+        for shown in shown_records(sale, &display) {
+            if !out.originals.iter().any(|o| o.field == shown.field) {
+                out.originals.push(shown);
+            }
+        }
+    }
 
     // Compose and apply the workload's part.
     let holding = intent == Intent::Hold;
@@ -459,6 +467,13 @@ async fn pass(
             annotations_wanted.insert(probes::ORIGINAL_PROBES.into(), Value::String(original));
         }
         annotations_wanted.extend(probes_left.annotations.clone());
+        // An original this pass did not record again (it could not be trusted) stays as found,
+        // for the restore to judge, or a person to repair: never dropped while the sale holds.
+        for key in [prescale::ORIGINAL_REPLICAS, probes::ORIGINAL_PROBES] {
+            if let Some(found) = annotations.get(key) {
+                annotations_wanted.entry(key.to_owned()).or_insert_with(|| Value::String(found.clone()));
+            }
+        }
     }
     let mut spec = Map::new();
     if let Some(replicas) = scale.workload_replicas {

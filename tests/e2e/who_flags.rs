@@ -158,6 +158,12 @@ fn an_on_call_edit_of_another_flag_is_kept_through_the_sale_and_the_restore(env:
             !annotations.keys().any(|k| k.starts_with("flashsale.dev/")),
             "the sale's bookkeeping is still on the ConfigMap: {annotations:?}"
         );
+        let managers: Vec<String> =
+            cm.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+        ensure!(
+            !managers.iter().any(|m| m == "flashsale-operator"),
+            "the operator still owns fields of the ConfigMap it only put back: {managers:?}"
+        );
         Ok(())
     })
 }

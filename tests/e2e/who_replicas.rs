@@ -36,6 +36,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         no_trusted_original_refuses_the_restore_and_writes_nothing,
     ),
     (
+        "who_replicas::disagreeing_records_are_kept_through_the_hold_and_refuse_the_restore",
+        disagreeing_records_are_kept_through_the_hold_and_refuse_the_restore,
+    ),
+    (
         "who_replicas::hpa_bounds_raised_by_hand_are_kept_through_the_restore",
         hpa_bounds_raised_by_hand_are_kept_through_the_restore,
     ),
@@ -352,6 +356,73 @@ fn no_trusted_original_refuses_the_restore_and_writes_nothing(env: &Env) -> anyh
         );
         let refusals = events(&client, &ns, "flash").await?.into_iter().filter(|(r, _)| r == "RestoreRefused").count();
         ensure!(refusals == 1, "the refusal was announced {refusals} times");
+        Ok(())
+    })
+}
+
+fn disagreeing_records_are_kept_through_the_hold_and_refuse_the_restore(env: &Env) -> anyhow::Result<()> {
+    block_on_value(async {
+        let (client, ns, _operator) = setup(env, "disagree").await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        ready_deployment(&deployments, "web", 2).await?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let sale =
+            crate::support::flash_sale("flash", &ns, (&at(6), &at(24)), ("5s", "3s"), replicas_mode(&[("web", 4)]))?;
+        sales.create(&PostParams::default(), &sale).await?;
+        wait_phase(&sales, "flash", Phase::Active, 30).await?;
+        let record = |s: &FlashSale| {
+            s.status
+                .iter()
+                .flat_map(|st| &st.clusters)
+                .flat_map(|c| &c.originals)
+                .find(|o| o.field == "replicas")
+                .map(|o| o.value.clone())
+        };
+        eventually(Duration::from_secs(20), || async {
+            let s = sales.get("flash").await?;
+            Ok(record(&s).as_deref() == Some("2") && replicas(&deployments, "web").await? == Some(4))
+        })
+        .await
+        .context("peak and the status record never in place")?;
+
+        // One write makes the records disagree: the annotation says 3, the status record 2.
+        let edit = serde_json::json!({"metadata": {"annotations": {"flashsale.dev/original-replicas": "3"}}});
+        deployments.patch("web", &PatchParams::default(), &Patch::Merge(&edit)).await?;
+        let expected = format!("Deployment {ns}/web: no trusted original of replicas");
+        eventually(Duration::from_secs(20), || async {
+            let s = sales.get("flash").await?;
+            Ok(ready(&s).is_some_and(|(_, _, m)| m.contains(&expected) && m.contains("the records disagree")))
+        })
+        .await
+        .with_context(|| format!("Ready never said {expected:?} during the hold"))?;
+        // Passes go on through the hold: neither record is dropped or rewritten from the other.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let s = sales.get("flash").await?;
+        let web = deployments.get("web").await?;
+        let annotation = web.metadata.annotations.as_ref().and_then(|a| a.get("flashsale.dev/original-replicas"));
+        ensure!(
+            record(&s).as_deref() == Some("2") && annotation.map(String::as_str) == Some("3"),
+            "the hold changed a record it could not trust: status record {:?}, annotation {annotation:?}",
+            record(&s)
+        );
+
+        // The restore is refused: nothing is guessed, web stays at peak, both records stay.
+        wait_phase(&sales, "flash", Phase::Restoring, 40).await?;
+        eventually(Duration::from_secs(20), || async {
+            let s = sales.get("flash").await?;
+            Ok(ready(&s)
+                .is_some_and(|(st, _, m)| st == "False" && m.contains(&expected) && m.contains("nothing is written")))
+        })
+        .await
+        .with_context(|| format!("Ready does not say {expected:?} at the restore"))?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        ensure!(phase(&sales, "flash").await? == Some(Phase::Restoring), "the refused restore was called complete");
+        ensure!(
+            replicas(&deployments, "web").await? == Some(4),
+            "web was scaled although no original could be trusted"
+        );
+        let s = sales.get("flash").await?;
+        ensure!(record(&s).as_deref() == Some("2"), "the status record is gone after the refusal: {:?}", record(&s));
         Ok(())
     })
 }
