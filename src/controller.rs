@@ -7,7 +7,7 @@ use k8s_openapi::api::{
     batch::v1::Job,
     core::v1::Secret,
 };
-use kube::core::PartialObjectMeta;
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -101,15 +101,11 @@ impl Context {
         }
     }
 
-    fn wrote(&self, sale: &FlashSale, written: &FlashSale) {
+    fn wrote(&self, sale: &FlashSale, version: Option<&str>, status: &FlashSaleStatus) {
         let key = levers::holder(&sale.namespace().unwrap_or_default(), &sale.name_any());
-        let (Some(version), Some(status)) =
-            (written.resource_version().and_then(|v| v.parse::<u64>().ok()), written.status.clone())
-        else {
-            return;
-        };
+        let Some(version) = version.and_then(|v| v.parse::<u64>().ok()) else { return };
         if let Ok(mut map) = self.written.lock() {
-            map.insert(key, Written { uid: sale.uid(), resource_version: version, status });
+            map.insert(key, Written { uid: sale.uid(), resource_version: version, status: status.clone() });
         }
     }
 
@@ -370,11 +366,7 @@ async fn reconcile_guarded(obj: Arc<DeserializeGuard<FlashSale>>, ctx: Arc<Conte
     let key = ObjectRef::from_obj(obj.as_ref());
     let result = match &obj.0 {
         Ok(sale) => reconcile(Arc::new(sale.clone()), ctx.clone()).await,
-        Err(invalid) => {
-            // The API server's schema normally prevents this; log it and move on instead of wedging.
-            warn!(name = %invalid.metadata.name.as_deref().unwrap_or(""), error = %invalid.error, "cannot read FlashSale");
-            Ok(Action::await_change())
-        }
+        Err(invalid) => reconcile_unreadable(invalid, ctx.clone()).await,
     };
     if let (true, Ok(mut failures)) = (result.is_ok(), ctx.failures.lock()) {
         failures.remove(&key);
@@ -420,15 +412,76 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
     let sale = ctx.freshest(sale);
     finalizer(&api, FINALIZER, sale, |event| async {
         match event {
-            Finalizer::Apply(sale) => apply(&sale, &ctx, &api).await,
-            Finalizer::Cleanup(sale) => cleanup(&sale, &ctx, &api).await,
+            Finalizer::Apply(sale) => apply(&sale, &ctx, &api, None).await,
+            Finalizer::Cleanup(sale) => cleanup(&sale, &ctx, None).await,
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<Action, Error> {
+/// A FlashSale this operator's types cannot read whole (a value only a newer chart knows, a
+/// status written by hand): what can be read of it is salvaged and each part left out is named
+/// in status. It holds still (nothing new is written) until its restore is due; the restore,
+/// and a deletion, still put back what its records say.
+async fn reconcile_unreadable(
+    invalid: &kube::core::error_boundary::InvalidObject,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let ns = invalid.metadata.namespace.clone().ok_or(Error::NoNamespace)?;
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &kube::api::ApiResource::erase::<FlashSale>(&()));
+    let Some(raw) = raw.get_opt(&name).await? else { return Ok(Action::await_change()) };
+    let salvaged = match crate::salvage::salvage(serde_json::to_value(&raw).unwrap_or_default()) {
+        Ok(salvaged) => salvaged,
+        Err(why) => {
+            // Not even its window reads: there is no sale to act on, and no finalizer is added.
+            warn!(namespace = %ns, %name, error = %why, "cannot read FlashSale");
+            return Ok(Action::await_change());
+        }
+    };
+    let unreadable = Unreadable { left_out: salvaged.left_out, whole: salvaged.whole };
+    let sale = salvaged.sale;
+    let api: Api<FlashSale> = Api::namespaced(ctx.client.clone(), &ns);
+    // The finalizer is handled on the object's metadata alone, which always reads.
+    let metadata: Api<PartialObjectMeta<FlashSale>> = Api::namespaced(ctx.client.clone(), &ns);
+    let obj = Arc::new(raw.metadata.clone().into_request_partial::<FlashSale>());
+    let (sale, api, unreadable) = (&sale, &api, &unreadable);
+    finalizer(&metadata, FINALIZER, obj, |event| {
+        let ctx = ctx.clone();
+        async move {
+            match event {
+                Finalizer::Apply(_) => apply(sale, &ctx, api, Some(unreadable)).await,
+                Finalizer::Cleanup(_) => cleanup(sale, &ctx, Some(unreadable)).await,
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// The parts of a FlashSale its reading left out (see [`crate::salvage`]).
+struct Unreadable {
+    left_out: Vec<String>,
+    whole: Vec<String>,
+}
+
+impl Unreadable {
+    fn message(&self) -> String {
+        format!(
+            "This operator cannot read every part of the FlashSale (written for a newer version, or edited by hand?): {}. It holds still: nothing new is written until its restore, which puts back what the records say; fix or remove those parts (kubectl edit) to resume",
+            self.left_out.join("; ")
+        )
+    }
+}
+
+async fn apply(
+    sale: &FlashSale,
+    ctx: &Context,
+    api: &Api<FlashSale>,
+    unreadable: Option<&Unreadable>,
+) -> Result<Action, Error> {
     // A rehearsal its sale refuses (their spans overlap: the sale was moved, or the rehearsal
     // was written by hand) restores at once, as a suspended sale does, and says why.
     let refused = rehearsal_refused(sale, api).await?;
@@ -449,7 +502,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
             if !was_stalled {
                 publish(ctx, sale, EventType::Warning, "InvalidSpec", err.to_string(), "Validate").await;
             }
-            write_status(ctx, api, sale, &previous, status::stalled(sale, &err), now).await?;
+            write_status(ctx, sale, &previous, status::stalled(sale, &err), now).await?;
             return Ok(Action::await_change());
         }
     };
@@ -460,7 +513,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     // the levers run in the next one, which that write's watch event starts at once. Hundreds of
     // sales sharing a boundary then all announce it before any of them pulls its levers, so each
     // phase change lands on time however long the lever passes take.
-    if let Some(announced) = announce_phase(ctx, api, sale, &previous, clock, now).await? {
+    if let Some(announced) = announce_phase(ctx, sale, &previous, clock, now).await? {
         report_events(ctx, sale, &previous, &announced, &[]).await;
         return Ok(Action::requeue(ANNOUNCED_RECHECK));
     }
@@ -469,7 +522,26 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     if let Some(note) = sale.annotations().get(FREEZE_ANNOTATION) {
         let frozen = status::frozen(sale, &previous, clock, note, now);
         report_freeze(ctx, sale, &previous, &frozen).await;
-        write_status(ctx, api, sale, &previous, frozen, now).await?;
+        write_status(ctx, sale, &previous, frozen, now).await?;
+        return Ok(clock.next.map_or_else(Action::await_change, |at| Action::requeue(until(Timestamp::now(), at))));
+    }
+    // Unreadable in part: nothing is pulled until the restore is due.
+    if let Some(unreadable) = unreadable.filter(|_| Intent::for_phase(clock.phase) != Intent::Restore) {
+        let message = unreadable.message();
+        let mut held = previous.clone();
+        held.conditions.retain(|c| ![status::READY, status::STALLED, status::RECONCILING].contains(&c.type_.as_str()));
+        held.conditions.push(status::condition(status::READY, false, "Unreadable", &message));
+        held.conditions.push(status::condition(status::STALLED, true, "Unreadable", &message));
+        held.conditions.push(status::condition(
+            status::RECONCILING,
+            false,
+            "Unreadable",
+            "waiting for the FlashSale to be readable",
+        ));
+        if !previous.conditions.iter().any(|c| c.type_ == status::STALLED && c.message == message) {
+            publish(ctx, sale, EventType::Warning, "Unreadable", message.clone(), "Validate").await;
+        }
+        write_status(ctx, sale, &previous, held, now).await?;
         return Ok(clock.next.map_or_else(Action::await_change, |at| Action::requeue(until(Timestamp::now(), at))));
     }
     let mut observations = observe(sale, ctx, Some(schedule), clock.phase).await;
@@ -488,6 +560,11 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     if let Some(why) = &refused {
         status::set_ready(&mut decided, false, "RehearsalRefused", why);
     }
+    if let Some(unreadable) = unreadable {
+        // Restoring from what can be read: still said, as the parts left out stay left out.
+        decided.conditions.retain(|c| c.type_ != status::STALLED);
+        decided.conditions.push(status::condition(status::STALLED, true, "Unreadable", &unreadable.message()));
+    }
 
     report_events(ctx, sale, &previous, &decided, &observations).await;
     report_freeze(ctx, sale, &previous, &decided).await;
@@ -503,7 +580,7 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
     let settled = !unreachable
         && !draining
         && !decided.conditions.iter().any(|c| c.type_ == status::RECONCILING && c.status == "True");
-    write_status(ctx, api, sale, &previous, decided.clone(), now).await?;
+    write_status(ctx, sale, &previous, decided.clone(), now).await?;
     // The requeue delay counts from when this reconcile returns, not from when it started.
     let next = decided.next_transition_time.as_ref().map(|t| until(Timestamp::now(), t.0));
     // Preflight looks again now and then: a risk found (or fixed) days ahead should show.
@@ -531,7 +608,6 @@ async fn apply(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<
 /// that instant nothing is restored yet); Completed only ever follows a lever pass.
 async fn announce_phase(
     ctx: &Context,
-    api: &Api<FlashSale>,
     sale: &FlashSale,
     previous: &FlashSaleStatus,
     clock: timeline::Position,
@@ -560,7 +636,7 @@ async fn announce_phase(
         announced.conditions.push(status::condition(status::READY, false, reason, message));
         announced.conditions.push(status::condition(status::RECONCILING, true, reason, message));
     }
-    Ok(Some(write_status(ctx, api, sale, previous, announced, now).await?))
+    Ok(Some(write_status(ctx, sale, previous, announced, now).await?))
 }
 
 /// After a phase change is announced, the reconcile that pulls the levers follows at once on the
@@ -738,7 +814,7 @@ pub const ABANDON_ANNOTATION: &str = "flashsale.dev/abandon-clusters";
 /// Restores every cluster before the finalizer is released. Clusters named in the
 /// `flashsale.dev/abandon-clusters` annotation (comma-separated) are skipped: the escape hatch
 /// for a cluster that is gone for good.
-async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Result<Action, Error> {
+async fn cleanup(sale: &FlashSale, ctx: &Context, unreadable: Option<&Unreadable>) -> Result<Action, Error> {
     let now = Timestamp::now();
     let previous = sale.status.clone().unwrap_or_default();
     let abandoned: Vec<String> = sale
@@ -758,7 +834,7 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
         if !previous.conditions.iter().any(|c| c.type_ == status::READY && c.message == message) {
             publish(ctx, sale, EventType::Warning, "RestorePending", message.clone(), "Restore").await;
         }
-        write_status(ctx, api, sale, &previous, blocked, now).await?;
+        write_status(ctx, sale, &previous, blocked, now).await?;
         return Err(Error::RestorePending(message));
     }
     let observations: Vec<ClusterObservation> =
@@ -780,6 +856,27 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
             Err(message) => Some(format!("{}: {message}", o.name)),
         })
         .collect();
+    // Parts left out whole (a workload, a cluster): what they changed is not known, so not
+    // restored; the deletion waits for them to be fixed rather than forget them.
+    let unknown = unreadable.map(|u| u.whole.clone()).unwrap_or_default();
+    if pending.is_empty() && !unknown.is_empty() {
+        let message = format!(
+            "Deletion waits: {} of the FlashSale cannot be read, so what they changed cannot be restored; everything else is. Fix them (kubectl edit works on a FlashSale being deleted) and the restore goes on: {}",
+            unknown.join(", "),
+            unreadable.map(|u| u.left_out.join("; ")).unwrap_or_default()
+        );
+        let mut blocked = previous.clone();
+        blocked.conditions = vec![
+            status::condition(status::READY, false, "Deleting", &message),
+            status::condition(status::RECONCILING, false, "Deleting", &message),
+            status::condition(status::STALLED, true, "Unreadable", &message),
+        ];
+        if !previous.conditions.iter().any(|c| c.type_ == status::READY && c.message == message) {
+            publish(ctx, sale, EventType::Warning, "RestorePending", message.clone(), "Restore").await;
+        }
+        write_status(ctx, sale, &previous, blocked, now).await?;
+        return Err(Error::RestorePending(message));
+    }
     if pending.is_empty() {
         publish(
             ctx,
@@ -814,7 +911,7 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, api: &Api<FlashSale>) -> Resul
     if !previous.conditions.iter().any(|c| c.type_ == status::READY && c.reason == "Deleting" && c.message == message) {
         publish(ctx, sale, EventType::Warning, "RestorePending", message.clone(), "Restore").await;
     }
-    write_status(ctx, api, sale, &previous, blocked, now).await?;
+    write_status(ctx, sale, &previous, blocked, now).await?;
     Err(Error::RestorePending(message))
 }
 
@@ -979,7 +1076,6 @@ fn record_flag_metrics(ctx: &Context, sale: &FlashSale, observations: &[ClusterO
 /// Writes the status with server-side apply, unless it already says the same thing.
 async fn write_status(
     ctx: &Context,
-    api: &Api<FlashSale>,
     sale: &FlashSale,
     previous: &FlashSaleStatus,
     mut next: FlashSaleStatus,
@@ -995,9 +1091,13 @@ async fn write_status(
         "kind": "FlashSale",
         "status": next,
     });
-    let written =
-        api.patch_status(&sale.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
-    ctx.wrote(sale, &written);
+    // Read back as a guard: a sale read in part (see `reconcile_unreadable`) is written too.
+    let guarded: Api<DeserializeGuard<FlashSale>> =
+        Api::namespaced(ctx.client.clone(), &sale.namespace().unwrap_or_default());
+    let written = guarded
+        .patch_status(&sale.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
+        .await?;
+    ctx.wrote(sale, written.meta().resource_version.as_deref(), &next);
     Ok(next)
 }
 

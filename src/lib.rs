@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod plan;
 pub mod rehearsal;
 pub mod rehearsal_cmd;
+pub mod salvage;
 pub mod status;
 pub mod status_cmd;
 pub mod timeline;

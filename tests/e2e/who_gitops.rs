@@ -1,23 +1,33 @@
 //! GitOps re-applies and people during the sale: a Flux-style server-side apply of the pre-sale
 //! manifest every 10 s costs one re-apply of the sale's probe timings, never a rollout loop; a
 //! person's change to them is left at once; after the restore the operator owns nothing it only
-//! put back.
+//! put back. A sale the operator cannot read whole (a value only a newer CRD allows) holds
+//! still, says which part, and its deletion still restores what its records say.
 
 use anyhow::{Context as _, ensure};
 use flashsale_operator::api::{FlashSale, Phase};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use std::time::Duration;
 
 use crate::{
     TestFn,
-    support::{Env, Operator, at, block_on_value, client, events, eventually, flash_sale, namespace},
+    harness::{Cluster, ClusterOptions},
+    support::{
+        Env, Operator, at, block_on_value, client, events, eventually, flash_sale, flashsale_resource, namespace, repo,
+    },
 };
 
-pub const TESTS: &[(&str, TestFn)] = &[(
-    "who_gitops::a_flux_reapply_every_10s_costs_one_reapply_and_a_person_wins_at_once",
-    a_flux_reapply_every_10s_costs_one_reapply_and_a_person_wins_at_once,
-)];
+pub const TESTS: &[(&str, TestFn)] = &[
+    (
+        "who_gitops::a_flux_reapply_every_10s_costs_one_reapply_and_a_person_wins_at_once",
+        a_flux_reapply_every_10s_costs_one_reapply_and_a_person_wins_at_once,
+    ),
+    (
+        "who_gitops::a_sale_the_operator_cannot_read_holds_still_and_its_deletion_restores",
+        a_sale_the_operator_cannot_read_holds_still_and_its_deletion_restores,
+    ),
+];
 
 /// The manifest "in Git": no replicas (an HPA or the sale owns them), the pre-sale probe timings.
 fn manifest(name: &str) -> String {
@@ -239,4 +249,105 @@ fn a_flux_reapply_every_10s_costs_one_reapply_and_a_person_wins_at_once(env: &En
         }
         Ok(())
     })
+}
+
+/// Removes every `enum` that lists the scale modes: the CRD of a newer operator that knows a
+/// mode this one does not.
+fn widen_scale_modes(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let modes = map.get("enum").and_then(|e| e.as_array()).is_some_and(|e| e.iter().any(|v| v == "CronHPA"));
+            if modes {
+                map.remove("enum");
+            }
+            map.values_mut().for_each(widen_scale_modes);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(widen_scale_modes),
+        _ => {}
+    }
+}
+
+/// The condition `type_` of a FlashSale read as a plain object: (status, reason, message).
+fn condition(sale: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
+    let conditions = sale.data.get("status")?.get("conditions")?.as_array()?;
+    let c = conditions.iter().find(|c| c["type"] == type_)?;
+    let text = |key: &str| c[key].as_str().unwrap_or_default().to_string();
+    Some((text("status"), text("reason"), text("message")))
+}
+
+fn a_sale_the_operator_cannot_read_holds_still_and_its_deletion_restores(_env: &Env) -> anyhow::Result<()> {
+    // The CRD is cluster-wide: a cluster of the test's own gets the wider one.
+    let dir = std::env::temp_dir().join(format!("flashsale-e2e-{}-unreadable", std::process::id()));
+    let mut cluster =
+        Cluster::start(&ClusterOptions { name: "unreadable".into(), nodes: 1, spot_nodes: 0 }, &dir, false)?;
+    let mut crd: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(repo().join("crds/flashsale.dev_flashsales.yaml"))?)?;
+    widen_scale_modes(&mut crd);
+    let crd_path = cluster.dir.join("crd-newer.json");
+    std::fs::write(&crd_path, serde_json::to_string(&crd)?)?;
+    cluster.install_crd(&crd_path)?;
+    let result = block_on_value(async {
+        let client = client(&cluster).await?;
+        let ns = namespace(&client, "unreadable").await?;
+        let _operator = Operator::operator(&cluster, &["--watch-namespace", &ns])?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &crate::support::deployment("web", 1, None)?).await?;
+        let replicas = async || anyhow::Ok(deployments.get("web").await?.spec.and_then(|s| s.replicas));
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 3, "mode": "Replicas"}}]);
+        sales
+            .create(&PostParams::default(), &flash_sale("flash", &ns, (&at(4), &at(900)), ("3s", "3s"), workloads)?)
+            .await?;
+        eventually(Duration::from_secs(30), || async { Ok(replicas().await? == Some(3)) })
+            .await
+            .context("web never pre-scaled to 3")?;
+
+        // What a newer chart's operator would accept, this one cannot read.
+        let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &flashsale_resource());
+        let newer = serde_json::json!({"spec": {"workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 5, "mode": "KEDA"}}]}});
+        raw.patch("flash", &PatchParams::default(), &Patch::Merge(&newer)).await?;
+        eventually(Duration::from_secs(20), || async {
+            let sale = raw.get("flash").await?;
+            Ok(condition(&sale, "Stalled").is_some_and(|(status, reason, message)| {
+                status == "True" && reason == "Unreadable" && message.contains("spec.workloads[0].scale.mode")
+            }))
+        })
+        .await
+        .context("Stalled never named the part the operator cannot read")?;
+        let sale = raw.get("flash").await?;
+        ensure!(
+            condition(&sale, "Ready").is_some_and(|(status, reason, _)| status == "False" && reason == "Unreadable"),
+            "an unreadable sale is not said to be not ready: {:?}",
+            condition(&sale, "Ready")
+        );
+        let warnings = events(&client, &ns, "flash").await?;
+        ensure!(
+            warnings.iter().filter(|(reason, _)| reason == "Unreadable").count() == 1,
+            "the unreadable part was not reported exactly once: {warnings:?}"
+        );
+        // Holding still: the peak of 5 it cannot be sure of is not written, nor the old one undone.
+        for _ in 0..6 {
+            ensure!(replicas().await? == Some(3), "an unreadable sale changed web");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+
+        // Deleted as is (as a rollback to the older CRD would leave it): the restore still runs.
+        raw.delete("flash", &DeleteParams::default()).await?;
+        eventually(Duration::from_secs(30), || async { Ok(raw.get_opt("flash").await?.is_none()) })
+            .await
+            .context("the unreadable sale's deletion never finished")?;
+        let web = deployments.get("web").await?;
+        ensure!(web.spec.as_ref().and_then(|s| s.replicas) == Some(1), "web not restored to 1: {:?}", web.spec);
+        let left: Vec<_> = web
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .into_keys()
+            .filter(|k| k.starts_with("flashsale.dev/"))
+            .collect();
+        ensure!(left.is_empty(), "bookkeeping left on web: {left:?}");
+        Ok(())
+    });
+    cluster.stop();
+    result
 }

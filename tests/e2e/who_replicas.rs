@@ -476,8 +476,14 @@ fn hpa_bounds_raised_by_hand_are_kept_through_the_restore(env: &Env) -> anyhow::
         ensure!(bounds().await? == (Some(6), 9), "the restore undid the bounds set by hand: {:?}", bounds().await?);
         let h = hpas.get("web").await?;
         ensure!(
-            !h.metadata.annotations.unwrap_or_default().keys().any(|k| k.starts_with("flashsale.dev/")),
+            !h.metadata.annotations.clone().unwrap_or_default().keys().any(|k| k.starts_with("flashsale.dev/")),
             "bookkeeping left on the HPA"
+        );
+        let managers: Vec<String> =
+            h.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+        ensure!(
+            !managers.iter().any(|m| m == "flashsale-operator"),
+            "the operator still owns fields of the HPA it only put back: {managers:?}"
         );
         let all = events(&client, &ns, "flash").await?;
         ensure!(
