@@ -237,8 +237,9 @@ fn date_schedule(job: &'static str, at: Timestamp, zone: &TimeZone, zone_name: &
 /// The CronHPA for one workload, as a whole object for server-side apply. Pure.
 ///
 /// `holder` is the sale's `namespace/name`; `target` is what the CronHPA scales (the workload,
-/// or the HPA that governs it); `baseline` is what the workload goes back to at `restore_at`;
-/// `zone` is the controller's `TZ`.
+/// or the HPA that governs it); the scale-up job sets `scale_up` at `prepare_at` (the peak, or
+/// more when the workload already has more: the controller sets the count, it never compares);
+/// `baseline` is what the workload goes back to at `restore_at`; `zone` is the controller's `TZ`.
 #[allow(clippy::too_many_arguments)]
 pub fn render(
     sale_ns: &str,
@@ -246,7 +247,7 @@ pub fn render(
     holder: &str,
     workload: &Workload,
     target: ScaleTarget,
-    baseline: i32,
+    (scale_up, baseline): (i32, i32),
     prepare_at: Timestamp,
     restore_at: Timestamp,
     zone: &str,
@@ -261,7 +262,7 @@ pub fn render(
         Job {
             name: SCALE_UP_JOB.into(),
             schedule: date_schedule(SCALE_UP_JOB, prepare_at, &tz, zone)?,
-            target_size: workload.scale.peak,
+            target_size: scale_up,
             run_once: Some(true),
         },
         Job {
@@ -460,11 +461,20 @@ fn claim_of(object: &DynamicObject, workload: &Workload) -> Option<Claim> {
 
 /// The scale-down target on a live CronHPA of the sale: the baseline it puts back.
 pub fn scale_down_target(cron: &DynamicObject) -> Option<i32> {
+    job_target(cron, SCALE_DOWN_JOB)
+}
+
+/// The scale-up target on a live CronHPA of the sale.
+pub fn scale_up_target(cron: &DynamicObject) -> Option<i32> {
+    job_target(cron, SCALE_UP_JOB)
+}
+
+fn job_target(cron: &DynamicObject, job: &str) -> Option<i32> {
     cron.data
         .pointer("/spec/jobs")?
         .as_array()?
         .iter()
-        .find(|j| j.get("name").and_then(Value::as_str) == Some(SCALE_DOWN_JOB))?
+        .find(|j| j.get("name").and_then(Value::as_str) == Some(job))?
         .get("targetSize")?
         .as_i64()
         .and_then(|v| i32::try_from(v).ok())
@@ -486,6 +496,8 @@ pub struct Facts {
     pub object: bool,
     /// The scale-down target on the sale's live CronHPA.
     pub scale_down_target: Option<i32>,
+    /// The scale-up target on the sale's live CronHPA.
+    pub scale_up_target: Option<i32>,
     pub scale_up_settled: bool,
     pub scale_down_settled: bool,
 }
@@ -496,8 +508,10 @@ pub struct Decision {
     pub baseline: i32,
     /// The replicas the sale wants now, for status.
     pub target: i32,
-    /// Put the CronHPA in place with `baseline` as its scale-down target.
+    /// Put the CronHPA in place with `scale_up` as its scale-up target and `baseline` as its
+    /// scale-down target.
     pub render: bool,
+    pub scale_up: i32,
     /// The baseline to record on the workload (from Preparing on).
     pub record_original: Option<i32>,
     /// The operator scales the workload itself to this count now.
@@ -519,6 +533,9 @@ pub const SCALE_DOWN_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_se
 ///   fired); from Preparing it is what the workload records, else the object's target if the
 ///   scale-up has already run (the live count is then the peak), else the live count. That
 ///   baseline is recorded on the workload in the same pass.
+/// - Peak is a floor: the scale-up job sets `max(peak, live)` until it has run (the controller
+///   sets its target whatever the workload has, so a job of the bare peak would scale a
+///   workload above peak down at Preparing, or a person's scale-up back down when it is late).
 /// - The operator's own safety net acts at the boundary itself, not after a grace: the
 ///   controller (v1.3.0, its go-cron engine) re-arms its timer after removing a job from the
 ///   time it last added or fired one, so every removal (another sale's object deleted, a job
@@ -534,16 +551,26 @@ pub const SCALE_DOWN_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_se
 pub fn decide(f: &Facts) -> Decision {
     use super::Intent;
     match (f.intent, f.window) {
-        (Intent::Preflight, Some(_)) => {
-            Decision { baseline: f.replicas, target: f.replicas, render: true, ..Decision::default() }
-        }
+        (Intent::Preflight, Some(_)) => Decision {
+            baseline: f.replicas,
+            target: f.replicas,
+            render: true,
+            scale_up: f.peak.max(f.replicas),
+            ..Decision::default()
+        },
         (Intent::Hold, Some((prepare_at, _))) => {
             let scaled_up = f.scale_up_settled || f.replicas == f.peak;
             let baseline = f.recorded.or(f.scale_down_target.filter(|_| scaled_up)).unwrap_or(f.replicas);
+            // A job that has run is left as it ran: changing it would register it again.
+            let scale_up = match f.scale_up_settled {
+                true => f.scale_up_target.unwrap_or(f.peak),
+                false => f.peak.max(f.replicas),
+            };
             Decision {
                 baseline,
                 target: f.peak,
                 render: true,
+                scale_up,
                 record_original: Some(baseline),
                 scale_to: (f.replicas < f.peak && f.now >= prepare_at).then_some(f.peak),
                 remove: false,
@@ -558,6 +585,7 @@ pub fn decide(f: &Facts) -> Decision {
             Decision {
                 baseline,
                 target: baseline,
+                scale_up: f.scale_up_target.unwrap_or(f.peak),
                 scale_to: (f.replicas > baseline).then_some(baseline),
                 remove: f.object && f.replicas <= baseline && job_done,
                 ..Decision::default()
@@ -606,7 +634,7 @@ mod tests {
             "shop/double-11",
             &w,
             ScaleTarget::workload(&w),
-            3,
+            (w.scale.peak, 3),
             ts("2026-11-10T15:30:00Z"),
             ts("2026-11-10T18:15:00Z"),
             zone,
@@ -671,7 +699,7 @@ mod tests {
                 "shop/bf",
                 &w,
                 ScaleTarget::workload(&w),
-                2,
+                (w.scale.peak, 2),
                 ts(prepare),
                 ts(restore),
                 "America/New_York",
@@ -714,7 +742,7 @@ mod tests {
             "shop/s",
             &w,
             ScaleTarget::workload(&w),
-            1,
+            (w.scale.peak, 1),
             ts("2026-11-10T15:30:00.750Z"),
             ts("2026-11-10T18:15:00.001Z"),
             "Asia/Shanghai",
@@ -729,13 +757,24 @@ mod tests {
         let w = workload("StatefulSet", "cart", Some("checkout"), 12);
         let at = ts("2026-11-10T15:30:00Z");
         let end = ts("2026-11-10T18:15:00Z");
-        let hpa = render("shop", "bf", "shop/bf", &w, ScaleTarget::Hpa { name: "cart-hpa".into() }, 4, at, end, "UTC")
-            .unwrap();
+        let hpa = render(
+            "shop",
+            "bf",
+            "shop/bf",
+            &w,
+            ScaleTarget::Hpa { name: "cart-hpa".into() },
+            (w.scale.peak, 4),
+            at,
+            end,
+            "UTC",
+        )
+        .unwrap();
         assert_eq!(
             hpa["spec"]["scaleTargetRef"],
             json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "cart-hpa"})
         );
-        let direct = render("shop", "bf", "shop/bf", &w, ScaleTarget::workload(&w), 4, at, end, "UTC").unwrap();
+        let direct =
+            render("shop", "bf", "shop/bf", &w, ScaleTarget::workload(&w), (w.scale.peak, 4), at, end, "UTC").unwrap();
         assert_eq!(
             direct["spec"]["scaleTargetRef"],
             json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "cart"})
@@ -757,9 +796,18 @@ mod tests {
             kind: "ReplicationController".into(),
             name: "legacy".into(),
         };
-        let err =
-            render("shop", "s", "shop/s", &w, target, 1, ts("2026-11-10T15:30:00Z"), ts("2026-11-10T18:15:00Z"), "UTC")
-                .unwrap_err();
+        let err = render(
+            "shop",
+            "s",
+            "shop/s",
+            &w,
+            target,
+            (w.scale.peak, 1),
+            ts("2026-11-10T15:30:00Z"),
+            ts("2026-11-10T18:15:00Z"),
+            "UTC",
+        )
+        .unwrap_err();
         assert!(matches!(err, RenderError::CoreApiVersion { .. }), "{err}");
     }
 
@@ -811,7 +859,7 @@ mod tests {
             "shop/long",
             &w,
             ScaleTarget::workload(&w),
-            1,
+            (w.scale.peak, 1),
             ts("2026-11-10T15:30:00Z"),
             ts("2026-11-10T18:15:00Z"),
             "UTC",
@@ -865,6 +913,7 @@ mod tests {
             recorded: None,
             object: true,
             scale_down_target: Some(2),
+            scale_up_target: Some(4),
             scale_up_settled: false,
             scale_down_settled: false,
         }
@@ -935,6 +984,33 @@ mod tests {
                 Hold => assert_eq!((d.record_original, d.holds), (Some(baseline), true), "{case}"),
                 _ => assert_eq!((d.record_original, d.holds), (None, false), "{case}"),
             }
+        }
+    }
+
+    #[test]
+    fn the_scale_up_job_never_sets_less_than_the_workload_has() {
+        use crate::levers::Intent::{Hold, Preflight};
+        let (before, at) = ("2026-11-10T15:00:00Z", "2026-11-10T15:30:00Z");
+        // (case, facts, the scale-up job's target)
+        let table: Vec<(&str, Facts, i32)> = vec![
+            ("scheduled, below peak: the peak", facts(Preflight, before), 4),
+            ("scheduled, above peak: what it has", Facts { replicas: 6, ..facts(Preflight, before) }, 6),
+            ("preparing, above peak, the job not run: what it has", Facts { replicas: 6, ..facts(Hold, at) }, 6),
+            (
+                "on-call scaled up while the job is late: theirs",
+                Facts { replicas: 9, ..facts(Hold, "2026-11-10T15:30:20Z") },
+                9,
+            ),
+            (
+                "the job has run: left as it ran, whatever the count now",
+                Facts { replicas: 9, scale_up_settled: true, ..facts(Hold, "2026-11-10T16:00:00Z") },
+                4,
+            ),
+        ];
+        for (case, f, scale_up) in table {
+            let d = decide(&f);
+            assert_eq!(d.scale_up, scale_up, "{case}");
+            assert!(d.scale_to.is_none_or(|n| n >= f.replicas), "{case}: never scaled down while held");
         }
     }
 
@@ -1123,7 +1199,7 @@ mod tests {
             "shop/a",
             &w,
             ScaleTarget::workload(&w),
-            2,
+            (w.scale.peak, 2),
             ts("2026-11-10T15:30:00Z"),
             ts("2026-11-10T18:15:00Z"),
             "UTC",

@@ -612,6 +612,7 @@ async fn cron_plan(
     let peak = workload.scale.peak;
     plan.mode = Some(format!("CronHPA ({cron_name})"));
     let scale_down_target = live_cron.as_ref().and_then(cronhpa::scale_down_target);
+    let scale_up_target = live_cron.as_ref().and_then(cronhpa::scale_up_target);
     let states = match live_cron {
         Some(_) => cronhpa::job_states(sale.view, &target.namespace, &cron_name).await?,
         None => vec![],
@@ -626,6 +627,7 @@ async fn cron_plan(
         recorded,
         object: live_cron.is_some(),
         scale_down_target,
+        scale_up_target,
         scale_up_settled: cronhpa::settled(&states, cronhpa::SCALE_UP_JOB),
         scale_down_settled: cronhpa::settled(&states, cronhpa::SCALE_DOWN_JOB),
     };
@@ -676,7 +678,7 @@ async fn cron_plan(
             sale.holder,
             workload,
             cronhpa::ScaleTarget::workload(workload),
-            decision.baseline,
+            (decision.scale_up, decision.baseline),
             prepare_at,
             restore_at,
             sale.cron_zone,
@@ -688,9 +690,9 @@ async fn cron_plan(
             }
         };
         if cronhpa::apply(sale.view, &object).await? {
-            let baseline = decision.baseline;
+            let (baseline, scale_up) = (decision.baseline, decision.scale_up);
             plan.actions.push(cron_action(target, &cron_name, format!(
-                "scheduled CronHPA {}/{cron_name}: {baseline} -> {peak} replicas at {prepare_at}, back to {baseline} at {restore_at} ({})",
+                "scheduled CronHPA {}/{cron_name}: {baseline} -> {scale_up} replicas at {prepare_at}, back to {baseline} at {restore_at} ({})",
                 target.namespace, sale.cron_zone
             )));
         }

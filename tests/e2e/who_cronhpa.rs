@@ -1,7 +1,8 @@
 //! CronHPA mode against Alibaba's real controller (v1.3.0): the baseline is the count at
 //! Preparing, the object (the controller's record of it) stays until the scale-down is seen,
 //! a second sale on a workload another sale's CronHPA scales in an overlapping window is
-//! refused, and deleting one sale's CronHPA does not make another sale's scale-up late.
+//! refused, a workload above peak is not scaled down by the controller's scale-up job, and
+//! deleting one sale's CronHPA does not make another sale's scale-up late.
 //!
 //! Each test runs in a cluster of its own with its own controller (it watches every namespace,
 //! and its engine's timing is part of what is measured); they run one at a time, so four extra
@@ -36,6 +37,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
     (
         "who_cronhpa::a_second_sale_in_an_overlapping_window_is_refused",
         a_second_sale_in_an_overlapping_window_is_refused,
+    ),
+    (
+        "who_cronhpa::a_workload_above_peak_is_not_scaled_down_by_the_controller",
+        a_workload_above_peak_is_not_scaled_down_by_the_controller,
     ),
     (
         "who_cronhpa::deleting_one_sales_cronhpa_does_not_make_anothers_scale_up_late",
@@ -174,6 +179,48 @@ fn scaled_up_before_preparing_is_restored_to_the_preparing_count(_env: &Env) -> 
         );
         ensure!(!annotations(&d).keys().any(|k| k.starts_with("flashsale.dev/")), "bookkeeping left on web");
         ensure!(crons.get_opt(name).await?.is_none(), "the CronHPA is left behind");
+        Ok(())
+    })
+}
+
+/// Fails on the old code: the scale-up job set the bare peak (4), and the controller sets its
+/// target whatever the workload has, so a workload at 6 went down to 4 at Preparing.
+fn a_workload_above_peak_is_not_scaled_down_by_the_controller(_env: &Env) -> anyhow::Result<()> {
+    with_cron_cluster("cron-floor", async |cluster, client, ns| {
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &crate::support::deployment("web", 6, None)?).await?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let crons: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &cron_resource());
+        let (start, end) = (at(35), at(43));
+        sales
+            .create(&PostParams::default(), &cron_sale("flash", &ns, (&start, &end), ("5s", "3s"), &[("web", 4)])?)
+            .await?;
+        let name = "fs-flash-deployment-web";
+        eventually(Duration::from_secs(20), || async {
+            let up =
+                crons.get_opt(name).await?.and_then(|c| job(&c, "scale-up").and_then(|j| j["targetSize"].as_i64()));
+            Ok(up == Some(6))
+        })
+        .await
+        .context("the CronHPA's scale-up job does not keep the 6 replicas web has")?;
+
+        wait_phase(&sales, "flash", Phase::Active, 45).await?;
+        eventually(Duration::from_secs(20), || async {
+            let cron = crons.get(name).await?;
+            Ok(job_state(&cron, "scale-up").is_some_and(|(state, _)| state == "Succeed"))
+        })
+        .await
+        .context("the controller never ran the scale-up job")?;
+        ensure!(replicas(&deployments, "web").await? == Some(6), "the scale-up job scaled web below its 6 replicas");
+
+        wait_phase(&sales, "flash", Phase::Completed, 60).await?;
+        ensure!(replicas(&deployments, "web").await? == Some(6), "the restore did not leave web at its 6 replicas");
+        eventually(Duration::from_secs(20), || async { Ok(crons.get_opt(name).await?.is_none()) })
+            .await
+            .context("the CronHPA is left behind")?;
+        let d = deployments.get("web").await?;
+        ensure!(!annotations(&d).keys().any(|k| k.starts_with("flashsale.dev/")), "bookkeeping left on web");
         Ok(())
     })
 }
