@@ -49,6 +49,8 @@ pub const READY_REASONS: &[&str] = &[
     "Suspended",
     "Deleting",
     "InvalidSpec",
+    "Unreadable",
+    "RehearsalRefused",
     // Blocking lever conditions (DrainAgentsReady, CacheWarmed, FlagsPublished).
     "NotAllowed",
     "AgentRbacMissing",

@@ -3,7 +3,7 @@
 //!
 //! The reasons come from `status::READY_REASONS`, and a scan of the sources keeps that list
 //! complete: every place that can give `Ready` its reason is found by the way the code writes it
-//! (a `condition(READY, _, "Reason", ..)` call, the arms of `status::decide` and of the
+//! (a `condition(READY, _, "Reason", ..)` or `set_ready(_, _, "Reason", ..)` call, the arms of `status::decide` and of the
 //! controller's phase announcement, and lever conditions marked `blocking: true`, whose reason
 //! becomes `Ready`'s). Each of those forms must still be found, so a reshaped source fails here
 //! rather than silently escaping the check.
@@ -117,7 +117,7 @@ fn block_after<'a>(code: &'a str, start: &str) -> Option<&'a str> {
 #[test]
 fn every_reason_the_code_can_put_on_ready_is_listed() -> Result<(), Box<dyn Error>> {
     let mut found: BTreeSet<String> = BTreeSet::new();
-    let mut forms = [0usize; 4];
+    let mut forms = [0usize; 5];
     for (path, code) in sources()? {
         let file = path.display().to_string();
         // 1. `condition(READY, _, "Reason", ..)`, however the constant is reached.
@@ -128,6 +128,14 @@ fn every_reason_the_code_can_put_on_ready_is_listed() -> Result<(), Box<dyn Erro
                     found.insert(reason.to_owned());
                     forms[0] += 1;
                 }
+            }
+        }
+        // 1b. `set_ready(&mut status, false, "Reason", ..)`, which puts a reason over decide's.
+        for (at, _) in code.match_indices("set_ready(&mut") {
+            let args = arguments(&code[at + "set_ready(".len()..]);
+            if let Some(reason) = args.get(2).and_then(|a| literal(a)) {
+                found.insert(reason.to_owned());
+                forms[4] += 1;
             }
         }
         // 2. The arms that choose Ready's reason by phase, and the reasons a phase starts with.
