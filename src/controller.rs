@@ -217,7 +217,11 @@ pub async fn run(
         fresh.changed(&secret.namespace().unwrap_or_default(), &secret.name_any());
         sales_using_secret(&referencing, &secret)
     };
+    // A sale and its rehearsals wake each other (metadata only: any change, status included).
+    let partners = store.clone();
+    let sales_meta = scoped::<PartialObjectMeta<FlashSale>>(&ctx.client, namespace.as_deref());
     let mut controller = controller
+        .watches(sales_meta, every(), move |meta| rehearsal_partners(&partners, &meta))
         .watches(deployments, every(), |d| holding_sale(d.annotations()))
         .watches(statefulsets, every(), |s| holding_sale(s.annotations()))
         .watches(agents, watcher::Config::default().labels(levers::agents::AGENT_SELECTOR).any_semantic(), |d| {
@@ -301,6 +305,31 @@ fn sales_using_secret(
             })
         })
         .map(|guard| ObjectRef::from_obj(guard.as_ref()))
+        .collect()
+}
+
+/// The sales a change of `changed` concerns besides itself: the rehearsals of it, and the sale
+/// it rehearses. A sale created (or moved) while a rehearsal of it holds makes that rehearsal
+/// restore at once, not at its next boundary; the rehearsal's restore done, the sale takes the
+/// workloads it released without waiting for a pass of its own.
+fn rehearsal_partners(
+    sales: &kube::runtime::reflector::Store<DeserializeGuard<FlashSale>>,
+    changed: &PartialObjectMeta<FlashSale>,
+) -> Vec<ObjectRef<DeserializeGuard<FlashSale>>> {
+    let (ns, name) = (changed.namespace(), changed.name_any());
+    sales
+        .state()
+        .iter()
+        .filter_map(|guard| guard.0.as_ref().ok())
+        .filter(|sale| sale.namespace() == ns)
+        .filter_map(|sale| {
+            let of = sale.spec.rehearsal.as_ref().map(|r| r.of.as_str());
+            match (of == Some(name.as_str()), sale.name_any() == name) {
+                (true, _) => Some(ObjectRef::new(&sale.name_any()).within(ns.as_deref().unwrap_or_default())),
+                (false, true) => of.map(|of| ObjectRef::new(of).within(ns.as_deref().unwrap_or_default())),
+                (false, false) => None,
+            }
+        })
         .collect()
 }
 

@@ -439,9 +439,13 @@ impl Metrics {
                     workload: workload_label(&w.name),
                 };
                 self.record_workload(&labels, w);
-                let peak_after = prepare_at.zip(w.peak_reached_time.as_ref()).map(|(p, t)| t.0.duration_since(p));
+                // While it holds, to the millisecond; after the restore, the whole seconds status keeps.
+                let peak_after = prepare_at
+                    .zip(w.peak_reached_time.as_ref())
+                    .map(|(p, t)| t.0.duration_since(p).as_secs_f64().max(0.0))
+                    .or(w.time_to_peak_seconds.map(|s| s as f64));
                 if let Some(took) = peak_after {
-                    self.workload_time_to_peak_seconds.get_or_create(&labels).set(took.as_secs_f64().max(0.0));
+                    self.workload_time_to_peak_seconds.get_or_create(&labels).set(took);
                 } else {
                     self.workload_time_to_peak_seconds.remove(&labels);
                 }
@@ -581,13 +585,16 @@ mod tests {
         metrics.record_sale_status(
             &self::sale(),
             &status(serde_json::json!({"clusters": [{"name": "local", "reachable": true,
-                "workloads": [{"name": "Deployment shop/web", "targetReplicas": 1}],
+                "workloads": [{"name": "Deployment shop/web", "targetReplicas": 1, "timeToPeakSeconds": 12}],
                 "drainAgents": {"desired": 1, "ready": 1},
                 "warmups": [{"name": "catalog", "state": "Pending"}],
                 "flags": [{"name": "reviews", "enabled": true, "reason": "BreakerClosed"}]}]})),
         );
         let text = metrics.render();
         assert!(text.contains("flashsale_workload_ready_replicas{") && text.contains("flashsale_warmup_state{"));
+        // Peak no longer held (no peakReachedTime), the figure status keeps is still exported.
+        let took = r#"flashsale_workload_time_to_peak_seconds{sale_namespace="shop",sale="double-11",cluster="local",workload="Deployment/shop/web"}"#;
+        assert_eq!(value(&text, took), Some(12.0), "{text}");
         assert!(
             text.contains(r#"flashsale_sale_phase{sale_namespace="shop",sale="double-11",phase="Active"} 1"#),
             "{text}"
@@ -830,7 +837,7 @@ mod tests {
         metrics.record_sale_status(
             &self::sale(),
             &status(serde_json::json!({"clusters": [{"name": "local", "reachable": true,
-                "workloads": [{"name": "Deployment shop/web", "targetReplicas": 1}],
+                "workloads": [{"name": "Deployment shop/web", "targetReplicas": 1, "timeToPeakSeconds": 12}],
                 "drainAgents": {"desired": 1, "ready": 1},
                 "warmups": [{"name": "catalog", "state": "Pending"}],
                 "flags": [{"name": "reviews", "enabled": true, "reason": "BreakerClosed"}]}]})),

@@ -120,7 +120,33 @@ pub struct Measured {
     /// From Preparing (the scale-up request) to peak replicas ready, in seconds; `None` while
     /// (or if never) reached.
     pub time_to_peak_seconds: Option<f64>,
+    /// Ready replicas at 25, 50, 75 and 100% of `prepareBefore`, as far as the hold came.
+    pub ready_by_quarter: Vec<i32>,
+    /// Why the slowest pods waited, as last seen before peak.
+    pub waited_for: Option<String>,
     pub message: Option<String>,
+}
+
+/// One cluster's drain agents in a rehearsal report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentsMeasured {
+    pub cluster: String,
+    pub desired: i32,
+    /// From Preparing to every agent ready, in seconds.
+    pub ready_seconds: Option<f64>,
+}
+
+/// One warm-up Job in a rehearsal report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmupMeasured {
+    pub cluster: String,
+    pub name: String,
+    pub state: String,
+    /// From the Job's start to its completion, in seconds.
+    pub duration_seconds: Option<f64>,
+    pub reason: Option<String>,
 }
 
 /// What a rehearsal learned, and the verdict for its sale.
@@ -132,6 +158,8 @@ pub struct Report {
     pub phase: Option<String>,
     pub prepare_before_seconds: f64,
     pub workloads: Vec<Measured>,
+    pub agents: Vec<AgentsMeasured>,
+    pub warmups: Vec<WarmupMeasured>,
     pub verdict: String,
 }
 
@@ -162,10 +190,39 @@ pub fn report(rehearsal: &FlashSale) -> Result<Report, String> {
                 peak: peak.or(w.target_replicas),
                 ready: w.ready_replicas,
                 time_to_peak_seconds: time_to_peak,
+                ready_by_quarter: w.ready_by_quarter.clone(),
+                waited_for: w.waited_for.clone(),
                 message: w.message.clone(),
             });
         }
     }
+    let agents = status
+        .clusters
+        .iter()
+        .filter_map(|c| {
+            let agents = c.drain_agents.as_ref()?;
+            Some(AgentsMeasured {
+                cluster: c.name.clone(),
+                desired: agents.desired,
+                ready_seconds: agents.ready_seconds.map(|s| s as f64),
+            })
+        })
+        .collect();
+    let warmups = status
+        .clusters
+        .iter()
+        .flat_map(|c| c.warmups.iter().map(move |w| (c, w)))
+        .map(|(c, w)| WarmupMeasured {
+            cluster: c.name.clone(),
+            name: w.name.clone(),
+            state: w.state.clone(),
+            duration_seconds: match (&w.start_time, &w.completion_time) {
+                (Some(start), Some(end)) => Some(end.0.duration_since(start.0).as_secs_f64().max(0.0)),
+                _ => None,
+            },
+            reason: w.reason.clone(),
+        })
+        .collect();
     let verdict = verdict(&of.of, prepare_before, &workloads, status.phase);
     Ok(Report {
         rehearsal: name,
@@ -173,6 +230,8 @@ pub fn report(rehearsal: &FlashSale) -> Result<Report, String> {
         phase: status.phase.map(|p| p.as_str().to_owned()),
         prepare_before_seconds: prepare_before,
         workloads,
+        agents,
+        warmups,
         verdict,
     })
 }
@@ -280,7 +339,7 @@ pub fn render(report: &Report) -> String {
         human(report.prepare_before_seconds)
     );
     // Ready replicas only while peak is not reached: after the restore they are the baseline's.
-    let rows: Vec<[String; 4]> = report
+    let rows: Vec<Vec<String>> = report
         .workloads
         .iter()
         .map(|w| {
@@ -289,24 +348,64 @@ pub fn render(report: &Report) -> String {
                 Some(s) => human(s),
                 None => format!("not reached ({}/{peak} ready)", w.ready.unwrap_or(0)),
             };
-            [w.cluster.clone(), w.workload.clone(), peak.to_string(), took]
+            let quarters: Vec<String> =
+                (0..4).map(|q| w.ready_by_quarter.get(q).map_or("-".to_owned(), i32::to_string)).collect();
+            vec![w.cluster.clone(), w.workload.clone(), peak.to_string(), took, quarters.join("/")]
         })
         .collect();
-    let header = ["CLUSTER".to_owned(), "WORKLOAD".into(), "PEAK".into(), "TIME-TO-PEAK".into()];
-    let widths: Vec<usize> =
-        (0..4).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
-    for row in std::iter::once(&header).chain(&rows) {
+    table(&mut out, &["CLUSTER", "WORKLOAD", "PEAK", "TIME-TO-PEAK", "READY AT 25/50/75/100%"], &rows);
+    for w in &report.workloads {
+        let why = match w.time_to_peak_seconds {
+            None => w.waited_for.as_ref().or(w.message.as_ref()),
+            Some(_) => w.waited_for.as_ref(),
+        };
+        if let Some(why) = why {
+            out.push_str(&format!("  {} in {}: slowest pods waited: {why}\n", w.workload, w.cluster));
+        }
+    }
+    if !report.agents.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = report
+            .agents
+            .iter()
+            .map(|a| {
+                let ready = a.ready_seconds.map_or("not all ready".to_owned(), human);
+                vec![a.cluster.clone(), a.desired.to_string(), ready]
+            })
+            .collect();
+        table(&mut out, &["CLUSTER", "DRAIN AGENTS", "ALL READY AFTER"], &rows);
+    }
+    if !report.warmups.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = report
+            .warmups
+            .iter()
+            .map(|w| {
+                let took = w.duration_seconds.map_or("-".to_owned(), human);
+                let state = match &w.reason {
+                    Some(reason) => format!("{} ({reason})", w.state),
+                    None => w.state.clone(),
+                };
+                vec![w.cluster.clone(), w.name.clone(), state, took]
+            })
+            .collect();
+        table(&mut out, &["CLUSTER", "WARM-UP", "RESULT", "TOOK"], &rows);
+    }
+    out.push_str(&format!("\n{}\n", report.verdict));
+    out
+}
+
+/// Rows under a header, in columns as wide as their widest cell.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
-    for w in report.workloads.iter().filter(|w| w.time_to_peak_seconds.is_none()) {
-        if let Some(message) = &w.message {
-            out.push_str(&format!("  {} in {}: {message}\n", w.workload, w.cluster));
-        }
-    }
-    out.push_str(&format!("\n{}\n", report.verdict));
-    out
 }
 
 #[cfg(test)]
@@ -413,6 +512,8 @@ mod tests {
             peak: Some(10),
             ready: Some(if seconds.is_some() { 10 } else { 4 }),
             time_to_peak_seconds: seconds,
+            ready_by_quarter: vec![],
+            waited_for: None,
             message: None,
         }
     }
@@ -451,6 +552,8 @@ mod tests {
             phase: Some(phase.into()),
             prepare_before_seconds: 600.0,
             workloads,
+            agents: vec![],
+            warmups: vec![],
             verdict: String::new(),
         };
         let fast = measured("web", Some(600.0));
@@ -470,6 +573,43 @@ mod tests {
         assert!(preflight_warnings(&report("Active", vec![slow.clone()]), 1800.0).is_empty());
         // Within the margin: nothing.
         assert!(preflight_warnings(&report("Completed", vec![measured("web", Some(1350.0))]), 1800.0).is_empty());
+    }
+
+    #[test]
+    fn the_report_shows_the_quarters_why_pods_waited_agents_and_warmups() {
+        let web = Measured {
+            ready_by_quarter: vec![2, 6, 10],
+            waited_for: Some("1 pod Pending: Unschedulable (0/3 nodes are available)".into()),
+            ..measured("web", Some(1350.0))
+        };
+        let report = Report {
+            rehearsal: "bf-rehearsal".into(),
+            of: "bf".into(),
+            phase: Some("Completed".into()),
+            prepare_before_seconds: 1800.0,
+            workloads: vec![web],
+            agents: vec![AgentsMeasured { cluster: "hangzhou".into(), desired: 3, ready_seconds: Some(42.0) }],
+            warmups: vec![WarmupMeasured {
+                cluster: "hangzhou".into(),
+                name: "catalog".into(),
+                state: "Failed".into(),
+                duration_seconds: Some(95.0),
+                reason: Some("BackoffLimitExceeded".into()),
+            }],
+            verdict: "prepareBefore 30m covers ...".into(),
+        };
+        let text = render(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.contains(&"CLUSTER   WORKLOAD  PEAK  TIME-TO-PEAK  READY AT 25/50/75/100%"), "{text}");
+        assert!(lines.contains(&"hangzhou  web       10    22m30s        2/6/10/-"), "{text}");
+        assert!(
+            lines.contains(
+                &"  web in hangzhou: slowest pods waited: 1 pod Pending: Unschedulable (0/3 nodes are available)"
+            ),
+            "{text}"
+        );
+        assert!(lines.contains(&"hangzhou  3             42s"), "{text}");
+        assert!(lines.contains(&"hangzhou  catalog  Failed (BackoffLimitExceeded)  1m35s"), "{text}");
     }
 
     #[test]

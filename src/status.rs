@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 
 use crate::{
-    api::{ClusterStatus, FlashSale, FlashSaleStatus, Phase, WorkloadStatus},
+    api::{ClusterStatus, DrainAgentsStatus, FlashSale, FlashSaleStatus, Phase, WorkloadStatus},
     levers::Report,
     timeline::{Position, Schedule, ScheduleError},
 };
@@ -117,12 +117,13 @@ pub fn decide(
                 problems.extend(report.problems.iter().map(|p| qualify(observations, &obs.name, p)));
                 warnings.extend(report.warnings.iter().map(|w| qualify(observations, &obs.name, w)));
                 let message = if report.problems.is_empty() { None } else { Some(report.problems.join("; ")) };
+                let holding = phase_holds(position.phase);
                 let workloads = with_peak_times(
                     &report.workloads,
                     prev.map(|p| p.workloads.as_slice()),
-                    phase_holds(position.phase),
+                    holding,
                     &peaks(sale),
-                    schedule.prepare_at,
+                    (schedule.prepare_at, schedule.start),
                     now,
                 );
                 let workloads = with_frozen_since(workloads, prev.map(|p| p.workloads.as_slice()), now);
@@ -138,8 +139,18 @@ pub fn decide(
                     message,
                     last_sync_time: None,
                     workloads,
-                    drain_agents: report.drain_agents.clone(),
-                    warmups: report.warmups.clone(),
+                    drain_agents: with_agents_ready_time(
+                        report.drain_agents.clone(),
+                        prev.and_then(|p| p.drain_agents.as_ref()),
+                        holding,
+                        schedule.prepare_at,
+                        now,
+                    ),
+                    // What the warm-ups did outlives their Jobs, which go at the restore.
+                    warmups: match (report.warmups.is_empty(), holding, prev) {
+                        (true, false, Some(p)) => p.warmups.clone(),
+                        _ => report.warmups.clone(),
+                    },
                     flags: report.flags.clone(),
                     originals: report.originals.clone(),
                 };
@@ -379,7 +390,7 @@ fn with_peak_times(
     previous: Option<&[WorkloadStatus]>,
     holding: bool,
     peaks: &std::collections::BTreeMap<String, i32>,
-    prepare_at: Timestamp,
+    (prepare_at, start): (Timestamp, Timestamp),
     now: Timestamp,
 ) -> Vec<WorkloadStatus> {
     current
@@ -404,9 +415,69 @@ fn with_peak_times(
                 (None, true) => None,
                 (None, false) => before.and_then(|p| p.time_to_peak_seconds),
             };
+            w.ready_by_quarter = ready_by_quarter(before, w.ready_replicas, holding, (prepare_at, start), now);
+            // The lever says why pods wait now; the last reason before peak is what is kept.
+            let reached_before = before.is_some_and(|p| p.peak_reached_time.is_some());
+            let waiting_now = w.waited_for.take();
+            w.waited_for = match (holding && !reached_before, waiting_now) {
+                (true, Some(now)) => Some(now),
+                _ => before.and_then(|p| p.waited_for.clone()),
+            };
             w
         })
         .collect()
+}
+
+/// Ready replicas at each quarter of `prepareBefore` that has passed: the count last observed
+/// before each instant (the previous status's: a change in between would have written one),
+/// kept from the previous status once taken. Outside a hold, what the last one took is kept.
+fn ready_by_quarter(
+    before: Option<&WorkloadStatus>,
+    ready: Option<i32>,
+    holding: bool,
+    (prepare_at, start): (Timestamp, Timestamp),
+    now: Timestamp,
+) -> Vec<i32> {
+    let kept = before.map(|p| p.ready_by_quarter.clone()).unwrap_or_default();
+    let prepare_before = start.duration_since(prepare_at);
+    let passed = (1..=4).filter(|q| now >= prepare_at + prepare_before * *q / 4).count();
+    if !holding {
+        return kept;
+    }
+    let mut taken = kept;
+    taken.truncate(passed);
+    let last_seen = before.and_then(|p| p.ready_replicas).or(ready).unwrap_or(0);
+    taken.resize(passed, last_seen);
+    taken
+}
+
+/// Stamps when every drain agent was first ready in this hold, and the seconds from Preparing
+/// it took; the figure outlives the restore (the agents go, the status keeps it).
+fn with_agents_ready_time(
+    current: Option<DrainAgentsStatus>,
+    previous: Option<&DrainAgentsStatus>,
+    holding: bool,
+    prepare_at: Timestamp,
+    now: Timestamp,
+) -> Option<DrainAgentsStatus> {
+    let Some(mut agents) = current else {
+        // Gone at the restore: keep what the hold measured.
+        return previous
+            .filter(|p| !holding && p.ready_seconds.is_some())
+            .map(|p| DrainAgentsStatus { ready_time: None, ..p.clone() });
+    };
+    let all_ready = agents.desired > 0 && agents.ready >= agents.desired;
+    agents.ready_time = match (holding, previous.and_then(|p| p.ready_time.clone())) {
+        (false, _) => None,
+        (true, Some(t)) => Some(t),
+        (true, None) => all_ready.then_some(Time(now)),
+    };
+    agents.ready_seconds = match (&agents.ready_time, holding) {
+        (Some(t), _) => Some(t.0.duration_since(prepare_at).as_secs().max(0)),
+        (None, true) => None,
+        (None, false) => previous.and_then(|p| p.ready_seconds),
+    };
+    Some(agents)
 }
 
 fn prescaled_condition(phase: Phase, all_ready: bool, all_restored: bool, problems: &str) -> Condition {
@@ -594,22 +665,78 @@ mod tests {
         let peaks = std::collections::BTreeMap::from([("Deployment shop/web".to_owned(), 10)]);
         let t0 = ts("2026-11-10T15:30:00Z");
         let t1 = ts("2026-11-10T15:31:00Z");
+        let start = ts("2026-11-10T16:00:00Z");
         // Waiting for a probe rollout, the target is the live count: not peak.
         let waiting = WorkloadStatus { target_replicas: Some(2), ..w(2) };
-        assert_eq!(with_peak_times(&[waiting], None, true, &peaks, t0, t0)[0].peak_reached_time, None);
-        let short = with_peak_times(&[w(4)], None, true, &peaks, t0, t0);
+        assert_eq!(with_peak_times(&[waiting], None, true, &peaks, (t0, start), t0)[0].peak_reached_time, None);
+        let short = with_peak_times(&[w(4)], None, true, &peaks, (t0, start), t0);
         assert_eq!(short[0].peak_reached_time, None);
         assert_eq!(short[0].time_to_peak_seconds, None);
-        let reached = with_peak_times(&[w(10)], Some(&short), true, &peaks, t0, t1);
+        let reached = with_peak_times(&[w(10)], Some(&short), true, &peaks, (t0, start), t1);
         assert_eq!(reached[0].peak_reached_time, Some(Time(t1)));
         assert_eq!(reached[0].time_to_peak_seconds, Some(60));
-        let later = with_peak_times(&[w(9)], Some(&reached), true, &peaks, t0, ts("2026-11-10T15:40:00Z"));
+        let later = with_peak_times(&[w(9)], Some(&reached), true, &peaks, (t0, start), ts("2026-11-10T15:40:00Z"));
         assert_eq!(later[0].peak_reached_time, Some(Time(t1)), "a dip does not move when peak was first reached");
-        let restored = with_peak_times(&[w(10)], Some(&later), false, &peaks, t0, t1);
+        let restored = with_peak_times(&[w(10)], Some(&later), false, &peaks, (t0, start), t1);
         assert_eq!(restored[0].peak_reached_time, None);
         assert_eq!(restored[0].time_to_peak_seconds, Some(60), "the figure outlives the restore");
         // Held again (the sale moved): a figure of the new hold only.
-        assert_eq!(with_peak_times(&[w(4)], Some(&restored), true, &peaks, t1, t1)[0].time_to_peak_seconds, None);
+        assert_eq!(
+            with_peak_times(&[w(4)], Some(&restored), true, &peaks, (t1, start), t1)[0].time_to_peak_seconds,
+            None
+        );
+    }
+
+    #[test]
+    fn ready_counts_are_taken_at_each_quarter_and_the_last_wait_is_kept() {
+        let peaks = std::collections::BTreeMap::from([("Deployment shop/web".to_owned(), 4)]);
+        let w = |ready, waited: Option<&str>| WorkloadStatus {
+            name: "Deployment shop/web".into(),
+            ready_replicas: Some(ready),
+            target_replicas: Some(4),
+            waited_for: waited.map(str::to_owned),
+            ..Default::default()
+        };
+        // prepareBefore 40 min: quarters at 15:40, 15:50, 16:00, 16:10.
+        let window = (ts("2026-11-10T15:30:00Z"), ts("2026-11-10T16:10:00Z"));
+        let pass = |current: WorkloadStatus, before: Option<&WorkloadStatus>, holding: bool, now: &str| {
+            with_peak_times(&[current], before.map(std::slice::from_ref), holding, &peaks, window, ts(now)).remove(0)
+        };
+        let first = pass(w(1, Some("3 pods Pending: Unschedulable (0/1 nodes)")), None, true, "2026-11-10T15:31:00Z");
+        assert!(first.ready_by_quarter.is_empty(), "no quarter has passed yet");
+        // Nothing changed until after 50%: both quarters take the count seen before them.
+        let second = pass(w(2, Some("2 pods Running, not ready")), Some(&first), true, "2026-11-10T15:52:00Z");
+        assert_eq!(second.ready_by_quarter, vec![1, 1]);
+        assert_eq!(second.waited_for.as_deref(), Some("2 pods Running, not ready"));
+        let at_peak = pass(w(4, None), Some(&second), true, "2026-11-10T15:58:00Z");
+        assert_eq!(at_peak.ready_by_quarter, vec![1, 1], "taken once, never moved");
+        assert_eq!(at_peak.waited_for.as_deref(), Some("2 pods Running, not ready"), "the last wait before peak");
+        // A dip after peak is not what the slowest pods waited for.
+        let dip = pass(w(3, Some("1 pod CrashLoopBackOff")), Some(&at_peak), true, "2026-11-10T16:05:00Z");
+        assert_eq!(dip.ready_by_quarter, vec![1, 1, 4]);
+        assert_eq!(dip.waited_for.as_deref(), Some("2 pods Running, not ready"));
+        let full = pass(w(3, None), Some(&dip), true, "2026-11-10T16:10:00Z");
+        assert_eq!(full.ready_by_quarter, vec![1, 1, 4, 3]);
+        let restored = pass(w(2, None), Some(&full), false, "2026-11-10T18:00:00Z");
+        assert_eq!(restored.ready_by_quarter, vec![1, 1, 4, 3], "the figures outlive the restore");
+        assert_eq!(restored.waited_for.as_deref(), Some("2 pods Running, not ready"));
+    }
+
+    #[test]
+    fn agents_time_to_ready_is_stamped_once_and_outlives_the_agents() {
+        let t0 = ts("2026-11-10T15:30:00Z");
+        let agents = |ready| Some(DrainAgentsStatus { desired: 3, ready, ..Default::default() });
+        let starting = with_agents_ready_time(agents(1), None, true, t0, ts("2026-11-10T15:30:20Z"));
+        assert_eq!(starting.as_ref().and_then(|a| a.ready_seconds), None);
+        let ready = with_agents_ready_time(agents(3), starting.as_ref(), true, t0, ts("2026-11-10T15:31:05Z"));
+        assert_eq!(ready.as_ref().and_then(|a| a.ready_seconds), Some(65));
+        let later = with_agents_ready_time(agents(2), ready.as_ref(), true, t0, ts("2026-11-10T15:40:00Z"));
+        assert_eq!(later.as_ref().and_then(|a| a.ready_seconds), Some(65), "a node lost later does not move it");
+        let restoring = with_agents_ready_time(agents(3), later.as_ref(), false, t0, ts("2026-11-10T18:00:00Z"));
+        let gone = with_agents_ready_time(None, restoring.as_ref(), false, t0, ts("2026-11-10T18:00:05Z"));
+        assert_eq!(gone.as_ref().and_then(|a| a.ready_seconds), Some(65), "kept after the agents are gone");
+        assert_eq!(gone.and_then(|a| a.ready_time), None);
+        assert_eq!(with_agents_ready_time(None, None, false, t0, t0), None, "no agents, nothing to say");
     }
 
     #[test]

@@ -588,7 +588,7 @@ spec:
                     name: "hangzhou".into(),
                     reachable: true,
                     workloads: vec![workload("web", web_ready, 10), workload("cart", 4, 4)],
-                    drain_agents: Some(DrainAgentsStatus { desired: 2, ready: 2 }),
+                    drain_agents: Some(DrainAgentsStatus { desired: 2, ready: 2, ..Default::default() }),
                     warmups: vec![WarmupStatus {
                         name: "product-cache".into(),
                         state: "Succeeded".into(),

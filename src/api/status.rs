@@ -161,6 +161,14 @@ pub struct WorkloadStatus {
     /// kept after the restore, so a rehearsal and next year's sale compare.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_peak_seconds: Option<i64>,
+    /// Ready replicas at each quarter of `prepareBefore` (25, 50, 75, 100%) in the last hold, as
+    /// far as it has come; kept after the restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready_by_quarter: Vec<i32>,
+    /// Why the last pods short of peak waited (`1 pod Pending: Unschedulable (...)`, `2 pods
+    /// Running, not ready`), as last seen before peak was reached; kept after the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_for: Option<String>,
     /// Whether the sale's probe timings are in place (Applied, Pending, Restored, NotApplicable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<String>,
@@ -180,6 +188,12 @@ pub struct DrainAgentsStatus {
     pub desired: i32,
     /// Agents ready.
     pub ready: i32,
+    /// When every agent was first ready in the current hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_time: Option<Time>,
+    /// Seconds from Preparing to every agent ready in the last hold; kept after the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_seconds: Option<i64>,
 }
 
 /// One cache warm-up Job in one cluster.

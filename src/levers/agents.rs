@@ -378,7 +378,7 @@ fn observe(ds: Option<&DaemonSet>, drain: &SpotDrain, report: &mut Report) {
         Some((desired, ready, _)) => (false, "AgentsStarting", format!("{ready}/{desired} drain agents ready")),
     };
     if let Some((desired, ready_count, _)) = counts {
-        report.drain_agents = Some(DrainAgentsStatus { desired, ready: ready_count });
+        report.drain_agents = Some(DrainAgentsStatus { desired, ready: ready_count, ..DrainAgentsStatus::default() });
     }
     // Agents starting is progress, not a problem: the condition (and Ready's message) says it.
     report.ready &= ready;

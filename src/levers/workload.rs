@@ -162,31 +162,60 @@ pub fn probe_wait_deadline(schedule: &crate::timeline::Schedule) -> jiff::Timest
 /// pods per reason, with the first message of each (`2 Pending (Unschedulable: 0/1 nodes are
 /// available ...)`). `None` while pods are merely starting. Pure.
 pub fn stuck_pods(pods: &[Pod]) -> Option<String> {
+    grouped(pods.iter().filter_map(waiting).filter(|w| w.stuck))
+}
+
+/// Why each pod not ready yet waits, stuck or starting (`1 pod Pending: Unschedulable (...), 2
+/// pods Running, not ready`): what a rehearsal keeps of the slowest pods. Pure.
+pub fn waiting_pods(pods: &[Pod]) -> Option<String> {
+    grouped(pods.iter().filter_map(waiting))
+}
+
+/// Why one pod is not ready, read from its conditions and container states.
+struct Waiting {
+    reason: String,
+    message: String,
+    /// It does not clear by itself.
+    stuck: bool,
+}
+
+fn waiting(pod: &Pod) -> Option<Waiting> {
+    let status = pod.status.as_ref()?;
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let condition = |type_: &str| status.conditions.iter().flatten().find(|c| c.type_ == type_);
+    if condition("Ready").is_some_and(|c| c.status == "True") {
+        return None;
+    }
+    let scheduled = condition("PodScheduled");
+    if let Some(c) = scheduled.filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable")) {
+        let message = c.message.clone().unwrap_or_default();
+        return Some(Waiting { reason: "Pending: Unschedulable".into(), message, stuck: true });
+    }
+    let container = status.container_statuses.iter().flatten().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        Some((waiting.reason.clone()?, waiting.message.clone().unwrap_or_default()))
+    });
+    if let Some((reason, message)) = container {
+        let stuck = STUCK_REASONS.contains(&reason.as_str());
+        return Some(Waiting { reason, message, stuck });
+    }
+    let reason = match (status.phase.as_deref(), scheduled.is_some_and(|c| c.status == "True")) {
+        (Some("Running"), _) => "Running, not ready",
+        (_, true) => "Pending: starting",
+        _ => "Pending: not scheduled yet",
+    };
+    Some(Waiting { reason: reason.into(), message: String::new(), stuck: false })
+}
+
+/// Pods counted per reason, with the first message of each, in the order first seen.
+fn grouped(waiting: impl Iterator<Item = Waiting>) -> Option<String> {
     let mut reasons: Vec<(String, usize, String)> = vec![];
-    for pod in pods {
-        let Some(status) = pod.status.as_ref() else { continue };
-        if pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let unscheduled =
-            status.conditions.iter().flatten().find(|c| {
-                c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
-            });
-        let stuck = match unscheduled {
-            Some(c) => Some(("Pending: Unschedulable".to_owned(), c.message.clone().unwrap_or_default())),
-            None => status.container_statuses.iter().flatten().find_map(|c| {
-                let waiting = c.state.as_ref()?.waiting.as_ref()?;
-                let reason = waiting.reason.as_deref()?;
-                STUCK_REASONS
-                    .contains(&reason)
-                    .then(|| (reason.to_owned(), waiting.message.clone().unwrap_or_default()))
-            }),
-        };
-        if let Some((reason, message)) = stuck {
-            match reasons.iter_mut().find(|(r, _, _)| *r == reason) {
-                Some(entry) => entry.1 += 1,
-                None => reasons.push((reason, 1, message)),
-            }
+    for Waiting { reason, message, .. } in waiting {
+        match reasons.iter_mut().find(|(r, _, _)| *r == reason) {
+            Some(entry) => entry.1 += 1,
+            None => reasons.push((reason, 1, message)),
         }
     }
     if reasons.is_empty() {
@@ -271,7 +300,13 @@ async fn pass(
     let annotations = live.metadata.annotations.clone().unwrap_or_default();
     let held_by = annotations.get(SALE_ANNOTATION).cloned();
     if let Some(other) = held_by.as_deref().filter(|h| *h != holder) {
-        out.problems.push(format!("{} is held by sale {other}; it is left unchanged", target.display()));
+        let rehearsal = format!("{}/{}", sale.namespace, crate::rehearsal::name(sale.name));
+        out.problems.push(match other == rehearsal {
+            true => format!(
+                "{display} is held by this sale's rehearsal {other}, which restores it first; the sale takes it over then"
+            ),
+            false => format!("{display} is held by sale {other}; it is left unchanged"),
+        });
         out.status.message = out.problems.first().cloned();
         return Ok(out);
     }
@@ -575,6 +610,7 @@ async fn pass(
             let scope = Scope::typed::<Pod>(Some(&target.namespace)).labelled(&selector);
             match sale.view.list_as::<Pod>(&scope).await {
                 Ok(pods) => {
+                    out.status.waited_for = waiting_pods(&pods);
                     if let Some(stuck) = stuck_pods(&pods) {
                         out.problems
                             .push(format!("{display}: {ready_replicas}/{target_replicas} replicas ready; {stuck}"));
@@ -765,10 +801,24 @@ mod tests {
             "ready": false, "restartCount": 5, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}));
         let starting = pod(json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}));
         assert_eq!(stuck_pods(std::slice::from_ref(&starting)), None);
+        let running = pod(json!({"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "False"}]}));
+        let ready = pod(json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}));
+        let pulling = pod(json!({"phase": "Pending", "containerStatuses": [{"name": "app", "image": "a",
+            "imageID": "", "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+        let all = [unschedulable.clone(), unschedulable, crashing, starting, running, ready.clone(), pulling];
         assert_eq!(
-            stuck_pods(&[unschedulable.clone(), unschedulable, crashing, starting]),
+            stuck_pods(&all),
             Some("2 pods Pending: Unschedulable (0/1 nodes are available), 1 pod CrashLoopBackOff".into())
         );
+        assert_eq!(
+            waiting_pods(&all),
+            Some(
+                "2 pods Pending: Unschedulable (0/1 nodes are available), 1 pod CrashLoopBackOff, 1 pod Pending: starting, 1 pod Running, not ready, 1 pod ContainerCreating"
+                    .into()
+            )
+        );
+        assert_eq!(waiting_pods(std::slice::from_ref(&ready)), None, "a ready pod waits for nothing");
     }
 
     #[test]

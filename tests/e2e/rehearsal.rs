@@ -1,7 +1,7 @@
 //! Dress rehearsals end to end: `flashsale-operator rehearse` plays a sale's preparation for real
 //! on pods that become ready only after a delay, measures time-to-peak as the pods' own
 //! conditions say, restores field for field, feeds the sale's preflight, and is refused when it
-//! would overlap the sale.
+//! would overlap the sale; the sale created while a rehearsal of it holds takes over at once.
 
 use anyhow::{Context as _, ensure};
 use flashsale_operator::api::{FlashSale, Phase};
@@ -11,13 +11,19 @@ use std::{path::Path, process::Command, time::Duration};
 
 use crate::{
     TestFn,
-    support::{Env, Operator, as_written, at, block_on_value, client, eventually, flash_sale, namespace},
+    support::{Env, Operator, as_written, at, block_on_value, client, eventually, flash_sale, namespace, wait_phase},
 };
 
-pub const TESTS: &[(&str, TestFn)] = &[(
-    "rehearsal::a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale",
-    a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale,
-)];
+pub const TESTS: &[(&str, TestFn)] = &[
+    (
+        "rehearsal::a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale",
+        a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale,
+    ),
+    (
+        "rehearsal::the_sale_created_while_its_rehearsal_holds_takes_over_at_once",
+        the_sale_created_while_its_rehearsal_holds_takes_over_at_once,
+    ),
+];
 
 /// `flashsale-operator ARGS...` through `kubeconfig`: (success, stdout, stderr).
 fn cli(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
@@ -129,10 +135,22 @@ fn a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale(env: &E
         ensure!((measured - pods_say).abs() <= 1.0, "time-to-peak {measured} s, the pods say {pods_say} s");
         // Conditions carry whole seconds: a 17 s delay reads as 16 s at the least.
         ensure!(pods_say >= 16.0, "the pods were ready after {pods_say} s, before their 17 s delay");
+        // prepareBefore 20 s: quarters at 5, 10, 15 s (only the first pod ready) and 20 s (all 3).
+        let quarters = &report["workloads"][0]["readyByQuarter"];
+        ensure!(*quarters == serde_json::json!([1, 1, 1, 3]), "ready at 25/50/75/100%: {quarters}");
+        // The new pods waited out their delay scheduled but not started: the last one seen
+        // before peak (one or both, as the passes fell) is what the slowest pods waited for.
+        let waited = report["workloads"][0]["waitedFor"].as_str().unwrap_or_default();
+        ensure!(
+            waited == "1 pod Pending: starting" || waited == "2 pods Pending: starting",
+            "why the slowest pods waited: {waited:?}"
+        );
         let (_, text, _) = cli(&cluster.kubeconfig, &["rehearsal", "report", "bf", "-n", &ns])?;
         ensure!(
             text.contains("prepareBefore 20s covers the slowest time-to-peak (Deployment")
-                && text.contains("TIME-TO-PEAK"),
+                && text.contains("READY AT 25/50/75/100%")
+                && text.contains("1/1/1/3")
+                && text.contains(&format!("slowest pods waited: {waited}")),
             "{text}"
         );
 
@@ -169,6 +187,93 @@ fn a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale(env: &E
         .await;
         let status = sales.get("bf-by-hand").await?.status;
         refused.with_context(|| format!("the hand-written rehearsal was not refused: {status:?}"))?;
+        Ok(())
+    })
+}
+
+/// Fails on the old code: the sale found the workload held by its rehearsal and nothing woke it
+/// when the rehearsal let go of it (a released workload names no holder), so it waited for its
+/// own next look while the workload sat at its baseline.
+fn the_sale_created_while_its_rehearsal_holds_takes_over_at_once(env: &Env) -> anyhow::Result<()> {
+    block_on_value(async {
+        let cluster = env.primary()?;
+        let client = client(cluster).await?;
+        let ns = namespace(&client, "takeover").await?;
+        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &slow("web", "1s")?).await?;
+        eventually(Duration::from_secs(60), || async {
+            Ok(deployments.get("web").await?.status.and_then(|s| s.ready_replicas) == Some(1))
+        })
+        .await
+        .context("web never became ready")?;
+        let before = as_written(&deployments.get("web").await?)?;
+        let holder = async |deployments: &Api<Deployment>| {
+            let d = deployments.get("web").await?;
+            let annotations = d.metadata.annotations.unwrap_or_default();
+            anyhow::Ok((annotations.get("flashsale.dev/sale").cloned(), d.spec.and_then(|s| s.replicas)))
+        };
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let workloads = |peak: i32| serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": peak, "mode": "Replicas"}}]);
+
+        // A rehearsal of a sale not written yet, holding web at 3 for minutes.
+        let mut rehearsal = flash_sale("bf-rehearsal", &ns, (&at(3), &at(600)), ("2s", "0s"), workloads(3))?;
+        rehearsal.spec.rehearsal = Some(serde_json::from_value(serde_json::json!({"of": "bf"}))?);
+        sales.create(&PostParams::default(), &rehearsal).await?;
+        let rehearsing = Some(format!("{ns}/bf-rehearsal"));
+        eventually(Duration::from_secs(30), || async {
+            Ok(holder(&deployments).await? == (rehearsing.clone(), Some(3)))
+        })
+        .await
+        .context("the rehearsal never held web at 3")?;
+        // Settled at peak, the rehearsal looks again only at its next boundary, minutes away.
+        eventually(Duration::from_secs(30), || async {
+            let r = sales.get("bf-rehearsal").await?;
+            let ready = r.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+            Ok(ready.is_some_and(|c| c.status == "True"))
+        })
+        .await
+        .context("the rehearsal never became Ready at peak")?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+
+        // The real sale arrives (from Git), its span reaching into the rehearsal's.
+        sales
+            .create(&PostParams::default(), &flash_sale("bf", &ns, (&at(8), &at(20)), ("5s", "3s"), workloads(4))?)
+            .await?;
+        let created = std::time::Instant::now();
+        let selling = Some(format!("{ns}/bf"));
+        let taken = eventually(Duration::from_secs(25), || async {
+            Ok(holder(&deployments).await? == (selling.clone(), Some(4)))
+        })
+        .await;
+        let last = holder(&deployments).await?;
+        taken
+            .with_context(|| format!("the sale never took web over from its rehearsal: (holder, replicas) {last:?}"))?;
+        let took = created.elapsed();
+        eprintln!("takeover: the sale held web at peak {:.1} s after it was created", took.as_secs_f64());
+        let r = sales.get("bf-rehearsal").await?;
+        let refused = r.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        ensure!(
+            refused.is_some_and(|c| c.reason == "RehearsalRefused" && c.message.contains("overlaps sale bf")),
+            "the rehearsal does not say the sale took over: {refused:?}"
+        );
+        // The sale's record is the original, not the rehearsal's peak: nothing restored twice.
+        let s = sales.get("bf").await?;
+        let record = s
+            .status
+            .iter()
+            .flat_map(|st| &st.clusters)
+            .flat_map(|c| &c.originals)
+            .find(|o| o.field == "replicas")
+            .map(|o| o.value.clone());
+        ensure!(record.as_deref() == Some("1"), "the sale recorded {record:?} as web's original, not 1");
+
+        wait_phase(&sales, "bf", Phase::Completed, 60).await?;
+        let after = as_written(&deployments.get("web").await?)?;
+        ensure!(
+            after == before,
+            "after the sale web differs from before the rehearsal:\nbefore {before}\nafter  {after}"
+        );
         Ok(())
     })
 }
