@@ -11,6 +11,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use crate::{
     TestFn,
+    harness::{Cluster, ClusterOptions},
     support::{Env, Operator, as_written, at, block_on_value, client, eventually, flash_sale, namespace, wait_phase},
 };
 
@@ -18,6 +19,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
     (
         "rehearsal::a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale",
         a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale,
+    ),
+    (
+        "rehearsal::a_peak_that_cannot_be_scheduled_is_named_with_its_reason_and_restored",
+        a_peak_that_cannot_be_scheduled_is_named_with_its_reason_and_restored,
     ),
     (
         "rehearsal::the_sale_created_while_its_rehearsal_holds_takes_over_at_once",
@@ -276,4 +281,64 @@ fn the_sale_created_while_its_rehearsal_holds_takes_over_at_once(env: &Env) -> a
         );
         Ok(())
     })
+}
+
+fn a_peak_that_cannot_be_scheduled_is_named_with_its_reason_and_restored(_env: &Env) -> anyhow::Result<()> {
+    // One node of 32 CPUs, pods of 20: the first fits, the peak's two others never do.
+    let dir = std::env::temp_dir().join(format!("flashsale-e2e-{}-rehearse-short", std::process::id()));
+    let mut cluster =
+        Cluster::start(&ClusterOptions { name: "rehearse-short".into(), nodes: 1, spot_nodes: 0 }, &dir, false)?;
+    cluster.install_crd(&crate::support::repo().join("crds/flashsale.dev_flashsales.yaml"))?;
+    let result = block_on_value(async {
+        let client = client(&cluster).await?;
+        let ns = namespace(&client, "short").await?;
+        let _operator = Operator::operator(&cluster, &["--watch-namespace", &ns])?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &crate::support::deployment("big", 1, Some("20"))?).await?;
+        eventually(Duration::from_secs(60), || async {
+            Ok(deployments.get("big").await?.status.and_then(|s| s.ready_replicas) == Some(1))
+        })
+        .await
+        .context("big never became ready")?;
+        let before = as_written(&deployments.get("big").await?)?;
+        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
+        let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "big"}, "scale": {"peak": 3, "mode": "Replicas"}}]);
+        let day = 86_400;
+        sales
+            .create(
+                &PostParams::default(),
+                &flash_sale("bf", &ns, (&at(3 * day), &at(3 * day + 3600)), ("10s", "5s"), workloads)?,
+            )
+            .await?;
+
+        let (ok, _, err) = cli(&cluster.kubeconfig, &["rehearse", "bf", "-n", &ns, "--hold", "5s"])?;
+        ensure!(ok, "rehearse failed: {err}");
+        wait_phase(&sales, "bf-rehearsal", Phase::Completed, 60).await?;
+
+        let (ok, json, err) = cli(&cluster.kubeconfig, &["rehearsal", "report", "bf", "-n", &ns, "-o", "json"])?;
+        ensure!(ok, "report failed: {err}");
+        let report: serde_json::Value = serde_json::from_str(&json)?;
+        let big = &report["workloads"][0];
+        ensure!(big["timeToPeakSeconds"].is_null(), "an unreachable peak has a time-to-peak: {big}");
+        let waited = big["waitedFor"].as_str().unwrap_or_default();
+        ensure!(
+            waited.starts_with("2 pods Pending: Unschedulable (0/1 nodes are available: 1 Insufficient cpu"),
+            "the unschedulable replicas are not named with their reason: {waited:?}"
+        );
+        let verdict = report["verdict"].as_str().unwrap_or_default();
+        ensure!(verdict.contains(&format!("Deployment {ns}/big in local (1/3 ready) never reached peak")), "{verdict}");
+        let (_, text, _) = cli(&cluster.kubeconfig, &["rehearsal", "report", "bf", "-n", &ns])?;
+        ensure!(text.contains(&format!("slowest pods waited: {waited}")), "{text}");
+
+        // Everything restored: the workload as it was, the pods that never ran gone.
+        let after = as_written(&deployments.get("big").await?)?;
+        ensure!(after == before, "the rehearsal's restore differs:\nbefore {before}\nafter  {after}");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        eventually(Duration::from_secs(30), || async { Ok(pods.list(&Default::default()).await?.items.len() == 1) })
+            .await
+            .context("the unschedulable pods were not removed by the restore")?;
+        Ok(())
+    });
+    cluster.stop();
+    result
 }
