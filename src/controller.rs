@@ -542,7 +542,7 @@ async fn apply(
     // the levers run in the next one, which that write's watch event starts at once. Hundreds of
     // sales sharing a boundary then all announce it before any of them pulls its levers, so each
     // phase change lands on time however long the lever passes take.
-    if let Some(announced) = announce_phase(ctx, sale, &previous, clock, now).await? {
+    if let Some(announced) = announce_phase(ctx, sale, &previous, clock, refused.as_deref(), now).await? {
         report_events(ctx, sale, &previous, &announced, &[]).await;
         return Ok(Action::requeue(ANNOUNCED_RECHECK));
     }
@@ -640,6 +640,7 @@ async fn announce_phase(
     sale: &FlashSale,
     previous: &FlashSaleStatus,
     clock: timeline::Position,
+    refused: Option<&str>,
     now: Timestamp,
 ) -> Result<Option<FlashSaleStatus>, Error> {
     let moved = previous.phase.is_some_and(|p| p != clock.phase);
@@ -654,10 +655,12 @@ async fn announce_phase(
     announced.phase = Some(clock.phase);
     announced.next_transition_time = clock.next.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
     // Entering a phase that starts work: Ready from the phase before no longer holds.
-    let starting = match clock.phase {
-        Phase::Preparing => Some(("Preparing", "Preparation has started")),
-        Phase::Suspended => Some(("Suspending", "spec.suspend is set; restoring")),
-        Phase::Restoring => Some(("Restoring", "The sale is over; putting every recorded original back")),
+    let starting = match (clock.phase, refused) {
+        (Phase::Preparing, _) => Some(("Preparing", "Preparation has started")),
+        // A rehearsal its sale refuses is restored as a suspended sale is, for its own reason.
+        (Phase::Suspended, Some(why)) => Some(("RehearsalRefused", why)),
+        (Phase::Suspended, None) => Some(("Suspending", "spec.suspend is set; restoring")),
+        (Phase::Restoring, _) => Some(("Restoring", "The sale is over; putting every recorded original back")),
         _ => None,
     };
     if let Some((reason, message)) = starting {

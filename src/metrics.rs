@@ -424,6 +424,7 @@ impl Metrics {
         let mut recorded = self.recorded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let before = recorded.remove(&sale_labels).unwrap_or_default();
         let mut now = Recorded::default();
+        let over = matches!(status.phase, Some(crate::api::Phase::Completed | crate::api::Phase::Suspended));
         for cluster in &status.clusters {
             let (sale_namespace, sale) = (sale_labels.sale_namespace.clone(), sale_labels.sale.clone());
             let cluster_labels = ClusterLabels {
@@ -450,6 +451,11 @@ impl Metrics {
                     self.workload_time_to_peak_seconds.remove(&labels);
                 }
                 now.workloads.insert(labels);
+            }
+            // A sale over keeps what its agents, warm-ups and flags did in status, as a record:
+            // not as live series (a breaker open at the restore would alert forever).
+            if over {
+                continue;
             }
             if let Some(agents) = &cluster.drain_agents {
                 self.drain_agents_desired.get_or_create(&cluster_labels).set(i64::from(agents.desired));
@@ -681,6 +687,24 @@ mod tests {
                 r#"flag_breaker_open{sale_namespace="shop",sale="double-11",cluster="hangzhou",flag="banner"}"#
             )
         );
+
+        // Completed, the status keeps what the agents, warm-ups and breakers did, as a record:
+        // their series go (an open breaker must not alert after the sale), time-to-peak stays.
+        metrics.record_sale_status(
+            &sale,
+            &status(serde_json::json!({"phase": "Completed", "clusters": [
+                {"name": "hangzhou", "reachable": true,
+                 "workloads": [{"name": "Deployment shop/web", "targetReplicas": 2, "timeToPeakSeconds": 40}],
+                 "drainAgents": {"desired": 3, "ready": 3, "readySeconds": 12},
+                 "warmups": [{"name": "catalog", "state": "Succeeded"}],
+                 "flags": [{"name": "reviews", "enabled": false, "reason": "BreakerOpen"}]},
+            ]})),
+        );
+        let text = metrics.render();
+        assert_eq!(value(&text, &format!("flashsale_workload_time_to_peak_seconds{web}")), Some(40.0), "{text}");
+        for gone in ["flashsale_drain_agents_desired{", "flashsale_warmup_state{", "flashsale_flag_breaker_open{"] {
+            assert!(!text.contains(gone), "a Completed sale still exports {gone}: {text}");
+        }
     }
 
     #[test]

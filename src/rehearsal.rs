@@ -149,6 +149,19 @@ pub struct WarmupMeasured {
     pub reason: Option<String>,
 }
 
+/// One degradation flag in a rehearsal report, as the hold published it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FlagMeasured {
+    pub cluster: String,
+    pub name: String,
+    pub enabled: bool,
+    pub reason: String,
+    /// From Preparing to the flag file read back with the sale's flags in place, in seconds;
+    /// `None` if it never was.
+    pub read_back_seconds: Option<f64>,
+}
+
 /// What a rehearsal learned, and the verdict for its sale.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -160,6 +173,7 @@ pub struct Report {
     pub workloads: Vec<Measured>,
     pub agents: Vec<AgentsMeasured>,
     pub warmups: Vec<WarmupMeasured>,
+    pub flags: Vec<FlagMeasured>,
     pub verdict: String,
 }
 
@@ -223,6 +237,21 @@ pub fn report(rehearsal: &FlashSale) -> Result<Report, String> {
             reason: w.reason.clone(),
         })
         .collect();
+    let flags = status
+        .clusters
+        .iter()
+        .flat_map(|c| c.flags.iter().map(move |f| (c, f)))
+        .map(|(c, f)| FlagMeasured {
+            cluster: c.name.clone(),
+            name: f.name.clone(),
+            enabled: f.enabled,
+            reason: f.reason.clone(),
+            read_back_seconds: c
+                .flags_read_back_time
+                .as_ref()
+                .map(|t| t.0.duration_since(schedule.prepare_at).as_secs_f64().max(0.0)),
+        })
+        .collect();
     let verdict = verdict(&of.of, prepare_before, &workloads, status.phase);
     Ok(Report {
         rehearsal: name,
@@ -232,6 +261,7 @@ pub fn report(rehearsal: &FlashSale) -> Result<Report, String> {
         workloads,
         agents,
         warmups,
+        flags,
         verdict,
     })
 }
@@ -390,6 +420,19 @@ pub fn render(report: &Report) -> String {
             })
             .collect();
         table(&mut out, &["CLUSTER", "WARM-UP", "RESULT", "TOOK"], &rows);
+    }
+    if !report.flags.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = report
+            .flags
+            .iter()
+            .map(|f| {
+                let value = format!("{} ({})", if f.enabled { "on" } else { "off" }, f.reason);
+                let read = f.read_back_seconds.map_or("never".to_owned(), |s| format!("after {}", human(s)));
+                vec![f.cluster.clone(), f.name.clone(), value, read]
+            })
+            .collect();
+        table(&mut out, &["CLUSTER", "FLAG", "PUBLISHED", "READ BACK"], &rows);
     }
     out.push_str(&format!("\n{}\n", report.verdict));
     out
@@ -554,6 +597,7 @@ mod tests {
             workloads,
             agents: vec![],
             warmups: vec![],
+            flags: vec![],
             verdict: String::new(),
         };
         let fast = measured("web", Some(600.0));
@@ -596,6 +640,13 @@ mod tests {
                 duration_seconds: Some(95.0),
                 reason: Some("BackoffLimitExceeded".into()),
             }],
+            flags: vec![FlagMeasured {
+                cluster: "hangzhou".into(),
+                name: "recommendations".into(),
+                enabled: false,
+                reason: "PhaseOff".into(),
+                read_back_seconds: Some(2.0),
+            }],
             verdict: "prepareBefore 30m covers ...".into(),
         };
         let text = render(&report);
@@ -610,6 +661,7 @@ mod tests {
         );
         assert!(lines.contains(&"hangzhou  3             42s"), "{text}");
         assert!(lines.contains(&"hangzhou  catalog  Failed (BackoffLimitExceeded)  1m35s"), "{text}");
+        assert!(lines.contains(&"hangzhou  recommendations  off (PhaseOff)  after 2s"), "{text}");
     }
 
     #[test]

@@ -147,11 +147,18 @@ pub fn decide(
                         now,
                     ),
                     // What the warm-ups did outlives their Jobs, which go at the restore.
-                    warmups: match (report.warmups.is_empty(), holding, prev) {
-                        (true, false, Some(p)) => p.warmups.clone(),
-                        _ => report.warmups.clone(),
-                    },
-                    flags: report.flags.clone(),
+                    warmups: kept_after_the_hold(&report.warmups, prev.map(|p| p.warmups.as_slice()), holding, |w| {
+                        &w.name
+                    }),
+                    // The flags as the hold left them outlive the restore, like the warm-ups.
+                    flags: kept_after_the_hold(&report.flags, prev.map(|p| p.flags.as_slice()), holding, |f| &f.name),
+                    flags_read_back_time: flags_read_back_time(
+                        report.flags_read_back,
+                        prev.and_then(|p| p.flags_read_back_time.clone()),
+                        holding,
+                        previous.phase.is_some_and(phase_holds),
+                        now,
+                    ),
                     originals: report.originals.clone(),
                 };
                 // The sync time moves only when something else did, so a quiet pass writes nothing.
@@ -177,6 +184,7 @@ pub fn decide(
                     drain_agents: prev.and_then(|p| p.drain_agents.clone()),
                     warmups: prev.map(|p| p.warmups.clone()).unwrap_or_default(),
                     flags: prev.map(|p| p.flags.clone()).unwrap_or_default(),
+                    flags_read_back_time: prev.and_then(|p| p.flags_read_back_time.clone()),
                     // Unread, the cluster still holds what the sale changed: keep the record.
                     originals: prev.map(|p| p.originals.clone()).unwrap_or_default(),
                 });
@@ -451,6 +459,38 @@ fn ready_by_quarter(
     taken
 }
 
+/// Outside a hold, each entry a pass no longer reports (its Job deleted, its flag taken out) is
+/// kept as last seen, so the status still says what the hold did; in a hold, what the pass saw.
+fn kept_after_the_hold<T: Clone>(
+    current: &[T],
+    previous: Option<&[T]>,
+    holding: bool,
+    name: impl Fn(&T) -> &String,
+) -> Vec<T> {
+    let mut out = current.to_vec();
+    if !holding {
+        let gone = previous.into_iter().flatten().filter(|p| !current.iter().any(|c| name(c) == name(p)));
+        out.extend(gone.cloned());
+    }
+    out
+}
+
+/// When the flag file was first read back with the sale's flags in place: stamped once in a
+/// hold, forgotten when a new hold begins, kept after the restore.
+fn flags_read_back_time(
+    read_back: bool,
+    before: Option<Time>,
+    holding: bool,
+    held_before: bool,
+    now: Timestamp,
+) -> Option<Time> {
+    match (holding, held_before, before) {
+        (true, true, Some(t)) => Some(t),
+        (true, _, _) => read_back.then_some(Time(now)),
+        (false, _, before) => before,
+    }
+}
+
 /// Stamps when every drain agent was first ready in this hold, and the seconds from Preparing
 /// it took; the figure outlives the restore (the agents go, the status keeps it).
 fn with_agents_ready_time(
@@ -720,6 +760,45 @@ mod tests {
         let restored = pass(w(2, None), Some(&full), false, "2026-11-10T18:00:00Z");
         assert_eq!(restored.ready_by_quarter, vec![1, 1, 4, 3], "the figures outlive the restore");
         assert_eq!(restored.waited_for.as_deref(), Some("2 pods Running, not ready"));
+    }
+
+    #[test]
+    fn warmups_and_flags_gone_at_the_restore_are_kept_as_last_seen() {
+        let w = |name: &str, state: &str| crate::api::WarmupStatus {
+            name: name.into(),
+            state: state.into(),
+            ..Default::default()
+        };
+        fn name(w: &crate::api::WarmupStatus) -> &String {
+            &w.name
+        }
+        let held = [w("product", "Succeeded"), w("search", "Succeeded")];
+        // The restore deletes one Job, then the other: both stay, as last seen.
+        let first = kept_after_the_hold(&[w("search", "Succeeded")], Some(&held), false, name);
+        let second = kept_after_the_hold(&[], Some(&first), false, name);
+        let mut names: Vec<&str> = second.iter().map(|w| w.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["product", "search"]);
+        // In a hold an entry removed from the spec goes at once.
+        assert_eq!(kept_after_the_hold(&[w("search", "Running")], Some(&held), true, name), [w("search", "Running")]);
+    }
+
+    #[test]
+    fn the_flags_read_back_time_is_stamped_once_per_hold_and_outlives_it() {
+        let (t0, t1) = (ts("2026-11-10T15:30:00Z"), ts("2026-11-10T15:30:02Z"));
+        // (case, read back now, before, holding, held before, expected)
+        let table = [
+            ("published, not read back yet", false, None, true, true, None),
+            ("read back: stamped", true, None, true, true, Some(t1)),
+            ("read back again: kept", true, Some(t0), true, true, Some(t0)),
+            ("a new hold: stamped anew", true, Some(t0), true, false, Some(t1)),
+            ("a new hold, not read back: none yet", false, Some(t0), true, false, None),
+            ("restored: kept", false, Some(t0), false, true, Some(t0)),
+        ];
+        for (case, read_back, before, holding, held_before, want) in table {
+            let got = flags_read_back_time(read_back, before.map(Time), holding, held_before, t1);
+            assert_eq!(got, want.map(Time), "{case}");
+        }
     }
 
     #[test]

@@ -139,7 +139,7 @@ fn every_reason_the_code_can_put_on_ready_is_listed() -> Result<(), Box<dyn Erro
             }
         }
         // 2. The arms that choose Ready's reason by phase, and the reasons a phase starts with.
-        for start in ["let (ready, reason, message) = match phase {", "let starting = match clock.phase {"] {
+        for start in ["let (ready, reason, message) = match phase {", "let starting = match (clock.phase, refused) {"] {
             if let Some(block) = block_after(&code, start) {
                 let reasons = reasons_in(block);
                 assert!(!reasons.is_empty(), "{file}: `{start}` gives no reason literal");

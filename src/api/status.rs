@@ -117,6 +117,10 @@ pub struct ClusterStatus {
     /// Degradation flag values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<FlagStatus>,
+    /// When the flag file was first read back with the sale's flags in place in the last hold;
+    /// kept after the restore, with `flags` as they were then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags_read_back_time: Option<Time>,
     /// The second record of every original the sale changed in this cluster (the first is the
     /// annotation on the object): the restore trusts a value only when the two agree, or when
     /// one is missing or unreadable and the other is sound.

@@ -452,7 +452,9 @@ async fn publish(
     let stale =
         live_annotations.contains_key(BREAKERS_ANNOTATION) && !annotations_wanted.contains_key(BREAKERS_ANNOTATION);
     let annotations_match = annotations_wanted.iter().all(|(k, v)| live_annotations.get(k) == Some(v));
-    if !(content_in_place && annotations_match && !stale) {
+    // Nothing to write: the file as the view reads it back carries the sale's flags.
+    let read_back = content_in_place && annotations_match && !stale;
+    if !read_back {
         let mut doc = json!({
             "apiVersion": target.resource.api_version,
             "kind": target.resource.kind,
@@ -549,6 +551,7 @@ async fn publish(
 
     report.restored = false;
     report.flags.extend(wanted.iter().map(|w| w.status.clone()));
+    report.flags_read_back = read_back;
     if let Some(at) = recheck {
         report.recheck_at(at);
     }

@@ -74,6 +74,8 @@ pub struct Report {
     pub warmups: Vec<WarmupStatus>,
     /// Degradation flag values.
     pub flags: Vec<FlagStatus>,
+    /// The flag file was read back (from the cluster's view) with the sale's flags in place.
+    pub flags_read_back: bool,
     /// The second record of the originals the sale holds in this cluster (see
     /// [`ClusterStatus::originals`]).
     pub originals: Vec<RecordedOriginal>,

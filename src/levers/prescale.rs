@@ -476,11 +476,7 @@ fn replicas_plan(
         (Intent::Preflight, _) => {
             plan.baseline = Some(replicas);
             plan.target = Some(replicas);
-            if replicas > peak {
-                plan.notes.push(format!(
-                    "{display} has {replicas} replicas, more than the sale's peak {peak}: the sale keeps {replicas} (peak is a floor, never a ceiling)"
-                ));
-            }
+            plan.notes.extend(above_peak(&display, replicas, peak));
             return;
         }
         (_, Ok(trusted)) => trusted,
@@ -587,6 +583,16 @@ pub fn workload_scope(workload: &Workload, namespace: &str) -> Scope {
     Scope::of(&api_resource(workload), Some(namespace))
 }
 
+/// The preflight note for a workload already above the sale's peak, in every mode: the sale
+/// keeps what it has (peak is a floor, never a ceiling).
+fn above_peak(display: &str, replicas: i32, peak: i32) -> Option<String> {
+    (replicas > peak).then(|| {
+        format!(
+            "{display} has {replicas} replicas, more than the sale's peak {peak}: the sale keeps {replicas} (peak is a floor, never a ceiling)"
+        )
+    })
+}
+
 /// CronHPA mode: one object per workload with a run-once scale-up at the Preparing boundary
 /// and a run-once scale-down to the baseline at the restore boundary, created while the sale
 /// is Scheduled so the scale-up fires even if the operator is down then. The decisions (the
@@ -632,6 +638,9 @@ async fn cron_plan(
         scale_down_settled: cronhpa::settled(&states, cronhpa::SCALE_DOWN_JOB),
     };
     let decision = cronhpa::decide(&facts);
+    if intent == Intent::Preflight {
+        plan.notes.extend(above_peak(&target.display(), replicas, peak));
+    }
     plan.baseline = Some(decision.baseline);
     plan.target = Some(decision.target);
     let scale_to = |n: i32| {
@@ -839,7 +848,7 @@ async fn hpa_plan(
         }
     };
     match intent {
-        Intent::Preflight => {}
+        Intent::Preflight => plan.notes.extend(above_peak(&display, replicas, peak)),
         Intent::Hold => {
             plan.target = Some(peak);
             if !(may_scale_up || ours) {

@@ -283,6 +283,7 @@ fn the_sale_created_while_its_rehearsal_holds_takes_over_at_once(env: &Env) -> a
     })
 }
 
+/// Also the flags, when the rehearsal is told to pull them: published, read back, restored.
 fn a_peak_that_cannot_be_scheduled_is_named_with_its_reason_and_restored(_env: &Env) -> anyhow::Result<()> {
     // One node of 32 CPUs, pods of 20: the first fits, the peak's two others never do.
     let dir = std::env::temp_dir().join(format!("flashsale-e2e-{}-rehearse-short", std::process::id()));
@@ -304,14 +305,16 @@ fn a_peak_that_cannot_be_scheduled_is_named_with_its_reason_and_restored(_env: &
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "big"}, "scale": {"peak": 3, "mode": "Replicas"}}]);
         let day = 86_400;
-        sales
-            .create(
-                &PostParams::default(),
-                &flash_sale("bf", &ns, (&at(3 * day), &at(3 * day + 3600)), ("10s", "5s"), workloads)?,
-            )
-            .await?;
+        let mut sale = flash_sale("bf", &ns, (&at(3 * day), &at(3 * day + 3600)), ("10s", "5s"), workloads)?;
+        sale.spec.degradation = Some(serde_json::from_value(serde_json::json!({
+            "configMapName": "bf-flags",
+            "flags": [{"name": "recommendations", "offDuring": ["Active"]}],
+        }))?);
+        sales.create(&PostParams::default(), &sale).await?;
 
-        let (ok, _, err) = cli(&cluster.kubeconfig, &["rehearse", "bf", "-n", &ns, "--hold", "5s"])?;
+        // Flags too (not by default): published for the hold, read back, then taken out again.
+        let args = ["rehearse", "bf", "-n", &ns, "--hold", "5s", "--levers", "scale,flags"];
+        let (ok, _, err) = cli(&cluster.kubeconfig, &args)?;
         ensure!(ok, "rehearse failed: {err}");
         wait_phase(&sales, "bf-rehearsal", Phase::Completed, 60).await?;
 
@@ -327,8 +330,19 @@ fn a_peak_that_cannot_be_scheduled_is_named_with_its_reason_and_restored(_env: &
         );
         let verdict = report["verdict"].as_str().unwrap_or_default();
         ensure!(verdict.contains(&format!("Deployment {ns}/big in local (1/3 ready) never reached peak")), "{verdict}");
+        let flag = &report["flags"][0];
+        ensure!(
+            flag["name"] == "recommendations" && flag["readBackSeconds"].as_f64().is_some_and(|s| s < 10.0),
+            "the report does not say the flag was published and read back: {}",
+            report["flags"]
+        );
         let (_, text, _) = cli(&cluster.kubeconfig, &["rehearsal", "report", "bf", "-n", &ns])?;
         ensure!(text.contains(&format!("slowest pods waited: {waited}")), "{text}");
+        ensure!(text.contains("READ BACK") && text.contains("recommendations"), "{text}");
+        let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+        eventually(Duration::from_secs(20), || async { Ok(configmaps.get_opt("bf-flags").await?.is_none()) })
+            .await
+            .context("the flag ConfigMap the rehearsal created was left behind")?;
 
         // Everything restored: the workload as it was, the pods that never ran gone.
         let after = as_written(&deployments.get("big").await?)?;

@@ -204,6 +204,16 @@ fn a_workload_above_peak_is_not_scaled_down_by_the_controller(_env: &Env) -> any
         })
         .await
         .context("the CronHPA's scale-up job does not keep the 6 replicas web has")?;
+        // Days (here seconds) ahead, preflight says the sale keeps what is above its peak.
+        eventually(Duration::from_secs(20), || async {
+            let s = sales.get("flash").await?;
+            let ready = s.status.as_ref().and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+            Ok(ready.is_some_and(|c| {
+                c.reason == "PreflightWarnings" && c.message.contains("has 6 replicas, more than the sale's peak 4")
+            }))
+        })
+        .await
+        .context("preflight does not warn that web is above the sale's peak")?;
 
         wait_phase(&sales, "flash", Phase::Active, 45).await?;
         eventually(Duration::from_secs(20), || async {
