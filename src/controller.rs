@@ -503,6 +503,15 @@ impl Unreadable {
             self.left_out.join("; ")
         )
     }
+
+    /// What the parts left out whole leave undone, and how to go on.
+    fn unrestored(&self) -> String {
+        format!(
+            "{} of the FlashSale cannot be read, so what they changed is still in place; everything else is restored. Fix them (kubectl edit works on a FlashSale being deleted too) and the restore goes on: {}",
+            self.whole.join(", "),
+            self.left_out.join("; ")
+        )
+    }
 }
 
 async fn apply(
@@ -593,6 +602,13 @@ async fn apply(
         // Restoring from what can be read: still said, as the parts left out stay left out.
         decided.conditions.retain(|c| c.type_ != status::STALLED);
         decided.conditions.push(status::condition(status::STALLED, true, "Unreadable", &unreadable.message()));
+        // A part left out whole was not restored: the sale is not done, whatever the rest says.
+        if !unreadable.whole.is_empty() && matches!(decided.phase, Some(Phase::Completed | Phase::Suspended)) {
+            if decided.phase == Some(Phase::Completed) {
+                decided.phase = Some(Phase::Restoring);
+            }
+            status::set_ready(&mut decided, false, "Unreadable", &format!("Not restored: {}", unreadable.unrestored()));
+        }
     }
 
     report_events(ctx, sale, &previous, &decided, &observations).await;
@@ -890,13 +906,8 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, unreadable: Option<&Unreadable
         .collect();
     // Parts left out whole (a workload, a cluster): what they changed is not known, so not
     // restored; the deletion waits for them to be fixed rather than forget them.
-    let unknown = unreadable.map(|u| u.whole.clone()).unwrap_or_default();
-    if pending.is_empty() && !unknown.is_empty() {
-        let message = format!(
-            "Deletion waits: {} of the FlashSale cannot be read, so what they changed cannot be restored; everything else is. Fix them (kubectl edit works on a FlashSale being deleted) and the restore goes on: {}",
-            unknown.join(", "),
-            unreadable.map(|u| u.left_out.join("; ")).unwrap_or_default()
-        );
+    if let (true, Some(unreadable)) = (pending.is_empty(), unreadable.filter(|u| !u.whole.is_empty())) {
+        let message = format!("Deletion waits: {}", unreadable.unrestored());
         let mut blocked = previous.clone();
         blocked.conditions = vec![
             status::condition(status::READY, false, "Deleting", &message),

@@ -39,9 +39,10 @@ pub fn salvage(mut raw: Value) -> Result<Salvaged, String> {
         };
         let mut path: Vec<Segment> = error.path().iter().cloned().collect();
         let why = format!("{}: {}", error.path(), error.inner());
-        // A part missing a required field is no use: the list item holding it goes whole
-        // (a workload without its name), not just the part.
-        if error.inner().to_string().starts_with("missing field")
+        // A part missing a required field is no use, and a part of what names an object (a
+        // workload's `ref`, a cluster entry) left out would make the rest name another object
+        // (a namespace dropped is the sale's own): the list item holding it goes whole.
+        if (error.inner().to_string().starts_with("missing field") || names_an_object(&path))
             && let Some(item) = path.iter().rposition(|s| matches!(s, Segment::Seq { .. }))
         {
             path.truncate(item + 1);
@@ -55,6 +56,14 @@ pub fn salvage(mut raw: Value) -> Result<Salvaged, String> {
         }
         left_out.push(why);
     }
+}
+
+/// Whether `path` lies in what identifies the object a list item acts on: a workload's `ref`,
+/// anything of a cluster entry (its name and its credentials).
+fn names_an_object(path: &[Segment]) -> bool {
+    let keys: Vec<&str> =
+        path.iter().filter_map(|s| if let Segment::Map { key } = s { Some(key.as_str()) } else { None }).collect();
+    matches!(keys.as_slice(), ["spec", "workloads", "ref", ..] | ["spec", "clusters", ..])
 }
 
 /// The parts without which there is no sale to restore: its identity and its window.
@@ -162,6 +171,21 @@ mod tests {
         // The records the restore needs are kept.
         let status = got.sale.status.unwrap();
         assert_eq!(status.clusters[0].originals[0].value, "2");
+    }
+
+    #[test]
+    fn a_part_of_what_names_an_object_takes_its_whole_item() {
+        // A namespace that does not read, left out alone, would make the workload the sale's
+        // own namespace's `web`: the whole workload is left out instead.
+        let workloads = json!([
+            {"ref": {"kind": "Deployment", "name": "web", "namespace": 7}, "scale": {"peak": 4}},
+            {"ref": {"kind": "Deployment", "name": "api"}, "scale": {"peak": 3}},
+        ]);
+        let got = salvage(sale(workloads, json!({}))).unwrap();
+        let names: Vec<&str> = got.sale.spec.workloads.iter().map(|w| w.target.name.as_str()).collect();
+        assert_eq!(names, ["api"], "{:?}", got.left_out);
+        assert_eq!(got.whole, ["spec.workloads[0]"]);
+        assert!(got.left_out[0].starts_with("spec.workloads[0].ref.namespace: invalid type"), "{:?}", got.left_out);
     }
 
     #[test]

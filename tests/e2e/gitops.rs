@@ -100,12 +100,7 @@ fn kstatus_and_argo_cd_read_the_sale_as_on_call_would(env: &Env) -> anyhow::Resu
     // dedicated cluster gets the CRD with them stripped.
     let dir = std::env::temp_dir().join(format!("flashsale-e2e-{}-nocel", std::process::id()));
     let mut bare = Cluster::start(&ClusterOptions { name: "nocel".into(), nodes: 1, spot_nodes: 0 }, &dir, false)?;
-    let mut crd: serde_json::Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(repo().join("crds/flashsale.dev_flashsales.yaml"))?)?;
-    strip_cel(&mut crd);
-    let crd_path = bare.dir.join("crd-without-cel.json");
-    std::fs::write(&crd_path, serde_json::to_string(&crd)?)?;
-    bare.install_crd(&crd_path)?;
+    crate::support::install_edited_crd(&bare, strip_cel)?;
     block_on_value(async {
         let client = client(&bare).await?;
         let ns = namespace(&client, "stalled").await?;
@@ -138,7 +133,7 @@ fn kstatus_and_argo_cd_read_the_sale_as_on_call_would(env: &Env) -> anyhow::Resu
     Ok(())
 }
 
-fn strip_cel(value: &mut serde_json::Value) {
+pub fn strip_cel(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             map.remove("x-kubernetes-validations");

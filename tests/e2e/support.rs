@@ -236,6 +236,17 @@ pub fn read_object(path: &Path) -> anyhow::Result<DynamicObject> {
     Ok(serde_json::from_value(value)?)
 }
 
+/// Installs the FlashSale CRD on `cluster` as `edit` leaves it (the CRD of another version: a
+/// wider schema, no CEL rules), for a cluster of a test's own: the CRD is cluster-wide.
+pub fn install_edited_crd(cluster: &Cluster, edit: impl FnOnce(&mut serde_json::Value)) -> anyhow::Result<()> {
+    let mut crd: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(repo().join("crds/flashsale.dev_flashsales.yaml"))?)?;
+    edit(&mut crd);
+    let path = cluster.dir.join("crd-edited.json");
+    std::fs::write(&path, serde_json::to_string(&crd)?)?;
+    cluster.install_crd(&path)
+}
+
 /// The FlashSale API resource, for dynamic requests that should not go through our own types.
 pub fn flashsale_resource() -> ApiResource {
     ApiResource {

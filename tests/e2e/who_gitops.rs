@@ -14,7 +14,7 @@ use crate::{
     TestFn,
     harness::{Cluster, ClusterOptions},
     support::{
-        Env, Operator, at, block_on_value, client, events, eventually, flash_sale, flashsale_resource, namespace, repo,
+        Env, Operator, at, block_on_value, client, events, eventually, flash_sale, flashsale_resource, namespace,
     },
 };
 
@@ -251,18 +251,26 @@ fn a_flux_reapply_every_10s_costs_one_reapply_and_a_person_wins_at_once(env: &En
     })
 }
 
-/// Removes every `enum` that lists the scale modes: the CRD of a newer operator that knows a
-/// mode this one does not.
-fn widen_scale_modes(value: &mut serde_json::Value) {
+/// The CRD of a newer operator: scale modes this one does not know, a peak that may be a string
+/// (`"auto"`), and none of this version's CEL rules.
+fn newer_crd(value: &mut serde_json::Value) {
+    crate::gitops::strip_cel(value);
+    widen(value);
+}
+
+fn widen(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             let modes = map.get("enum").and_then(|e| e.as_array()).is_some_and(|e| e.iter().any(|v| v == "CronHPA"));
             if modes {
                 map.remove("enum");
             }
-            map.values_mut().for_each(widen_scale_modes);
+            if let Some(peak) = map.get_mut("properties").and_then(|p| p.get_mut("peak")) {
+                *peak = serde_json::json!({"x-kubernetes-int-or-string": true});
+            }
+            map.values_mut().for_each(widen);
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(widen_scale_modes),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(widen),
         _ => {}
     }
 }
@@ -276,44 +284,62 @@ fn condition(sale: &DynamicObject, type_: &str) -> Option<(String, String, Strin
 }
 
 fn a_sale_the_operator_cannot_read_holds_still_and_its_deletion_restores(_env: &Env) -> anyhow::Result<()> {
-    // The CRD is cluster-wide: a cluster of the test's own gets the wider one.
+    // The CRD is cluster-wide: a cluster of the test's own gets the newer one.
     let dir = std::env::temp_dir().join(format!("flashsale-e2e-{}-unreadable", std::process::id()));
     let mut cluster =
         Cluster::start(&ClusterOptions { name: "unreadable".into(), nodes: 1, spot_nodes: 0 }, &dir, false)?;
-    let mut crd: serde_json::Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(repo().join("crds/flashsale.dev_flashsales.yaml"))?)?;
-    widen_scale_modes(&mut crd);
-    let crd_path = cluster.dir.join("crd-newer.json");
-    std::fs::write(&crd_path, serde_json::to_string(&crd)?)?;
-    cluster.install_crd(&crd_path)?;
+    crate::support::install_edited_crd(&cluster, newer_crd)?;
     let result = block_on_value(async {
         let client = client(&cluster).await?;
         let ns = namespace(&client, "unreadable").await?;
         let _operator = Operator::operator(&cluster, &["--watch-namespace", &ns])?;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        deployments.create(&PostParams::default(), &crate::support::deployment("web", 1, None)?).await?;
-        let replicas = async || anyhow::Ok(deployments.get("web").await?.spec.and_then(|s| s.replicas));
+        for name in ["web", "api"] {
+            deployments.create(&PostParams::default(), &crate::support::deployment(name, 1, None)?).await?;
+        }
+        let replicas = async |name: &str| anyhow::Ok(deployments.get(name).await?.spec.and_then(|s| s.replicas));
+        let bookkeeping = async |name: &str| {
+            let d = deployments.get(name).await?;
+            let keys = d.metadata.annotations.unwrap_or_default().into_keys();
+            anyhow::Ok(keys.filter(|k| k.starts_with("flashsale.dev/")).collect::<Vec<_>>())
+        };
+        let workload = |name: &str, scale: serde_json::Value| serde_json::json!({"ref": {"kind": "Deployment", "name": name}, "scale": scale});
+        let readable = serde_json::json!([
+            workload("web", serde_json::json!({"peak": 3, "mode": "Replicas"})),
+            workload("api", serde_json::json!({"peak": 3, "mode": "Replicas"})),
+        ]);
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
-        let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 3, "mode": "Replicas"}}]);
         sales
-            .create(&PostParams::default(), &flash_sale("flash", &ns, (&at(4), &at(900)), ("3s", "3s"), workloads)?)
+            .create(
+                &PostParams::default(),
+                &flash_sale("flash", &ns, (&at(4), &at(900)), ("3s", "3s"), readable.clone())?,
+            )
             .await?;
-        eventually(Duration::from_secs(30), || async { Ok(replicas().await? == Some(3)) })
-            .await
-            .context("web never pre-scaled to 3")?;
+        eventually(Duration::from_secs(30), || async {
+            Ok(replicas("web").await? == Some(3) && replicas("api").await? == Some(3))
+        })
+        .await
+        .context("web and api never pre-scaled to 3")?;
 
-        // What a newer chart's operator would accept, this one cannot read.
+        // What a newer chart's operator would accept, this one cannot read: web's mode (left out,
+        // web stays), api's peak (the workload cannot be read without it: left out whole).
         let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &flashsale_resource());
-        let newer = serde_json::json!({"spec": {"workloads": [{"ref": {"kind": "Deployment", "name": "web"}, "scale": {"peak": 5, "mode": "KEDA"}}]}});
+        let newer = serde_json::json!({"spec": {"workloads": [
+            workload("web", serde_json::json!({"peak": 5, "mode": "KEDA"})),
+            workload("api", serde_json::json!({"peak": "auto", "mode": "Replicas"})),
+        ]}});
         raw.patch("flash", &PatchParams::default(), &Patch::Merge(&newer)).await?;
         eventually(Duration::from_secs(20), || async {
             let sale = raw.get("flash").await?;
             Ok(condition(&sale, "Stalled").is_some_and(|(status, reason, message)| {
-                status == "True" && reason == "Unreadable" && message.contains("spec.workloads[0].scale.mode")
+                status == "True"
+                    && reason == "Unreadable"
+                    && message.contains("spec.workloads[0].scale.mode")
+                    && message.contains("spec.workloads[1].scale.peak")
             }))
         })
         .await
-        .context("Stalled never named the part the operator cannot read")?;
+        .context("Stalled never named the parts the operator cannot read")?;
         let sale = raw.get("flash").await?;
         ensure!(
             condition(&sale, "Ready").is_some_and(|(status, reason, _)| status == "False" && reason == "Unreadable"),
@@ -323,29 +349,45 @@ fn a_sale_the_operator_cannot_read_holds_still_and_its_deletion_restores(_env: &
         let warnings = events(&client, &ns, "flash").await?;
         ensure!(
             warnings.iter().filter(|(reason, _)| reason == "Unreadable").count() == 1,
-            "the unreadable part was not reported exactly once: {warnings:?}"
+            "the unreadable parts were not reported exactly once: {warnings:?}"
         );
         // Holding still: the peak of 5 it cannot be sure of is not written, nor the old one undone.
         for _ in 0..6 {
-            ensure!(replicas().await? == Some(3), "an unreadable sale changed web");
+            ensure!(
+                replicas("web").await? == Some(3) && replicas("api").await? == Some(3),
+                "an unreadable sale changed a workload"
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
 
-        // Deleted as is (as a rollback to the older CRD would leave it): the restore still runs.
+        // Deleted as is (as a rollback to the older CRD would leave it): web is restored; api,
+        // which the operator cannot read, is left as it is and the deletion waits, saying why.
         raw.delete("flash", &DeleteParams::default()).await?;
+        eventually(Duration::from_secs(30), || async { Ok(replicas("web").await? == Some(1)) })
+            .await
+            .context("web was not restored on the unreadable sale's deletion")?;
+        ensure!(bookkeeping("web").await?.is_empty(), "bookkeeping left on web: {:?}", bookkeeping("web").await?);
+        eventually(Duration::from_secs(20), || async {
+            let sale = raw.get("flash").await?;
+            Ok(condition(&sale, "Ready").is_some_and(|(_, _, message)| {
+                message.starts_with("Deletion waits: spec.workloads[1] of the FlashSale cannot be read")
+            }))
+        })
+        .await
+        .context("the deletion does not say it waits for the part it cannot read")?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ensure!(raw.get_opt("flash").await?.is_some(), "the sale was deleted with api not restored");
+        ensure!(replicas("api").await? == Some(3), "api was changed though the operator cannot read it");
+        ensure!(!bookkeeping("api").await?.is_empty(), "api's records were dropped before its restore");
+
+        // A person fixes the part (kubectl edit on the sale being deleted): the restore goes on.
+        let fixed = serde_json::json!({"spec": {"workloads": readable}});
+        raw.patch("flash", &PatchParams::default(), &Patch::Merge(&fixed)).await?;
         eventually(Duration::from_secs(30), || async { Ok(raw.get_opt("flash").await?.is_none()) })
             .await
-            .context("the unreadable sale's deletion never finished")?;
-        let web = deployments.get("web").await?;
-        ensure!(web.spec.as_ref().and_then(|s| s.replicas) == Some(1), "web not restored to 1: {:?}", web.spec);
-        let left: Vec<_> = web
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .into_keys()
-            .filter(|k| k.starts_with("flashsale.dev/"))
-            .collect();
-        ensure!(left.is_empty(), "bookkeeping left on web: {left:?}");
+            .context("the deletion never finished once the sale was readable")?;
+        ensure!(replicas("api").await? == Some(1), "api not restored to 1: {:?}", replicas("api").await?);
+        ensure!(bookkeeping("api").await?.is_empty(), "bookkeeping left on api: {:?}", bookkeeping("api").await?);
         Ok(())
     });
     cluster.stop();
