@@ -60,6 +60,17 @@ fn slow(name: &str, ready_after: &str) -> anyhow::Result<Deployment> {
     }))?)
 }
 
+/// Creates `d` (one replica) and waits until it is ready: the baseline a rehearsal starts from.
+async fn ready_deployment(deployments: &Api<Deployment>, d: Deployment) -> anyhow::Result<()> {
+    let name = d.metadata.name.clone().unwrap_or_default();
+    deployments.create(&PostParams::default(), &d).await?;
+    eventually(Duration::from_secs(90), || async {
+        Ok(deployments.get(&name).await?.status.and_then(|s| s.ready_replicas) == Some(1))
+    })
+    .await
+    .with_context(|| format!("{name} never became ready"))
+}
+
 fn ready_since(p: &Pod) -> Option<jiff::Timestamp> {
     let conditions = p.status.as_ref()?.conditions.as_ref()?;
     let ready = conditions.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
@@ -73,12 +84,7 @@ fn a_rehearsal_measures_time_to_peak_restores_exactly_and_warns_the_sale(env: &E
         let ns = namespace(&client, "rehearsal").await?;
         let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        deployments.create(&PostParams::default(), &slow("web", "17s")?).await?;
-        eventually(Duration::from_secs(90), || async {
-            Ok(deployments.get("web").await?.status.and_then(|s| s.ready_replicas) == Some(1))
-        })
-        .await
-        .context("web never became ready")?;
+        ready_deployment(&deployments, slow("web", "17s")?).await?;
         let before = as_written(&deployments.get("web").await?)?;
 
         // The real sale, three days ahead, with a prepareBefore the rehearsal shows to be short.
@@ -206,12 +212,7 @@ fn the_sale_created_while_its_rehearsal_holds_takes_over_at_once(env: &Env) -> a
         let ns = namespace(&client, "takeover").await?;
         let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        deployments.create(&PostParams::default(), &slow("web", "1s")?).await?;
-        eventually(Duration::from_secs(60), || async {
-            Ok(deployments.get("web").await?.status.and_then(|s| s.ready_replicas) == Some(1))
-        })
-        .await
-        .context("web never became ready")?;
+        ready_deployment(&deployments, slow("web", "1s")?).await?;
         let before = as_written(&deployments.get("web").await?)?;
         let holder = async |deployments: &Api<Deployment>| {
             let d = deployments.get("web").await?;
@@ -295,12 +296,7 @@ fn a_peak_that_cannot_be_scheduled_is_named_with_its_reason_and_restored(_env: &
         let ns = namespace(&client, "short").await?;
         let _operator = Operator::operator(&cluster, &["--watch-namespace", &ns])?;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        deployments.create(&PostParams::default(), &crate::support::deployment("big", 1, Some("20"))?).await?;
-        eventually(Duration::from_secs(60), || async {
-            Ok(deployments.get("big").await?.status.and_then(|s| s.ready_replicas) == Some(1))
-        })
-        .await
-        .context("big never became ready")?;
+        ready_deployment(&deployments, crate::support::deployment("big", 1, Some("20"))?).await?;
         let before = as_written(&deployments.get("big").await?)?;
         let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
         let workloads = serde_json::json!([{"ref": {"kind": "Deployment", "name": "big"}, "scale": {"peak": 3, "mode": "Replicas"}}]);

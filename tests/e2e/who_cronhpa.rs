@@ -133,19 +133,29 @@ fn annotations(d: &Deployment) -> std::collections::BTreeMap<String, String> {
     d.metadata.annotations.clone().unwrap_or_default()
 }
 
+/// `web` at `replicas`, the operator, and sale `flash` scaling it to 4 in CronHPA mode, Preparing
+/// 30 s from now, live 8 s: what the single-sale tests start from.
+async fn web_sale(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &str,
+    replicas: i32,
+) -> anyhow::Result<(Api<Deployment>, Api<FlashSale>, Api<DynamicObject>, crate::support::Process)> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    deployments.create(&PostParams::default(), &crate::support::deployment("web", replicas, None)?).await?;
+    let operator = Operator::operator(cluster, &["--watch-namespace", ns])?;
+    let sales: Api<FlashSale> = Api::namespaced(client.clone(), ns);
+    let crons: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &cron_resource());
+    let (start, end) = (at(35), at(43));
+    sales.create(&PostParams::default(), &cron_sale("flash", ns, (&start, &end), ("5s", "3s"), &[("web", 4)])?).await?;
+    Ok((deployments, sales, crons, operator))
+}
+
 /// Fails on the old code: the scale-down target was the count when the sale was created (2),
 /// so the workload went back to 2 instead of the 3 it had when Preparing began.
 fn scaled_up_before_preparing_is_restored_to_the_preparing_count(_env: &Env) -> anyhow::Result<()> {
     with_cron_cluster("cron-baseline", async |cluster, client, ns| {
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        deployments.create(&PostParams::default(), &crate::support::deployment("web", 2, None)?).await?;
-        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
-        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
-        let crons: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &cron_resource());
-        let (start, end) = (at(35), at(43));
-        sales
-            .create(&PostParams::default(), &cron_sale("flash", &ns, (&start, &end), ("5s", "3s"), &[("web", 4)])?)
-            .await?;
+        let (deployments, sales, crons, _operator) = web_sale(cluster, &client, &ns, 2).await?;
         let name = "fs-flash-deployment-web";
         eventually(Duration::from_secs(20), || async { Ok(crons.get_opt(name).await?.is_some()) })
             .await
@@ -187,15 +197,7 @@ fn scaled_up_before_preparing_is_restored_to_the_preparing_count(_env: &Env) -> 
 /// target whatever the workload has, so a workload at 6 went down to 4 at Preparing.
 fn a_workload_above_peak_is_not_scaled_down_by_the_controller(_env: &Env) -> anyhow::Result<()> {
     with_cron_cluster("cron-floor", async |cluster, client, ns| {
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        deployments.create(&PostParams::default(), &crate::support::deployment("web", 6, None)?).await?;
-        let _operator = Operator::operator(cluster, &["--watch-namespace", &ns])?;
-        let sales: Api<FlashSale> = Api::namespaced(client.clone(), &ns);
-        let crons: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &cron_resource());
-        let (start, end) = (at(35), at(43));
-        sales
-            .create(&PostParams::default(), &cron_sale("flash", &ns, (&start, &end), ("5s", "3s"), &[("web", 4)])?)
-            .await?;
+        let (deployments, sales, crons, _operator) = web_sale(cluster, &client, &ns, 6).await?;
         let name = "fs-flash-deployment-web";
         eventually(Duration::from_secs(20), || async {
             let up =
