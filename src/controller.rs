@@ -371,11 +371,18 @@ fn sales_that_care(
             None => true,
             Some(object) => {
                 let same_namespace = object.namespace.is_none() || object.namespace == sale.namespace();
-                let names_it =
-                    sale.spec.workloads.iter().any(|w| w.target.kind == object.kind && w.target.name == object.name)
-                        || sale.spec.degradation.as_ref().is_some_and(|d| d.config_map_name == object.name);
-                let unnamed_kind =
-                    !matches!(object.kind.as_str(), "Deployment" | "StatefulSet" | "ConfigMap" | "Job" | "DaemonSet");
+                let names = |kind: &str, name: &str| {
+                    sale.spec.workloads.iter().any(|w| w.target.kind == kind && w.target.name == name)
+                };
+                let names_it = names(&object.kind, &object.name)
+                    || object.scales.as_ref().is_some_and(|(kind, name)| names(kind, name))
+                    || sale.spec.degradation.as_ref().is_some_and(|d| d.config_map_name == object.name);
+                // An autoscaler concerns the sales naming what it scales.
+                let unnamed_kind = object.scales.is_none()
+                    && !matches!(
+                        object.kind.as_str(),
+                        "Deployment" | "StatefulSet" | "ConfigMap" | "Job" | "DaemonSet"
+                    );
                 same_namespace && (names_it || unnamed_kind)
             }
         })
@@ -1241,8 +1248,17 @@ mod tests {
             name: name.into(),
             annotations,
             labels: Default::default(),
+            scales: None,
         };
         Changed { view, object: Some(object) }
+    }
+
+    fn autoscaler(kind: &str, name: &str, scales: &str) -> Changed {
+        let mut change = changed(ViewId::Local, kind, "shop", name, &[]);
+        if let Some(object) = change.object.as_mut() {
+            object.scales = Some(("Deployment".into(), scales.into()));
+        }
+        change
     }
 
     fn names(refs: Vec<ObjectRef<DeserializeGuard<FlashSale>>>) -> Vec<String> {
@@ -1277,14 +1293,24 @@ mod tests {
                 changed(remote.clone(), "Deployment", "shop", "web", &[]),
                 vec!["FlashSale.v1alpha1.flashsale.dev/remote-web.shop"],
             ),
-            // A kind no sale names (an HPA): every sale of the view in that namespace.
+            // A kind no sale names (a PodDisruptionBudget): every sale of the view in that namespace.
             (
-                changed(ViewId::Local, "HorizontalPodAutoscaler", "shop", "web", &[]),
+                changed(ViewId::Local, "PodDisruptionBudget", "shop", "web", &[]),
                 vec![
                     "FlashSale.v1alpha1.flashsale.dev/local-api.shop",
                     "FlashSale.v1alpha1.flashsale.dev/local-web.shop",
                 ],
             ),
+            // An autoscaler: the sales naming what it scales, whatever it is called.
+            (
+                autoscaler("HorizontalPodAutoscaler", "web-hpa", "api"),
+                vec!["FlashSale.v1alpha1.flashsale.dev/local-api.shop"],
+            ),
+            (
+                autoscaler("CronHorizontalPodAutoscaler", "web-cron", "web"),
+                vec!["FlashSale.v1alpha1.flashsale.dev/local-web.shop"],
+            ),
+            (autoscaler("HorizontalPodAutoscaler", "cart", "cart"), vec![]),
             // A workload nobody names: nobody.
             (changed(ViewId::Local, "Deployment", "shop", "cart", &[]), vec![]),
         ];

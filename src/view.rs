@@ -21,7 +21,7 @@
 
 use futures::StreamExt;
 use kube::{
-    Client, ResourceExt,
+    Client,
     api::{Api, DynamicObject, ListParams},
     core::{GroupVersionKind, Status},
     discovery::ApiResource,
@@ -79,6 +79,147 @@ pub struct ChangedObject {
     pub annotations: std::collections::BTreeMap<String, String>,
     /// Warm-up Jobs name their sale in labels.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The workload an autoscaler (HPA, CronHPA) scales, as `(kind, name)`: its changes concern
+    /// the sales naming that workload only.
+    pub scales: Option<(String, String)>,
+}
+
+/// The `spec.scaleTargetRef` of an autoscaler, as `(kind, name)`.
+fn scale_target(obj: &DynamicObject) -> Option<(String, String)> {
+    let target = obj.data.pointer("/spec/scaleTargetRef")?;
+    Some((target.get("kind")?.as_str()?.to_owned(), target.get("name")?.as_str()?.to_owned()))
+}
+
+/// What a cache keeps of the objects of one kind: exactly what the levers read, so that a
+/// namespace of thousands of workloads costs the operator a few hundred bytes each. Field
+/// ownership and `kubectl apply`'s copy of the whole object are no lever's input and often
+/// most of an object; a workload's pod template keeps its selector labels and, per container,
+/// the name, the probes and the resource requests; a pod its conditions and container states; a
+/// node its labels, taints, schedulability and allocatable capacity; a CRD no schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fields {
+    Whole,
+    Workload,
+    Pod,
+    Node,
+    Crd,
+}
+
+impl Fields {
+    fn of(group: &str, kind: &str) -> Fields {
+        match (group, kind) {
+            ("apps", "Deployment" | "StatefulSet") => Fields::Workload,
+            ("", "Pod") => Fields::Pod,
+            ("", "Node") => Fields::Node,
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => Fields::Crd,
+            _ => Fields::Whole,
+        }
+    }
+
+    /// Whether a change of such an object is announced. Pods and nodes change all the time and
+    /// name no sale: a workload short of peak is looked at again every few seconds anyway, and
+    /// its ready count (what a pod becoming ready changes) is announced by the workload itself;
+    /// node capacity is preflight's, which runs again every few minutes.
+    fn announced(self) -> bool {
+        !matches!(self, Fields::Pod | Fields::Node)
+    }
+
+    fn trim(self, obj: &mut DynamicObject) {
+        obj.metadata.managed_fields = match self {
+            // Who owns the replicas and the probes: what preflight's GitOps check reads.
+            Fields::Workload => obj.metadata.managed_fields.take().and_then(|entries| {
+                let kept: Vec<_> = entries
+                    .into_iter()
+                    .filter_map(|mut entry| {
+                        let owned = entry.fields_v1.as_ref().and_then(|f| lever_fields(&f.0))?;
+                        entry.fields_v1 = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(owned));
+                        Some(entry)
+                    })
+                    .collect();
+                (!kept.is_empty()).then_some(kept)
+            }),
+            _ => None,
+        };
+        if let Some(annotations) = obj.metadata.annotations.as_mut() {
+            annotations.remove(LAST_APPLIED);
+        }
+        let data = &mut obj.data;
+        match self {
+            Fields::Whole => {}
+            Fields::Workload => {
+                keep(data.get_mut("spec"), &["replicas", "selector", "template"]);
+                let template = data.pointer_mut("/spec/template");
+                keep(template, &["metadata", "spec"]);
+                keep(data.pointer_mut("/spec/template/metadata"), &["labels"]);
+                keep(data.pointer_mut("/spec/template/spec"), &["containers"]);
+                for container in containers(data.pointer_mut("/spec/template/spec/containers")) {
+                    keep(Some(container), &["name", "livenessProbe", "readinessProbe", "startupProbe", "resources"]);
+                    keep(container.get_mut("resources"), &["requests"]);
+                }
+            }
+            Fields::Pod => {
+                // A pod's spec must keep its containers' names to read as a Pod.
+                keep(data.get_mut("spec"), &["containers", "nodeName"]);
+                for container in containers(data.pointer_mut("/spec/containers")) {
+                    keep(Some(container), &["name"]);
+                }
+                keep(data.get_mut("status"), &["phase", "conditions", "containerStatuses", "initContainerStatuses"]);
+                obj.metadata.annotations = None;
+            }
+            Fields::Node => {
+                keep(data.get_mut("spec"), &["unschedulable", "taints"]);
+                keep(data.get_mut("status"), &["allocatable", "capacity"]);
+                obj.metadata.annotations = None;
+            }
+            Fields::Crd => {
+                for version in containers(data.pointer_mut("/spec/versions")) {
+                    keep(Some(version), &["name", "served", "storage"]);
+                }
+            }
+        }
+    }
+}
+
+/// The part of a workload's `fieldsV1` tree under the fields the levers change (`spec.replicas`
+/// and each container's probes), if the manager owns any of them.
+fn lever_fields(tree: &serde_json::Value) -> Option<serde_json::Value> {
+    let spec = tree.get("f:spec")?;
+    let mut kept = serde_json::Map::new();
+    if let Some(replicas) = spec.get("f:replicas") {
+        kept.insert("f:replicas".into(), replicas.clone());
+    }
+    let containers = spec.pointer("/f:template/f:spec/f:containers").and_then(serde_json::Value::as_object);
+    let probes: serde_json::Map<String, serde_json::Value> = containers
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, container)| {
+            let owned: serde_json::Map<String, serde_json::Value> =
+                ["f:livenessProbe", "f:readinessProbe", "f:startupProbe"]
+                    .into_iter()
+                    .filter_map(|probe| Some((probe.to_owned(), container.get(probe)?.clone())))
+                    .collect();
+            (!owned.is_empty()).then(|| (key.clone(), serde_json::Value::Object(owned)))
+        })
+        .collect();
+    if !probes.is_empty() {
+        kept.insert("f:template".into(), serde_json::json!({"f:spec": {"f:containers": probes}}));
+    }
+    (!kept.is_empty()).then(|| serde_json::json!({"f:spec": kept}))
+}
+
+/// The annotation `kubectl apply` keeps the whole last applied object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Removes every field of `object` but `fields`.
+fn keep(object: Option<&mut serde_json::Value>, fields: &[&str]) {
+    if let Some(map) = object.and_then(serde_json::Value::as_object_mut) {
+        map.retain(|k, _| fields.contains(&k.as_str()));
+    }
+}
+
+/// The items of a list field, if it is one.
+fn containers(list: Option<&mut serde_json::Value>) -> impl Iterator<Item = &mut serde_json::Value> {
+    list.and_then(serde_json::Value::as_array_mut).into_iter().flatten()
 }
 
 /// One kind of object in one namespace (or cluster-wide), optionally narrowed by a label or
@@ -447,13 +588,10 @@ impl View {
         let view = Arc::downgrade(self);
         let described = scope.describe();
         let kind = scope.kind.clone();
+        let fields = Fields::of(&scope.group, &scope.kind);
         let task = tokio::spawn(async move {
-            // Field ownership is no lever's input and often the larger half of an object.
-            let mut events = watcher(api, config)
-                .default_backoff()
-                .modify(|obj| obj.managed_fields_mut().clear())
-                .reflect(writer)
-                .boxed();
+            let mut events =
+                watcher(api, config).default_backoff().modify(move |obj| fields.trim(obj)).reflect(writer).boxed();
             while let Some(event) = events.next().await {
                 let Some(view) = view.upgrade() else { return };
                 match event {
@@ -468,13 +606,16 @@ impl View {
                             health_tx.send_modify(|h| h.failure = None);
                         }
                         health_tx.send_modify(|_| {});
-                        view.announce(Some(ChangedObject {
-                            kind: kind.clone(),
-                            namespace: obj.metadata.namespace.clone(),
-                            name: obj.metadata.name.clone().unwrap_or_default(),
-                            annotations: obj.metadata.annotations.clone().unwrap_or_default(),
-                            labels: obj.metadata.labels.clone().unwrap_or_default(),
-                        }));
+                        if fields.announced() {
+                            view.announce(Some(ChangedObject {
+                                kind: kind.clone(),
+                                namespace: obj.metadata.namespace.clone(),
+                                name: obj.metadata.name.clone().unwrap_or_default(),
+                                annotations: obj.metadata.annotations.clone().unwrap_or_default(),
+                                labels: obj.metadata.labels.clone().unwrap_or_default(),
+                                scales: scale_target(&obj),
+                            }));
+                        }
                     }
                     Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                     Err(err) => {
@@ -619,6 +760,153 @@ pub fn offline() -> &'static Arc<View> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use serde_json::json;
+
+    fn trimmed(group: &str, kind: &str, object: serde_json::Value) -> serde_json::Value {
+        let mut object: DynamicObject = serde_json::from_value(object).expect("an object");
+        Fields::of(group, kind).trim(&mut object);
+        serde_json::to_value(object).expect("JSON")
+    }
+
+    #[test]
+    fn caches_keep_what_the_levers_read_and_nothing_else() {
+        let meta = |extra: serde_json::Value| {
+            let mut meta = json!({
+                "name": "web", "namespace": "shop", "resourceVersion": "7", "generation": 3,
+                "labels": {"app": "web"},
+                "annotations": {
+                    "flashsale.dev/sale": "shop/sale",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"the whole\": \"object\"}"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            });
+            meta.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            meta
+        };
+        let probe = json!({"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 2});
+        let deployment = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(json!({})),
+            "spec": {
+                "replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "strategy": {"type": "RollingUpdate"},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}, "annotations": {"checksum": "abc"}},
+                    "spec": {
+                        "serviceAccountName": "web", "volumes": [{"name": "config", "configMap": {"name": "web"}}],
+                        "containers": [{
+                            "name": "app", "image": "shop/web:1", "env": [{"name": "A", "value": "1"}],
+                            "readinessProbe": probe, "livenessProbe": probe,
+                            "resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "1"}}
+                        }]
+                    }
+                }
+            },
+            "status": {"replicas": 2, "readyReplicas": 2, "observedGeneration": 3}
+        });
+        let want = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": "web", "namespace": "shop", "resourceVersion": "7", "generation": 3,
+                "labels": {"app": "web"}, "annotations": {"flashsale.dev/sale": "shop/sale"}
+            },
+            "spec": {
+                "replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{
+                        "name": "app", "readinessProbe": probe, "livenessProbe": probe,
+                        "resources": {"requests": {"cpu": "250m"}}
+                    }]}
+                }
+            },
+            "status": {"replicas": 2, "readyReplicas": 2, "observedGeneration": 3}
+        });
+        assert_eq!(trimmed("apps", "Deployment", deployment.clone()), want);
+        // A workload keeps who owns its replicas and probes, and only that.
+        let mut owned = deployment.clone();
+        let app = r#"k:{"name":"app"}"#;
+        owned["metadata"]["managedFields"] = json!([
+            {"manager": "argocd-controller", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {
+                "f:replicas": {}, "f:strategy": {},
+                "f:template": {"f:spec": {"f:containers": {app: {
+                    ".": {}, "f:image": {}, "f:readinessProbe": {"f:periodSeconds": {}}
+                }}}}
+            }}},
+            {"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {}}}}
+        ]);
+        let got = trimmed("apps", "Deployment", owned);
+        assert_eq!(
+            got["metadata"]["managedFields"],
+            json!([{"manager": "argocd-controller", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {
+                "f:replicas": {},
+                "f:template": {"f:spec": {"f:containers": {app: {"f:readinessProbe": {"f:periodSeconds": {}}}}}}
+            }}}])
+        );
+        let mut statefulset = deployment.clone();
+        statefulset["kind"] = json!("StatefulSet");
+        statefulset["spec"]["volumeClaimTemplates"] = json!([{"metadata": {"name": "data"}}]);
+        let mut want_statefulset = want.clone();
+        want_statefulset["kind"] = json!("StatefulSet");
+        assert_eq!(trimmed("apps", "StatefulSet", statefulset), want_statefulset);
+
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": meta(json!({"ownerReferences": []})),
+            "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "shop/web:1", "env": []}]},
+            "status": {
+                "phase": "Pending", "podIP": "10.0.0.1", "qosClass": "Burstable",
+                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}],
+                "containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false, "restartCount": 0}]
+            }
+        });
+        let got = trimmed("", "Pod", pod);
+        assert_eq!(got["spec"], json!({"nodeName": "n1", "containers": [{"name": "app"}]}));
+        assert_eq!(got["metadata"].get("annotations"), None);
+        assert_eq!(got["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(got["status"]["conditions"][0]["reason"], "Unschedulable");
+        assert_eq!(got["status"].get("podIP"), None);
+        let pod: Pod = serde_json::from_value(got).expect("a trimmed pod still reads as a Pod");
+        assert_eq!(pod.status.and_then(|s| s.container_statuses).map(|c| c.len()), Some(1));
+
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": meta(json!({})),
+            "spec": {"unschedulable": true, "podCIDR": "10.0.0.0/24", "taints": [{"key": "spot", "effect": "NoSchedule"}]},
+            "status": {
+                "allocatable": {"cpu": "4"}, "capacity": {"cpu": "4"},
+                "images": [{"names": ["shop/web:1"], "sizeBytes": 1}], "nodeInfo": {"kernelVersion": "6"}
+            }
+        });
+        let got = trimmed("", "Node", node);
+        assert_eq!(got["spec"], json!({"unschedulable": true, "taints": [{"key": "spot", "effect": "NoSchedule"}]}));
+        assert_eq!(got["status"], json!({"allocatable": {"cpu": "4"}, "capacity": {"cpu": "4"}}));
+        assert_eq!(got["metadata"]["labels"], json!({"app": "web"}));
+
+        let crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": meta(json!({})),
+            "spec": {"group": "g", "names": {"kind": "K"}, "versions": [
+                {"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}}
+            ]}
+        });
+        let got = trimmed("apiextensions.k8s.io", "CustomResourceDefinition", crd);
+        assert_eq!(got["spec"]["versions"], json!([{"name": "v1", "served": true, "storage": true}]));
+        assert_eq!(got["spec"]["group"], "g");
+
+        // Any other kind keeps every field but field ownership and kubectl's copy.
+        let hpa = json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta(json!({})),
+            "spec": {"minReplicas": 1, "maxReplicas": 5, "scaleTargetRef": {"kind": "Deployment", "name": "web"}}
+        });
+        let got = trimmed("autoscaling", "HorizontalPodAutoscaler", hpa.clone());
+        assert_eq!(got["spec"], hpa["spec"]);
+        assert_eq!(got["metadata"].get("managedFields"), None);
+        assert_eq!(got["metadata"]["annotations"], json!({"flashsale.dev/sale": "shop/sale"}));
+        let object: DynamicObject = serde_json::from_value(got).unwrap();
+        assert_eq!(scale_target(&object), Some(("Deployment".into(), "web".into())));
+        assert!(!Fields::of("", "Pod").announced() && !Fields::of("", "Node").announced());
+        assert!(
+            Fields::of("apps", "Deployment").announced()
+                && Fields::of("autoscaling", "HorizontalPodAutoscaler").announced()
+        );
+    }
 
     #[test]
     fn the_authorizers_answers_are_remembered_by_right() {

@@ -24,16 +24,16 @@
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
-    core::v1::{Node, ObjectReference, ServiceAccount, Toleration},
+    core::v1::{ObjectReference, ServiceAccount, Toleration},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
 };
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{Action, Intent, LeverCondition, Report, Sale, fnv1a};
+use super::{Action, Intent, LeverCondition, Report, Sale, fnv1a, preflight};
 use crate::{
     api::{DrainAgentsStatus, FlashSaleSpec, MetadataTokenMode, SpotDrain},
     controller::FIELD_MANAGER,
@@ -122,9 +122,15 @@ pub async fn run(
                 release(client, sale, ds, &key, report).await?;
             }
             let selector = labels_selector(&drain.node_selector);
-            let nodes =
-                Api::<Node>::all(client.clone()).list_metadata(&ListParams::default().labels(&selector)).await?;
-            if nodes.items.is_empty() {
+            let matching = preflight::nodes(sale.view)
+                .await?
+                .into_iter()
+                .filter(|n| {
+                    let labels = n.metadata.labels.as_ref();
+                    drain.node_selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                })
+                .count();
+            if matching == 0 {
                 report.warnings.push(format!(
                     "no node matches spotDrain.nodeSelector {selector}: no drain agent will run (check the spot node labels)"
                 ));
@@ -134,8 +140,7 @@ pub async fn run(
                 ready: false,
                 reason: "NotYet".into(),
                 message: format!(
-                    "Drain agents start when the sale prepares, on {} node(s) matching {selector}",
-                    nodes.items.len()
+                    "Drain agents start when the sale prepares, on {matching} node(s) matching {selector}"
                 ),
                 blocking: false,
             });

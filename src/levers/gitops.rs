@@ -10,8 +10,9 @@
 //! restore too. `charts/flashsale-operator/docs/gitops.md` tells each tool how to leave the sale's
 //! fields alone instead.
 //!
-//! Field ownership is read from `metadata.managedFields`, which the views do not keep (memory):
-//! it is read once per decision, not per pass, by the callers.
+//! Field ownership is read from `metadata.managedFields`. The views keep only the part of it
+//! under a workload's replicas and probes (what preflight's warning reads at every pass); the
+//! decisions while a sale holds read the whole of it from the API server, once per decision.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::{

@@ -9,7 +9,7 @@ use k8s_openapi::api::{
     core::v1::Node,
     policy::v1::PodDisruptionBudget,
 };
-use kube::{Api, Client, api::PostParams};
+use kube::{Api, api::PostParams};
 use serde_json::Value;
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -106,11 +106,16 @@ pub async fn has_pdb(view: &Arc<View>, namespace: &str, workload: &Value) -> Res
     }))
 }
 
+/// The cluster's nodes, from the view's one watch of them (trimmed to labels, taints,
+/// schedulability and capacity).
+pub async fn nodes(view: &Arc<View>) -> Result<Vec<Node>, kube::Error> {
+    view.list_as::<Node>(&Scope::typed::<Node>(None)).await
+}
+
 /// What the cluster's schedulable nodes can allocate in total.
-pub async fn allocatable(client: &Client) -> Result<Resources, kube::Error> {
-    let nodes: Api<Node> = Api::all(client.clone());
+pub async fn allocatable(view: &Arc<View>) -> Result<Resources, kube::Error> {
     let mut total = Resources::default();
-    for node in nodes.list(&Default::default()).await?.items {
+    for node in nodes(view).await? {
         if node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
             continue;
         }
@@ -235,7 +240,7 @@ pub fn needed_rights(
     if !spec.workloads.is_empty() {
         // Preflight: PodDisruptionBudgets covering the workloads, and the nodes' capacity.
         add(&["list", "watch"], "policy", "poddisruptionbudgets", None, ns, None);
-        add(&["list"], "", "nodes", None, None, None);
+        add(&["list", "watch"], "", "nodes", None, None, None);
         // Every workload pass looks up the HPA governing it and whether CronHPA is installed,
         // in the cluster's watch caches (list and watch; the CRD by name).
         add(&["list", "watch"], "autoscaling", "horizontalpodautoscalers", None, ns, None);
@@ -279,7 +284,7 @@ pub fn needed_rights(
     if spec.spot_drain.as_ref().is_some_and(|d| d.enabled) {
         // Which nodes match the selector, and the agents' DaemonSet in the agent namespace,
         // run as the ServiceAccount the installer pre-installed there.
-        add(&["list"], "", "nodes", None, None, None);
+        add(&["list", "watch"], "", "nodes", None, None, None);
         add(&["list", "watch", "create", "patch", "delete"], "apps", "daemonsets", None, Some(agent_namespace), None);
         add(&["get", "list", "watch"], "", "serviceaccounts", None, Some(agent_namespace), Some(AGENT_SERVICE_ACCOUNT));
     }
@@ -440,6 +445,7 @@ mod tests {
             "list apps/deployments in namespace shop",
             "list autoscaling/horizontalpodautoscalers in namespace shop",
             "list nodes (cluster-wide)",
+            "watch nodes (cluster-wide)",
             "list pods in namespace shop",
             "list policy/poddisruptionbudgets in namespace shop",
             "watch policy/poddisruptionbudgets in namespace shop",

@@ -62,7 +62,7 @@ pub async fn run(
         at_peak.extend(one.requests.map(|r| (r, workload.scale.peak)));
     }
     if intent == Intent::Preflight && !at_peak.is_empty() {
-        match preflight::allocatable(client).await {
+        match preflight::allocatable(sale.view).await {
             Ok(allocatable) => report.warnings.extend(preflight::capacity_warning(&at_peak, allocatable)),
             // Node capacity is a warning's input; without the right to read nodes it is skipped.
             Err(kube::Error::Api(status)) => {
@@ -241,11 +241,21 @@ const STUCK_REASONS: [&str; 6] = [
     "InvalidImageName",
 ];
 
-/// The label selector of a workload's pods (`spec.selector.matchLabels`, as `k=v,k2=v2`).
-fn pod_selector(live: &Value) -> Option<String> {
-    let labels = live.pointer("/spec/selector/matchLabels")?.as_object()?;
-    let pairs: Vec<String> = labels.iter().filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?))).collect();
-    (!pairs.is_empty()).then(|| pairs.join(","))
+/// The label selector of a workload's pods (`spec.selector`), when it selects anything less
+/// than every pod.
+fn pod_selector(live: &Value) -> Option<&Value> {
+    let selector = live.pointer("/spec/selector")?;
+    let any = |field: &str| {
+        selector.get(field).and_then(|v| v.as_object().map(|o| !o.is_empty()).or(v.as_array().map(|a| !a.is_empty())))
+    };
+    (any("matchLabels") == Some(true) || any("matchExpressions") == Some(true)).then_some(selector)
+}
+
+/// The workload's pods among a namespace's.
+fn selected(pods: Vec<Pod>, selector: &Value) -> Vec<Pod> {
+    pods.into_iter()
+        .filter(|p| preflight::selects(selector, p.metadata.labels.as_ref().unwrap_or(&Default::default())))
+        .collect()
 }
 
 /// `WorkloadStatus.probes` values.
@@ -421,7 +431,7 @@ async fn pass(
 
     let scale = prescale::plan(client, target, &live_json, sale, intent, may_scale_up).await?;
     if intent == Intent::Preflight && !ours {
-        out.warnings.extend(gitops_owned(&api, target, probe_plan.as_ref(), scale.mode.as_deref()).await?);
+        out.warnings.extend(gitops_owned(&live, target, probe_plan.as_ref(), scale.mode.as_deref()));
     }
     out.problems.extend(scale.problems.clone());
     out.warnings.extend(scale.notes.clone());
@@ -607,8 +617,9 @@ async fn pass(
         // Not in the pass that changes the replicas: the new pods do not exist yet, and starting
         // the pods' watch would only delay that pass's status and events.
         if let Some(selector) = pod_selector(&live_json).filter(|_| replicas_match) {
-            let scope = Scope::typed::<Pod>(Some(&target.namespace)).labelled(&selector);
-            match sale.view.list_as::<Pod>(&scope).await {
+            // One watch of the namespace's pods serves every workload in it.
+            let scope = Scope::typed::<Pod>(Some(&target.namespace));
+            match sale.view.list_as::<Pod>(&scope).await.map(|pods| selected(pods, selector)) {
                 Ok(pods) => {
                     out.status.waited_for = waiting_pods(&pods);
                     if let Some(stuck) = stuck_pods(&pods) {
@@ -736,12 +747,12 @@ async fn share_probes(
 }
 
 /// The preflight warnings for fields this sale will change that a GitOps tool applies.
-async fn gitops_owned(
-    api: &Api<DynamicObject>,
+fn gitops_owned(
+    live: &DynamicObject,
     target: &prescale::Target<'_>,
     probe_plan: Option<&probes::ProbePlan>,
     mode: Option<&str>,
-) -> Result<Option<String>, kube::Error> {
+) -> Option<String> {
     let mut fields: Vec<(&str, Vec<gitops::FieldPath>)> = vec![];
     if mode == Some("Replicas") {
         fields.push(("spec.replicas", vec![gitops::replicas_path()]));
@@ -752,10 +763,11 @@ async fn gitops_owned(
         fields.push((name.as_str(), gitops::probe_paths(plan)));
     }
     if fields.iter().all(|(_, paths)| paths.is_empty()) {
-        return Ok(None);
+        return None;
     }
-    let managed = api.get_metadata(&target.workload.target.name).await?.metadata.managed_fields;
-    Ok(gitops::gitops_warning(&target.display(), &managed.unwrap_or_default(), &fields))
+    // The view keeps exactly this part of the field ownership (see `view::Fields`).
+    let managed = live.metadata.managed_fields.as_deref().unwrap_or_default();
+    gitops::gitops_warning(&target.display(), managed, &fields)
 }
 
 #[cfg(test)]
@@ -834,9 +846,35 @@ mod tests {
     }
 
     #[test]
-    fn pods_are_selected_by_the_workloads_match_labels() {
-        let live = json!({"spec": {"selector": {"matchLabels": {"app": "web", "tier": "front"}}}});
-        assert_eq!(pod_selector(&live).as_deref(), Some("app=web,tier=front"));
-        assert_eq!(pod_selector(&json!({"spec": {}})), None);
+    fn pods_are_selected_by_the_workloads_selector() {
+        let pod = |name: &str, labels: &[(&str, &str)]| {
+            let mut pod = Pod::default();
+            pod.metadata.name = Some(name.into());
+            pod.metadata.labels = Some(labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect());
+            pod
+        };
+        let pods = || {
+            vec![
+                pod("web-1", &[("app", "web"), ("tier", "front"), ("pod-template-hash", "abc")]),
+                pod("web-canary", &[("app", "web"), ("tier", "canary")]),
+                pod("api-1", &[("app", "api"), ("tier", "front")]),
+                pod("bare", &[]),
+            ]
+        };
+        let names = |pods: Vec<Pod>| pods.into_iter().filter_map(|p| p.metadata.name).collect::<Vec<_>>();
+        let cases = [
+            (json!({"spec": {"selector": {"matchLabels": {"app": "web", "tier": "front"}}}}), Some(vec!["web-1"])),
+            (
+                json!({"spec": {"selector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}}}),
+                Some(vec!["web-1", "web-canary"]),
+            ),
+            // A selector that selects every pod, or none given: the pods are not read.
+            (json!({"spec": {"selector": {}}}), None),
+            (json!({"spec": {}}), None),
+        ];
+        for (live, want) in cases {
+            let got = pod_selector(&live).map(|s| names(selected(pods(), s)));
+            assert_eq!(got, want.map(|w| w.into_iter().map(String::from).collect()), "{live}");
+        }
     }
 }

@@ -87,10 +87,11 @@ also asks the authorizer whether each right the levers need is held (SelfSubject
 every authenticated user may ask that (the built-in system:basic-user), so no rule grants it. */}}
 {{- define "flashsale.clusterRules" -}}
 # Preflight compares peak requests with the nodes' allocatable capacity; spot drain counts
-# the nodes its selector matches. List only: nodes are never written by the operator.
+# the nodes its selector matches, from one watch of them. Read only: nodes are never written
+# by the operator.
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Whether CronHPA (mode Auto/CronHPA) and the OpenFeature FeatureFlag CRD are installed:
 # those two CRDs, by name, and no other (watched with a name field selector, which RBAC
 # authorizes by resourceNames).
