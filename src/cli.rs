@@ -1,5 +1,6 @@
 //! The command line: `run`, `drain-agent`, `plan`, `status`, `crd`, `version`.
 
+use crate::api::names;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::{Api, Client, api::ListParams};
@@ -366,7 +367,7 @@ async fn run_as_elected(
         .with_identity(&identity)
         .with_duration(args.lease_duration_seconds)
         .with_grace((args.lease_duration_seconds / 3).max(1))
-        .with_field_manager(controller::FIELD_MANAGER)
+        .with_field_manager(names::FIELD_MANAGER)
         .build()
         .await
         .context("cannot set up leader election")?;

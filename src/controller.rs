@@ -1,5 +1,6 @@
 //! The reconcile loop: fetch → decide (pure) → apply → report status.
 
+use crate::api::names::{self, ABANDON_ANNOTATION, FREEZE_ANNOTATION};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::{
@@ -28,7 +29,7 @@ use std::{
 };
 use thiserror::Error;
 use tokio::sync::watch;
-use tracing::{info, instrument, warn};
+use tracing::{Instrument as _, info, instrument, warn};
 
 use crate::{
     api::{FlashSale, FlashSaleSpec, FlashSaleStatus, Phase},
@@ -38,11 +39,6 @@ use crate::{
     status::{self, ClusterObservation, ConditionSet},
     timeline::{self, Schedule},
 };
-
-/// The field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = "flashsale-operator";
-/// The finalizer that makes deletion wait for the restore.
-pub const FINALIZER: &str = "flashsale.dev/restore";
 
 /// Everything a reconcile needs besides the object.
 pub struct Context {
@@ -62,6 +58,9 @@ pub struct Context {
     /// would act on records it had already dropped (a workload restored a second time, from a
     /// record of its original that the first restore was done with).
     written: Mutex<HashMap<String, Written>>,
+    /// Every sale's next phase change: lever passes let the announcements of a boundary that
+    /// just passed go first.
+    boundaries: crate::boundaries::Boundaries,
 }
 
 /// A sale's status as the operator last wrote it.
@@ -171,7 +170,7 @@ pub async fn run(
         Some(ns) => Api::<DeserializeGuard<FlashSale>>::namespaced(client.clone(), ns),
         None => Api::<DeserializeGuard<FlashSale>>::all(client.clone()),
     };
-    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let reporter = Reporter { controller: names::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     // What the clusters' views see change, mapped to the sales that care below.
     let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
@@ -189,6 +188,7 @@ pub async fn run(
         failures: Mutex::new(HashMap::new()),
         freezes: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
+        boundaries: Default::default(),
     });
     // Workloads held by a sale carry its name: a change in their replicas or rollout (peak
     // reached, pods lost) reconciles the sale at once instead of at the next recheck.
@@ -394,7 +394,7 @@ fn sales_that_care(
 fn holding_sale(
     annotations: &std::collections::BTreeMap<String, String>,
 ) -> Option<ObjectRef<DeserializeGuard<FlashSale>>> {
-    let (ns, name) = annotations.get(levers::SALE_ANNOTATION)?.split_once('/')?;
+    let (ns, name) = annotations.get(names::SALE_ANNOTATION)?.split_once('/')?;
     Some(ObjectRef::new(name).within(ns))
 }
 
@@ -446,7 +446,7 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
     let ns = sale.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<FlashSale> = Api::namespaced(ctx.client.clone(), &ns);
     let sale = ctx.freshest(sale);
-    finalizer(&api, FINALIZER, sale, |event| async {
+    finalizer(&api, names::FINALIZER, sale, |event| async {
         match event {
             Finalizer::Apply(sale) => apply(&sale, &ctx, &api, None).await,
             Finalizer::Cleanup(sale) => cleanup(&sale, &ctx, None).await,
@@ -484,7 +484,7 @@ async fn reconcile_unreadable(
     let metadata: Api<PartialObjectMeta<FlashSale>> = Api::namespaced(ctx.client.clone(), &ns);
     let obj = Arc::new(raw.metadata.clone().into_request_partial::<FlashSale>());
     let (sale, api, unreadable) = (&sale, &api, &unreadable);
-    finalizer(&metadata, FINALIZER, obj, |event| {
+    finalizer(&metadata, names::FINALIZER, obj, |event| {
         let ctx = ctx.clone();
         async move {
             match event {
@@ -564,7 +564,7 @@ async fn apply(
     }
     // Frozen by a person: no lever runs, so nothing is written in any cluster and every change
     // stays as it is (the restore too waits); only the status says so, and since when.
-    if let Some(note) = sale.annotations().get(FREEZE_ANNOTATION) {
+    if let Some(note) = sale.annotations().get(names::FREEZE_ANNOTATION) {
         let frozen = status::frozen(sale, &previous, clock, note, now);
         report_freeze(ctx, sale, &previous, &frozen).await;
         write_status(ctx, sale, &previous, frozen, now).await?;
@@ -589,6 +589,9 @@ async fn apply(
         write_status(ctx, sale, &previous, held, now).await?;
         return Ok(clock.next.map_or_else(Action::await_change, |at| Action::requeue(until(Timestamp::now(), at))));
     }
+    // The sales sharing a boundary that just passed announce it before this pass's writes.
+    let key = levers::holder(&sale.namespace().unwrap_or_default(), &sale.name_any());
+    ctx.boundaries.announced_first(&key, ANNOUNCEMENTS_FIRST).await;
     let mut observations = observe(sale, ctx, Some(schedule), clock.phase).await;
     if clock.phase == Phase::Scheduled {
         rehearsed_warnings(sale, api, &schedule, &mut observations).await?;
@@ -698,6 +701,9 @@ async fn announce_phase(
 /// status write's watch event; this is only the fallback if that event is slow.
 const ANNOUNCED_RECHECK: Duration = Duration::from_secs(1);
 
+/// The longest a lever pass waits for other sales to announce a boundary that just passed.
+const ANNOUNCEMENTS_FIRST: Duration = Duration::from_secs(1);
+
 /// How often a Scheduled sale's preflight runs again.
 const PREFLIGHT_RECHECK: Duration = Duration::from_secs(300);
 
@@ -715,11 +721,13 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
     let deadline = pass_deadline(sale, schedule, Timestamp::now());
     let passes = targets.into_iter().map(|target| {
         let (ns, holder) = (ns.clone(), holder.clone());
+        // Inside the reconcile's span (the sale): one span per cluster's pass.
+        let span = tracing::info_span!("pass", cluster = %target.name, intent = ?intent);
         async move {
             let shown = sale.status.as_ref().and_then(|s| s.clusters.iter().find(|c| c.name == target.name));
             let report = match (target.client, target.view) {
                 (Ok(client), Some(view)) => {
-                    let _timer = ctx.metrics.time("prescale");
+                    let _timer = ctx.metrics.time("cluster");
                     let name = sale.name_any();
                     let uid = sale.uid().unwrap_or_default();
                     let pass = levers::Sale {
@@ -736,20 +744,21 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                         warmups: shown.map(|c| c.warmups.as_slice()).unwrap_or_default(),
                         shown,
                         view: &view,
+                        metrics: Some(&ctx.metrics),
                     };
                     let run = levers::run(&client, &ctx.client, &pass, &sale.spec, intent);
                     match tokio::time::timeout(deadline, run).await {
                         Ok(result) => result.map_err(|err| {
                             ctx.metrics
                                 .reconcile_errors
-                                .get_or_create(&ErrorLabels { lever: "prescale", category: kube_category(&err) })
+                                .get_or_create(&ErrorLabels { lever: "cluster", category: kube_category(&err) })
                                 .inc();
                             describe(&err)
                         }),
                         Err(_) => {
                             ctx.metrics
                                 .reconcile_errors
-                                .get_or_create(&ErrorLabels { lever: "prescale", category: "deadline" })
+                                .get_or_create(&ErrorLabels { lever: "cluster", category: "deadline" })
                                 .inc();
                             Err(format!(
                                 "cannot reach the API server: it did not answer within {deadline:?} (the pass was cut so that the sale's other clusters and its timeline go on)"
@@ -772,6 +781,7 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
             };
             ClusterObservation { name: target.name, report }
         }
+        .instrument(span)
     });
     futures::future::join_all(passes).await
 }
@@ -834,11 +844,6 @@ async fn rehearsed_warnings(
     Ok(())
 }
 
-/// Annotation freezing a sale (on the FlashSale) or one workload of it (on the Deployment or
-/// StatefulSet): no writes, every change left in place, until it is removed. Its value is a note
-/// for the status (who, why); any value freezes.
-pub const FREEZE_ANNOTATION: &str = "flashsale.dev/freeze";
-
 /// Announces a freeze once as it starts or changes (the `Frozen` condition's message names what
 /// and since when), and once as it is lifted.
 async fn report_freeze(ctx: &Context, sale: &FlashSale, previous: &FlashSaleStatus, decided: &FlashSaleStatus) {
@@ -863,9 +868,6 @@ async fn report_freeze(ctx: &Context, sale: &FlashSale, previous: &FlashSaleStat
     }
 }
 
-/// Annotation listing clusters whose restore a deletion may skip.
-pub const ABANDON_ANNOTATION: &str = "flashsale.dev/abandon-clusters";
-
 /// Restores every cluster before the finalizer is released. Clusters named in the
 /// `flashsale.dev/abandon-clusters` annotation (comma-separated) are skipped: the escape hatch
 /// for a cluster that is gone for good.
@@ -874,11 +876,11 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, unreadable: Option<&Unreadable
     let previous = sale.status.clone().unwrap_or_default();
     let abandoned: Vec<String> = sale
         .annotations()
-        .get(ABANDON_ANNOTATION)
+        .get(names::ABANDON_ANNOTATION)
         .map(|v| v.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
         .unwrap_or_default();
     // A frozen sale is not restored, deleted or not: the deletion waits for the freeze to go.
-    if sale.annotations().contains_key(FREEZE_ANNOTATION) {
+    if sale.annotations().contains_key(names::FREEZE_ANNOTATION) {
         let message = format!(
             "Deletion waits: the sale is frozen (annotation {FREEZE_ANNOTATION}), so nothing is restored; remove the annotation to restore everything and release it"
         );
@@ -939,6 +941,7 @@ async fn cleanup(sale: &FlashSale, ctx: &Context, unreadable: Option<&Unreadable
         .await;
         forget_metrics(ctx, sale);
         ctx.forget_written(sale);
+        ctx.boundaries.forget(&levers::holder(&sale.namespace().unwrap_or_default(), &sale.name_any()));
         return Ok(Action::await_change());
     }
     let message = format!(
@@ -1133,6 +1136,8 @@ async fn write_status(
 ) -> Result<FlashSaleStatus, Error> {
     next.conditions =
         ConditionSet::from(previous.conditions.clone()).merge(next.conditions, sale.meta().generation, now);
+    let key = levers::holder(&sale.namespace().unwrap_or_default(), &sale.name_any());
+    ctx.boundaries.expect(&key, next.next_transition_time.as_ref().map(|t| t.0));
     if &next == previous {
         return Ok(next);
     }
@@ -1145,7 +1150,7 @@ async fn write_status(
     let guarded: Api<DeserializeGuard<FlashSale>> =
         Api::namespaced(ctx.client.clone(), &sale.namespace().unwrap_or_default());
     let written = guarded
-        .patch_status(&sale.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
+        .patch_status(&sale.name_any(), &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(patch))
         .await?;
     ctx.wrote(sale, written.meta().resource_version.as_deref(), &next);
     Ok(next)

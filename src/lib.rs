@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod agent;
 pub mod api;
+pub mod boundaries;
 pub mod cli;
 pub mod client;
 pub mod clusters;

@@ -18,7 +18,9 @@ use std::{
     time::Instant,
 };
 
-/// Labels naming a lever (`timeline` for the controller core).
+/// Labels naming a step of a reconcile: `timeline` (the whole reconcile), `cluster` (one
+/// cluster's pass), and within it each lever: `preflight` (the rights check), `workload`
+/// (scale and probes), `drain_agents`, `warmup`, `flags`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LeverLabels {
     pub lever: &'static str,
@@ -546,6 +548,12 @@ impl Metrics {
     /// Records the time until the returned guard is dropped, whichever way the reconcile ends.
     pub fn time(&self, lever: &'static str) -> DurationGuard<'_> {
         DurationGuard { metrics: self, lever, start: Instant::now() }
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
     }
 }
 

@@ -12,6 +12,7 @@
 //! refused, and one the sale's span reaches while it holds (the sale was moved earlier) restores
 //! at once.
 
+use crate::api::names;
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use serde::Serialize;
@@ -21,9 +22,6 @@ use crate::{
     api::{FlashSale, FlashSaleSpec, Phase, Rehearsal, RehearsedLever},
     timeline::Schedule,
 };
-
-/// Label on a rehearsal naming the rehearsed sale, for `kubectl get fs -l`.
-pub const REHEARSAL_OF: &str = "flashsale.dev/rehearsal-of";
 
 /// The levers a rehearsal pulls unless told otherwise: everything but the degradation flags,
 /// which switch features off for real shoppers (a rehearsal at 02:00 is still production).
@@ -105,7 +103,7 @@ pub fn rehearsal(
     }
     let mut copy = FlashSale::new(&self::name(&name), spec);
     copy.metadata.namespace = sale.namespace();
-    copy.metadata.labels = Some(BTreeMap::from([(REHEARSAL_OF.to_owned(), name)]));
+    copy.metadata.labels = Some(BTreeMap::from([(names::REHEARSAL_OF.to_owned(), name)]));
     Ok(copy)
 }
 
@@ -485,7 +483,7 @@ mod tests {
         assert_eq!(r.name_any(), "singles-day-rehearsal");
         assert_eq!(r.namespace().as_deref(), Some("shop"));
         // Nothing of the sale's labels or annotations: no GitOps tool tracks (or prunes) it.
-        assert_eq!(r.labels(), &BTreeMap::from([(REHEARSAL_OF.to_owned(), "singles-day".to_owned())]));
+        assert_eq!(r.labels(), &BTreeMap::from([(names::REHEARSAL_OF.to_owned(), "singles-day".to_owned())]));
         assert!(r.annotations().is_empty());
         let schedule = Schedule::from_spec(&r.spec).unwrap();
         assert_eq!(schedule.prepare_at, ts("2026-11-04T02:00:00Z"));

@@ -5,6 +5,7 @@
 //! [`report`] turns (sales, now) into a [`Document`], the stable structure `-o json|yaml`
 //! prints; [`render`] prints the same document as text. Both are pure.
 
+use crate::api::names::ABANDON_ANNOTATION;
 use jiff::Timestamp;
 use kube::{
     Api, Client, Resource as _,
@@ -17,7 +18,6 @@ use thiserror::Error;
 
 use crate::{
     api::{DrainAgentsStatus, FlagStatus, FlashSale, Phase, WarmupStatus},
-    controller::ABANDON_ANNOTATION,
     status::{self, at_peak, peak_of},
     timeline::{self, Schedule},
 };

@@ -495,6 +495,19 @@ impl View {
         self.list(scope).await?.iter().map(|o| convert(o)).collect()
     }
 
+    /// The objects in `scope` that `keep` selects, typed: only those are converted (a namespace
+    /// of thousands of pods, read for one workload's few).
+    pub async fn list_where<K>(
+        self: &Arc<Self>,
+        scope: &Scope,
+        keep: impl Fn(&DynamicObject) -> bool,
+    ) -> Result<Vec<K>, kube::Error>
+    where
+        K: serde::de::DeserializeOwned,
+    {
+        self.list(scope).await?.iter().filter(|o| keep(o)).map(|o| convert(o)).collect()
+    }
+
     /// Notes that the operator wrote `name` in `scope` and the server answered with
     /// `resource_version`: reads of it wait until the cache shows that version.
     pub fn wrote(&self, scope: &Scope, name: &str, resource_version: Option<&str>) {

@@ -1,5 +1,6 @@
 //! The `flashsale.dev/v1alpha1` API: the `FlashSale` custom resource and its CRD.
 
+pub mod names;
 mod spec;
 mod status;
 

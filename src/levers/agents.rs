@@ -22,6 +22,7 @@
 //! Two DaemonSets asking for agents on the same nodes put two agents there; the agent's drain
 //! is idempotent per node (the taint records the notice), so they do not fight.
 
+use crate::api::names::{self, HOLDER_PREFIX};
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     core::v1::{ObjectReference, ServiceAccount, Toleration},
@@ -36,7 +37,6 @@ use std::{collections::BTreeMap, sync::Arc};
 use super::{Action, Intent, LeverCondition, Report, Sale, fnv1a, preflight};
 use crate::{
     api::{DrainAgentsStatus, FlashSaleSpec, MetadataTokenMode, SpotDrain},
-    controller::FIELD_MANAGER,
     installer::Installer,
     status::DRAIN_AGENTS_READY,
     view::{Scope, View},
@@ -45,8 +45,6 @@ use crate::{
 /// Name of the agents' ServiceAccount, ClusterRole and binding (pre-installed by the chart),
 /// and prefix of the DaemonSets.
 pub const AGENT: &str = "flashsale-drain-agent";
-/// Prefix of the per-sale holder annotations on an agent DaemonSet.
-pub const HOLDER_PREFIX: &str = "holders.flashsale.dev/";
 /// Label selecting every agent DaemonSet the operator manages.
 pub const AGENT_SELECTOR: &str =
     "app.kubernetes.io/name=flashsale-drain-agent,app.kubernetes.io/managed-by=flashsale-operator";
@@ -302,7 +300,7 @@ async fn hold(
 ) -> Result<Option<DaemonSet>, kube::Error> {
     let ns = sale.installer.agent_namespace.as_str();
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let apply = PatchParams::apply(names::FIELD_MANAGER).force();
     let live = match live {
         Some(ds) => ds.clone(),
         None => {
@@ -336,7 +334,7 @@ async fn release(
     let ns = sale.installer.agent_namespace.as_str();
     let name = ds.name_any();
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
-    let others = ds.annotations().keys().filter(|k| k.starts_with(HOLDER_PREFIX) && *k != key).count();
+    let others = ds.annotations().keys().filter(|k| k.starts_with(names::HOLDER_PREFIX) && *k != key).count();
     if others > 0 {
         let patch = json!({"metadata": {"annotations": {key: Value::Null}}});
         let released = daemonsets.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
@@ -415,7 +413,7 @@ pub fn holder_key(holder: &str) -> String {
 
 /// The sales holding an agent DaemonSet, from its annotations.
 pub fn holders(annotations: &BTreeMap<String, String>) -> impl Iterator<Item = &str> {
-    annotations.iter().filter(|(k, _)| k.starts_with(HOLDER_PREFIX)).map(|(_, v)| v.as_str())
+    annotations.iter().filter(|(k, _)| k.starts_with(names::HOLDER_PREFIX)).map(|(_, v)| v.as_str())
 }
 
 /// The DaemonSet for a configuration: the same settings give the same name.

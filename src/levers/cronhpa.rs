@@ -15,6 +15,7 @@
 //!   plain updates of the whole object; [`apply`] compares specs so that those writes never make
 //!   the operator write back.
 
+use crate::api::names;
 use std::collections::BTreeMap;
 
 use jiff::{Timestamp, tz::TimeZone};
@@ -29,10 +30,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use super::SALE_ANNOTATION;
 use crate::{
     api::Workload,
-    controller::FIELD_MANAGER,
     view::{Scope, View},
 };
 use std::sync::Arc;
@@ -50,21 +49,10 @@ pub const PLURAL: &str = "cronhorizontalpodautoscalers";
 /// Name of the CronHPA CustomResourceDefinition.
 pub const CRD_NAME: &str = "cronhorizontalpodautoscalers.autoscaling.alibabacloud.com";
 
-/// Label on every object the operator creates.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Value of [`MANAGED_BY_LABEL`].
-pub const MANAGED_BY: &str = "flashsale-operator";
-/// Label carrying the sale's name (the annotation of the same key carries `namespace/name`).
-pub const SALE_LABEL: &str = "flashsale.dev/sale";
-
 /// The job that raises the workload to its peak at the start of Preparing.
 pub const SCALE_UP_JOB: &str = "scale-up";
 /// The job that puts the baseline back at the restore.
 pub const SCALE_DOWN_JOB: &str = "scale-down";
-/// Annotation carrying the instants the object's jobs act at (`<prepare_at>/<restore_at>`,
-/// RFC 3339), so another sale can tell whether its window overlaps without parsing schedules
-/// in the controller's zone.
-pub const WINDOW_ANNOTATION: &str = "flashsale.dev/window";
 
 /// Object names are kept this short so that the controller's Events (named
 /// `<object>.<16 hex digits>`) are still valid names.
@@ -275,7 +263,10 @@ pub fn render(
     let spec = Spec { scale_target_ref, exclude_dates: None, jobs: Some(jobs) };
     // The sale's own namespace, never the reference's: a lever creates objects only there.
     let namespace = sale_ns;
-    let labels = BTreeMap::from([(MANAGED_BY_LABEL, MANAGED_BY.to_owned()), (SALE_LABEL, label_value(sale_name))]);
+    let labels = BTreeMap::from([
+        (names::MANAGED_BY_LABEL, names::MANAGED_BY.to_owned()),
+        (names::SALE_LABEL, label_value(sale_name)),
+    ]);
     Ok(json!({
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -283,7 +274,7 @@ pub fn render(
             "name": name(sale_name, workload),
             "namespace": namespace,
             "labels": labels,
-            "annotations": {SALE_ANNOTATION: holder, WINDOW_ANNOTATION: format!("{prepare_at}/{restore_at}")},
+            "annotations": {names::SALE_ANNOTATION: holder, names::CRON_WINDOW: format!("{prepare_at}/{restore_at}")},
         },
         "spec": spec,
     }))
@@ -340,7 +331,8 @@ pub async fn apply(view: &Arc<View>, object: &Value) -> Result<bool, kube::Error
             return Ok(false);
         }
     }
-    let written = api.patch(&meta.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?;
+    let written =
+        api.patch(&meta.name, &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(object)).await?;
     view.wrote(&scope(&meta.namespace), &meta.name, written.metadata.resource_version.as_deref());
     Ok(true)
 }
@@ -439,7 +431,7 @@ pub async fn claims(view: &Arc<View>, namespace: &str, workload: &Workload) -> R
 
 fn claim_of(object: &DynamicObject, workload: &Workload) -> Option<Claim> {
     let labels = object.metadata.labels.as_ref()?;
-    if labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY) {
+    if labels.get(names::MANAGED_BY_LABEL).map(String::as_str) != Some(names::MANAGED_BY) {
         return None;
     }
     let target: TargetRef = serde_json::from_value(object.data.pointer("/spec/scaleTargetRef")?.clone()).ok()?;
@@ -447,12 +439,12 @@ fn claim_of(object: &DynamicObject, workload: &Workload) -> Option<Claim> {
         return None;
     }
     let annotations = object.metadata.annotations.as_ref()?;
-    let window = annotations.get(WINDOW_ANNOTATION).and_then(|w| {
+    let window = annotations.get(names::CRON_WINDOW).and_then(|w| {
         let (prepare, restore) = w.split_once('/')?;
         Some((prepare.parse().ok()?, restore.parse().ok()?))
     });
     Some(Claim {
-        holder: annotations.get(SALE_ANNOTATION)?.clone(),
+        holder: annotations.get(names::SALE_ANNOTATION)?.clone(),
         name: object.metadata.name.clone()?,
         created: object.metadata.creation_timestamp.as_ref().map(|t| t.0),
         window,

@@ -28,6 +28,7 @@ pub mod flagd;
 pub mod ownership;
 pub mod prometheus;
 
+use crate::api::names::{self, FLAG_BREAKERS, ORIGINAL_FLAGS, SALE_ANNOTATION};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::core::v1::{ConfigMap, ObjectReference},
@@ -45,21 +46,13 @@ use std::collections::BTreeMap;
 
 use self::breaker::{Breaker, Change, Rule, Sample, State};
 use self::ownership::Record;
-use super::{Action, Intent, LeverCondition, Report, SALE_ANNOTATION, Sale};
+use super::{Action, Intent, LeverCondition, Report, Sale};
 use crate::{
     api::{AutoDegrade, Degradation, Flag, FlagPhase, FlagStatus, FlagTarget, FlashSaleSpec, Phase},
-    controller::FIELD_MANAGER,
     status::FLAGS_PUBLISHED,
     timeline::{Schedule, signed},
     view::Scope,
 };
-
-/// Annotation recording what the published object was before the sale ([`ownership::Record`]):
-/// JSON `{"created": bool, "flagsFile": <the original flags.flagd.json or null>, "flags": {name:
-/// <the definition the sale's flag replaced, or null>}}`.
-pub const ORIGINAL_ANNOTATION: &str = "flashsale.dev/original-flags";
-/// Annotation holding each auto-degrade flag's breaker (JSON object by flag name).
-pub const BREAKERS_ANNOTATION: &str = "flashsale.dev/flag-breakers";
 
 /// The OpenFeature operator's FeatureFlag.
 pub(crate) const FEATURE_FLAG_CRD: &str = "featureflags.core.openfeature.dev";
@@ -99,12 +92,12 @@ pub async fn run(
     // The one object the sale publishes in: watched by name, never the namespace's every ConfigMap.
     let live = sale.view.get(&target.scope(), &target.name).await?.map(|o| (*o).clone());
     let annotations = live.as_ref().map(|l| l.annotations().clone()).unwrap_or_default();
-    if let Some(other) = annotations.get(SALE_ANNOTATION).filter(|h| *h != sale.holder) {
+    if let Some(other) = annotations.get(names::SALE_ANNOTATION).filter(|h| *h != sale.holder) {
         let message = format!("{} is held by sale {other}; it is left unchanged", target.display());
         refuse(report, intent, "HeldByAnotherSale", message);
         return Ok(());
     }
-    let ours = live.is_some() && annotations.contains_key(SALE_ANNOTATION);
+    let ours = live.is_some() && annotations.contains_key(names::SALE_ANNOTATION);
     match (intent, sale.schedule) {
         (Intent::Restore, _) | (_, None) => {
             restore(&api, sale.view, &target, live.as_ref(), ours, degradation, report).await
@@ -215,7 +208,7 @@ fn stored_breakers(
     }
     let problem = (!unreadable.is_empty()).then(|| {
         format!(
-            "the breaker state in annotation {BREAKERS_ANNOTATION} could not be read for {}; each resumes from its published value (off stays open)",
+            "the breaker state in annotation {FLAG_BREAKERS} could not be read for {}; each resumes from its published value (off stays open)",
             unreadable.join(", ")
         )
     });
@@ -270,7 +263,7 @@ async fn publish(
     let auto_flags: Vec<&str> =
         degradation.flags.iter().filter(|f| f.auto_degrade.is_some()).map(|f| f.name.as_str()).collect();
     let (previous_breakers, unreadable) = if ours {
-        let annotation = live_annotations.get(BREAKERS_ANNOTATION).map(String::as_str);
+        let annotation = live_annotations.get(names::FLAG_BREAKERS).map(String::as_str);
         stored_breakers(annotation, &auto_flags, &live_flags, now)
     } else {
         (BTreeMap::new(), None)
@@ -357,12 +350,12 @@ async fn publish(
     let flags: BTreeMap<String, Value> = wanted.iter().map(|w| (w.status.name.clone(), w.flag.clone())).collect();
 
     // What the object holds, and what it held before the sale.
-    let recorded = match live_annotations.get(ORIGINAL_ANNOTATION).filter(|_| ours) {
+    let recorded = match live_annotations.get(names::ORIGINAL_FLAGS).filter(|_| ours) {
         Some(text) => match serde_json::from_str::<Record>(text) {
             Ok(record) => record,
             Err(_) => {
                 let message = format!(
-                    "{}: the annotation {ORIGINAL_ANNOTATION} is unreadable, so its original cannot be known; it is left unchanged",
+                    "{}: the annotation {ORIGINAL_FLAGS} is unreadable, so its original cannot be known; it is left unchanged",
                     target.display()
                 );
                 refuse(report, intent, "OriginalUnknown", message);
@@ -372,7 +365,7 @@ async fn publish(
         },
         None if ours => {
             let message = format!(
-                "{}: the annotation {ORIGINAL_ANNOTATION} is missing, so its original cannot be known; it is left unchanged",
+                "{}: the annotation {ORIGINAL_FLAGS} is missing, so its original cannot be known; it is left unchanged",
                 target.display()
             );
             refuse(report, intent, "OriginalUnknown", message);
@@ -443,14 +436,15 @@ async fn publish(
     // The record keeps every original from the write that first replaced it; a pass that adds
     // nothing new writes the same text, so it compares equal and sends nothing.
     let mut annotations_wanted: BTreeMap<String, String> = BTreeMap::from([
-        (SALE_ANNOTATION.to_owned(), sale.holder.to_owned()),
-        (ORIGINAL_ANNOTATION.to_owned(), serde_json::to_string(&record).unwrap_or_default()),
+        (names::SALE_ANNOTATION.to_owned(), sale.holder.to_owned()),
+        (names::ORIGINAL_FLAGS.to_owned(), serde_json::to_string(&record).unwrap_or_default()),
     ]);
     if !breakers.is_empty() {
-        annotations_wanted.insert(BREAKERS_ANNOTATION.to_owned(), serde_json::to_string(&breakers).unwrap_or_default());
+        annotations_wanted
+            .insert(names::FLAG_BREAKERS.to_owned(), serde_json::to_string(&breakers).unwrap_or_default());
     }
     let stale =
-        live_annotations.contains_key(BREAKERS_ANNOTATION) && !annotations_wanted.contains_key(BREAKERS_ANNOTATION);
+        live_annotations.contains_key(names::FLAG_BREAKERS) && !annotations_wanted.contains_key(names::FLAG_BREAKERS);
     let annotations_match = annotations_wanted.iter().all(|(k, v)| live_annotations.get(k) == Some(v));
     // Nothing to write: the file as the view reads it back carries the sale's flags.
     let read_back = content_in_place && annotations_match && !stale;
@@ -469,7 +463,7 @@ async fn publish(
             doc.extend(body.clone());
         }
         let written = match api
-            .patch(&target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc))
+            .patch(&target.name, &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(&doc))
             .await
         {
             Ok(written) => written,
@@ -597,10 +591,10 @@ async fn restore(
         done(report, format!("No flags of the sale remain in {}", target.display()));
         return Ok(());
     };
-    let record = live.annotations().get(ORIGINAL_ANNOTATION).and_then(|o| serde_json::from_str::<Record>(o).ok());
+    let record = live.annotations().get(names::ORIGINAL_FLAGS).and_then(|o| serde_json::from_str::<Record>(o).ok());
     let Some(record) = record else {
         let message = format!(
-            "{}: the annotation {ORIGINAL_ANNOTATION} is missing or unreadable, so it cannot be restored; restore it by hand and remove the annotation {SALE_ANNOTATION}",
+            "{}: the annotation {ORIGINAL_FLAGS} is missing or unreadable, so it cannot be restored; restore it by hand and remove the annotation {SALE_ANNOTATION}",
             target.display()
         );
         restore_failed(report, message);
@@ -662,7 +656,7 @@ async fn restore(
     }
     // One merge patch, made from this version of the object (a person's edit since fails it and
     // the next pass looks again): the sale's flags put back, its annotations gone.
-    let bookkeeping: Map<String, Value> = [SALE_ANNOTATION, ORIGINAL_ANNOTATION, BREAKERS_ANNOTATION]
+    let bookkeeping: Map<String, Value> = [names::SALE_ANNOTATION, names::ORIGINAL_FLAGS, names::FLAG_BREAKERS]
         .iter()
         .map(|k| ((*k).to_owned(), Value::Null))
         .collect();
@@ -673,7 +667,7 @@ async fn restore(
     let restored = match api
         .patch(
             &target.name,
-            &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() },
+            &PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), ..PatchParams::default() },
             &Patch::Merge(&doc),
         )
         .await
@@ -686,7 +680,7 @@ async fn restore(
         Err(other) => return Err(other),
     };
     view.wrote(&target.scope(), &target.name, restored.metadata.resource_version.as_deref());
-    if !restored.annotations().contains_key(SALE_ANNOTATION) {
+    if !restored.annotations().contains_key(names::SALE_ANNOTATION) {
         // Put back: the flag file is no longer the operator's to own.
         super::gitops::release(api, &target.scope(), view, &restored.metadata).await;
     }
@@ -695,7 +689,7 @@ async fn restore(
         "Restore",
         format!("took the sale's flags out of {}; every other flag and key is as people left it", target.display()),
     ));
-    if restored.annotations().contains_key(SALE_ANNOTATION) {
+    if restored.annotations().contains_key(names::SALE_ANNOTATION) {
         report.restored = false;
         report.problems.push(format!("{}: the sale's annotations are still on it after the restore", target.display()));
     } else {

@@ -14,6 +14,7 @@
 //! under a workload's replicas and probes (what preflight's warning reads at every pass); the
 //! decisions while a sale holds read the whole of it from the API server, once per decision.
 
+use crate::api::names;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::{
     Api,
@@ -23,18 +24,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::probes::ProbePlan;
-use crate::{
-    controller::FIELD_MANAGER,
-    view::{Scope, View},
-};
-
-/// Annotation on a workload: the probe timings (JSON) that someone else had put on it when the
-/// sale last re-applied its own. The same timings coming back mean a loop: the sale then leaves them.
-pub const PROBES_OVERRIDDEN: &str = "flashsale.dev/probes-overridden";
-
-/// Annotation on a workload: who put other probe timings on it, so the sale leaves them (through
-/// the hold and at the restore).
-pub const PROBES_LEFT: &str = "flashsale.dev/probes-left-to";
+use crate::view::{Scope, View};
 
 /// A path in a `managedFields` `fieldsV1` tree: `["f:spec", "f:replicas"]`.
 pub type FieldPath = Vec<String>;
@@ -74,7 +64,7 @@ pub fn probe_paths(plan: &ProbePlan) -> Vec<FieldPath> {
 pub fn owners(managed: &[ManagedFieldsEntry], paths: &[FieldPath]) -> Vec<String> {
     let mut out: Vec<String> = vec![];
     for entry in managed {
-        let Some(manager) = entry.manager.as_deref().filter(|m| *m != FIELD_MANAGER) else { continue };
+        let Some(manager) = entry.manager.as_deref().filter(|m| *m != names::FIELD_MANAGER) else { continue };
         let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else { continue };
         let owns = paths.iter().any(|path| path.iter().try_fold(fields, |node, key| node.get(key)).is_some());
         if owns && !out.iter().any(|m| m == manager) {
@@ -131,7 +121,7 @@ pub fn live_timings(container: Option<&Value>, plan: &ProbePlan) -> String {
 /// What the sale does when its probe timings are not on a workload it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reapply {
-    /// Write the sale's timings, remembering what was there (`PROBES_OVERRIDDEN`).
+    /// Write the sale's timings, remembering what was there (`names::PROBES_OVERRIDDEN`).
     Apply { overridden: String },
     /// Leave the timings as they are, naming who set them.
     Leave { to: String },
@@ -179,7 +169,7 @@ pub fn gitops_warning(
 /// only the operator's entries, which the API server would not let go of: an empty list is ignored).
 pub fn without_ours(managed: &[ManagedFieldsEntry]) -> Option<Vec<ManagedFieldsEntry>> {
     let others: Vec<ManagedFieldsEntry> =
-        managed.iter().filter(|e| e.manager.as_deref() != Some(FIELD_MANAGER)).cloned().collect();
+        managed.iter().filter(|e| e.manager.as_deref() != Some(names::FIELD_MANAGER)).cloned().collect();
     (others.len() < managed.len() && !others.is_empty()).then_some(others)
 }
 
@@ -229,7 +219,7 @@ mod tests {
     fn owners_are_the_other_managers_of_the_fields() {
         let managed = [
             entry("kube-controller-manager", json!({"f:status": {"f:replicas": {}}})),
-            entry(FIELD_MANAGER, json!({"f:spec": {"f:replicas": {}}})),
+            entry(names::FIELD_MANAGER, json!({"f:spec": {"f:replicas": {}}})),
             entry("kustomize-controller", probe_fields(json!({"f:periodSeconds": {}}))),
             entry("kubectl-edit", probe_fields(json!({"f:httpGet": {}}))),
         ];
@@ -287,7 +277,7 @@ mod tests {
     #[test]
     fn ownership_is_dropped_only_when_others_remain() {
         let creator = entry("kubectl-client-side-apply", json!({"f:spec": {}}));
-        let ours = entry(FIELD_MANAGER, json!({"f:spec": {"f:replicas": {}}}));
+        let ours = entry(names::FIELD_MANAGER, json!({"f:spec": {"f:replicas": {}}}));
         assert_eq!(without_ours(&[creator.clone(), ours.clone()]), Some(vec![creator.clone()]));
         assert_eq!(without_ours(std::slice::from_ref(&creator)), None);
         assert_eq!(without_ours(&[ours]), None);

@@ -22,9 +22,6 @@ use crate::api::{
     ClusterStatus, DrainAgentsStatus, FlagStatus, FlashSaleSpec, Phase, RecordedOriginal, WarmupStatus, WorkloadStatus,
 };
 
-/// Annotation naming the sale (`namespace/name`) that holds an object changed by a lever.
-pub const SALE_ANNOTATION: &str = "flashsale.dev/sale";
-
 /// What the levers do in a phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Intent {
@@ -154,6 +151,22 @@ pub struct Sale<'a> {
     pub shown: Option<&'a ClusterStatus>,
     /// The cluster's watch caches: what the levers read, instead of asking the API server.
     pub view: &'a std::sync::Arc<crate::view::View>,
+    /// Where each lever's time and refusals are counted (none in unit tests and `plan`).
+    pub metrics: Option<&'a crate::metrics::Metrics>,
+}
+
+impl Sale<'_> {
+    /// Times one lever's part of the pass, when metrics are kept.
+    fn time(&self, lever: &'static str) -> Option<crate::metrics::DurationGuard<'_>> {
+        self.metrics.map(|m| m.time(lever))
+    }
+
+    /// Counts a lever's refused request.
+    fn refused(&self, lever: &'static str) {
+        if let Some(metrics) = self.metrics {
+            metrics.reconcile_errors.get_or_create(&crate::metrics::ErrorLabels { lever, category: "refused" }).inc();
+        }
+    }
 }
 
 /// Runs every lever of a sale in one cluster. An API refusal in one lever is that lever's
@@ -170,23 +183,51 @@ pub async fn run(
         // A missing right would otherwise surface as a bare "forbidden" from whichever lever
         // meets it first; the rights are the problem to show, so the levers wait for them.
         let mut rights = Report::default();
-        let checked = check_rights(sale, spec, &mut rights).await;
-        contain(&mut rights, "preflight", checked)?;
+        let checked = {
+            let _timer = sale.time("preflight");
+            check_rights(sale, spec, &mut rights).await
+        };
+        contained(sale, &mut rights, ("preflight", "preflight"), checked)?;
         if !rights.problems.is_empty() {
             // The levers did not run: what they recorded still stands.
             rights.originals = sale.shown.map(|c| c.originals.clone()).unwrap_or_default();
             return Ok(rights);
         }
     }
-    let mut report = workload::run(client, sale, &spec.workloads, intent).await?;
+    let mut report = {
+        let _timer = sale.time("workload");
+        workload::run(client, sale, &spec.workloads, intent).await?
+    };
     report.prescaled = report.ready;
-    let agents = agents::run(client, sale, spec, intent, &mut report).await;
-    contain(&mut report, "drain agents", agents)?;
-    let warmed = warmup::run(client, sale, spec, intent, &mut report).await;
-    contain(&mut report, "cache warm-up", warmed)?;
-    let flagged = flags::run(client, local, sale, spec, intent, &mut report).await;
-    contain(&mut report, "degradation flags", flagged)?;
+    let agents = {
+        let _timer = sale.time("drain_agents");
+        agents::run(client, sale, spec, intent, &mut report).await
+    };
+    contained(sale, &mut report, ("drain_agents", "drain agents"), agents)?;
+    let warmed = {
+        let _timer = sale.time("warmup");
+        warmup::run(client, sale, spec, intent, &mut report).await
+    };
+    contained(sale, &mut report, ("warmup", "cache warm-up"), warmed)?;
+    let flagged = {
+        let _timer = sale.time("flags");
+        flags::run(client, local, sale, spec, intent, &mut report).await
+    };
+    contained(sale, &mut report, ("flags", "degradation flags"), flagged)?;
     Ok(report)
+}
+
+/// [`contain`], counting a refusal under the lever's metric label (`(label, name for people)`).
+fn contained(
+    sale: &Sale<'_>,
+    report: &mut Report,
+    (label, lever): (&'static str, &str),
+    result: Result<(), kube::Error>,
+) -> Result<(), kube::Error> {
+    if matches!(result, Err(kube::Error::Api(_))) {
+        sale.refused(label);
+    }
+    contain(report, lever, result)
 }
 
 /// Preflight: every right the sale's levers will need in this cluster that the operator's

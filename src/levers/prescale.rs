@@ -5,6 +5,7 @@
 //! the HPA when one targets the workload, else the replicas. Originals are recorded on the
 //! object changed, in the same write.
 
+use crate::api::names;
 use k8s_openapi::api::{autoscaling::v2::HorizontalPodAutoscaler, core::v1::ObjectReference};
 use kube::{
     Api, Client, ResourceExt,
@@ -15,16 +16,12 @@ use kube::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Action, Intent, SALE_ANNOTATION, Sale, cronhpa};
+use super::{Action, Intent, Sale, cronhpa};
 use crate::api::RecordedOriginal;
 use crate::{
     api::{ScaleMode, Workload},
-    controller::FIELD_MANAGER,
     view::Scope,
 };
-
-/// Annotation recording the replicas a workload had before the sale scaled it.
-pub const ORIGINAL_REPLICAS: &str = "flashsale.dev/original-replicas";
 
 /// A workload resolved against the sale's namespace: the only namespace a lever acts in.
 pub struct Target<'a> {
@@ -92,9 +89,6 @@ pub fn api_resource(workload: &Workload) -> ApiResource {
     ApiResource::from_gvk_with_plural(&gvk, plural(kind).unwrap_or(&fallback))
 }
 
-/// Annotation on an HPA recording its bounds (and the workload's replicas) before the sale.
-pub const ORIGINAL_HPA: &str = "flashsale.dev/original-hpa";
-
 /// What pre-scaling wants for one workload in this pass.
 #[derive(Debug, Default)]
 pub struct ScalePlan {
@@ -114,7 +108,7 @@ pub struct ScalePlan {
     pub restored: bool,
     /// The sale holds this workload's scaling now (the workload is marked with the sale).
     pub holds: bool,
-    /// The replicas the sale itself asked for, to record on the workload ([`HELD_REPLICAS`]).
+    /// The replicas the sale itself asked for, to record on the workload ([`names::HELD_REPLICAS`]).
     pub held_replicas: Option<i32>,
     /// A person's change to what the sale holds, kept and reported.
     pub drift: Option<String>,
@@ -128,13 +122,6 @@ pub struct ScalePlan {
     pub notices: Vec<Action>,
 }
 
-/// Annotation recording the replicas the sale itself last asked for: live replicas that differ
-/// from it were set by a person (or another tool), whose change the sale keeps.
-pub const HELD_REPLICAS: &str = "flashsale.dev/held-replicas";
-
-/// Annotation on an HPA recording the bounds the sale itself last asked for.
-pub const HELD_HPA: &str = "flashsale.dev/held-hpa";
-
 /// The `field` of the second record for a workload's replicas.
 pub const RECORD_REPLICAS: &str = "replicas";
 
@@ -143,7 +130,7 @@ pub const RECORD_REPLICAS: &str = "replicas";
 pub struct Hold {
     /// `spec.replicas` to apply.
     pub replicas: i32,
-    /// What the sale asked for itself, recorded as [`HELD_REPLICAS`].
+    /// What the sale asked for itself, recorded as [`names::HELD_REPLICAS`].
     pub held: i32,
     /// The live replicas are a person's, not the sale's.
     pub drift: bool,
@@ -273,7 +260,7 @@ pub type Bounds = (i32, i32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HoldBounds {
     pub bounds: Bounds,
-    /// What the sale asked for itself, recorded as [`HELD_HPA`].
+    /// What the sale asked for itself, recorded as [`names::HELD_HPA`].
     pub held: Bounds,
     /// A bound is a person's, not the sale's.
     pub drift: bool,
@@ -332,17 +319,21 @@ pub async fn plan(
             .find(|o| o.object == display && o.field == field)
             .map(|o| o.value.as_str())
     };
-    let original_annotation = annotation(ORIGINAL_REPLICAS);
+    let original_annotation = annotation(names::ORIGINAL_REPLICAS);
     let original_record = record(RECORD_REPLICAS);
-    let held = annotation(HELD_REPLICAS).and_then(|v| parse_replicas(v).ok());
+    let held = annotation(names::HELD_REPLICAS).and_then(|v| parse_replicas(v).ok());
     // Any trace of an earlier pass: the Replicas mode is in use and its original must be trusted.
     let recorded = (original_annotation.is_some() || original_record.is_some() || held.is_some()).then_some(());
     let view = sale.view;
-    let hpa = view.list_as::<HorizontalPodAutoscaler>(&hpa_scope(&target.namespace)).await?.into_iter().find(|h| {
-        h.spec.scale_target_ref.kind == workload.target.kind && h.spec.scale_target_ref.name == workload.target.name
-    });
+    let governs = |h: &DynamicObject| {
+        let target = h.data.pointer("/spec/scaleTargetRef");
+        let field = |f: &str| target.and_then(|t| t.get(f)).and_then(Value::as_str);
+        field("kind") == Some(workload.target.kind.as_str()) && field("name") == Some(workload.target.name.as_str())
+    };
+    let hpa =
+        view.list_where::<HorizontalPodAutoscaler>(&hpa_scope(&target.namespace), governs).await?.into_iter().next();
     let hpa_ours =
-        hpa.as_ref().is_some_and(|h| h.annotations().get(SALE_ANNOTATION).map(String::as_str) == Some(holder));
+        hpa.as_ref().is_some_and(|h| h.annotations().get(names::SALE_ANNOTATION).map(String::as_str) == Some(holder));
     let mut plan = ScalePlan { restored: true, ..ScalePlan::default() };
 
     // A CronHPA object of this sale for the workload means the CronHPA mode is (or was) in use.
@@ -353,8 +344,9 @@ pub async fn plan(
         true => view.get(&cronhpa::scope(&target.namespace), &cron_name).await?.map(|c| (*c).clone()),
         false => None,
     };
-    let cron_ours =
-        cron_live.as_ref().is_some_and(|c| c.annotations().get(SALE_ANNOTATION).map(String::as_str) == Some(holder));
+    let cron_ours = cron_live
+        .as_ref()
+        .is_some_and(|c| c.annotations().get(names::SALE_ANNOTATION).map(String::as_str) == Some(holder));
     if cron_ours || (!hpa_ours && recorded.is_none() && wants_cron(workload.scale.mode, hpa.is_some(), cron_installed))
     {
         if let Some(h) = hpa.as_ref().filter(|_| !cron_ours) {
@@ -391,7 +383,7 @@ pub async fn plan(
             }
             Ok(CronBaseline { baseline, settled_by_object: None }) => baseline,
             Err(why) => {
-                let message = untrusted(&display, RECORD_REPLICAS, ORIGINAL_REPLICAS, &why);
+                let message = untrusted(&display, RECORD_REPLICAS, names::ORIGINAL_REPLICAS, &why);
                 if intent == Intent::Restore {
                     plan.refused = Some(format!("{message}; nothing is written to it"));
                     plan.restored = false;
@@ -482,7 +474,7 @@ fn replicas_plan(
         (_, Ok(trusted)) => trusted,
         (Intent::Hold, Err(why)) => {
             // Keep holding the floor, but record no new original: it would be a guess.
-            let message = untrusted(&display, RECORD_REPLICAS, ORIGINAL_REPLICAS, &why);
+            let message = untrusted(&display, RECORD_REPLICAS, names::ORIGINAL_REPLICAS, &why);
             plan.problems.push(format!("{message}; the restore will leave its replicas as they are"));
             plan.target = Some(peak.max(replicas));
             plan.workload_replicas = Some(peak.max(replicas));
@@ -493,7 +485,7 @@ fn replicas_plan(
         (Intent::Restore, Err(why)) => {
             plan.refused = Some(format!(
                 "{}; nothing is written to it",
-                untrusted(&display, RECORD_REPLICAS, ORIGINAL_REPLICAS, &why)
+                untrusted(&display, RECORD_REPLICAS, names::ORIGINAL_REPLICAS, &why)
             ));
             plan.target = Some(replicas);
             plan.restored = false;
@@ -771,7 +763,7 @@ async fn hpa_plan(
     let peak = target.workload.scale.peak;
     let name = hpa.name_any();
     let display = target.display();
-    let ours = hpa.annotations().get(SALE_ANNOTATION).map(String::as_str) == Some(holder);
+    let ours = hpa.annotations().get(names::SALE_ANNOTATION).map(String::as_str) == Some(holder);
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &target.namespace);
     let live_min = hpa.spec.min_replicas.unwrap_or(1);
     let live_max = hpa.spec.max_replicas;
@@ -782,10 +774,10 @@ async fn hpa_plan(
         .flat_map(|c| &c.originals)
         .find(|o| o.object == display && o.field == field)
         .map(|o| o.value.as_str());
-    let annotation = hpa.annotations().get(ORIGINAL_HPA).map(String::as_str).filter(|_| ours);
+    let annotation = hpa.annotations().get(names::ORIGINAL_HPA).map(String::as_str).filter(|_| ours);
     let held: Option<Bounds> = hpa
         .annotations()
-        .get(HELD_HPA)
+        .get(names::HELD_HPA)
         .filter(|_| ours)
         .and_then(|v| serde_json::from_str::<HeldBounds>(v).ok())
         .map(|h| (h.min_replicas, h.max_replicas));
@@ -812,7 +804,7 @@ async fn hpa_plan(
     let (original, lost) = match trusted {
         Ok(trusted) => trusted,
         Err(why) => {
-            let message = untrusted(&display, &field, ORIGINAL_HPA, &why);
+            let message = untrusted(&display, &field, names::ORIGINAL_HPA, &why);
             if intent == Intent::Restore {
                 plan.refused = Some(format!("{message}; nothing is written to it"));
                 plan.restored = false;
@@ -842,7 +834,8 @@ async fn hpa_plan(
         let name = name.clone();
         let scope = hpa_scope(&target.namespace);
         async move {
-            let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+            let written =
+                api.patch(&name, &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
             view.wrote(&scope, &name, written.metadata.resource_version.as_deref());
             Ok::<_, kube::Error>(written)
         }
@@ -867,16 +860,16 @@ async fn hpa_plan(
             }
             let held_json = serde_json::to_string(&HeldBounds { min_replicas: hold.held.0, max_replicas: hold.held.1 })
                 .unwrap_or_default();
-            let annotations_match =
-                annotation == Some(original_json.as_str()) && hpa.annotations().get(HELD_HPA) == Some(&held_json);
+            let annotations_match = annotation == Some(original_json.as_str())
+                && hpa.annotations().get(names::HELD_HPA) == Some(&held_json);
             if !ours || !annotations_match || live_min != want_min || live_max != want_max {
                 apply(json!({
                     "apiVersion": "autoscaling/v2",
                     "kind": "HorizontalPodAutoscaler",
                     "metadata": {"name": name, "namespace": target.namespace, "annotations": {
-                        SALE_ANNOTATION: holder,
-                        ORIGINAL_HPA: original_json,
-                        HELD_HPA: held_json,
+                        names::SALE_ANNOTATION: holder,
+                        names::ORIGINAL_HPA: original_json,
+                        names::HELD_HPA: held_json,
                     }},
                     "spec": {"minReplicas": want_min, "maxReplicas": want_max},
                 }))
@@ -949,7 +942,7 @@ async fn hpa_plan(
     Ok(plan)
 }
 
-/// The bounds the sale last asked for, as [`HELD_HPA`] records them.
+/// The bounds the sale last asked for, as [`names::HELD_HPA`] records them.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 struct HeldBounds {
@@ -965,7 +958,7 @@ pub async fn baseline(client: &Client, target: &Target<'_>) -> Result<Option<i32
     let Some(live) = api.get_opt(&workload.target.name).await? else {
         return Ok(None);
     };
-    let recorded = live.annotations().get(ORIGINAL_REPLICAS).and_then(|v| v.parse().ok());
+    let recorded = live.annotations().get(names::ORIGINAL_REPLICAS).and_then(|v| v.parse().ok());
     let current = live.data.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(1) as i32;
     Ok(Some(recorded.unwrap_or(current)))
 }

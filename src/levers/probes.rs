@@ -9,10 +9,6 @@ use serde_json::{Map, Value};
 use super::Intent;
 use crate::api::{ProbeTiming, Probes};
 
-/// Annotation recording the probe timing fields as they were before the sale (JSON; `null`
-/// for a field that was unset).
-pub const ORIGINAL_PROBES: &str = "flashsale.dev/original-probes";
-
 /// The timing fields this lever may change.
 pub const TIMING_FIELDS: [&str; 5] =
     ["periodSeconds", "timeoutSeconds", "failureThreshold", "successThreshold", "initialDelaySeconds"];

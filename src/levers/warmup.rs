@@ -12,6 +12,7 @@
 //! as long as the window has not ended) or by fixing the template in the spec (the Job's name
 //! follows the template, so a new Job runs and the old one is removed).
 
+use crate::api::names;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::{
@@ -26,25 +27,18 @@ use kube::{
 };
 use std::collections::BTreeMap;
 
-use super::{Action, Intent, LeverCondition, Report, SALE_ANNOTATION, Sale};
+use super::{Action, Intent, LeverCondition, Report, Sale};
 use crate::{
     api::{CacheWarm, FlashSaleSpec, WarmupStatus},
-    controller::FIELD_MANAGER,
     status::CACHE_WARMED,
     timeline,
     view::Scope,
 };
 
-/// Label with the name of the sale a warm-up Job belongs to (label values cannot hold the
-/// `namespace/name` of [`SALE_ANNOTATION`], so the namespace has its own label).
-pub const SALE_NAME_LABEL: &str = "flashsale.dev/sale-name";
-/// Label with the namespace of the sale a warm-up Job belongs to.
-pub const SALE_NAMESPACE_LABEL: &str = "flashsale.dev/sale-namespace";
-
 /// The warm-up Jobs of every sale in a namespace, as the view watches them: one watch per
 /// namespace (a watch per sale would be a connection per sale to the API server).
 fn jobs_scope(namespace: &str) -> Scope {
-    Scope::typed::<Job>(Some(namespace)).labelled(SALE_NAME_LABEL)
+    Scope::typed::<Job>(Some(namespace)).labelled(names::SALE_NAME_LABEL)
 }
 
 /// This sale's warm-up Jobs.
@@ -58,8 +52,8 @@ async fn sale_jobs(
         .into_iter()
         .filter(|j| {
             let labels = j.labels();
-            labels.get(SALE_NAME_LABEL).map(String::as_str) == Some(sale.name)
-                && labels.get(SALE_NAMESPACE_LABEL).map(String::as_str) == Some(sale.namespace)
+            labels.get(names::SALE_NAME_LABEL).map(String::as_str) == Some(sale.name)
+                && labels.get(names::SALE_NAMESPACE_LABEL).map(String::as_str) == Some(sale.namespace)
         })
         .collect())
 }
@@ -72,11 +66,9 @@ where
     K: kube::Resource,
     K::DynamicType: Default,
 {
-    let (name, namespace) = (labels.get(SALE_NAME_LABEL)?, labels.get(SALE_NAMESPACE_LABEL)?);
+    let (name, namespace) = (labels.get(names::SALE_NAME_LABEL)?, labels.get(names::SALE_NAMESPACE_LABEL)?);
     Some(kube::runtime::reflector::ObjectRef::new(name).within(namespace))
 }
-/// Label with the `cacheWarm[].name` a Job runs.
-pub const WARMUP_LABEL: &str = "flashsale.dev/warmup";
 
 /// The shortest `activeDeadlineSeconds` the operator gives a Job whose template sets none.
 pub const MIN_DEADLINE_SECS: i64 = 60;
@@ -201,9 +193,9 @@ pub fn observe(job: &Job) -> Observed {
 /// The labels that mark a Job (and its pods) as a sale's warm-up.
 fn labels(sale: &Sale<'_>, warm: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (SALE_NAME_LABEL.to_owned(), sale.name.to_owned()),
-        (SALE_NAMESPACE_LABEL.to_owned(), sale.namespace.to_owned()),
-        (WARMUP_LABEL.to_owned(), warm.to_owned()),
+        (names::SALE_NAME_LABEL.to_owned(), sale.name.to_owned()),
+        (names::SALE_NAMESPACE_LABEL.to_owned(), sale.namespace.to_owned()),
+        (names::WARMUP_LABEL.to_owned(), warm.to_owned()),
     ])
 }
 
@@ -221,7 +213,7 @@ pub fn build_job(sale: &Sale<'_>, warm: &CacheWarm, name: &str, deadline: i64) -
     let mut job_labels = template_meta.labels.unwrap_or_default();
     job_labels.extend(ours.clone());
     let mut annotations = template_meta.annotations.unwrap_or_default();
-    annotations.insert(SALE_ANNOTATION.to_owned(), sale.holder.to_owned());
+    annotations.insert(names::SALE_ANNOTATION.to_owned(), sale.holder.to_owned());
     let mut spec: JobSpec = warm.template.spec.clone().unwrap_or_default();
     spec.active_deadline_seconds = Some(deadline);
     spec.ttl_seconds_after_finished = None;
@@ -536,7 +528,7 @@ pub async fn run(
             .map(|job| {
                 let observed = observe(job);
                 WarmupStatus {
-                    name: job.labels().get(WARMUP_LABEL).cloned().unwrap_or_default(),
+                    name: job.labels().get(names::WARMUP_LABEL).cloned().unwrap_or_default(),
                     job: Some(job.name_any()),
                     state: observed.state.to_owned(),
                     reason: observed.reason,
@@ -686,7 +678,7 @@ async fn start(
     let own = warm.template.spec.as_ref().and_then(|s| s.active_deadline_seconds);
     let deadline = active_deadline(own, sale.now, schedule.start, lead_time);
     let job = build_job(sale, warm, name, deadline);
-    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
+    let params = PostParams { field_manager: Some(names::FIELD_MANAGER.to_owned()), ..PostParams::default() };
     entry.status.job = Some(name.to_owned());
     entry.late = late;
     match jobs.create(&params, &job).await {
@@ -782,7 +774,7 @@ async fn clean_up(
             Err(err) => return Err(err),
         }
         let state = observe(job).state.to_ascii_lowercase();
-        let warm = job.labels().get(WARMUP_LABEL).cloned().unwrap_or_default();
+        let warm = job.labels().get(names::WARMUP_LABEL).cloned().unwrap_or_default();
         let namespace = job.namespace().unwrap_or_default();
         report.actions.push(Action {
             reason: "WarmupCleanedUp",
@@ -852,6 +844,7 @@ mod tests {
             warmups,
             shown: None,
             view: crate::view::offline(),
+            metrics: None,
         }
     }
 
@@ -977,16 +970,16 @@ mod tests {
         let job = build_job(&sale(&[]), &w, "double-11-warm-product-cache-0000", 1200);
         let labels = job.metadata.labels.clone().unwrap();
         assert_eq!(labels.get("team").map(String::as_str), Some("cache"));
-        assert_eq!(labels.get(SALE_NAME_LABEL).map(String::as_str), Some("double-11"));
-        assert_eq!(labels.get(SALE_NAMESPACE_LABEL).map(String::as_str), Some("shop"));
-        assert_eq!(labels.get(WARMUP_LABEL).map(String::as_str), Some("product-cache"));
-        assert_eq!(job.annotations().get(SALE_ANNOTATION).map(String::as_str), Some("shop/double-11"));
+        assert_eq!(labels.get(names::SALE_NAME_LABEL).map(String::as_str), Some("double-11"));
+        assert_eq!(labels.get(names::SALE_NAMESPACE_LABEL).map(String::as_str), Some("shop"));
+        assert_eq!(labels.get(names::WARMUP_LABEL).map(String::as_str), Some("product-cache"));
+        assert_eq!(job.annotations().get(names::SALE_ANNOTATION).map(String::as_str), Some("shop/double-11"));
         assert_eq!(job.metadata.namespace.as_deref(), Some("shop"));
         let spec = job.spec.unwrap();
         assert_eq!(spec.active_deadline_seconds, Some(1200));
         assert_eq!(spec.ttl_seconds_after_finished, None);
         let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
-        assert_eq!(pod_labels.get(WARMUP_LABEL).map(String::as_str), Some("product-cache"));
+        assert_eq!(pod_labels.get(names::WARMUP_LABEL).map(String::as_str), Some("product-cache"));
         assert_eq!(spec.template.spec.unwrap().restart_policy.as_deref(), Some("Never"));
     }
 

@@ -2,19 +2,19 @@
 //! the workload object, so their changes are composed into a single server-side apply (one
 //! field manager owns both sets of fields; applying them separately would drop each other's).
 
+use crate::api::names;
 use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
 };
 use serde_json::{Map, Value, json};
 
-use super::{Action, Intent, Report, SALE_ANNOTATION, Sale, gitops, preflight, prescale, probes};
+use super::{Action, Intent, Report, Sale, gitops, preflight, prescale, probes};
 use crate::{
     api::{RecordedOriginal, Workload, WorkloadStatus},
-    controller::FIELD_MANAGER,
     view::Scope,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 
 /// Runs the workload levers for every workload of a sale in one cluster.
 pub async fn run(
@@ -251,11 +251,9 @@ fn pod_selector(live: &Value) -> Option<&Value> {
     (any("matchLabels") == Some(true) || any("matchExpressions") == Some(true)).then_some(selector)
 }
 
-/// The workload's pods among a namespace's.
-fn selected(pods: Vec<Pod>, selector: &Value) -> Vec<Pod> {
-    pods.into_iter()
-        .filter(|p| preflight::selects(selector, p.metadata.labels.as_ref().unwrap_or(&Default::default())))
-        .collect()
+/// Whether a pod is one of the workload's.
+fn selected(selector: &Value, pod: &ObjectMeta) -> bool {
+    preflight::selects(selector, pod.labels.as_ref().unwrap_or(&Default::default()))
 }
 
 /// `WorkloadStatus.probes` values.
@@ -263,7 +261,7 @@ pub const PROBES_APPLIED: &str = "Applied";
 const PROBES_PENDING: &str = "RollingOut";
 const PROBES_RESTORED: &str = "Restored";
 /// Someone else's timings are on the workload and the sale leaves them.
-const PROBES_LEFT: &str = "LeftAsSet";
+const PROBES_LEFT_AS_SET: &str = "LeftAsSet";
 
 struct Outcome {
     ready: bool,
@@ -308,7 +306,7 @@ async fn pass(
     };
     let live_json = serde_json::to_value(live.as_ref()).unwrap_or(Value::Null);
     let annotations = live.metadata.annotations.clone().unwrap_or_default();
-    let held_by = annotations.get(SALE_ANNOTATION).cloned();
+    let held_by = annotations.get(names::SALE_ANNOTATION).cloned();
     if let Some(other) = held_by.as_deref().filter(|h| *h != holder) {
         let rehearsal = format!("{}/{}", sale.namespace, crate::rehearsal::name(sale.name));
         out.problems.push(match other == rehearsal {
@@ -323,7 +321,7 @@ async fn pass(
     let ours = held_by.is_some();
     // Frozen by a person: nothing is written to it, whatever the intent; what the sale changed
     // stays, and its restore waits for the annotation to go.
-    if annotations.contains_key(crate::controller::FREEZE_ANNOTATION) {
+    if annotations.contains_key(names::FREEZE_ANNOTATION) {
         out.status.ready_replicas =
             live_json.pointer("/status/readyReplicas").and_then(Value::as_i64).map(|r| r as i32);
         out.status.message = Some(crate::status::WORKLOAD_FROZEN.to_owned());
@@ -333,7 +331,7 @@ async fn pass(
             out.problems.push(format!(
                 "{} is frozen: its restore waits until the annotation {} is removed",
                 target.display(),
-                crate::controller::FREEZE_ANNOTATION
+                names::FREEZE_ANNOTATION
             ));
         }
         return Ok(out);
@@ -351,7 +349,7 @@ async fn pass(
     let intent = if intent == Intent::Preflight && ours { Intent::Restore } else { intent };
 
     // The probes' original from its two records; none yet before the first change.
-    let probes_annotation = annotations.get(probes::ORIGINAL_PROBES).map(String::as_str);
+    let probes_annotation = annotations.get(names::ORIGINAL_PROBES).map(String::as_str);
     let probes_record = sale
         .shown
         .into_iter()
@@ -386,7 +384,7 @@ async fn pass(
             if would_record {
                 probes_refused = Some(format!(
                     "{display}: no trusted original of probes (annotation {}, status.clusters[].originals): {why}",
-                    probes::ORIGINAL_PROBES
+                    names::ORIGINAL_PROBES
                 ));
             }
             None
@@ -499,22 +497,22 @@ async fn pass(
     let holding = intent == Intent::Hold;
     let mut annotations_wanted = Map::new();
     if holding && (scale.holds || probe_plan.as_ref().is_some_and(|p| p.original.is_some())) {
-        annotations_wanted.insert(SALE_ANNOTATION.into(), Value::String(holder.into()));
+        annotations_wanted.insert(names::SALE_ANNOTATION.into(), Value::String(holder.into()));
     }
     if holding {
         if let Some(original) = &scale.record_original {
-            annotations_wanted.insert(prescale::ORIGINAL_REPLICAS.into(), Value::String(original.to_string()));
+            annotations_wanted.insert(names::ORIGINAL_REPLICAS.into(), Value::String(original.to_string()));
         }
         if let Some(held) = &scale.held_replicas {
-            annotations_wanted.insert(prescale::HELD_REPLICAS.into(), Value::String(held.to_string()));
+            annotations_wanted.insert(names::HELD_REPLICAS.into(), Value::String(held.to_string()));
         }
         if let Some(original) = probe_plan.as_ref().and_then(|p| p.original.clone()) {
-            annotations_wanted.insert(probes::ORIGINAL_PROBES.into(), Value::String(original));
+            annotations_wanted.insert(names::ORIGINAL_PROBES.into(), Value::String(original));
         }
         annotations_wanted.extend(probes_left.annotations.clone());
         // An original this pass did not record again (it could not be trusted) stays as found,
         // for the restore to judge, or a person to repair: never dropped while the sale holds.
-        for key in [prescale::ORIGINAL_REPLICAS, probes::ORIGINAL_PROBES] {
+        for key in [names::ORIGINAL_REPLICAS, names::ORIGINAL_PROBES] {
             if let Some(found) = annotations.get(key) {
                 annotations_wanted.entry(key.to_owned()).or_insert_with(|| Value::String(found.clone()));
             }
@@ -528,12 +526,12 @@ async fn pass(
         spec.insert("template".into(), json!({"spec": {"containers": [fragment]}}));
     }
     let bookkeeping = [
-        SALE_ANNOTATION,
-        prescale::ORIGINAL_REPLICAS,
-        prescale::HELD_REPLICAS,
-        probes::ORIGINAL_PROBES,
-        gitops::PROBES_OVERRIDDEN,
-        gitops::PROBES_LEFT,
+        names::SALE_ANNOTATION,
+        names::ORIGINAL_REPLICAS,
+        names::HELD_REPLICAS,
+        names::ORIGINAL_PROBES,
+        names::PROBES_OVERRIDDEN,
+        names::PROBES_LEFT,
     ];
     let stale_annotation =
         bookkeeping.iter().any(|k| annotations.contains_key(*k) && !annotations_wanted.contains_key(*k));
@@ -549,8 +547,9 @@ async fn pass(
         }
         let doc =
             json!({"apiVersion": resource.api_version, "kind": resource.kind, "metadata": metadata, "spec": spec});
-        let written =
-            api.patch(&workload.target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+        let written = api
+            .patch(&workload.target.name, &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(&doc))
+            .await?;
         sale.view.wrote(&scope, &workload.target.name, written.metadata.resource_version.as_deref());
         if !holding && annotations_wanted.is_empty() {
             // Restored: the fields put back are no longer the operator's to own.
@@ -589,7 +588,7 @@ async fn pass(
 
     out.status.probes = probe_plan.as_ref().map(|p| {
         if probes_left.warning.is_some() {
-            PROBES_LEFT.to_owned()
+            PROBES_LEFT_AS_SET.to_owned()
         } else if p.set.is_empty() && p.unset.is_empty() {
             "NotApplicable".to_owned()
         } else if !holding {
@@ -619,7 +618,7 @@ async fn pass(
         if let Some(selector) = pod_selector(&live_json).filter(|_| replicas_match) {
             // One watch of the namespace's pods serves every workload in it.
             let scope = Scope::typed::<Pod>(Some(&target.namespace));
-            match sale.view.list_as::<Pod>(&scope).await.map(|pods| selected(pods, selector)) {
+            match sale.view.list_where::<Pod>(&scope, |p| selected(selector, &p.metadata)).await {
                 Ok(pods) => {
                     out.status.waited_for = waiting_pods(&pods);
                     if let Some(stuck) = stuck_pods(&pods) {
@@ -669,16 +668,16 @@ async fn share_probes(
         .pointer("/spec/template/spec/containers")
         .and_then(Value::as_array)
         .and_then(|c| c.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(plan.container.as_str())));
-    let left_to = annotations.get(gitops::PROBES_LEFT).cloned();
-    let recorded = annotations.contains_key(probes::ORIGINAL_PROBES);
+    let left_to = annotations.get(names::PROBES_LEFT).cloned();
+    let recorded = annotations.contains_key(names::ORIGINAL_PROBES);
     let left_to = match (intent, left_to) {
         (Intent::Preflight, _) => return Ok(shared),
         (_, Some(to)) => to,
         // Restoring timings the sale set, or the first apply: nothing is shared yet.
         (Intent::Restore, None) => return Ok(shared),
         (Intent::Hold, None) if !recorded || plan.in_place(live) => {
-            if let Some(overridden) = annotations.get(gitops::PROBES_OVERRIDDEN) {
-                shared.annotations.insert(gitops::PROBES_OVERRIDDEN.into(), Value::String(overridden.clone()));
+            if let Some(overridden) = annotations.get(names::PROBES_OVERRIDDEN) {
+                shared.annotations.insert(names::PROBES_OVERRIDDEN.into(), Value::String(overridden.clone()));
             }
             return Ok(shared);
         }
@@ -687,9 +686,9 @@ async fn share_probes(
             // Field ownership is read only here, when the timings differ from the sale's.
             let managed = api.get_metadata(&target.workload.target.name).await?.metadata.managed_fields;
             let changers = gitops::owners(&managed.unwrap_or_default(), &gitops::probe_paths(plan));
-            match gitops::reapply(&changers, annotations.get(gitops::PROBES_OVERRIDDEN).map(String::as_str), &now) {
+            match gitops::reapply(&changers, annotations.get(names::PROBES_OVERRIDDEN).map(String::as_str), &now) {
                 gitops::Reapply::Apply { overridden } => {
-                    shared.annotations.insert(gitops::PROBES_OVERRIDDEN.into(), Value::String(overridden));
+                    shared.annotations.insert(names::PROBES_OVERRIDDEN.into(), Value::String(overridden));
                     return Ok(shared);
                 }
                 gitops::Reapply::Leave { to } => {
@@ -709,7 +708,7 @@ async fn share_probes(
         plan.container
     ));
     if intent == Intent::Hold {
-        shared.annotations.insert(gitops::PROBES_LEFT.into(), Value::String(left_to));
+        shared.annotations.insert(names::PROBES_LEFT.into(), Value::String(left_to));
         // The sale's fields follow what is there: nothing changes, nothing is dropped.
         let mut set = Map::new();
         let mut unset = vec![];
@@ -873,7 +872,8 @@ mod tests {
             (json!({"spec": {}}), None),
         ];
         for (live, want) in cases {
-            let got = pod_selector(&live).map(|s| names(selected(pods(), s)));
+            let got =
+                pod_selector(&live).map(|s| names(pods().into_iter().filter(|p| selected(s, &p.metadata)).collect()));
             assert_eq!(got, want.map(|w| w.into_iter().map(String::from).collect()), "{live}");
         }
     }

@@ -2,9 +2,10 @@
 //! object alone, and every other lever of the sale goes on.
 
 use anyhow::{Context as _, ensure};
+use flashsale_operator::api::names;
 use flashsale_operator::{
     api::{FlashSale, Phase},
-    levers::agents::{AGENT_SELECTOR, HOLDER_PREFIX},
+    levers::agents::AGENT_SELECTOR,
 };
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
@@ -137,7 +138,7 @@ fn a_refused_workload_write_leaves_every_other_lever_applied_and_restored(env: &
                             .annotations
                             .iter()
                             .flatten()
-                            .any(|(k, v)| k.starts_with(HOLDER_PREFIX) && *v == holder)
+                            .any(|(k, v)| k.starts_with(names::HOLDER_PREFIX) && *v == holder)
                     })
                     .count(),
             )

@@ -4,9 +4,10 @@
 //! itself is tested in `agent`.)
 
 use anyhow::{Context as _, ensure};
+use flashsale_operator::api::names;
 use flashsale_operator::{
     api::{FlashSale, Phase},
-    levers::agents::{AGENT, AGENT_SELECTOR, HOLDER_PREFIX},
+    levers::agents::{AGENT, AGENT_SELECTOR},
 };
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
@@ -89,7 +90,7 @@ async fn agents(client: &Client, ns: &str) -> anyhow::Result<Vec<(String, Vec<St
                 .clone()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|(k, _)| k.starts_with(HOLDER_PREFIX))
+                .filter(|(k, _)| k.starts_with(names::HOLDER_PREFIX))
                 .map(|(_, v)| v)
                 .collect();
             holders.sort();

@@ -4,9 +4,10 @@
 //! and an agent's token may change only the node its pod is bound to.
 
 use anyhow::{Context as _, bail, ensure};
+use flashsale_operator::api::names;
 use flashsale_operator::{
     api::FlashSale,
-    levers::agents::{AGENT, AGENT_SELECTOR, HOLDER_PREFIX},
+    levers::agents::{AGENT, AGENT_SELECTOR},
 };
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
@@ -77,7 +78,7 @@ async fn daemonsets_of(admin: &Client, ns: &str) -> anyhow::Result<Vec<String>> 
         .iter()
         .filter(|d| {
             d.namespace().as_deref() == Some(ns)
-                || d.annotations().iter().any(|(k, v)| k.starts_with(HOLDER_PREFIX) && v.starts_with(&ours))
+                || d.annotations().iter().any(|(k, v)| k.starts_with(names::HOLDER_PREFIX) && v.starts_with(&ours))
         })
         .map(|d| format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()))
         .collect())

@@ -173,6 +173,11 @@ fn sale_runs_every_phase_on_time_and_restores(env: &Env) -> anyhow::Result<()> {
             "{series} is {shown}, status says {}",
             next.0
         );
+        // Time is counted per cluster pass and per lever within it, beside the whole reconcile.
+        for step in ["timeline", "cluster", "workload", "drain_agents", "warmup", "flags"] {
+            let count = operator.metric(&format!("flashsale_reconcile_duration_seconds_count{{lever=\"{step}\"}}"))?;
+            ensure!(count >= 1.0, "no reconcile time counted for {step}");
+        }
         let table = cluster.kubectl(&["get", "fs", "-n", &ns])?;
         ensure!(
             table.lines().nth(1).is_some_and(|row| row.contains("True")),
