@@ -244,6 +244,120 @@ mod tests {
         assert_eq!(Schedule::from_spec(&negative), Err(ScheduleError::NegativeDuration { field: "prepareBefore" }));
     }
 
+    /// Where the clock puts the sale, and the next boundary, at instants on and around each
+    /// boundary, with `suspend` and the restore's progress (`restored`) set or not.
+    #[test]
+    fn the_phase_and_next_boundary_at_and_around_each_boundary() {
+        let s = double_eleven();
+        let ms = SignedDuration::from_millis(1);
+        let hour = SignedDuration::from_hours(1);
+        let (scheduled, preparing, active, cooling) = (
+            Position { phase: Phase::Scheduled, next: Some(s.prepare_at) },
+            Position { phase: Phase::Preparing, next: Some(s.start) },
+            Position { phase: Phase::Active, next: Some(s.end) },
+            Position { phase: Phase::CoolingDown, next: Some(s.restore_at) },
+        );
+        let restoring = Position { phase: Phase::Restoring, next: None };
+        let completed = Position { phase: Phase::Completed, next: None };
+        let suspended = Position { phase: Phase::Suspended, next: None };
+        // (case, instant, suspend, restored, position)
+        let table = [
+            ("long before preparing", s.prepare_at - hour * 24 * 30, false, false, scheduled),
+            ("1ms before preparing", s.prepare_at - ms, false, false, scheduled),
+            ("1ms before preparing, restored says nothing yet", s.prepare_at - ms, false, true, scheduled),
+            ("preparing begins", s.prepare_at, false, false, preparing),
+            ("preparing begins, restored", s.prepare_at, false, true, preparing),
+            ("1ms into preparing", s.prepare_at + ms, false, false, preparing),
+            ("1ms before the start", s.start - ms, false, false, preparing),
+            ("the start", s.start, false, false, active),
+            ("mid-window, restored", s.start + hour, false, true, active),
+            ("1ms before the end", s.end - ms, false, false, active),
+            ("the end", s.end, false, false, cooling),
+            ("the end, restored", s.end, false, true, cooling),
+            ("1ms before the restore", s.restore_at - ms, false, true, cooling),
+            ("the restore begins", s.restore_at, false, false, restoring),
+            ("the restore begins, already restored", s.restore_at, false, true, completed),
+            ("1ms into the restore", s.restore_at + ms, false, false, restoring),
+            ("a day later, still restoring", s.restore_at + hour * 24, false, false, restoring),
+            ("a day later, restored", s.restore_at + hour * 24, false, true, completed),
+            ("suspended before preparing", s.prepare_at - ms, true, false, suspended),
+            ("suspended as preparing begins", s.prepare_at, true, false, suspended),
+            ("suspended mid-window", s.start + hour, true, false, suspended),
+            ("suspended mid-window, restored", s.start + hour, true, true, suspended),
+            ("suspended at the end", s.end, true, false, suspended),
+            ("suspended after the restore, restored", s.restore_at + ms, true, true, suspended),
+        ];
+        for (case, now, suspend, restored, want) in table {
+            assert_eq!(position(&s, suspend, restored, now), want, "{case}");
+        }
+    }
+
+    /// What the levers do in each phase: hold the sale's changes from Preparing to CoolingDown,
+    /// put everything back from Restoring on and while suspended, and neither before.
+    #[test]
+    fn each_phase_either_holds_restores_or_leaves_things_alone() {
+        use crate::levers::Intent;
+        // (phase, holds changes, restores, lever intent)
+        let table = [
+            (Phase::Scheduled, false, false, Intent::Preflight),
+            (Phase::Preparing, true, false, Intent::Hold),
+            (Phase::Active, true, false, Intent::Hold),
+            (Phase::CoolingDown, true, false, Intent::Hold),
+            (Phase::Restoring, false, true, Intent::Restore),
+            (Phase::Completed, false, true, Intent::Restore),
+            (Phase::Suspended, false, true, Intent::Restore),
+        ];
+        assert_eq!(table.map(|(p, ..)| p), Phase::ALL, "every phase, in order");
+        for (phase, holds, restore, intent) in table {
+            let got = (holds_changes(phase), restores(phase), Intent::for_phase(phase));
+            assert_eq!(got, (holds, restore, intent), "{phase}");
+        }
+    }
+
+    /// A lever's own lead time before the start (cache warm-up's `startBefore`), never after
+    /// the start, and the earliest instant when the lead does not fit.
+    #[test]
+    fn a_lead_before_the_start_is_never_after_it() {
+        let s = double_eleven();
+        // (case, lead, instant)
+        let table = [
+            ("no lead: the start", SignedDuration::ZERO, s.start),
+            ("20 minutes", SignedDuration::from_mins(20), ts("2026-11-10T15:40:00Z")),
+            ("longer than prepareBefore", SignedDuration::from_hours(2), ts("2026-11-10T14:00:00Z")),
+            ("a negative lead is the start", SignedDuration::from_mins(-5), s.start),
+            ("a lead past the earliest instant", SignedDuration::MAX, Timestamp::MIN),
+        ];
+        for (case, lead, want) in table {
+            assert_eq!(s.before_start(lead), want, "{case}");
+        }
+    }
+
+    /// Which specs the timeline refuses, and the error each gives.
+    #[test]
+    fn each_unusable_spec_names_its_field() {
+        let ok = ("2026-11-11T00:00:00Z", "2026-11-11T01:00:00Z");
+        // (case, start, end, prepareBefore, cooldownAfter, error)
+        let table = [
+            ("end before start", ok.1, ok.0, "30m", "15m", Some("EndNotAfterStart")),
+            ("end equal to start", ok.0, ok.0, "30m", "15m", Some("EndNotAfterStart")),
+            ("a start without an offset", "2026-11-11T00:00:00", ok.1, "30m", "15m", Some("BadTimestamp start")),
+            ("an end that is not a time", ok.0, "soon", "30m", "15m", Some("BadTimestamp end")),
+            ("negative prepareBefore", ok.0, ok.1, "-1s", "15m", Some("NegativeDuration prepareBefore")),
+            ("negative cooldownAfter", ok.0, ok.1, "30m", "-1s", Some("NegativeDuration cooldownAfter")),
+            ("zero lead times", ok.0, ok.1, "0s", "0s", None),
+            ("a 1ms window", ok.0, "2026-11-11T00:00:00.001Z", "30m", "15m", None),
+        ];
+        for (case, start, end, prepare, cooldown, want) in table {
+            let got = Schedule::from_spec(&spec(start, end, prepare, cooldown)).err().map(|e| match e {
+                ScheduleError::BadTimestamp { field, .. } => format!("BadTimestamp {field}"),
+                ScheduleError::EndNotAfterStart { .. } => "EndNotAfterStart".to_owned(),
+                ScheduleError::NegativeDuration { field } => format!("NegativeDuration {field}"),
+                ScheduleError::OutOfRange { field } => format!("OutOfRange {field}"),
+            });
+            assert_eq!(got.as_deref(), want, "{case}");
+        }
+    }
+
     fn order(p: Phase) -> u8 {
         match p {
             Phase::Scheduled => 0,
