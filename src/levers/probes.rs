@@ -286,4 +286,298 @@ mod tests {
         live["status"]["replicas"] = json!(3);
         assert!(!rolled_out(&live), "old pods still running");
     }
+
+    /// A workload with the containers given, as the lever reads it.
+    fn with_containers(containers: Value) -> Value {
+        json!({"spec": {"replicas": 2, "template": {"spec": {"containers": containers}}}})
+    }
+
+    /// What a plan says, in one JSON value: the container, the fields set and unset, the original
+    /// recorded (parsed) and the problems; or the error.
+    fn summary(plan: Result<ProbePlan, String>) -> Value {
+        match plan {
+            Ok(p) => json!({
+                "container": p.container,
+                "set": p.set,
+                "unset": p.unset,
+                "original": p.original.map(|o| serde_json::from_str::<Value>(&o).unwrap()),
+                "problems": p.problems,
+            }),
+            Err(e) => json!({"error": e}),
+        }
+    }
+
+    /// The plan for each kind of workload, intent and recorded original.
+    #[test]
+    fn the_plan_sets_restores_or_refuses_by_workload_intent_and_record() {
+        let app = |liveness: Value, readiness: Value| {
+            let mut c = json!({"name": "app", "image": "a"});
+            if !liveness.is_null() {
+                c["livenessProbe"] = liveness;
+            }
+            if !readiness.is_null() {
+                c["readinessProbe"] = readiness;
+            }
+            c
+        };
+        let http = |fields: Value| {
+            let mut p = json!({"httpGet": {"path": "/ready", "port": 8080}});
+            p.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+            p
+        };
+        let probes = |v: Value| -> Probes { serde_json::from_value(v).unwrap() };
+        let both = probes(json!({
+            "liveness": {"periodSeconds": 20},
+            "readiness": {"periodSeconds": 2, "timeoutSeconds": 1}
+        }));
+        let readiness_only = probes(json!({"readiness": {"periodSeconds": 2, "failureThreshold": 1}}));
+        let live = with_containers(json!([app(
+            http(json!({"periodSeconds": 10})),
+            http(json!({"periodSeconds": 10, "failureThreshold": 3}))
+        )]));
+        // The sale's timings live, as they are while the sale holds the workload.
+        let held = with_containers(json!([app(
+            http(json!({"periodSeconds": 20})),
+            http(json!({"periodSeconds": 2, "timeoutSeconds": 1}))
+        )]));
+        let recorded =
+            r#"{"livenessProbe":{"periodSeconds":10},"readinessProbe":{"periodSeconds":10,"timeoutSeconds":null}}"#;
+        // (case, live workload, probes, intent, recorded original, plan)
+        type Row = (&'static str, Value, Probes, Intent, Option<&'static str>, Value);
+        let table: Vec<Row> = vec![
+            (
+                "hold over a recorded original keeps that original, not the live timings",
+                held.clone(),
+                both.clone(),
+                Intent::Hold,
+                Some(recorded),
+                json!({"container": "app",
+                       "set": {"livenessProbe": {"periodSeconds": 20}, "readinessProbe": {"periodSeconds": 2, "timeoutSeconds": 1}},
+                       "unset": [], "original": serde_json::from_str::<Value>(recorded).unwrap(), "problems": []}),
+            ),
+            (
+                "hold with an unreadable record records the live timings",
+                live.clone(),
+                readiness_only.clone(),
+                Intent::Hold,
+                Some("{not json"),
+                json!({"container": "app", "set": {"readinessProbe": {"periodSeconds": 2, "failureThreshold": 1}},
+                       "unset": [], "original": {"readinessProbe": {"periodSeconds": 10, "failureThreshold": 3}}, "problems": []}),
+            ),
+            (
+                "hold of readiness only leaves liveness alone",
+                live.clone(),
+                readiness_only.clone(),
+                Intent::Hold,
+                None,
+                json!({"container": "app", "set": {"readinessProbe": {"periodSeconds": 2, "failureThreshold": 1}},
+                       "unset": [], "original": {"readinessProbe": {"periodSeconds": 10, "failureThreshold": 3}}, "problems": []}),
+            ),
+            (
+                "hold without a container named uses the first container",
+                with_containers(json!([app(Value::Null, http(json!({}))), {"name": "sidecar", "image": "s"}])),
+                readiness_only.clone(),
+                Intent::Hold,
+                None,
+                json!({"container": "app", "set": {"readinessProbe": {"periodSeconds": 2, "failureThreshold": 1}},
+                       "unset": [], "original": {"readinessProbe": {"periodSeconds": null, "failureThreshold": null}}, "problems": []}),
+            ),
+            (
+                "hold on a container without liveness sets readiness and reports the missing probe",
+                with_containers(json!([app(Value::Null, http(json!({"periodSeconds": 10})))])),
+                both.clone(),
+                Intent::Hold,
+                None,
+                json!({"container": "app", "set": {"readinessProbe": {"periodSeconds": 2, "timeoutSeconds": 1}},
+                       "unset": [], "original": {"readinessProbe": {"periodSeconds": 10, "timeoutSeconds": null}},
+                       "problems": ["container \"app\" has no livenessProbe; its timings are left alone"]}),
+            ),
+            (
+                "hold on a container with no probe at all changes and records nothing",
+                with_containers(json!([{"name": "app", "image": "a"}])),
+                readiness_only.clone(),
+                Intent::Hold,
+                None,
+                json!({"container": "app", "set": {}, "unset": [], "original": null,
+                       "problems": ["container \"app\" has no readinessProbe; its timings are left alone"]}),
+            ),
+            (
+                "restore puts recorded values back and unsets what was unset",
+                held.clone(),
+                both.clone(),
+                Intent::Restore,
+                Some(recorded),
+                json!({"container": "app",
+                       "set": {"livenessProbe": {"periodSeconds": 10}, "readinessProbe": {"periodSeconds": 10}},
+                       "unset": [["readinessProbe", "timeoutSeconds"]], "original": null, "problems": []}),
+            ),
+            (
+                "preflight over a recorded original restores like the restore",
+                held.clone(),
+                both.clone(),
+                Intent::Preflight,
+                Some(recorded),
+                json!({"container": "app",
+                       "set": {"livenessProbe": {"periodSeconds": 10}, "readinessProbe": {"periodSeconds": 10}},
+                       "unset": [["readinessProbe", "timeoutSeconds"]], "original": null, "problems": []}),
+            ),
+            (
+                "restore without a record keeps the live timings",
+                live.clone(),
+                both.clone(),
+                Intent::Restore,
+                None,
+                json!({"container": "app",
+                       "set": {"livenessProbe": {"periodSeconds": 10}, "readinessProbe": {"periodSeconds": 10}},
+                       "unset": [["readinessProbe", "timeoutSeconds"]], "original": null, "problems": []}),
+            ),
+            (
+                "restore of a probe whose every field was unset only unsets",
+                held.clone(),
+                readiness_only.clone(),
+                Intent::Restore,
+                Some(r#"{"readinessProbe":{"periodSeconds":null,"failureThreshold":null}}"#),
+                json!({"container": "app", "set": {},
+                       "unset": [["readinessProbe", "failureThreshold"], ["readinessProbe", "periodSeconds"]],
+                       "original": null, "problems": []}),
+            ),
+            (
+                "a container named that does not exist blocks",
+                live.clone(),
+                probes(json!({"container": "nginx", "readiness": {"periodSeconds": 2}})),
+                Intent::Hold,
+                None,
+                json!({"error": "container \"nginx\" not found"}),
+            ),
+            (
+                "a pod template without containers blocks",
+                with_containers(json!([])),
+                readiness_only.clone(),
+                Intent::Hold,
+                None,
+                json!({"error": "the pod template has no containers"}),
+            ),
+            (
+                "an object without a pod template blocks",
+                json!({"spec": {"replicas": 1}}),
+                readiness_only.clone(),
+                Intent::Restore,
+                None,
+                json!({"error": "the pod template has no containers"}),
+            ),
+        ];
+        for (case, live, probes, intent, recorded, want) in table {
+            let got = summary(plan(&live, &probes, intent, recorded));
+            assert_eq!(got, want, "{case}");
+        }
+    }
+
+    /// Whether the live workload already shows a plan: every field set has the value wanted and
+    /// every field unset is absent, in the plan's container.
+    #[test]
+    fn a_plan_is_in_place_only_when_every_set_and_unset_field_shows() {
+        let plan = ProbePlan {
+            container: "app".into(),
+            set: serde_json::from_value(json!({"readinessProbe": {"periodSeconds": 2, "failureThreshold": 1}}))
+                .unwrap(),
+            unset: vec![("readinessProbe".into(), "timeoutSeconds".into())],
+            ..ProbePlan::default()
+        };
+        let app = |name: &str, readiness: Value| json!([{"name": name, "image": "a", "readinessProbe": readiness}]);
+        let handler = json!({"httpGet": {"path": "/ready", "port": 8080}});
+        // (case, live containers, in place)
+        let table = [
+            ("every field as wanted", app("app", json!({"periodSeconds": 2, "failureThreshold": 1})), true),
+            (
+                "the handler and other fields do not matter",
+                app(
+                    "app",
+                    json!({"httpGet": handler["httpGet"], "periodSeconds": 2, "failureThreshold": 1, "successThreshold": 1}),
+                ),
+                true,
+            ),
+            ("one field still the original", app("app", json!({"periodSeconds": 10, "failureThreshold": 1})), false),
+            ("one field missing", app("app", json!({"periodSeconds": 2})), false),
+            (
+                "a field to unset still there",
+                app("app", json!({"periodSeconds": 2, "failureThreshold": 1, "timeoutSeconds": 5})),
+                false,
+            ),
+            (
+                "a number as a string is not the number",
+                app("app", json!({"periodSeconds": "2", "failureThreshold": 1})),
+                false,
+            ),
+            ("the probe gone", json!([{"name": "app", "image": "a"}]), false),
+            ("the container gone", app("web", json!({"periodSeconds": 2, "failureThreshold": 1})), false),
+        ];
+        for (case, containers, want) in table {
+            assert_eq!(plan.in_place(&with_containers(containers)), want, "{case}");
+        }
+        // A plan that changes nothing is in place on any container of that name, and sends nothing.
+        let nothing = ProbePlan { container: "app".into(), ..ProbePlan::default() };
+        assert!(nothing.in_place(&with_containers(app("app", json!({})))));
+        assert_eq!(nothing.container_fragment(), None);
+        assert_eq!(
+            plan.container_fragment(),
+            Some(json!({"name": "app", "readinessProbe": {"periodSeconds": 2, "failureThreshold": 1}}))
+        );
+    }
+
+    /// When a workload's latest pod template counts as rolled out, as `kubectl rollout status`
+    /// tells it.
+    #[test]
+    fn a_rollout_is_complete_only_when_the_generation_is_observed_and_every_replica_is_new_and_available() {
+        let workload = |generation: Value, replicas: Value, status: Value| {
+            let mut w = json!({"metadata": {}, "spec": {}, "status": status});
+            if !generation.is_null() {
+                w["metadata"]["generation"] = generation;
+            }
+            if !replicas.is_null() {
+                w["spec"]["replicas"] = replicas;
+            }
+            w
+        };
+        let status = |observed: i64, total: i64, updated: i64, available: i64| json!({"observedGeneration": observed, "replicas": total, "updatedReplicas": updated, "availableReplicas": available});
+        let n = Value::Null;
+        // (case, metadata.generation, spec.replicas, status, rolled out)
+        let table = [
+            ("every replica updated and available", json!(3), json!(2), status(3, 2, 2, 2), true),
+            ("the new generation not observed yet", json!(4), json!(2), status(3, 2, 2, 2), false),
+            ("the controller is ahead of the generation", json!(3), json!(2), status(4, 2, 2, 2), true),
+            ("one replica not updated", json!(3), json!(2), status(3, 2, 1, 2), false),
+            ("an old pod still running", json!(3), json!(2), status(3, 3, 2, 2), false),
+            ("an updated pod not available yet", json!(3), json!(2), status(3, 2, 2, 1), false),
+            ("scaled up, not every new replica there yet", json!(3), json!(10), status(3, 4, 4, 4), false),
+            (
+                "readyReplicas counts when availableReplicas is absent",
+                json!(3),
+                json!(2),
+                json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+                true,
+            ),
+            ("no spec.replicas is one replica", json!(1), n.clone(), status(1, 1, 1, 1), true),
+            ("no spec.replicas and no pod", json!(1), n.clone(), status(1, 0, 0, 0), false),
+            ("scaled to zero", json!(2), json!(0), json!({"observedGeneration": 2}), true),
+            ("no status at all", json!(1), json!(2), json!({}), false),
+        ];
+        for (case, generation, replicas, status, want) in table {
+            assert_eq!(rolled_out(&workload(generation, replicas, status)), want, "{case}");
+        }
+    }
+
+    /// A timing field added to the spec while the sale holds the workload has its live value
+    /// (still the owner's: the sale never set it) recorded too, so the restore puts it back.
+    #[test]
+    #[ignore = "a held plan keeps the recorded probe object as it is: the added field has no original and stays at the sale's value after the restore"]
+    fn a_timing_added_to_the_spec_mid_sale_is_recorded_and_restored() {
+        let live = with_containers(json!([{"name": "app", "image": "a",
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 20, "timeoutSeconds": 1}}]));
+        let recorded = r#"{"livenessProbe":{"periodSeconds":10}}"#;
+        let wider: Probes =
+            serde_json::from_value(json!({"liveness": {"periodSeconds": 20, "timeoutSeconds": 5}})).unwrap();
+        let held = plan(&live, &wider, Intent::Hold, Some(recorded)).unwrap();
+        let original: Value = serde_json::from_str(held.original.as_deref().unwrap()).unwrap();
+        assert_eq!(original, json!({"livenessProbe": {"periodSeconds": 10, "timeoutSeconds": 1}}));
+    }
 }
