@@ -756,4 +756,252 @@ mod tests {
         let args = ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
         assert!(args.contains("--metadata-token=Required"), "{args}");
     }
+
+    /// The drain agents' readiness from the DaemonSet as last seen: (ready, reason, message) and
+    /// the counts status shows.
+    #[test]
+    fn the_agents_are_ready_when_every_scheduled_agent_is_ready_and_up_to_date() {
+        use k8s_openapi::api::apps::v1::DaemonSetStatus;
+        let ds = |generation: i64, status: Option<(Option<i64>, i32, i32, Option<i32>)>| DaemonSet {
+            metadata: kube::api::ObjectMeta { generation: Some(generation), ..Default::default() },
+            status: status.map(|(observed, desired, ready, updated)| DaemonSetStatus {
+                observed_generation: observed,
+                desired_number_scheduled: desired,
+                number_ready: ready,
+                updated_number_scheduled: updated,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // (case, DaemonSet, ready, reason, message, (desired, ready) shown)
+        type Row = (&'static str, Option<DaemonSet>, bool, &'static str, &'static str, Option<(i32, i32)>);
+        let table: Vec<Row> = vec![
+            (
+                "not created yet",
+                None,
+                false,
+                "Starting",
+                "Waiting for the DaemonSet controller to schedule the drain agents",
+                None,
+            ),
+            (
+                "no status yet",
+                Some(ds(1, None)),
+                false,
+                "Starting",
+                "Waiting for the DaemonSet controller to schedule the drain agents",
+                None,
+            ),
+            (
+                "a new generation not observed yet",
+                Some(ds(2, Some((Some(1), 3, 3, Some(3))))),
+                false,
+                "Starting",
+                "Waiting for the DaemonSet controller to schedule the drain agents",
+                None,
+            ),
+            (
+                "no observed generation at all",
+                Some(ds(1, Some((None, 3, 3, Some(3))))),
+                false,
+                "Starting",
+                "Waiting for the DaemonSet controller to schedule the drain agents",
+                None,
+            ),
+            (
+                "every agent ready",
+                Some(ds(2, Some((Some(2), 3, 3, Some(3))))),
+                true,
+                "AgentsReady",
+                "3/3 drain agents ready",
+                Some((3, 3)),
+            ),
+            (
+                "one agent starting",
+                Some(ds(2, Some((Some(2), 3, 2, Some(3))))),
+                false,
+                "AgentsStarting",
+                "2/3 drain agents ready",
+                Some((3, 2)),
+            ),
+            (
+                "ready but one still the old template",
+                Some(ds(2, Some((Some(2), 3, 3, Some(2))))),
+                false,
+                "AgentsStarting",
+                "3/3 drain agents ready",
+                Some((3, 3)),
+            ),
+            (
+                "no updated count is none updated",
+                Some(ds(2, Some((Some(2), 3, 3, None)))),
+                false,
+                "AgentsStarting",
+                "3/3 drain agents ready",
+                Some((3, 3)),
+            ),
+            (
+                "no node matches: nothing to watch, ready",
+                Some(ds(2, Some((Some(2), 0, 0, None)))),
+                true,
+                "NoMatchingNodes",
+                "No node matches node.kubernetes.io/instance-lifecycle=spot; there is nothing for drain agents to watch",
+                Some((0, 0)),
+            ),
+        ];
+        for (case, ds, ready, reason, message, shown) in table {
+            let mut report = Report { ready: true, ..Report::default() };
+            observe(ds.as_ref(), &drain(), &mut report);
+            let c = &report.conditions[0];
+            assert_eq!(
+                (c.type_, c.ready, c.reason.as_str(), c.message.as_str(), c.blocking),
+                (DRAIN_AGENTS_READY, ready, reason, message, false),
+                "{case}"
+            );
+            assert_eq!(report.ready, ready, "{case}: the report is ready only with the agents");
+            assert_eq!(report.drain_agents.map(|a| (a.desired, a.ready)), shown, "{case}");
+        }
+    }
+
+    /// Which settings share one DaemonSet: the name follows what the agents run, not how the
+    /// sale spelled it.
+    #[test]
+    fn sales_asking_for_the_same_agents_share_a_daemonset_however_they_spell_it() {
+        let base = daemonset_name(&drain(), &installer());
+        let with = |patch: Value| -> SpotDrain {
+            let mut d = serde_json::to_value(drain()).unwrap();
+            d.as_object_mut().unwrap().extend(patch.as_object().unwrap().clone());
+            serde_json::from_value(d).unwrap()
+        };
+        let defaults = serde_json::to_value(installer_tolerations(&installer())).unwrap();
+        // (case, the sale's settings, the same DaemonSet as the defaults)
+        let table = [
+            ("the defaults", drain(), true),
+            ("the installer's tolerations listed explicitly", with(json!({"tolerations": defaults})), true),
+            (
+                "the same selector with a narrower one",
+                with(json!({"nodeSelector": {"node.kubernetes.io/instance-lifecycle": "spot", "pool": "a"}})),
+                false,
+            ),
+            ("another poll interval", with(json!({"pollInterval": "10s"})), false),
+            ("a required metadata token", with(json!({"metadataToken": "Required"})), false),
+            (
+                "only one of the installer's tolerations",
+                with(
+                    json!({"tolerations": [{"key": "flashsale.dev/spot-termination", "operator": "Exists", "effect": "NoSchedule"}]}),
+                ),
+                false,
+            ),
+        ];
+        for (case, drain, same) in table {
+            assert_eq!(daemonset_name(&drain, &installer()) == base, same, "{case}");
+        }
+    }
+
+    /// Whether a toleration the sale asks for is one the installer lists (no wider, no other).
+    #[test]
+    fn a_toleration_is_allowed_only_when_it_matches_an_installer_one_field_for_field() {
+        let t = |v: Value| -> Toleration { serde_json::from_value(v).unwrap() };
+        let exists = t(json!({"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}));
+        let equal = t(json!({"key": "dedicated", "operator": "Equal", "value": "spot", "effect": "NoSchedule"}));
+        // (case, allowed, asked, allowed)
+        let table = [
+            ("the same", exists.clone(), exists.clone(), true),
+            (
+                "a missing operator is Equal",
+                equal.clone(),
+                t(json!({"key": "dedicated", "value": "spot", "effect": "NoSchedule"})),
+                true,
+            ),
+            (
+                "seconds only shorten it",
+                exists.clone(),
+                t(json!({"key": "dedicated", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30})),
+                true,
+            ),
+            (
+                "an empty value is no value",
+                exists.clone(),
+                t(json!({"key": "dedicated", "operator": "Exists", "value": "", "effect": "NoSchedule"})),
+                true,
+            ),
+            ("Exists where Equal is allowed", equal.clone(), exists.clone(), false),
+            (
+                "another value",
+                equal.clone(),
+                t(json!({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"})),
+                false,
+            ),
+            (
+                "every effect where one is allowed",
+                exists.clone(),
+                t(json!({"key": "dedicated", "operator": "Exists"})),
+                false,
+            ),
+            (
+                "another key",
+                exists.clone(),
+                t(json!({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"})),
+                false,
+            ),
+            ("every taint where one key is allowed", exists.clone(), t(json!({"operator": "Exists"})), false),
+            (
+                "every taint where every taint is allowed",
+                t(json!({"operator": "Exists"})),
+                t(json!({"operator": "Exists"})),
+                true,
+            ),
+        ];
+        for (case, allowed, asked, want) in table {
+            assert_eq!(same_toleration(&allowed, &asked), want, "{case}");
+        }
+    }
+
+    /// `--agent-node-selector` and `--agent-toleration` values beyond the basic forms.
+    #[test]
+    fn flag_values_with_spaces_blanks_and_odd_separators() {
+        // (case, --agent-node-selector value, selector or error)
+        let selectors = [
+            ("spaces around keys and values", " pool = a , zone=b ", Ok(vec![("pool", "a"), ("zone", "b")])),
+            ("empty pairs are skipped", "pool=a,,", Ok(vec![("pool", "a")])),
+            ("an empty value", "pool=", Ok(vec![("pool", "")])),
+            ("an = in the value", "k=a=b", Ok(vec![("k", "a=b")])),
+            ("no key", "=a", Err("\"=a\" is not key=value")),
+            ("a blank key", " =a", Err("\"=a\" is not key=value")),
+        ];
+        for (case, value, want) in selectors {
+            let want = want
+                .map(|pairs| pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<BTreeMap<_, _>>());
+            match (parse_selector(value), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{case}"),
+                (Err(got), Err(want)) => assert!(got.starts_with(want), "{case}: {got}"),
+                (got, want) => panic!("{case}: got {got:?}, wanted {want:?}"),
+            }
+        }
+        // (case, --agent-toleration value, toleration or what the error names)
+        let tolerations = [
+            ("an empty value", "k=", Ok(json!({"key": "k", "operator": "Equal", "value": ""}))),
+            ("no effect", "k=v", Ok(json!({"key": "k", "operator": "Equal", "value": "v"}))),
+            (
+                "surrounding spaces",
+                "  k:NoSchedule ",
+                Ok(json!({"key": "k", "operator": "Exists", "effect": "NoSchedule"})),
+            ),
+            (
+                "PreferNoSchedule",
+                "k:PreferNoSchedule",
+                Ok(json!({"key": "k", "operator": "Exists", "effect": "PreferNoSchedule"})),
+            ),
+            ("an empty effect", "k:", Err("the effect \"\"")),
+            ("only an effect", ":NoSchedule", Err("has no taint key")),
+            ("a lower-case effect", "k:noschedule", Err("the effect \"noschedule\"")),
+        ];
+        for (case, value, want) in tolerations {
+            match (parse_toleration(value), want) {
+                (Ok(got), Ok(want)) => assert_eq!(serde_json::to_value(got).unwrap(), want, "{case}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{case}: {got}"),
+                (got, want) => panic!("{case}: got {got:?}, wanted {want:?}"),
+            }
+        }
+    }
 }

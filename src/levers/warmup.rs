@@ -1190,4 +1190,258 @@ mod tests {
         assert!(!condition.ready && condition.blocking, "{condition:?}");
         assert!(condition.message.contains("serviceAccountName: no"), "{}", condition.message);
     }
+
+    /// The rest of what a warm-up template may not do (the fields the other refusal tests leave
+    /// out), and what it may: each case names the field refused, or `None` for a template that runs.
+    #[test]
+    fn every_host_access_a_template_asks_for_is_refused_by_name_and_the_baseline_runs() {
+        let none = installer(&[]);
+        let plain = serde_json::json!([{"name": "w", "image": "w:1"}]);
+        let pod = |fields: serde_json::Value| {
+            let mut pod = serde_json::json!({"containers": plain});
+            pod.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+            warm_with_pod(pod)
+        };
+        let container = |security: serde_json::Value| {
+            warm_with_pod(
+                serde_json::json!({"containers": [{"name": "w", "image": "w:1", "securityContext": security}]}),
+            )
+        };
+        let mut manual = warm("product-cache", "20m", true);
+        manual.template.spec.as_mut().unwrap().manual_selector = Some(true);
+        let mut chosen = warm("product-cache", "20m", true);
+        chosen.template.spec.as_mut().unwrap().manual_selector = Some(false);
+        let annotated = |key: &str, value: &str| {
+            let mut w = warm("product-cache", "20m", true);
+            w.template.spec.as_mut().unwrap().template.metadata = Some(ObjectMeta {
+                annotations: Some(BTreeMap::from([(key.to_owned(), value.to_owned())])),
+                ..ObjectMeta::default()
+            });
+            w
+        };
+        let apparmor = "container.apparmor.security.beta.kubernetes.io/w";
+        let at = "spec.cacheWarm[0].template.spec.template.spec";
+        // (case, template, the refusal's start, or None when it runs)
+        let table: Vec<(&str, CacheWarm, Option<String>)> = vec![
+            ("a manual selector", manual, Some("spec.cacheWarm[0].template.spec.manualSelector:".into())),
+            ("manualSelector false", chosen, None),
+            ("host IPC", pod(serde_json::json!({"hostIPC": true})), Some(format!("{at}.hostIPC:"))),
+            ("host network false", pod(serde_json::json!({"hostNetwork": false, "hostPID": false})), None),
+            (
+                "ephemeral containers",
+                pod(serde_json::json!({"ephemeralContainers": [{"name": "debug", "image": "busybox"}]})),
+                Some(format!("{at}.ephemeralContainers:")),
+            ),
+            ("no ephemeral container", pod(serde_json::json!({"ephemeralContainers": []})), None),
+            (
+                "an SELinux user",
+                pod(serde_json::json!({"securityContext": {"seLinuxOptions": {"user": "system_u"}}})),
+                Some(format!("{at}.securityContext.seLinuxOptions: a warm-up pod may not set an SELinux user or role")),
+            ),
+            (
+                "an SELinux role on a container",
+                container(serde_json::json!({"seLinuxOptions": {"role": "sysadm_r"}})),
+                Some(format!("{at}.containers[0].securityContext.seLinuxOptions:")),
+            ),
+            (
+                "an allowed SELinux type",
+                container(serde_json::json!({"seLinuxOptions": {"type": "container_init_t"}})),
+                None,
+            ),
+            (
+                "a pod without a seccomp profile",
+                pod(serde_json::json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}})),
+                Some(format!("{at}.securityContext.seccompProfile.type:")),
+            ),
+            (
+                "a localhost seccomp profile",
+                container(serde_json::json!({"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}})),
+                None,
+            ),
+            (
+                "a container without an AppArmor profile",
+                container(serde_json::json!({"appArmorProfile": {"type": "Unconfined"}})),
+                Some(format!("{at}.containers[0].securityContext.appArmorProfile.type:")),
+            ),
+            (
+                "a pod without an AppArmor profile",
+                pod(serde_json::json!({"securityContext": {"appArmorProfile": {"type": "Unconfined"}}})),
+                Some(format!("{at}.securityContext.appArmorProfile.type:")),
+            ),
+            (
+                "the runtime's AppArmor profile",
+                container(serde_json::json!({"appArmorProfile": {"type": "RuntimeDefault"}})),
+                None,
+            ),
+            (
+                "a Windows host process",
+                container(serde_json::json!({"windowsOptions": {"hostProcess": true}})),
+                Some(format!("{at}.containers[0].securityContext.windowsOptions.hostProcess:")),
+            ),
+            ("privileged false", container(serde_json::json!({"privileged": false})), None),
+            ("no capability added", container(serde_json::json!({"capabilities": {"add": []}})), None),
+            ("the default proc mount", container(serde_json::json!({"procMount": "Default"})), None),
+            (
+                "host port zero is no host port",
+                warm_with_pod(
+                    serde_json::json!({"containers": [{"name": "w", "image": "w:1", "ports": [{"containerPort": 80, "hostPort": 0}]}]}),
+                ),
+                None,
+            ),
+            (
+                "a privileged second init container",
+                pod(
+                    serde_json::json!({"initContainers": [{"name": "a", "image": "w:1"}, {"name": "b", "image": "w:1", "securityContext": {"privileged": true}}]}),
+                ),
+                Some(format!("{at}.initContainers[1].securityContext.privileged:")),
+            ),
+            (
+                "a safe sysctl then an unsafe one",
+                pod(
+                    serde_json::json!({"securityContext": {"sysctls": [{"name": "net.ipv4.tcp_fin_timeout", "value": "30"}, {"name": "vm.swappiness", "value": "1"}]}}),
+                ),
+                Some(format!("{at}.securityContext.sysctls[1]: vm.swappiness")),
+            ),
+            ("an AppArmor annotation naming a profile", annotated(apparmor, "localhost/warm"), None),
+            ("another annotation set to unconfined", annotated("example.com/mode", "unconfined"), None),
+        ];
+        for (case, w, want) in table {
+            let got = refusal(&w, 0, &none);
+            match (&got, &want) {
+                (None, None) => {}
+                (Some(got), Some(want)) => assert!(got.starts_with(want.as_str()), "{case}: {got:?} is not {want:?}"),
+                _ => panic!("{case}: got {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    /// A Job that exists, as the warm-up it tracks: its state from the Job, and whether it was
+    /// created late (more than ten seconds after it was due).
+    #[test]
+    fn a_tracked_job_gives_its_state_and_whether_it_started_late() {
+        let w = warm("product-cache", "20m", false);
+        let created = |at: Option<&str>, conditions: &[(&str, &str)], active: i32| {
+            let mut j = job(conditions, active);
+            j.metadata.creation_timestamp = at.map(|t| Time(ts(t)));
+            j
+        };
+        // (case, Job, state, reason, message, late); the warm-up is due at 15:40:00.
+        let table = [
+            ("created when due, running", created(Some("2026-11-10T15:40:00Z"), &[], 1), RUNNING, None, None, false),
+            ("created ten seconds after", created(Some("2026-11-10T15:40:10Z"), &[], 1), RUNNING, None, None, false),
+            ("created eleven seconds after", created(Some("2026-11-10T15:40:11Z"), &[], 0), PENDING, None, None, true),
+            (
+                "created early",
+                created(Some("2026-11-10T15:00:00Z"), &[("Complete", "")], 0),
+                SUCCEEDED,
+                None,
+                None,
+                false,
+            ),
+            ("no creation time", created(None, &[], 1), RUNNING, None, None, false),
+            (
+                "failed late",
+                created(Some("2026-11-10T15:50:00Z"), &[("Failed", "DeadlineExceeded")], 0),
+                FAILED,
+                Some("DeadlineExceeded"),
+                Some("because DeadlineExceeded"),
+                true,
+            ),
+        ];
+        for (case, j, state, reason, message, late) in table {
+            let e = tracked(&w, "j-product-cache", &j, schedule());
+            let got = (
+                e.status.state.as_str(),
+                e.status.reason.as_deref(),
+                e.message.as_deref(),
+                e.late,
+                e.status.job.as_deref(),
+                e.due_at,
+                e.required,
+            );
+            assert_eq!(got, (state, reason, message, late, Some("j-product-cache"), None, false), "{case}");
+        }
+    }
+
+    /// What CacheWarmed says of warm-ups still to finish, and how a failure reads.
+    #[test]
+    fn cache_warmed_says_what_each_unfinished_warm_up_does_and_how_each_failed() {
+        let mut late = entry("search", true, RUNNING);
+        late.late = true;
+        let mut due = entry("product", true, PENDING);
+        due.status.job = None;
+        due.due_at = Some(ts("2026-11-10T15:40:00Z"));
+        let mut bare = entry("product", true, FAILED);
+        bare.message = None;
+        bare.status.job = None;
+        bare.status.reason = None;
+        let mut refused_create = entry("product", false, FAILED);
+        refused_create.status.reason = Some("CreateRefused".into());
+        // (case, entries, ready, reason, blocking, message)
+        let table = [
+            (
+                "running late",
+                vec![late.clone()],
+                false,
+                "Warming",
+                false,
+                "Cache warm-up: search is running (started late)".to_owned(),
+            ),
+            (
+                "pending, and one due later",
+                vec![entry("search", true, PENDING), due.clone()],
+                false,
+                "Warming",
+                false,
+                "Cache warm-up: search is pending, product starts at 2026-11-10T15:40:00Z".to_owned(),
+            ),
+            (
+                "only due later",
+                vec![due.clone()],
+                false,
+                "NotYet",
+                false,
+                "Cache warm-up: product starts at 2026-11-10T15:40:00Z".to_owned(),
+            ),
+            ("no warm-up at all", vec![], true, "Warmed", false, "Every cache warm-up Job succeeded".to_owned()),
+            (
+                "a required failure without Job, reason or message",
+                vec![bare],
+                false,
+                "WarmupFailed",
+                true,
+                format!("warm-up product failed: Failed; the sale is not Ready until it succeeds: {RETRY}"),
+            ),
+            (
+                "an optional failure outweighs nothing and is named with the skipped",
+                vec![refused_create, entry("search", true, SKIPPED)],
+                true,
+                "OptionalWarmupFailed",
+                false,
+                "Every required warm-up succeeded; optional warm-up product (Job j-product) failed: CreateRefused: \
+                 Job has reached the specified backoff limit; not run because the window had ended before it was \
+                 due: search"
+                    .to_owned(),
+            ),
+            (
+                "a required failure outweighs one still running",
+                vec![entry("a", true, FAILED), late],
+                false,
+                "WarmupFailed",
+                true,
+                format!(
+                    "warm-up a (Job j-a) failed: BackoffLimitExceeded: Job has reached the specified backoff limit; \
+                     the sale is not Ready until it succeeds: {RETRY}"
+                ),
+            ),
+        ];
+        for (case, entries, ready, reason, blocking, message) in table {
+            let c = condition(&entries);
+            assert_eq!(
+                (c.ready, c.reason.as_str(), c.blocking, c.message.as_str()),
+                (ready, reason, blocking, message.as_str()),
+                "{case}"
+            );
+        }
+    }
 }
