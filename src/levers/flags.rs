@@ -1003,4 +1003,164 @@ mod tests {
         assert_eq!(problem, None);
         assert_eq!(stored_breakers(None, &auto, &live, now), (BTreeMap::new(), None));
     }
+
+    fn auto(for_: &str, recover_after: &str) -> AutoDegrade {
+        serde_json::from_value(json!({"query": "p99", "above": 0.5, "for": for_, "recoverAfter": recover_after}))
+            .unwrap()
+    }
+
+    /// An auto-degrade flag as its breaker leaves it: on only while closed, the breaker's state as
+    /// the reason, the value and time of the last flip, and why for the event.
+    #[test]
+    fn an_auto_flag_is_on_only_while_its_breaker_is_closed() {
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let a = auto("30s", "2m");
+        let flag = Flag { name: "reviews".into(), off_during: None, auto_degrade: Some(a.clone()) };
+        let breaker = |state: State, value: Option<f64>| Breaker { state, since: at(10), value, ..Breaker::default() };
+        // (case, breaker, sample, enabled, reason, value, why starts with)
+        let table = [
+            (
+                "closed from the start",
+                breaker(State::Closed, None),
+                Sample::Value(0.1),
+                true,
+                "BreakerClosed",
+                None,
+                "the breaker closed: the value stayed at or below 0.5 for 120s (value 0.1)",
+            ),
+            (
+                "closed again",
+                breaker(State::Closed, Some(0.2)),
+                Sample::Value(0.2),
+                true,
+                "BreakerClosed",
+                Some(0.2),
+                "the breaker closed:",
+            ),
+            (
+                "open",
+                breaker(State::Open, Some(0.9)),
+                Sample::Value(0.95),
+                false,
+                "BreakerOpen",
+                Some(0.9),
+                "the breaker opened: p99 stayed above 0.5 for 30s (value 0.9)",
+            ),
+            (
+                "half-open",
+                breaker(State::HalfOpen, Some(0.9)),
+                Sample::Value(0.3),
+                false,
+                "BreakerHalfOpen",
+                Some(0.9),
+                "the breaker is half-open (value 0.3, threshold 0.5)",
+            ),
+            (
+                "half-open, the query failing",
+                breaker(State::HalfOpen, Some(0.9)),
+                Sample::Failed("timeout".into()),
+                false,
+                "BreakerHalfOpen",
+                Some(0.9),
+                "the breaker is half-open (no value, threshold 0.5)",
+            ),
+            (
+                "closed, the query failing",
+                breaker(State::Closed, None),
+                Sample::Failed("timeout".into()),
+                true,
+                "BreakerClosed",
+                None,
+                "the breaker closed: the value stayed at or below 0.5 for 120s (no value)",
+            ),
+        ];
+        for (case, b, sample, enabled, reason, value, why) in table {
+            let w = auto_flag(&flag, &a, &b, &sample);
+            let got = (w.status.enabled, w.status.reason.as_str(), w.status.value, w.status.since.map(|t| t.0));
+            assert_eq!(got, (enabled, reason, value, Some(at(10))), "{case}");
+            assert_eq!(w.flag, flagd::flag(enabled, None), "{case}: an auto flag has no targeting");
+            assert!(w.why.starts_with(why), "{case}: {:?}", w.why);
+        }
+    }
+
+    /// The breaker's rule from the spec: a stretch shorter than a second (or unusable) is one
+    /// second; and how often it is evaluated.
+    #[test]
+    fn a_breaker_rule_is_at_least_a_second_each_way_and_evaluated_a_few_times_per_stretch() {
+        let secs = SignedDuration::from_secs;
+        // (case, for, recoverAfter, rule's for, rule's recoverAfter, poll interval)
+        let table = [
+            ("as written", "30s", "2m", secs(30), secs(120), SignedDuration::from_millis(7500)),
+            ("zero is one second", "0s", "0s", secs(1), secs(1), secs(1)),
+            ("negative is one second", "-30s", "1m", secs(1), secs(60), secs(1)),
+            ("sub-second is one second", "500ms", "1m", secs(1), secs(60), secs(1)),
+            ("the shorter stretch decides", "10m", "8s", secs(600), secs(8), secs(2)),
+            ("long stretches poll every 15s", "1h", "1h", secs(3600), secs(3600), secs(15)),
+        ];
+        for (case, for_, recover_after, want_for, want_recover, every) in table {
+            let r = rule(&auto(for_, recover_after));
+            assert_eq!((r.above, r.for_, r.recover_after), (0.5, want_for, want_recover), "{case}");
+            assert_eq!(poll_interval(&r), every, "{case}");
+        }
+    }
+
+    /// A breaker resumed from what is published: open when the flag is off, closed otherwise;
+    /// and which reasons say the query failed.
+    #[test]
+    fn a_resumed_breaker_is_open_only_when_the_published_flag_is_off() {
+        let now: Timestamp = "2026-11-11T00:10:00Z".parse().unwrap();
+        // (case, published flag, state)
+        let table = [
+            ("published off", Some(json!({"defaultVariant": "off"})), State::Open),
+            ("published on", Some(json!({"defaultVariant": "on"})), State::Closed),
+            ("not published", None, State::Closed),
+            ("no default variant", Some(json!({"state": "ENABLED"})), State::Closed),
+            ("a variant of another name", Some(json!({"defaultVariant": "OFF"})), State::Closed),
+        ];
+        for (case, flag, state) in table {
+            let b = resumed(flag.as_ref(), now);
+            assert_eq!(b, Breaker { state, ..Breaker::new(now) }, "{case}");
+        }
+        let status =
+            |reason: &str| FlagStatus { name: "reviews".into(), reason: reason.into(), ..FlagStatus::default() };
+        // (reason, the query failed)
+        let reasons = [
+            ("QueryFailed: connection refused", true),
+            ("QueryFailed", true),
+            ("BreakerOpen", false),
+            ("NotArmed", false),
+            ("PhaseOff", false),
+        ];
+        for (reason, failed) in reasons {
+            assert_eq!(query_failed(&status(reason)), failed, "{reason}");
+        }
+    }
+
+    /// A static flag's reason and why, in each phase it is published in, for every choice of
+    /// offDuring.
+    #[test]
+    fn a_static_flag_says_whether_the_phase_is_in_its_off_during() {
+        let s = schedule();
+        use FlagPhase as F;
+        // (case, offDuring, per phase Scheduled..CoolingDown: enabled)
+        let table: [(&str, &[FlagPhase], [bool; 4]); 6] = [
+            ("Preparing", &[F::Preparing], [true, false, true, true]),
+            ("Active", &[F::Active], [true, true, false, true]),
+            ("CoolingDown", &[F::CoolingDown], [true, true, true, false]),
+            ("the whole hold", &[F::CoolingDown, F::Preparing, F::Active], [true, false, false, false]),
+            ("listed twice", &[F::Active, F::Active], [true, true, false, true]),
+            ("none", &[], [true, true, true, true]),
+        ];
+        let phases = [Phase::Scheduled, Phase::Preparing, Phase::Active, Phase::CoolingDown];
+        for (what, off, enabled) in table {
+            for (phase, enabled) in phases.into_iter().zip(enabled) {
+                let case = format!("offDuring {what}, {phase}");
+                let w = static_flag(&flag(off), off, &s, phase);
+                let (reason, why) = if enabled { ("PhaseOn", "outside") } else { ("PhaseOff", "in") };
+                assert_eq!((w.status.enabled, w.status.reason.as_str()), (enabled, reason), "{case}");
+                assert!(w.why.starts_with(&format!("the sale is {phase}, {why} offDuring [")), "{case}: {}", w.why);
+                assert_eq!(w.flag["targeting"].is_null(), off.is_empty(), "{case}: a window, if any, in targeting");
+            }
+        }
+    }
 }

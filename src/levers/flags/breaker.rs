@@ -304,4 +304,227 @@ mod tests {
         assert_eq!(serde_json::from_str::<Breaker>(&text)?, b);
         Ok(())
     }
+
+    /// One step from each state, with and without a pending stretch and a failing query: the
+    /// state after, what changed, the stretch timed, and whether the query is failing.
+    #[test]
+    fn one_step_from_every_state_and_sample() {
+        use {Change as C, State as S};
+        let b = |state: S, above: Option<i64>, below: Option<i64>, failing: bool| Breaker {
+            state,
+            since: t(0),
+            above_since: above.map(t),
+            below_since: below.map(t),
+            value: None,
+            failing,
+        };
+        let fail = || Sample::Failed("connection refused".into());
+        // (case, before, sample at t(100), state, change, above since, below since, failing)
+        type Row = (&'static str, Breaker, Sample, S, C, Option<i64>, Option<i64>, bool);
+        let table: Vec<Row> = vec![
+            ("closed, low", b(S::Closed, None, None, false), v(0.1), S::Closed, C::None, None, None, false),
+            (
+                "closed, high: the stretch starts",
+                b(S::Closed, None, None, false),
+                v(0.9),
+                S::Closed,
+                C::None,
+                Some(100),
+                None,
+                false,
+            ),
+            (
+                "closed, high for less than for",
+                b(S::Closed, Some(71), None, false),
+                v(0.9),
+                S::Closed,
+                C::None,
+                Some(71),
+                None,
+                false,
+            ),
+            (
+                "closed, high for exactly for",
+                b(S::Closed, Some(70), None, false),
+                v(0.9),
+                S::Open,
+                C::Opened,
+                None,
+                None,
+                false,
+            ),
+            (
+                "closed, back low: the stretch ends",
+                b(S::Closed, Some(90), None, false),
+                v(0.5),
+                S::Closed,
+                C::None,
+                None,
+                None,
+                false,
+            ),
+            (
+                "closed, the query fails",
+                b(S::Closed, Some(90), None, false),
+                fail(),
+                S::Closed,
+                C::StartedFailing,
+                None,
+                None,
+                true,
+            ),
+            (
+                "closed, the query still fails",
+                b(S::Closed, None, None, true),
+                fail(),
+                S::Closed,
+                C::None,
+                None,
+                None,
+                true,
+            ),
+            (
+                "closed, the query works again",
+                b(S::Closed, None, None, true),
+                v(0.9),
+                S::Closed,
+                C::Recovered,
+                Some(100),
+                None,
+                false,
+            ),
+            ("open, high", b(S::Open, None, None, false), v(0.9), S::Open, C::None, None, None, false),
+            (
+                "open, low: half-open",
+                b(S::Open, None, None, false),
+                v(0.1),
+                S::HalfOpen,
+                C::Moved,
+                None,
+                Some(100),
+                false,
+            ),
+            (
+                "open, the query fails",
+                b(S::Open, None, None, false),
+                fail(),
+                S::Open,
+                C::StartedFailing,
+                None,
+                None,
+                true,
+            ),
+            (
+                "open, works again and low: the move is the news",
+                b(S::Open, None, None, true),
+                v(0.1),
+                S::HalfOpen,
+                C::Moved,
+                None,
+                Some(100),
+                false,
+            ),
+            (
+                "open, works again and high",
+                b(S::Open, None, None, true),
+                v(0.9),
+                S::Open,
+                C::Recovered,
+                None,
+                None,
+                false,
+            ),
+            (
+                "half-open, low for less than recoverAfter",
+                b(S::HalfOpen, None, Some(41), false),
+                v(0.1),
+                S::HalfOpen,
+                C::None,
+                None,
+                Some(41),
+                false,
+            ),
+            (
+                "half-open, low for exactly recoverAfter",
+                b(S::HalfOpen, None, Some(40), false),
+                v(0.1),
+                S::Closed,
+                C::Closed,
+                None,
+                None,
+                false,
+            ),
+            (
+                "half-open, high again",
+                b(S::HalfOpen, None, Some(90), false),
+                v(0.9),
+                S::Open,
+                C::Moved,
+                None,
+                None,
+                false,
+            ),
+            (
+                "half-open, the query fails: the stretch restarts",
+                b(S::HalfOpen, None, Some(41), false),
+                fail(),
+                S::HalfOpen,
+                C::StartedFailing,
+                None,
+                None,
+                true,
+            ),
+            (
+                "half-open, works again and low",
+                b(S::HalfOpen, None, None, true),
+                v(0.1),
+                S::HalfOpen,
+                C::Recovered,
+                None,
+                Some(100),
+                false,
+            ),
+        ];
+        for (case, before, sample, state, change, above, below, failing) in table {
+            let (after, got) = before.step(&sample, &RULE, t(100));
+            let summary = (after.state, got, after.above_since, after.below_since, after.failing);
+            assert_eq!(summary, (state, change, above.map(t), below.map(t), failing), "{case}");
+            let flipped = matches!(got, C::Opened | C::Closed);
+            assert_eq!(after.since, if flipped { t(100) } else { t(0) }, "{case}: since moves only with the flag");
+            if flipped {
+                assert_eq!(after.value, sample_value(&sample), "{case}: the value that flipped it");
+            }
+        }
+    }
+
+    fn sample_value(sample: &Sample) -> Option<f64> {
+        match sample {
+            Sample::Value(v) => Some(*v),
+            Sample::Failed(_) => None,
+        }
+    }
+
+    /// When the next pass should look, per state, and whether the flag is on.
+    #[test]
+    fn each_state_says_whether_the_flag_is_on_and_when_its_stretch_completes() {
+        let b = |state: State, above: Option<i64>, below: Option<i64>| Breaker {
+            state,
+            since: t(0),
+            above_since: above.map(t),
+            below_since: below.map(t),
+            ..Breaker::default()
+        };
+        // (case, breaker, flag on, name, due)
+        let table = [
+            ("closed, nothing pending", b(State::Closed, None, None), true, "Closed", None),
+            ("closed, above since 10s", b(State::Closed, Some(10), None), true, "Closed", Some(t(40))),
+            ("open", b(State::Open, None, None), false, "Open", None),
+            ("half-open, below since 10s", b(State::HalfOpen, None, Some(10)), false, "HalfOpen", Some(t(70))),
+            ("half-open after a failed query", b(State::HalfOpen, None, None), false, "HalfOpen", None),
+        ];
+        for (case, breaker, on, name, due) in table {
+            let got = (breaker.state.enabled(), breaker.state.as_str(), breaker.due(&RULE));
+            assert_eq!(got, (on, name, due), "{case}");
+        }
+    }
 }

@@ -215,4 +215,69 @@ mod tests {
         assert_eq!(v["flags"]["recommendations"]["defaultVariant"], "on");
         assert!(text.find("\"recommendations\"") < text.find("\"reviews\""), "keys sorted");
     }
+
+    /// The off-windows for each choice of phases, including lead times of zero and boundaries
+    /// that are not whole seconds.
+    #[test]
+    fn off_windows_for_every_choice_of_phases() {
+        use FlagPhase as F;
+        let s = schedule();
+        let (p, st, e, r) =
+            (s.prepare_at.as_second(), s.start.as_second(), s.end.as_second(), s.restore_at.as_second());
+        let no_cooldown = Schedule { restore_at: s.end, ..s };
+        let ms = jiff::SignedDuration::from_millis(1);
+        let fractional = Schedule { start: s.start + ms, end: s.end + ms, ..s };
+        // (case, schedule, phases, windows)
+        type Row = (&'static str, Schedule, Vec<FlagPhase>, Vec<(i64, i64)>);
+        let table: Vec<Row> = vec![
+            ("none", s, vec![], vec![]),
+            ("Preparing", s, vec![F::Preparing], vec![(p, st)]),
+            ("Active", s, vec![F::Active], vec![(st, e)]),
+            ("CoolingDown", s, vec![F::CoolingDown], vec![(e, r)]),
+            ("all three, in any order", s, vec![F::CoolingDown, F::Preparing, F::Active], vec![(p, r)]),
+            ("Active and CoolingDown", s, vec![F::Active, F::CoolingDown], vec![(st, r)]),
+            ("listed twice", s, vec![F::Active, F::Active], vec![(st, e)]),
+            ("no cooldown: CoolingDown has no window", no_cooldown, vec![F::CoolingDown], vec![]),
+            ("no cooldown, Active and CoolingDown", no_cooldown, vec![F::Active, F::CoolingDown], vec![(st, e)]),
+            ("boundaries 1ms past the second", fractional, vec![F::Preparing, F::Active], vec![(p, e + 1)]),
+            (
+                "boundaries 1ms past the second, split",
+                fractional,
+                vec![F::Preparing, F::CoolingDown],
+                vec![(p, st + 1), (e + 1, r)],
+            ),
+        ];
+        for (case, schedule, phases, want) in table {
+            assert_eq!(off_windows(&schedule, &phases), want, "{case}");
+        }
+    }
+
+    /// Reading the flags back out of a file, whatever the file holds.
+    #[test]
+    fn the_flags_of_a_file_are_empty_unless_it_is_a_flag_file_with_flags() {
+        let one = flag(false, None);
+        // (case, file, flag names)
+        let table: [(&str, String, Vec<&str>); 6] = [
+            (
+                "a rendered document",
+                document(&BTreeMap::from([("a".to_owned(), one.clone()), ("b".to_owned(), one)])),
+                vec!["a", "b"],
+            ),
+            ("no flags key", r#"{"$schema": "x"}"#.to_owned(), vec![]),
+            ("flags not an object", r#"{"flags": ["a"]}"#.to_owned(), vec![]),
+            ("not JSON", "a: b".to_owned(), vec![]),
+            ("a JSON array", "[]".to_owned(), vec![]),
+            ("another owner's flag", r#"{"flags": {"theirs": {"state": "DISABLED"}}}"#.to_owned(), vec!["theirs"]),
+        ];
+        for (case, file, names) in table {
+            let got: Vec<String> = flags_of(&file).keys().cloned().collect();
+            assert_eq!(got, names, "{case}");
+        }
+        // A flag definition: on or off by default, its targeting when it has one.
+        let window = targeting(&[(1, 2)]);
+        assert_eq!(flag(true, None)["defaultVariant"], "on");
+        assert_eq!(flag(true, None).get("targeting"), None);
+        assert_eq!(flag(false, window.clone())["targeting"], window.unwrap_or_default());
+        assert!(document(&BTreeMap::new()).ends_with("}\n"), "the file ends in a newline");
+    }
 }

@@ -423,4 +423,107 @@ mod tests {
         assert_eq!(legacy.flags, None);
         Ok(())
     }
+
+    /// Which live files the sale merges its flags into, and what else in them it keeps.
+    #[test]
+    fn a_live_file_is_merged_into_when_it_is_a_json_object_with_object_flags() {
+        let wanted = BTreeMap::from([("sale".to_owned(), f("off"))]);
+        // (case, live file, Ok(top-level keys after the merge) or the refusal's start)
+        type Row = (&'static str, Option<&'static str>, Result<Vec<&'static str>, &'static str>);
+        let table: [Row; 8] = [
+            ("no file: a new one with the schema", None, Ok(vec!["$schema", "flags"])),
+            ("an empty object", Some("{}"), Ok(vec!["flags"])),
+            (
+                "other top-level keys are kept",
+                Some(r#"{"$evaluators": {"x": {}}, "flags": {}}"#),
+                Ok(vec!["$evaluators", "flags"]),
+            ),
+            ("null flags", Some(r#"{"flags": null}"#), Err("its \"flags\" is not an object")),
+            ("flags a list", Some(r#"{"flags": []}"#), Err("its \"flags\" is not an object")),
+            ("a JSON string", Some(r#""flags""#), Err("it is not a JSON object")),
+            ("YAML", Some("flags: {}"), Err("it is not JSON")),
+            ("an empty file", Some(""), Err("it is not JSON")),
+        ];
+        for (case, live, want) in table {
+            let record = Record::before_first_write(live.is_some(), live);
+            let got = hold_file(live, &record, &wanted).map(|held| {
+                let doc: Value = serde_json::from_str(&held.file).unwrap_or_default();
+                assert_eq!(variants(&held.file), map(&[("sale", "off")]), "{case}: the sale's flag is in");
+                assert!(!held.in_place, "{case}: the first write is never in place");
+                doc.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default()
+            });
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{case}"),
+                (Err(got), Err(want)) => assert!(got.starts_with(want), "{case}: {got}"),
+                (got, want) => panic!("{case}: got {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    /// The originals a record gives for the sale's names: its own map when it has one, else
+    /// (a record of an earlier version) each name as the whole file had it.
+    #[test]
+    fn the_originals_come_from_the_record_or_from_the_file_it_kept() {
+        let old = file(&[("sale", "on"), ("other", "on")]);
+        let with_flags = |flags: &[(&str, Value)]| Record {
+            created: false,
+            flags_file: Some(old.clone()),
+            flags: Some(flags.iter().map(|(n, v)| ((*n).to_owned(), v.clone())).collect()),
+        };
+        let legacy = |file: Option<&str>| Record { created: false, flags_file: file.map(str::to_owned), flags: None };
+        // (case, record, the sale's names now, originals)
+        type Row = (&'static str, Record, &'static [&'static str], Vec<(&'static str, Value)>);
+        let table: [Row; 6] = [
+            ("a new record, nothing replaced yet", Record::before_first_write(true, Some(&old)), &["sale"], vec![]),
+            (
+                "a record of what the sale replaced",
+                with_flags(&[("sale", f("on"))]),
+                &["sale", "new"],
+                vec![("sale", f("on"))],
+            ),
+            (
+                "a record of a name the sale added",
+                with_flags(&[("added", Value::Null)]),
+                &[],
+                vec![("added", Value::Null)],
+            ),
+            (
+                "an earlier version's record",
+                legacy(Some(&old)),
+                &["sale", "new"],
+                vec![("new", Value::Null), ("sale", f("on"))],
+            ),
+            ("an earlier version's record of no file", legacy(None), &["sale"], vec![("sale", Value::Null)]),
+            ("an earlier version's record, no names", legacy(Some(&old)), &[], vec![]),
+        ];
+        for (case, record, names, want) in table {
+            let want: BTreeMap<String, Value> = want.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
+            assert_eq!(record.originals(names.iter().copied()), want, "{case}");
+        }
+    }
+
+    /// The restore of a FeatureFlag the sale did not create puts each replaced flag back and
+    /// removes each it added, never deleting the object.
+    #[test]
+    fn a_feature_flag_the_sale_did_not_create_gets_its_flags_back_and_stays() {
+        let record = Record {
+            created: false,
+            flags_file: None,
+            flags: Some(BTreeMap::from([("replaced".to_owned(), f("on")), ("added".to_owned(), Value::Null)])),
+        };
+        let live = |pairs: &[(&str, &str)]| -> Map<String, Value> {
+            pairs.iter().map(|(n, v)| ((*n).to_owned(), f(v))).collect()
+        };
+        // (case, live flags, patch)
+        let table = [
+            ("both still the sale's", live(&[("replaced", "off"), ("added", "off")])),
+            ("with another team's flag", live(&[("replaced", "off"), ("added", "off"), ("theirs", "on")])),
+            ("the sale's removed by hand", live(&[])),
+        ];
+        for (case, flags) in table {
+            let (patch, delete) = restore_feature_flag(&flags, &record, []);
+            let want = Map::from_iter([("added".to_owned(), Value::Null), ("replaced".to_owned(), f("on"))]);
+            assert_eq!((patch, delete), (want, false), "{case}");
+        }
+    }
 }
