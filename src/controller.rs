@@ -44,7 +44,8 @@ use crate::{
 pub struct Context {
     pub client: Client,
     pub clusters: Clusters,
-    pub recorder: Recorder,
+    /// Events to publish, in order, off the reconcile path (see [`publish_events`]).
+    events: tokio::sync::mpsc::Sender<(Event, k8s_openapi::api::core::v1::ObjectReference)>,
     pub metrics: Arc<Metrics>,
     /// What the installer decided (agents' image and placement, allowed addresses).
     pub installer: crate::installer::Installer,
@@ -61,6 +62,8 @@ pub struct Context {
     /// Every sale's next phase change: lever passes let the announcements of a boundary that
     /// just passed go first.
     boundaries: crate::boundaries::Boundaries,
+    /// The controller's store of FlashSales, for reads of one sale about another.
+    sales: std::sync::OnceLock<kube::runtime::reflector::Store<DeserializeGuard<FlashSale>>>,
 }
 
 /// A sale's status as the operator last wrote it.
@@ -174,7 +177,7 @@ pub async fn run(
     // What the clusters' views see change, mapped to the sales that care below.
     let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        events: publish_events(Recorder::new(client.clone(), reporter)),
         clusters: Clusters::new(
             client.clone(),
             metrics.clone(),
@@ -189,6 +192,7 @@ pub async fn run(
         freezes: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
         boundaries: Default::default(),
+        sales: Default::default(),
     });
     // Workloads held by a sale carry its name: a change in their replicas or rollout (peak
     // reached, pods lost) reconciles the sale at once instead of at the next recheck.
@@ -209,6 +213,7 @@ pub async fn run(
     let controller = Controller::new(sales, every())
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
     let store = controller.store();
+    let _ = ctx.sales.set(store.clone());
     // A changed kubeconfig Secret rebuilds its cluster's client at once (metadata only: the
     // contents are read when the sale is reconciled, never cached in a watch).
     let referencing = store.clone();
@@ -594,7 +599,7 @@ async fn apply(
     ctx.boundaries.announced_first(&key, ANNOUNCEMENTS_FIRST).await;
     let mut observations = observe(sale, ctx, Some(schedule), clock.phase).await;
     if clock.phase == Phase::Scheduled {
-        rehearsed_warnings(sale, api, &schedule, &mut observations).await?;
+        rehearsed_warnings(sale, ctx, api, &schedule, &mut observations).await?;
     }
     record_cluster_metrics(ctx, sale, &observations);
     if Intent::for_phase(clock.phase) == Intent::Restore {
@@ -821,6 +826,7 @@ async fn rehearsal_refused(sale: &FlashSale, api: &Api<FlashSale>) -> Result<Opt
 /// that took most of `prepareBefore` to reach peak, or never did.
 async fn rehearsed_warnings(
     sale: &FlashSale,
+    ctx: &Context,
     api: &Api<FlashSale>,
     schedule: &Schedule,
     observations: &mut [ClusterObservation],
@@ -829,7 +835,16 @@ async fn rehearsed_warnings(
         return Ok(());
     }
     let name = sale.name_any();
-    let Some(rehearsal) = api.get_opt(&crate::rehearsal::name(&name)).await? else { return Ok(()) };
+    let rehearsal_name = crate::rehearsal::name(&name);
+    // From the controller's store: a Scheduled sale's pass reads nothing from the API server.
+    let rehearsal = match ctx.sales.get() {
+        Some(store) => {
+            let key = ObjectRef::new(&rehearsal_name).within(&sale.namespace().unwrap_or_default());
+            store.get(&key).and_then(|guard| guard.0.as_ref().ok().cloned())
+        }
+        None => api.get_opt(&rehearsal_name).await?,
+    };
+    let Some(rehearsal) = rehearsal else { return Ok(()) };
     if rehearsal.spec.rehearsal.as_ref().map(|r| r.of.as_str()) != Some(name.as_str()) {
         return Ok(());
     }
@@ -1177,9 +1192,32 @@ async fn publish_with(
     related: Option<k8s_openapi::api::core::v1::ObjectReference>,
 ) {
     let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
-    if let Err(err) = ctx.recorder.publish(&event, &sale.object_ref(&())).await {
-        warn!(error = %err, reason, "could not publish event");
+    // Waits only while the queue is full: every event is published, none is dropped.
+    if ctx.events.send((event, sale.object_ref(&()))).await.is_err() {
+        warn!(reason, "could not publish event: the publisher has stopped");
     }
+}
+
+/// How many events may wait to be published before a reconcile waits for room.
+const EVENTS_QUEUED: usize = 4096;
+
+/// Publishes events one at a time, in the order the reconciles sent them, on a task of its own:
+/// a reconcile hands its events over and goes on. Three hundred sales sharing a boundary send
+/// thousands of events (one per workload scaled); published inside the reconcile, each would
+/// hold the sale's pass for a round trip to a busy API server, ahead of its status write.
+fn publish_events(
+    recorder: Recorder,
+) -> tokio::sync::mpsc::Sender<(Event, k8s_openapi::api::core::v1::ObjectReference)> {
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(Event, k8s_openapi::api::core::v1::ObjectReference)>(EVENTS_QUEUED);
+    tokio::spawn(async move {
+        while let Some((event, reference)) = rx.recv().await {
+            if let Err(err) = recorder.publish(&event, &reference).await {
+                warn!(error = %err, reason = %event.reason, "could not publish event");
+            }
+        }
+    });
+    tx
 }
 
 fn record_phase_metrics(ctx: &Context, sale: &FlashSale, status: &FlashSaleStatus) {
