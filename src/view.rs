@@ -177,7 +177,19 @@ impl Fields {
                 }
             }
         }
+        // Kinds a view may hold thousands of keep their fields as compact JSON text: a few
+        // hundred bytes instead of a tree of maps many times that size.
+        if matches!(self, Fields::Workload | Fields::Pod | Fields::Node) {
+            obj.data = serde_json::Value::String(obj.data.to_string());
+        }
     }
+}
+
+/// A cached object as the levers read it, its fields unpacked from their compact JSON text.
+fn unpack(obj: Arc<DynamicObject>) -> Arc<DynamicObject> {
+    let serde_json::Value::String(text) = &obj.data else { return obj };
+    let data = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+    Arc::new(DynamicObject { types: obj.types.clone(), metadata: obj.metadata.clone(), data })
 }
 
 /// The part of a workload's `fieldsV1` tree under the fields the levers change (`spec.replicas`
@@ -442,7 +454,7 @@ impl View {
         if let Some(ns) = &scope.namespace {
             wanted = wanted.within(ns);
         }
-        let find = || cache.store.get(&wanted);
+        let find = || cache.store.get(&wanted).map(unpack);
         if let Some(wrote) = wrote {
             let deadline = Instant::now() + CATCH_UP;
             let mut health = cache.health.clone();
@@ -468,6 +480,12 @@ impl View {
     /// Every object in `scope`.
     pub async fn list(self: &Arc<Self>, scope: &Scope) -> Result<Vec<Arc<DynamicObject>>, kube::Error> {
         let cache = self.ready(scope).await?;
+        self.caught_up(scope).await?;
+        Ok(cache.store.state().into_iter().map(unpack).collect())
+    }
+
+    /// Waits until the cache shows the operator's own pending writes in `scope`.
+    async fn caught_up(self: &Arc<Self>, scope: &Scope) -> Result<(), kube::Error> {
         let pending: Vec<String> = self
             .written
             .lock()
@@ -476,7 +494,7 @@ impl View {
         for name in pending {
             self.get(scope, &name).await?;
         }
-        Ok(cache.store.state())
+        Ok(())
     }
 
     /// The typed object `name` in `scope`.
@@ -495,17 +513,19 @@ impl View {
         self.list(scope).await?.iter().map(|o| convert(o)).collect()
     }
 
-    /// The objects in `scope` that `keep` selects, typed: only those are converted (a namespace
-    /// of thousands of pods, read for one workload's few).
+    /// The objects in `scope` whose metadata `keep` selects, typed: only those are unpacked and
+    /// converted (a namespace of thousands of pods, read for one workload's few).
     pub async fn list_where<K>(
         self: &Arc<Self>,
         scope: &Scope,
-        keep: impl Fn(&DynamicObject) -> bool,
+        keep: impl Fn(&kube::core::ObjectMeta) -> bool,
     ) -> Result<Vec<K>, kube::Error>
     where
         K: serde::de::DeserializeOwned,
     {
-        self.list(scope).await?.iter().filter(|o| keep(o)).map(|o| convert(o)).collect()
+        let cache = self.ready(scope).await?;
+        self.caught_up(scope).await?;
+        cache.store.state().into_iter().filter(|o| keep(&o.metadata)).map(|o| convert(&unpack(o))).collect()
     }
 
     /// Notes that the operator wrote `name` in `scope` and the server answered with
@@ -778,8 +798,12 @@ mod tests {
 
     fn trimmed(group: &str, kind: &str, object: serde_json::Value) -> serde_json::Value {
         let mut object: DynamicObject = serde_json::from_value(object).expect("an object");
-        Fields::of(group, kind).trim(&mut object);
-        serde_json::to_value(object).expect("JSON")
+        let fields = Fields::of(group, kind);
+        fields.trim(&mut object);
+        // The kinds a view holds by the thousand are kept as text, and read back whole.
+        let packed = matches!(fields, Fields::Workload | Fields::Pod | Fields::Node);
+        assert_eq!(object.data.is_string(), packed, "{kind} kept as text");
+        serde_json::to_value(unpack(Arc::new(object)).as_ref()).expect("JSON")
     }
 
     #[test]

@@ -325,13 +325,9 @@ pub async fn plan(
     // Any trace of an earlier pass: the Replicas mode is in use and its original must be trusted.
     let recorded = (original_annotation.is_some() || original_record.is_some() || held.is_some()).then_some(());
     let view = sale.view;
-    let governs = |h: &DynamicObject| {
-        let target = h.data.pointer("/spec/scaleTargetRef");
-        let field = |f: &str| target.and_then(|t| t.get(f)).and_then(Value::as_str);
-        field("kind") == Some(workload.target.kind.as_str()) && field("name") == Some(workload.target.name.as_str())
-    };
-    let hpa =
-        view.list_where::<HorizontalPodAutoscaler>(&hpa_scope(&target.namespace), governs).await?.into_iter().next();
+    let hpa = view.list_as::<HorizontalPodAutoscaler>(&hpa_scope(&target.namespace)).await?.into_iter().find(|h| {
+        h.spec.scale_target_ref.kind == workload.target.kind && h.spec.scale_target_ref.name == workload.target.name
+    });
     let hpa_ours =
         hpa.as_ref().is_some_and(|h| h.annotations().get(names::SALE_ANNOTATION).map(String::as_str) == Some(holder));
     let mut plan = ScalePlan { restored: true, ..ScalePlan::default() };

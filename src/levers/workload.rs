@@ -618,7 +618,7 @@ async fn pass(
         if let Some(selector) = pod_selector(&live_json).filter(|_| replicas_match) {
             // One watch of the namespace's pods serves every workload in it.
             let scope = Scope::typed::<Pod>(Some(&target.namespace));
-            match sale.view.list_where::<Pod>(&scope, |p| selected(selector, &p.metadata)).await {
+            match sale.view.list_where::<Pod>(&scope, |pod| selected(selector, pod)).await {
                 Ok(pods) => {
                     out.status.waited_for = waiting_pods(&pods);
                     if let Some(stuck) = stuck_pods(&pods) {
