@@ -210,9 +210,17 @@ pub async fn run(
         None => Api::<PartialObjectMeta<Job>>::all(ctx.client.clone()),
     };
     let every = || watcher::Config::default().any_semantic();
-    let controller = Controller::new(sales, every())
+    // The store keeps each sale without its field ownership (most of a sale with a long status:
+    // a tree mirroring every status field, by manager), which no reconcile reads.
+    let (store, writer) = kube::runtime::reflector::store();
+    use kube::runtime::WatchStreamExt as _;
+    let sales = watcher(sales, every())
+        .default_backoff()
+        .modify(|sale| sale.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(sales, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
-    let store = controller.store();
     let _ = ctx.sales.set(store.clone());
     // A changed kubeconfig Secret rebuilds its cluster's client at once (metadata only: the
     // contents are read when the sale is reconciled, never cached in a watch).

@@ -32,7 +32,7 @@ use kube::{
     },
 };
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -343,6 +343,54 @@ struct Cache {
     health: watch::Receiver<Health>,
     task: tokio::task::JoinHandle<()>,
     last_used: Mutex<Instant>,
+    /// For pods: who has which label, so one workload's pods are found without reading the
+    /// namespace's thousands.
+    labels: Option<Arc<Mutex<LabelIndex>>>,
+}
+
+/// The objects of a cache by each of their labels (`key=value` → `namespace/name`).
+#[derive(Debug, Default)]
+struct LabelIndex {
+    by_label: HashMap<(String, String), std::collections::HashSet<(String, String)>>,
+    of: HashMap<(String, String), Vec<(String, String)>>,
+}
+
+impl LabelIndex {
+    fn key(obj: &DynamicObject) -> (String, String) {
+        (obj.metadata.namespace.clone().unwrap_or_default(), obj.metadata.name.clone().unwrap_or_default())
+    }
+
+    fn remove(&mut self, key: &(String, String)) {
+        for label in self.of.remove(key).unwrap_or_default() {
+            if let Some(objects) = self.by_label.get_mut(&label) {
+                objects.remove(key);
+                if objects.is_empty() {
+                    self.by_label.remove(&label);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, obj: &DynamicObject) {
+        let key = LabelIndex::key(obj);
+        self.remove(&key);
+        let labels: Vec<(String, String)> =
+            obj.metadata.labels.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for label in &labels {
+            self.by_label.entry(label.clone()).or_default().insert(key.clone());
+        }
+        self.of.insert(key, labels);
+    }
+
+    /// The objects carrying every one of `labels` (`None`: no label to narrow by).
+    fn carrying(&self, labels: &BTreeMap<String, String>) -> Option<Vec<(String, String)>> {
+        let mut sets = labels.iter().map(|(k, v)| self.by_label.get(&(k.clone(), v.clone())));
+        let first = sets.next()?;
+        let sets: Vec<_> = std::iter::once(first).chain(sets).collect();
+        let smallest = sets.iter().min_by_key(|s| s.map_or(0, |s| s.len()))?;
+        let Some(smallest) = smallest else { return Some(vec![]) };
+        Some(smallest.iter().filter(|key| sets.iter().all(|s| s.is_some_and(|s| s.contains(*key)))).cloned().collect())
+    }
 }
 
 impl Drop for Cache {
@@ -515,9 +563,12 @@ impl View {
 
     /// The objects in `scope` whose metadata `keep` selects, typed: only those are unpacked and
     /// converted (a namespace of thousands of pods, read for one workload's few).
+    /// `labels`, when given, are labels every object kept carries: a cache indexed by label
+    /// (pods) reads only the objects carrying them.
     pub async fn list_where<K>(
         self: &Arc<Self>,
         scope: &Scope,
+        labels: Option<&BTreeMap<String, String>>,
         keep: impl Fn(&kube::core::ObjectMeta) -> bool,
     ) -> Result<Vec<K>, kube::Error>
     where
@@ -525,7 +576,24 @@ impl View {
     {
         let cache = self.ready(scope).await?;
         self.caught_up(scope).await?;
-        cache.store.state().into_iter().filter(|o| keep(&o.metadata)).map(|o| convert(&unpack(o))).collect()
+        let carrying = match (&cache.labels, labels) {
+            (Some(index), Some(labels)) => index.lock().ok().and_then(|index| index.carrying(labels)),
+            _ => None,
+        };
+        let objects = match carrying {
+            Some(keys) => keys
+                .into_iter()
+                .filter_map(|(ns, name)| {
+                    let mut wanted = reflector::ObjectRef::<DynamicObject>::new_with(&name, scope.resource());
+                    if !ns.is_empty() {
+                        wanted = wanted.within(&ns);
+                    }
+                    cache.store.get(&wanted)
+                })
+                .collect(),
+            None => cache.store.state(),
+        };
+        objects.into_iter().filter(|o| keep(&o.metadata)).map(|o| convert(&unpack(o))).collect()
     }
 
     /// Notes that the operator wrote `name` in `scope` and the server answered with
@@ -622,6 +690,13 @@ impl View {
         let described = scope.describe();
         let kind = scope.kind.clone();
         let fields = Fields::of(&scope.group, &scope.kind);
+        let labels = (fields == Fields::Pod).then(|| Arc::new(Mutex::new(LabelIndex::default())));
+        let index = labels.clone();
+        let indexed = move |f: &dyn Fn(&mut LabelIndex)| {
+            if let Some(Ok(mut index)) = index.as_ref().map(|i| i.lock()) {
+                f(&mut index);
+            }
+        };
         let task = tokio::spawn(async move {
             let mut events =
                 watcher(api, config).default_backoff().modify(move |obj| fields.trim(obj)).reflect(writer).boxed();
@@ -634,7 +709,11 @@ impl View {
                         view.mark_found();
                         view.announce(None);
                     }
-                    Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
+                    Ok(ref event @ (watcher::Event::Apply(ref obj) | watcher::Event::Delete(ref obj))) => {
+                        match event {
+                            watcher::Event::Delete(_) => indexed(&|index| index.remove(&LabelIndex::key(obj))),
+                            _ => indexed(&|index| index.apply(obj)),
+                        }
                         if health_tx.borrow().failure.is_some() {
                             health_tx.send_modify(|h| h.failure = None);
                         }
@@ -646,11 +725,12 @@ impl View {
                                 name: obj.metadata.name.clone().unwrap_or_default(),
                                 annotations: obj.metadata.annotations.clone().unwrap_or_default(),
                                 labels: obj.metadata.labels.clone().unwrap_or_default(),
-                                scales: scale_target(&obj),
+                                scales: scale_target(obj),
                             }));
                         }
                     }
-                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                    Ok(watcher::Event::Init) => indexed(&|index| *index = LabelIndex::default()),
+                    Ok(watcher::Event::InitApply(obj)) => indexed(&|index| index.apply(&obj)),
                     Err(err) => {
                         let failure = Failure::of(&err);
                         warn!(cluster = ?view.id, watch = %described, error = %err, "watch failed");
@@ -663,7 +743,7 @@ impl View {
                 }
             }
         });
-        Cache { store, health, task, last_used: Mutex::new(Instant::now()) }
+        Cache { store, health, task, last_used: Mutex::new(Instant::now()), labels }
     }
 
     /// Shows the view's watches and whether its cluster counts as lost.
@@ -943,6 +1023,38 @@ mod tests {
             Fields::of("apps", "Deployment").announced()
                 && Fields::of("autoscaling", "HorizontalPodAutoscaler").announced()
         );
+    }
+
+    #[test]
+    fn a_label_index_finds_the_objects_carrying_every_label_and_follows_changes() {
+        let pod = |name: &str, labels: &[(&str, &str)]| -> DynamicObject {
+            let labels: serde_json::Map<String, serde_json::Value> =
+                labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "shop", "labels": labels}}))
+            .unwrap()
+        };
+        let mut index = LabelIndex::default();
+        index.apply(&pod("web-1", &[("app", "web"), ("tier", "front")]));
+        index.apply(&pod("web-2", &[("app", "web"), ("tier", "canary")]));
+        index.apply(&pod("api-1", &[("app", "api"), ("tier", "front")]));
+        let find = |index: &LabelIndex, labels: &[(&str, &str)]| {
+            let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+            index.carrying(&labels).map(|mut keys| {
+                keys.sort();
+                keys.into_iter().map(|(_, name)| name).collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(find(&index, &[("app", "web")]), Some(vec!["web-1".to_owned(), "web-2".to_owned()]));
+        assert_eq!(find(&index, &[("app", "web"), ("tier", "front")]), Some(vec!["web-1".to_owned()]));
+        assert_eq!(find(&index, &[("app", "cart")]), Some(vec![]));
+        assert_eq!(find(&index, &[]), None, "no label: every object is a candidate");
+        // A pod relabelled leaves its old labels; a deleted one leaves the index.
+        index.apply(&pod("web-2", &[("app", "api")]));
+        assert_eq!(find(&index, &[("app", "web")]), Some(vec!["web-1".to_owned()]));
+        index.remove(&("shop".into(), "web-1".into()));
+        assert_eq!(find(&index, &[("app", "web")]), Some(vec![]));
+        assert_eq!(index.by_label.get(&("tier".into(), "front".into())).map(|s| s.len()), Some(1));
     }
 
     #[test]

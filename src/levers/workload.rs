@@ -618,7 +618,9 @@ async fn pass(
         if let Some(selector) = pod_selector(&live_json).filter(|_| replicas_match) {
             // One watch of the namespace's pods serves every workload in it.
             let scope = Scope::typed::<Pod>(Some(&target.namespace));
-            match sale.view.list_where::<Pod>(&scope, |pod| selected(selector, pod)).await {
+            let labels: Option<std::collections::BTreeMap<String, String>> =
+                selector.get("matchLabels").and_then(|l| serde_json::from_value(l.clone()).ok());
+            match sale.view.list_where::<Pod>(&scope, labels.as_ref(), |pod| selected(selector, pod)).await {
                 Ok(pods) => {
                     out.status.waited_for = waiting_pods(&pods);
                     if let Some(stuck) = stuck_pods(&pods) {
