@@ -787,7 +787,8 @@ async fn observe(sale: &FlashSale, ctx: &Context, schedule: Option<Schedule>, ph
                         && shown.and_then(|c| c.message.as_deref()) != Some(message.as_str())
                     {
                         let note = format!("cluster {}: {message}", target.name);
-                        publish(ctx, sale, EventType::Warning, "KubeconfigRefused", note, "Connect").await;
+                        let secret = cluster_secret(sale, &target.name);
+                        publish_with(ctx, sale, EventType::Warning, "KubeconfigRefused", note, "Connect", secret).await;
                     }
                     Err(message)
                 }
@@ -1012,12 +1013,14 @@ async fn report_events(
                 }
                 if was_reachable == Some(false) {
                     let note = format!("cluster {} is reachable again", obs.name);
-                    publish(ctx, sale, EventType::Normal, "ClusterReachable", note, "Connect").await;
+                    let secret = cluster_secret(sale, &obs.name);
+                    publish_with(ctx, sale, EventType::Normal, "ClusterReachable", note, "Connect", secret).await;
                 }
             }
             Err(message) if was_reachable != Some(false) => {
                 let note = format!("cluster {}: {message}", obs.name);
-                publish(ctx, sale, EventType::Warning, "ClusterUnreachable", note, "Connect").await;
+                let secret = cluster_secret(sale, &obs.name);
+                publish_with(ctx, sale, EventType::Warning, "ClusterUnreachable", note, "Connect", secret).await;
             }
             Err(_) => {}
         }
@@ -1204,6 +1207,19 @@ async fn publish_with(
     if ctx.events.send((event, sale.object_ref(&()))).await.is_err() {
         warn!(reason, "could not publish event: the publisher has stopped");
     }
+}
+
+/// The kubeconfig Secret a sale reaches `cluster` through, as an event's related object: events
+/// of the same reason about two clusters are two events, not one series under the first's note.
+fn cluster_secret(sale: &FlashSale, cluster: &str) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+    let entry = sale.spec.clusters.iter().find(|c| c.name == cluster)?;
+    Some(k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Secret".into()),
+        namespace: sale.namespace(),
+        name: Some(entry.kubeconfig_secret_ref.name.clone()),
+        ..Default::default()
+    })
 }
 
 /// How many events may wait to be published before a reconcile waits for room.
