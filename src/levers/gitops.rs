@@ -175,19 +175,29 @@ pub fn without_ours(managed: &[ManagedFieldsEntry]) -> Option<Vec<ManagedFieldsE
 
 /// Drops the operator's field ownership from an object it has just restored, so a GitOps tool
 /// that applies those fields later takes them without a conflict, and ignore rules keyed on the
-/// operator's manager no longer hide them. Guarded by the resourceVersion just written: if anyone
-/// wrote in between, the ownership stays (harmless) and is not retried.
+/// operator's manager no longer hide them. Guarded by the resourceVersion read: if anyone wrote
+/// in between, the ownership is read again and the release retried (three tries in all).
 pub async fn release<K>(api: &Api<K>, scope: &Scope, view: &View, written: &ObjectMeta)
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let name = written.name.clone().unwrap_or_default();
-    let Some(others) = without_ours(written.managed_fields.as_deref().unwrap_or_default()) else { return };
-    let patch = json!({"metadata": {"resourceVersion": written.resource_version, "managedFields": others}});
-    match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(released) => view.wrote(scope, &name, released.meta().resource_version.as_deref()),
-        Err(error) => tracing::info!(object = %name, %error, "field ownership kept after the restore"),
+    let mut meta = written.clone();
+    // A controller writing the object's status just after the restore (the scale-down's
+    // rollout) makes the guard fail: read the ownership again and retry, a few times.
+    for _ in 0..3 {
+        let Some(others) = without_ours(meta.managed_fields.as_deref().unwrap_or_default()) else { return };
+        let patch = json!({"metadata": {"resourceVersion": meta.resource_version, "managedFields": others}});
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(released) => return view.wrote(scope, &name, released.meta().resource_version.as_deref()),
+            Err(kube::Error::Api(status)) if status.code == 409 => match api.get_metadata(&name).await {
+                Ok(fresh) => meta = fresh.metadata,
+                Err(error) => return tracing::info!(object = %name, %error, "field ownership kept after the restore"),
+            },
+            Err(error) => return tracing::info!(object = %name, %error, "field ownership kept after the restore"),
+        }
     }
+    tracing::info!(object = %name, "field ownership kept after the restore: the object kept changing");
 }
 
 #[cfg(test)]

@@ -252,8 +252,15 @@ fn bad_targets_are_explained_and_nothing_changes(env: &Env) -> anyhow::Result<()
             })
             .await
             .with_context(|| format!("sale {name}: Ready does not say {expected:?}"))?;
-            let notes = event_notes(&client, &ns, name).await?;
-            ensure!(notes.iter().any(|n| n.contains(&expected)), "sale {name}: no event says {expected:?}: {notes:?}");
+            // Events are published just after the status that says the same.
+            let said = eventually(Duration::from_secs(10), || async {
+                Ok(event_notes(&client, &ns, name).await?.iter().any(|n| n.contains(&expected)))
+            })
+            .await;
+            if said.is_err() {
+                let notes = event_notes(&client, &ns, name).await?;
+                anyhow::bail!("sale {name}: no event says {expected:?}: {notes:?}");
+            }
         }
         ensure!(as_written(&deployments.get("web").await?)? == before_web, "web was changed by a refused sale");
         ensure!(deployments.get("scaled").await?.spec.and_then(|s| s.replicas) == Some(1), "scaled was changed");
